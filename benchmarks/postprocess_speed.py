@@ -1,0 +1,40 @@
+"""Post-processing latency on 1024x1024 maps (the live-tuning budget: median <= 30 ms on 2 cores).
+
+Usage: python benchmarks/postprocess_speed.py [--size 1024] [--repeats 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import gland_like_maps, median_ms  # noqa: E402
+
+from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess  # noqa: E402
+from napari_instance_tuner.core.family import Maps  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+    maps = Maps(gland_like_maps(args.size))
+    base = ThreeBranchParams()
+    print(f"three-branch post-processing on {args.size}x{args.size} maps, {os.cpu_count()} CPUs")
+    print(f"{'setting':<36}{'median ms':>10}{'p90 ms':>10}{'objects':>9}")
+    for name, params in [
+        ("defaults (grow-back 16)", base),
+        ("no grow-back", replace(base, grow_back=0)),
+        ("large radii (erosion 20, denoise 6)", replace(base, boundary_erosion=20, centroid_erosion=20,
+                                                        close_radius=6, open_radius=6)),
+    ]:
+        med, p90 = median_ms(lambda: postprocess(maps, params), args.repeats)
+        print(f"{name:<36}{med:>10.1f}{p90:>10.1f}{postprocess(maps, params).count:>9d}")
+
+
+if __name__ == "__main__":
+    main()

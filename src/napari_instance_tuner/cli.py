@@ -1,0 +1,202 @@
+"""Command line: ``napari-instance-tuner train | predict | evaluate | models``.
+
+Every command is a thin shell over :mod:`napari_instance_tuner.core.jobs`; errors the user can fix are
+printed as one line (exit code 2), not as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .core.errors import InstanceTunerError
+
+
+def _progress_printer(quiet: bool):
+    last = {"msg": None}
+
+    def show(p) -> None:
+        if quiet:
+            return
+        if "epoch" in p.info:  # an epoch record: one line each
+            rec = p.info
+            extra = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k.startswith("val_"))
+            print(f"epoch {rec['epoch']:4d} loss={rec['loss']:.4f} {extra} t={rec['time']:.0f}s", flush=True)
+        elif p.message != last["msg"] and "tile" not in p.message and "epoch" not in p.message:
+            print(p.message, flush=True)
+        last["msg"] = p.message
+
+    return show
+
+
+def cmd_models(args) -> int:
+    from .core.checkpoint import model_card, shipped_models
+
+    for name, path in shipped_models().items():
+        card = model_card(name)
+        print(f"{name}\t{card.get('family', '?')}\t{card.get('summary', '')}\t{path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .core.jobs import TrainOptions, train_job
+    from .core.progress import run
+    from .core.training import TrainConfig
+
+    train = TrainConfig(
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, patience=args.patience,
+        validate_every=args.validate_every, seed=args.seed, max_minutes=args.max_minutes,
+    )
+    arch = {"base_channels": args.base_channels, "depth": args.depth, "conv_type": args.conv_type, "norm": args.norm}
+    if args.branches:
+        arch["branches"] = args.branches.split(",")
+    targets = {"boundary_width": args.boundary_width, "centroid_width": args.centroid_width,
+               "centroid_mode": args.centroid_mode}
+    options = TrainOptions(
+        data=args.data, out=args.out, family=args.family, architecture=arch, pixel_scale=args.pixel_scale,
+        crop=args.crop, batch_size=args.batch_size, val_fraction=args.val_fraction, train=train, targets=targets,
+        augment=not args.no_augment, autotune=not args.no_autotune, device=args.device, workdir=args.workdir,
+        name=args.name, half=not args.float32,
+    )
+    import torch
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    out = run(train_job(options), _progress_printer(args.quiet))
+    print(f"saved {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    import tifffile
+
+    from .core.checkpoint import load_model
+    from .core.data import read_image
+    from .core.jobs import load_params
+    from .core.progress import run
+
+    loaded = load_model(args.model)
+    params = load_params(loaded, args.params)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in args.inputs:
+        image = read_image(path)
+        maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device=args.device))
+        labels = loaded.family.postprocess(maps, params).labels
+        dtype = np.uint16 if labels.max() <= np.iinfo(np.uint16).max else np.uint32
+        target = out_dir / f"{Path(path).stem}.tif"
+        tifffile.imwrite(target, labels.astype(dtype), compression="zlib")
+        print(f"{path} -> {target} ({int(labels.max())} objects)")
+    return 0
+
+
+def format_table(summary: dict[str, dict]) -> str:
+    """Metric summary (group -> metric -> value) as an aligned text table."""
+    keys = ["n_images", "object_f1", "object_dice", "object_hausdorff", "pixel_dice", "mean_ap", "aji"]
+    lines = ["group      " + " ".join(f"{k:>16}" for k in keys)]
+    for group, values in summary.items():
+        cells = []
+        for k in keys:
+            v = values.get(k, float("nan"))
+            cells.append(f"{v:16d}" if isinstance(v, int) else f"{v:16.4f}")
+        lines.append(f"{group:<10} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from .core.checkpoint import load_model
+    from .core.data import load_split, read_groups
+    from .core.jobs import evaluate_samples, load_params, summarise
+    from .core.progress import run
+
+    loaded = load_model(args.model)
+    params = load_params(loaded, args.params)
+    if args.foreground_only:
+        # Table V ablation: the foreground branch alone (threshold, denoise, components, S_min).
+        from dataclasses import replace
+
+        params = replace(params, subtract_boundaries=False, require_centroid=False, grow_back=0)
+    samples = load_split(args.data)
+    rows = run(evaluate_samples(loaded, samples, params, device=args.device))
+    summary = summarise(rows, read_groups(args.data))
+    print(f"model {loaded.name} on {args.data} ({len(rows)} images)")
+    print(format_table(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "per_image": rows}, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-instance-tuner", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list the shipped weights").set_defaults(func=cmd_models)
+
+    t = sub.add_parser("train", help="train a model on an annotated folder (images/, labels/)")
+    t.add_argument("--family", default="three-branch")
+    t.add_argument("--data", required=True, help="split folder with images/ and labels/")
+    t.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    t.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
+    t.add_argument("--pixel-scale", type=float, default=0.5, help="resize factor before the network")
+    t.add_argument("--base-channels", type=int, default=16)
+    t.add_argument("--depth", type=int, default=4)
+    t.add_argument("--conv-type", default="separable", choices=["standard", "separable", "space_depth_separable"])
+    t.add_argument("--norm", default="batch", choices=["batch", "group"])
+    t.add_argument("--branches", help="comma-separated subset of foreground,boundary,centroid (ablations)")
+    t.add_argument("--boundary-width", type=float, default=11.0, help="px at the paper's 256-px scale")
+    t.add_argument("--centroid-width", type=float, default=14.0, help="px at the paper's 256-px scale")
+    t.add_argument("--centroid-mode", default="bbox", choices=["bbox", "inside"])
+    t.add_argument("--epochs", type=int, default=150)
+    t.add_argument("--steps-per-epoch", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--crop", type=int, default=256)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--patience", type=int, default=20)
+    t.add_argument("--validate-every", type=int, default=2)
+    t.add_argument("--val-fraction", type=float, default=0.18)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-minutes", type=float)
+    t.add_argument("--threads", type=int)
+    t.add_argument("--workdir", default="checkpoints", help="folder for resume files (git-ignored)")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--no-autotune", action="store_true")
+    t.add_argument("--float32", action="store_true", help="store float32 weights (default float16)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment images, writing one label TIFF each")
+    p.add_argument("--model", required=True, help="shipped model name or checkpoint path")
+    p.add_argument("--params", help="JSON of post-processing parameters (or a recipe)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default=None)
+    p.add_argument("inputs", nargs="+")
+    p.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="print the metrics table of a model on an annotated split")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--params")
+    e.add_argument("--device", default=None)
+    e.add_argument("--foreground-only", action="store_true", help="ablation: use the foreground branch alone")
+    e.add_argument("--json", help="also write the summary and per-image metrics here")
+    e.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InstanceTunerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Checkpoints: safetensors weights with JSON metadata in the same file. Loading never unpickles.
+
+File layout: a standard ``.safetensors`` file whose header metadata holds one key, ``"napari_instance_tuner"``,
+a JSON string with at least::
+
+    {"format_version": 1, "family": "three-branch", "architecture": {...}, "in_channels": 3,
+     "normalisation": {...}, "pixel_scale": 0.5, "postprocess": {...}, "training": {...},
+     "metrics": {...}, "package_version": "0.1.0"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import WeightsError
+
+META_KEY = "napari_instance_tuner"
+FORMAT_VERSION = 1
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference.
+
+    Attributes
+    ----------
+    family : Family
+    model : torch.nn.Module
+        In eval mode, on the CPU.
+    meta : dict
+        The checkpoint metadata.
+    path : Path
+    sha256 : str
+        Hash of the file, recorded in recipes and in fine-tuned children.
+    """
+
+    family: Any
+    model: Any
+    meta: dict
+    path: Path
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        """Display name: the shipped name or the file stem."""
+        return self.meta.get("name") or self.path.stem
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it, so no partial file is left."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict, half: bool = False) -> Path:
+    """Write weights and metadata atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.safetensors`` file.
+    state_dict : dict[str, torch.Tensor]
+    meta : dict
+        JSON-able metadata (see module docstring); ``format_version`` is added.
+    half : bool
+        Store floating-point tensors as float16 (halves the file; loaded back as float32).
+    """
+    from safetensors.torch import save
+
+    tensors = {}
+    for key, value in state_dict.items():
+        value = value.detach().cpu().contiguous()
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[key] = value
+    meta = {**meta, "format_version": FORMAT_VERSION}
+    data = save(tensors, metadata={META_KEY: json.dumps(meta)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Read (state_dict, meta) from one of our files without unpickling anything.
+
+    Raises
+    ------
+    WeightsError
+        If the file is missing, empty, truncated, a pickle, a foreign safetensors file, or of a newer
+        format version. The message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8:
+        raise WeightsError(f"weights file {path.name!r} is empty or truncated ({size} bytes)")
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise WeightsError(
+            f"{path.name!r} is a PyTorch pickle file; this family loads only .safetensors checkpoints "
+            "(pickles can run code and are never unpickled)"
+        )
+    (header_len,) = struct.unpack("<Q", head)
+    if header_len > min(size - 8, _MAX_HEADER):
+        raise WeightsError(f"weights file {path.name!r} is not a safetensors file or is truncated")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            file_meta = fh.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"weights file {path.name!r} is corrupt or truncated: {exc}") from None
+    if META_KEY not in file_meta:
+        raise WeightsError(
+            f"{path.name!r} is a safetensors file but not a napari-instance-tuner checkpoint "
+            "(no model metadata); it may belong to another program"
+        )
+    try:
+        meta = json.loads(file_meta[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"the metadata of {path.name!r} is not valid JSON: {exc}") from None
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise WeightsError(
+            f"{path.name!r} has checkpoint format version {version!r}; this version of napari-instance-tuner "
+            f"reads up to {FORMAT_VERSION}: update the plugin"
+        )
+    for required in ("family", "architecture"):
+        if required not in meta:
+            raise WeightsError(f"the metadata of {path.name!r} lacks {required!r}")
+    return state, meta
+
+
+def load_model(name_or_path: str | os.PathLike) -> LoadedModel:
+    """Load a shipped model by name or any checkpoint file by path; the model is in eval mode on the CPU.
+
+    Raises
+    ------
+    WeightsError
+        For unknown names and unreadable, foreign or mismatching files.
+    """
+    from .registry import get_family
+
+    path = resolve_model_path(name_or_path)
+    state, meta = read_checkpoint(path)
+    try:
+        family = get_family(meta["family"])
+    except ValueError as exc:
+        raise WeightsError(f"{path.name!r}: {exc}") from None
+    try:
+        model = family.build_model(meta["architecture"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise WeightsError(f"{path.name!r}: its architecture config cannot be built: {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {wrong[0]})")
+        raise WeightsError(f"the weights in {path.name!r} do not fit its {meta['family']} architecture: " + "; ".join(parts))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    model.eval()
+    return LoadedModel(family=family, model=model, meta=meta, path=path, sha256=file_sha256(path))
+
+
+def shipped_models() -> dict[str, Path]:
+    """Name -> path of the weights shipped inside the package."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
+
+
+def model_card(name: str) -> dict:
+    """The model card (JSON beside the shipped weights) of a shipped model, or {} if it has none."""
+    card = WEIGHTS_DIR / f"{name}.json"
+    return json.loads(card.read_text()) if card.is_file() else {}
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A shipped model's name or a file path -> the file path."""
+    shipped = shipped_models()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    path = Path(name_or_path)
+    if path.exists() or path.suffix:
+        return path
+    names = ", ".join(shipped) or "(none shipped)"
+    raise WeightsError(f"unknown model {str(name_or_path)!r}: not a file, and the shipped models are {names}")

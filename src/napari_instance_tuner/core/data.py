@@ -1,0 +1,127 @@
+"""Annotated image folders: ``<split>/images/<id>.png|.tif`` and ``<split>/labels/<id>.tif``.
+
+Overlapping ground truth, where present, is ``labels/<id>_instances.npz`` with ``masks`` bool (N, H, W).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InstanceTunerError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass
+class Sample:
+    """One annotated image.
+
+    Attributes
+    ----------
+    name : str
+        The file stem (``<id>``).
+    image : np.ndarray
+        As stored: (H, W) or (H, W, C), any dtype.
+    labels : np.ndarray
+        int32 (H, W) instance labels, 0 = background.
+    masks : np.ndarray or None
+        bool (N, H, W) exact per-object masks where objects overlap.
+    """
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None = None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read a PNG/TIFF/JPEG/BMP as stored (TIFF through tifffile, others through imageio)."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path)
+    import imageio.v3 as iio
+
+    return iio.imread(path)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files in a folder (not recursive), sorted by name."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def load_split(split_dir: str | Path, names: list[str] | None = None) -> list[Sample]:
+    """Load every (image, labels) pair of a split folder.
+
+    Raises
+    ------
+    InstanceTunerError
+        If the folder lacks ``images/`` or ``labels/``, or an image has no label file.
+    """
+    split_dir = Path(split_dir)
+    images_dir, labels_dir = split_dir / "images", split_dir / "labels"
+    if not images_dir.is_dir() or not labels_dir.is_dir():
+        raise InstanceTunerError(f"{split_dir} must contain 'images/' and 'labels/' folders")
+    samples = []
+    for path in list_images(images_dir):
+        if names is not None and path.stem not in names:
+            continue
+        label_path = labels_dir / f"{path.stem}.tif"
+        if not label_path.is_file():
+            raise InstanceTunerError(f"no label file {label_path} for image {path.name}")
+        npz = labels_dir / f"{path.stem}_instances.npz"
+        masks = np.load(npz)["masks"].astype(bool) if npz.is_file() else None
+        samples.append(Sample(path.stem, read_image(path), read_image(label_path).astype(np.int32), masks))
+    if not samples:
+        raise InstanceTunerError(f"no images found in {images_dir}")
+    return samples
+
+
+def read_groups(split_dir: str | Path) -> dict[str, tuple[str, str]]:
+    """GlaS ``Grade.csv`` beside the split: image id -> (patient id, grade); {} when absent."""
+    grade_csv = Path(split_dir).parent / "Grade.csv"
+    if not grade_csv.is_file():
+        return {}
+    with open(grade_csv, newline="") as fh:
+        rows = list(csv.reader(fh))
+    return {r[0].strip(): (r[1].strip(), r[2].strip()) for r in rows[1:] if len(r) >= 3}
+
+
+def validation_split(
+    names: list[str], fraction: float, seed: int, groups: dict[str, tuple[str, str]] | None = None
+) -> tuple[list[str], list[str]]:
+    """Split image names into (train, validation), keeping each group (patient) on one side.
+
+    With GlaS groups, whole patients go to validation until ``fraction`` of the images is reached and
+    both grades are represented, so validation measures generalisation to unseen patients.
+    """
+    rng = np.random.default_rng(seed)
+    groups = groups or {}
+    by_group: dict[str, list[str]] = {}
+    for n in names:
+        by_group.setdefault(groups.get(n, (n, ""))[0], []).append(n)
+    order = list(by_group)
+    rng.shuffle(order)
+    target = max(1, round(fraction * len(names)))
+    grade = lambda n: groups.get(n, ("", ""))[1]
+    all_grades = {grade(n) for n in names} - {""}
+    val: list[str] = []
+    for key in order:  # fill up to the target size with whole groups
+        if len(val) >= target:
+            break
+        if len(val) + len(by_group[key]) <= 2 * target:  # skip groups that would swallow the split
+            val.extend(by_group[key])
+    for key in order:  # then make sure every grade is represented
+        missing = all_grades - {grade(v) for v in val}
+        if not missing:
+            break
+        if by_group[key][0] not in val and missing & {grade(n) for n in by_group[key]}:
+            val.extend(by_group[key])
+    val_set = set(val)
+    return [n for n in names if n not in val_set], sorted(val)

@@ -1,0 +1,63 @@
+"""Three-branch family: registry entry point tying model, inference and post-processing together."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+
+from ...family import Family, Instances, Maps
+from ...image import prepare_image, resize_to
+from ...inference import choose_device, predict_tiled
+from ...progress import CancelToken, Progress
+from .postprocess import ThreeBranchParams, postprocess
+
+
+class ThreeBranchFamily(Family):
+    """Foreground + boundary + centroid U-Net (three-branch-glas paper)."""
+
+    name = "three-branch"
+    map_names = ("foreground", "boundary", "centroid")
+    Params = ThreeBranchParams
+
+    def build_model(self, config: dict):
+        """A :class:`~.model.ThreeBranchUNet` for an architecture dict (see ``ThreeBranchConfig``)."""
+        from .model import ThreeBranchConfig, ThreeBranchUNet
+
+        return ThreeBranchUNet(ThreeBranchConfig.from_dict(config))
+
+    def predict_maps(
+        self,
+        model,
+        image: np.ndarray,
+        meta: dict,
+        *,
+        device: str | None = None,
+        tile_size: int | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Generator[Progress, None, Maps]:
+        """Normalise and rescale ``image`` as ``meta`` says, run tiled inference, resize maps back.
+
+        Returns
+        -------
+        Maps
+            float32 (H, W) maps named after the model's branches, at the input image's size.
+        """
+        prepared, shape = prepare_image(image, meta)
+        branches = list(model.config.branches)
+        probs = yield from predict_tiled(
+            model,
+            prepared,
+            out_channels=len(branches),
+            tile_size=tile_size or int(meta.get("tile_size", 512)),
+            overlap=int(meta.get("tile_overlap", 64)),
+            multiple=model.size_divisor,
+            device=choose_device(device),
+            cancel=cancel,
+        )
+        arrays = {b: np.clip(resize_to(p, shape), 0.0, 1.0) for b, p in zip(branches, probs)}
+        return Maps(arrays=arrays)
+
+    def postprocess(self, maps: Maps, params: ThreeBranchParams) -> Instances:
+        """See :func:`.postprocess.postprocess`."""
+        return postprocess(maps, params)

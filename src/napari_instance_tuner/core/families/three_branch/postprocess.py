@@ -1,0 +1,72 @@
+"""The paper's five post-processing steps, each a parameter, plus an optional grow-back step.
+
+1. threshold the three maps (the paper uses low thresholds, ~0.33, because step 5 removes false objects);
+2. erode the boundary and centroid masks (targets were widened by dilation during training);
+3. denoise the foreground: closing then opening (the paper: "dilatation and erosion in a sequence");
+4. subtract the boundaries from the foreground and label the connected components;
+5. drop components without a centroid pixel; drop components smaller than S_min.
+Extra (off with radius 0): grow the surviving objects back into the foreground mask, so that subtracting
+wide boundaries does not shrink every object (its effect on object Dice is in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...family import Instances, Maps
+from ...morphology import close_open, connected_components, erode, grow_labels, relabel
+from ...params import param
+
+
+@dataclass(frozen=True)
+class ThreeBranchParams:
+    """Post-processing parameters (radii and sizes in pixels of the image)."""
+
+    fg_threshold: float = param(0.33, 0.0, 1.0, "foreground probability above which a pixel is object", 0.01)
+    boundary_threshold: float = param(0.33, 0.0, 1.0, "boundary probability above which a pixel is boundary", 0.01)
+    centroid_threshold: float = param(0.33, 0.0, 1.0, "centroid probability above which a pixel is centroid", 0.01)
+    boundary_erosion: int = param(8, 0, 40, "erosion radius that thins the predicted boundaries")
+    centroid_erosion: int = param(6, 0, 40, "erosion radius that shrinks the predicted centroids (removes weak ones)")
+    close_radius: int = param(2, 0, 20, "foreground denoise: closing radius (fills small holes and gaps)")
+    open_radius: int = param(2, 0, 20, "foreground denoise: opening radius (removes specks)")
+    subtract_boundaries: bool = param(True, description="cut the foreground along predicted boundaries")
+    require_centroid: bool = param(True, description="drop objects that contain no predicted centroid")
+    min_size: int = param(200, 0, 20000, "S_min: drop objects smaller than this many pixels", 10)
+    grow_back: int = param(16, 0, 60, "grow objects back into the foreground up to this distance (0 = off)")
+
+
+def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
+    """Three maps -> uint32 label image (see the module docstring for the steps).
+
+    Parameters
+    ----------
+    maps : Maps
+        ``foreground`` and, for the full model, ``boundary`` and ``centroid``: float32 (H, W) in [0, 1].
+        A model without a boundary (centroid) branch skips the steps that need it.
+    params : ThreeBranchParams
+
+    Returns
+    -------
+    Instances
+        ``labels`` uint32 (H, W), objects numbered 1..N in raster order.
+    """
+    arrays = maps.arrays
+    fg = (arrays["foreground"] >= params.fg_threshold).view(np.uint8)
+    fg = close_open(fg, params.close_radius, params.open_radius)
+    separated = fg
+    if params.subtract_boundaries and "boundary" in arrays:
+        boundary = erode((arrays["boundary"] >= params.boundary_threshold).view(np.uint8), params.boundary_erosion)
+        separated = fg & (1 - boundary)
+    labels, n = connected_components(separated)
+    keep = np.ones(n, bool)
+    if params.require_centroid and "centroid" in arrays:
+        centroid = erode((arrays["centroid"] >= params.centroid_threshold).view(np.uint8), params.centroid_erosion)
+        keep &= np.bincount(labels[centroid.view(bool)], minlength=n) > 0
+    if params.grow_back > 0:
+        labels = grow_labels(relabel(labels, keep), fg, params.grow_back)
+        n = int(labels.max()) + 1
+        keep = np.ones(n, bool)
+    keep &= np.bincount(labels.ravel(), minlength=n) >= params.min_size
+    return Instances(labels=relabel(labels, keep))

@@ -1,0 +1,151 @@
+"""Training data pipeline of the three-branch family: crops, augmentation, targets, validation."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...augment import AugmentConfig, photometric, random_scale, random_symmetry
+from ...data import Sample
+from ...image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
+from ...progress import CancelToken, Progress, run
+from ...training import TrainConfig, TrainResult, fit, seed_everything, selection_score
+from .targets import TargetConfig, make_targets
+
+
+@dataclass
+class PreparedSample:
+    """A training image at network scale: float32 (C, H, W) image and int32 (H, W) labels."""
+
+    image: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class BatchMaker:
+    """Draws random augmented crops with their targets.
+
+    Attributes
+    ----------
+    samples : list[PreparedSample]
+    crop : int
+        Crop edge at network scale (multiple of the network's size divisor).
+    batch_size : int
+    targets : TargetConfig
+    pixel_scale : float
+        Network scale relative to the data's native resolution (target widths depend on it).
+    augment : AugmentConfig
+    branches : tuple of str
+        Which target channels to return (in this order).
+    """
+
+    samples: list[PreparedSample]
+    crop: int = 256
+    batch_size: int = 8
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    pixel_scale: float = 0.5
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    branches: tuple[str, ...] = ("foreground", "boundary", "centroid")
+    regions: list[np.ndarray] | None = None  # optional bool (H, W) per sample: train only inside
+
+    def one(self, rng: np.random.Generator, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One crop: image float32 (C, c, c), targets float32 (K, c, c), valid float32 (1, c, c)."""
+        sample = self.samples[index]
+        scale = random_scale(rng, self.augment)
+        image = rescale(sample.image.transpose(1, 2, 0), scale).transpose(2, 0, 1)
+        labels = rescale(sample.labels, scale, order=0)
+        region = None if self.regions is None else rescale(self.regions[index].view(np.uint8), scale, order=0)
+        # Targets on the whole (rescaled) image, so crops do not move bounding-box centres.
+        targets = make_targets(labels, self.targets, self.pixel_scale * scale)
+        order = {"foreground": 0, "boundary": 1, "centroid": 2}
+        targets = targets[[order[b] for b in self.branches]]
+        valid = np.ones(labels.shape, np.uint8) if region is None else region
+        c = self.crop
+        pad_h, pad_w = max(0, c - labels.shape[0]), max(0, c - labels.shape[1])
+        if pad_h or pad_w:
+            image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
+            targets = np.pad(targets, ((0, 0), (0, pad_h), (0, pad_w)))
+            valid = np.pad(valid, ((0, pad_h), (0, pad_w)))
+        y = int(rng.integers(0, image.shape[1] - c + 1))
+        x = int(rng.integers(0, image.shape[2] - c + 1))
+        image, targets, valid = (a[..., y : y + c, x : x + c] for a in (image, targets, valid))
+        image, targets, valid = random_symmetry(rng, image, targets, valid)
+        image = photometric(rng, image, self.augment)
+        return image.astype(np.float32), targets.astype(np.float32), valid[None].astype(np.float32)
+
+    def __call__(self, rng: np.random.Generator):
+        """A batch as torch tensors: x (B, C, c, c), y (B, K, c, c), valid (B, 1, c, c)."""
+        import torch
+
+        indices = rng.integers(0, len(self.samples), self.batch_size)
+        parts = [self.one(rng, int(i)) for i in indices]
+        return tuple(torch.from_numpy(np.stack(p)) for p in zip(*parts))
+
+
+def prepare_samples(samples: list[Sample], in_channels: int, pixel_scale: float, normalisation: dict | None = None):
+    """Normalise and rescale annotated samples to network scale."""
+    prepared = []
+    for s in samples:
+        image = normalise(to_channels_last(s.image, in_channels), normalisation or DEFAULT_NORMALISATION)
+        prepared.append(
+            PreparedSample(rescale(image, pixel_scale).transpose(2, 0, 1).copy(), rescale(s.labels, pixel_scale, order=0))
+        )
+    return prepared
+
+
+def make_validator(family, samples: list[Sample], meta: dict, params, device: str = "cpu"):
+    """A ``validate(model) -> dict`` computing mean GlaS object F1 and Dice at native resolution."""
+    from ...metrics import object_dice, object_f1
+
+    def validate(model) -> dict:
+        f1s, dices = [], []
+        for s in samples:
+            maps = run(family.predict_maps(model, s.image, meta, device=device))
+            labels = family.postprocess(maps, params).labels
+            f1s.append(object_f1(labels, s.labels)["f1"])
+            dices.append(object_dice(labels, s.labels))
+        f1, dice = float(np.mean(f1s)), float(np.mean(dices))
+        return {"score": selection_score(f1, dice), "object_f1": f1, "object_dice": dice}
+
+    return validate
+
+
+def train_three_branch(
+    train_samples: list[Sample],
+    val_samples: list[Sample],
+    meta: dict,
+    train_config: TrainConfig,
+    *,
+    crop: int = 256,
+    batch_size: int = 8,
+    targets: TargetConfig | None = None,
+    augment: AugmentConfig | None = None,
+    device: str = "cpu",
+    resume_path=None,
+    cancel: CancelToken | None = None,
+) -> Generator[Progress, None, tuple[object, TrainResult]]:
+    """Build the model described by ``meta`` and train it; returns (model with best weights, result)."""
+    from .family import ThreeBranchFamily
+
+    family = ThreeBranchFamily()
+    seed_everything(train_config.seed)  # the initial weights depend on the seed too
+    model = family.build_model(meta["architecture"])
+    prepared = prepare_samples(train_samples, meta["in_channels"], meta["pixel_scale"], meta.get("normalisation"))
+    batches = BatchMaker(
+        prepared,
+        crop=crop,
+        batch_size=batch_size,
+        targets=targets or TargetConfig(),
+        pixel_scale=meta["pixel_scale"],
+        augment=augment or AugmentConfig(),
+        branches=tuple(model.config.branches),
+    )
+    from .loss import weighted_bce
+
+    validate = make_validator(family, val_samples, meta, family.default_params(meta), device) if val_samples else None
+    result = yield from fit(
+        model, batches, weighted_bce, validate, train_config, device=device, resume_path=resume_path, cancel=cancel
+    )
+    return model, result

@@ -1,0 +1,109 @@
+"""The interface every model family implements.
+
+A family turns an image into *maps* once (expensive: the network) and maps into *instances* many times
+(cheap: post-processing, re-run on every slider move). The widget caches :class:`Maps` and calls
+:meth:`Family.postprocess` only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .progress import CancelToken, Progress
+
+
+@dataclass
+class Maps:
+    """Per-pixel network outputs for one 2D image, at the image's own resolution.
+
+    Attributes
+    ----------
+    arrays : dict[str, np.ndarray]
+        Map name -> float32 array of shape (H, W) with values in [0, 1]
+        (e.g. ``"foreground"``, ``"boundary"``, ``"centroid"``).
+    extra : dict
+        Family-specific cached outputs that are not images (e.g. boxes and mask logits).
+    """
+
+    arrays: dict[str, np.ndarray]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the maps."""
+        first = next(iter(self.arrays.values()))
+        return first.shape[-2:]
+
+
+@dataclass
+class Instances:
+    """The result of post-processing.
+
+    Attributes
+    ----------
+    labels : np.ndarray
+        uint32 (H, W); 0 is background, objects are 1..N. Overlaps are flattened (later objects win).
+    masks : np.ndarray or None
+        bool (N, H, W) per-object masks, for families whose objects may overlap; None otherwise.
+    scores : np.ndarray or None
+        float32 (N,) per-object confidence where the family has one.
+    """
+
+    labels: np.ndarray
+    masks: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+    @property
+    def count(self) -> int:
+        """Number of objects."""
+        if self.masks is not None:
+            return int(self.masks.shape[0])
+        return int(np.unique(self.labels[self.labels > 0]).size)
+
+
+class Family(ABC):
+    """A model family: network maps + post-processing.
+
+    Subclasses set :attr:`name`, :attr:`map_names` and :attr:`Params` (a parameter dataclass, see
+    :mod:`.params`) and register themselves in :mod:`.registry`.
+    """
+
+    name: ClassVar[str]
+    map_names: ClassVar[tuple[str, ...]]
+    Params: ClassVar[type]
+
+    @abstractmethod
+    def build_model(self, config: dict) -> Any:
+        """Return an untrained ``torch.nn.Module`` for an architecture config dict."""
+
+    @abstractmethod
+    def predict_maps(
+        self,
+        model: Any,
+        image: np.ndarray,
+        meta: dict,
+        *,
+        device: str | None = None,
+        tile_size: int | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Generator[Progress, None, Maps]:
+        """Run the network on one 2D image; yields progress, returns :class:`Maps` at the image size.
+
+        ``image`` is (H, W) or (H, W, C) of any real dtype; ``meta`` is the checkpoint's metadata
+        (normalisation, input channels, pixel scale).
+        """
+
+    @abstractmethod
+    def postprocess(self, maps: Maps, params: Any) -> Instances:
+        """Turn maps into instances; cheap enough to run on every slider move."""
+
+    def default_params(self, meta: dict | None = None) -> Any:
+        """Parameters stored in a checkpoint's metadata, else the dataclass defaults."""
+        from .params import params_from_dict
+
+        return params_from_dict(self.Params, (meta or {}).get("postprocess", {}))

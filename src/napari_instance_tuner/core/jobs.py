@@ -1,0 +1,188 @@
+"""Whole jobs behind the CLI: train from a data folder, predict files, evaluate a split.
+
+Each job is a progress generator (see :mod:`.progress`) so the GUI can run it in a worker as well.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from .checkpoint import LoadedModel, save_checkpoint
+from .data import Sample, load_split, read_groups, validation_split
+from .errors import InstanceTunerError
+from .image import DEFAULT_NORMALISATION
+from .params import params_from_dict, params_to_dict
+from .progress import CancelToken, Progress, run
+from .training import TrainConfig, selection_score
+
+
+@dataclass
+class TrainOptions:
+    """Options of ``napari-instance-tuner train`` (three-branch family)."""
+
+    data: str
+    out: str
+    family: str = "three-branch"
+    architecture: dict = field(default_factory=dict)
+    pixel_scale: float = 0.5
+    crop: int = 256
+    batch_size: int = 8
+    val_fraction: float = 0.18
+    train: TrainConfig = field(default_factory=TrainConfig)
+    targets: dict = field(default_factory=dict)
+    augment: bool = True
+    autotune: bool = True
+    device: str = "cpu"
+    workdir: str = "checkpoints"
+    name: str | None = None
+    half: bool = True
+
+
+def _score_one(pred: np.ndarray, ref: np.ndarray) -> float:
+    from .metrics import object_dice, object_f1
+
+    return selection_score(object_f1(pred, ref)["f1"], object_dice(pred, ref))
+
+
+def evaluate_samples(
+    loaded: LoadedModel, samples: list[Sample], params, *, device: str | None = None, cancel: CancelToken | None = None
+) -> Generator[Progress, None, list[dict]]:
+    """Predict and score each sample with every metric; returns one dict per image (with ``name``)."""
+    from .metrics import evaluate
+
+    rows = []
+    for i, s in enumerate(samples):
+        maps = yield from loaded.family.predict_maps(loaded.model, s.image, loaded.meta, device=device, cancel=cancel)
+        labels = loaded.family.postprocess(maps, params).labels
+        rows.append({"name": s.name, **evaluate(labels, s.masks if s.masks is not None else s.labels)})
+        yield Progress(i + 1, len(samples), f"evaluated {s.name}")
+    return rows
+
+
+def summarise(rows: list[dict], groups: dict[str, tuple[str, str]] | None = None) -> dict[str, dict]:
+    """Aggregate per-image metric rows overall and per grade (GlaS ``Grade.csv``)."""
+    from .metrics import aggregate
+
+    out = {"all": aggregate(rows)}
+    for grade in sorted({g for _, g in (groups or {}).values()}):
+        subset = [r for r in rows if (groups or {}).get(r["name"], ("", ""))[1] == grade]
+        if subset:
+            out[grade] = aggregate(subset)
+    return out
+
+
+def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Generator[Progress, None, Path]:
+    """Train a model on ``options.data``, auto-tune its post-processing on the validation split, save it.
+
+    Returns the checkpoint path. Progress ``info`` carries the per-epoch history records.
+    """
+    if options.family != "three-branch":
+        raise InstanceTunerError(f"training of family {options.family!r} is not available yet")
+    from .checkpoint import load_model
+    from .families.three_branch.model import ThreeBranchConfig
+    from .families.three_branch.targets import TargetConfig
+    from .families.three_branch.train import train_three_branch
+    from .augment import AugmentConfig
+    from .registry import get_family
+
+    started = time.time()
+    family = get_family(options.family)
+    samples = load_split(options.data)
+    groups = read_groups(options.data)
+    train_names, val_names = validation_split(
+        [s.name for s in samples], options.val_fraction, options.train.seed, groups
+    )
+    train_samples = [s for s in samples if s.name in set(train_names)]
+    val_samples = [s for s in samples if s.name in set(val_names)]
+    in_channels = 1 if samples[0].image.ndim == 2 else 3
+    arch = ThreeBranchConfig.from_dict({"in_channels": in_channels, **options.architecture})
+    targets = TargetConfig(**options.targets)
+    meta = {
+        "name": options.name or Path(options.out).stem,
+        "family": options.family,
+        "architecture": arch.to_dict(),
+        "in_channels": in_channels,
+        "normalisation": DEFAULT_NORMALISATION,
+        "pixel_scale": options.pixel_scale,
+        "tile_size": 512,
+        "tile_overlap": 64,
+        "postprocess": params_to_dict(family.Params()),
+        "training": {
+            "data": str(options.data),
+            "train_images": train_names,
+            "val_images": val_names,
+            "n_train_objects": int(sum(len(np.unique(s.labels)) - 1 for s in train_samples)),
+            "targets": targets.to_dict(),
+            "augment": AugmentConfig(enabled=options.augment).to_dict(),
+            "optimiser": {"name": "Adam", **options.train.to_dict()},
+            "crop": options.crop,
+            "batch_size": options.batch_size,
+            "command": " ".join(sys.argv),
+        },
+        "package_version": __version__,
+    }
+    resume = Path(options.workdir) / f"{meta['name']}.resume.pt"
+    model, result = yield from train_three_branch(
+        train_samples,
+        val_samples,
+        meta,
+        options.train,
+        crop=options.crop,
+        batch_size=options.batch_size,
+        targets=targets,
+        augment=AugmentConfig(enabled=options.augment),
+        device=options.device,
+        resume_path=resume,
+        cancel=cancel,
+    )
+    meta["training"].update(
+        {"history": result.history, "best_epoch": result.best_epoch, "stopped": result.stopped,
+         "train_seconds": round(result.wall_seconds, 1), "torch": _torch_version(), "python": platform.python_version()}
+    )
+    out = save_checkpoint(options.out, model.state_dict(), meta, half=options.half)
+    loaded = load_model(out)
+    params = family.default_params(meta)
+    if options.autotune and val_samples:
+        from .autotune import autotune
+
+        maps = []
+        for s in val_samples:
+            maps.append((yield from family.predict_maps(loaded.model, s.image, meta, device=options.device)))
+        params, before, after = yield from autotune(
+            family.postprocess, maps, [s.labels for s in val_samples], params, _score_one, cancel=cancel
+        )
+        meta["postprocess"] = params_to_dict(params)
+        meta["training"]["autotune"] = {"score_before": before, "score_after": after, "on": "validation split"}
+    if val_samples:
+        rows = yield from evaluate_samples(loaded, val_samples, params, device=options.device)
+        meta["metrics"] = {"validation": summarise(rows, groups)}
+    meta["training"]["wall_seconds"] = round(time.time() - started, 1)
+    return save_checkpoint(options.out, loaded.model.state_dict(), meta, half=options.half)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def load_params(loaded: LoadedModel, params_file: str | None):
+    """The model's default post-processing parameters, overridden by a JSON file if given."""
+    base = loaded.family.default_params(loaded.meta)
+    if not params_file:
+        return base
+    values = json.loads(Path(params_file).read_text())
+    values = values.get("postprocess", values)  # accept a recipe or a plain dict
+    return params_from_dict(type(base), values, base)
+
+
+__all__ = ["TrainOptions", "train_job", "evaluate_samples", "summarise", "load_params", "run"]

@@ -1,0 +1,37 @@
+"""Family name -> implementation. Unknown names raise an error listing the valid ones."""
+
+from __future__ import annotations
+
+import importlib
+
+from .errors import InstanceTunerError
+from .family import Family
+
+# name -> "module:Class"; modules are imported on first use so that torch stays unimported.
+_FAMILIES: dict[str, str] = {
+    "three-branch": "napari_instance_tuner.core.families.three_branch.family:ThreeBranchFamily",
+}
+
+
+def family_names() -> list[str]:
+    """Names of all registered families."""
+    return sorted(_FAMILIES)
+
+
+def register_family(name: str, target: str) -> None:
+    """Register a family implementation given as ``"package.module:ClassName"``."""
+    _FAMILIES[name] = target
+
+
+def get_family(name: str) -> Family:
+    """Return an instance of the family called ``name``.
+
+    Raises
+    ------
+    InstanceTunerError
+        If no family of that name exists; the message lists the valid names.
+    """
+    if name not in _FAMILIES:
+        raise InstanceTunerError(f"unknown model family {name!r}; valid families: {', '.join(family_names())}")
+    module_name, class_name = _FAMILIES[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()

@@ -1,0 +1,45 @@
+"""Shared fixtures: small synthetic label images and a tiny random-weight three-branch checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+TINY_ARCH = {"in_channels": 3, "base_channels": 4, "depth": 2, "conv_type": "separable"}
+
+
+def tiny_meta(**overrides) -> dict:
+    """Metadata of a tiny three-branch checkpoint at native scale."""
+    meta = {
+        "name": "tiny",
+        "family": "three-branch",
+        "architecture": dict(TINY_ARCH),
+        "in_channels": 3,
+        "pixel_scale": 1.0,
+        "normalisation": {"kind": "percentile", "low": 1.0, "high": 99.8},
+        "postprocess": {},
+    }
+    meta.update(overrides)
+    return meta
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """Path of a saved tiny random-weight three-branch checkpoint."""
+    import torch
+
+    from napari_instance_tuner.core.checkpoint import save_checkpoint
+    from napari_instance_tuner.core.registry import get_family
+
+    torch.manual_seed(0)
+    model = get_family("three-branch").build_model(TINY_ARCH)
+    return save_checkpoint(tmp_path / "tiny.safetensors", model.state_dict(), tiny_meta())
+
+
+def disks_labels(shape=(64, 64), centres=((20, 20), (20, 44), (46, 30)), radius=9) -> np.ndarray:
+    """int32 label image of disks (touching when centres are close)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = i
+    return labels

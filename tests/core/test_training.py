@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_ARCH, disks_labels
+from napari_instance_tuner.core.augment import AugmentConfig, photometric, random_symmetry
+from napari_instance_tuner.core.data import Sample
+from napari_instance_tuner.core.families.three_branch.loss import weighted_bce
+from napari_instance_tuner.core.families.three_branch.train import BatchMaker, prepare_samples
+from napari_instance_tuner.core.progress import CancelToken, run
+from napari_instance_tuner.core.registry import get_family
+from napari_instance_tuner.core.training import TrainConfig, fit
+
+
+def toy_samples(n=3):
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(n):
+        labels = disks_labels((48, 48), ((14, 14), (14, 34), (34, 24)), 8 + i % 2)
+        image = np.stack([(labels > 0) * 150 + rng.integers(0, 60, labels.shape)] * 3, -1).astype(np.uint8)
+        samples.append(Sample(f"s{i}", image, labels))
+    return samples
+
+
+def batch_maker(**kw):
+    return BatchMaker(prepare_samples(toy_samples(), 3, 1.0), crop=32, batch_size=2, pixel_scale=1.0, **kw)
+
+
+def test_batches_have_consistent_targets_and_padding_is_masked():
+    maker = batch_maker(augment=AugmentConfig(enabled=False))
+    maker.crop = 64  # larger than the 48 px images: padded, and padding excluded from the loss
+    x, y, valid = maker(np.random.default_rng(0))
+    assert x.shape == (2, 3, 64, 64) and y.shape == (2, 3, 64, 64) and valid.shape == (2, 1, 64, 64)
+    assert valid.sum() == 2 * 48 * 48
+    assert torch.all(y[valid.expand_as(y) == 0] == 0)
+
+
+def test_weighted_bce_balances_sparse_targets():
+    logits = torch.zeros(1, 2, 10, 10)
+    targets = torch.zeros(1, 2, 10, 10)
+    targets[0, 0, :5] = 1  # balanced
+    targets[0, 1, 0, :5] = 1  # 5 % positives
+    valid = torch.ones(1, 1, 10, 10)
+    _, parts = weighted_bce(logits, targets, valid)
+    assert parts[0] == pytest.approx(np.log(2), rel=1e-4)
+    assert parts[1] == pytest.approx(np.log(2) * (95 + 5 * 10) / 100, rel=1e-4)  # positive weight capped at 10
+    _, masked = weighted_bce(logits, targets, torch.zeros(1, 1, 10, 10))
+    assert masked == [0.0, 0.0]
+
+
+def test_augmentations_keep_image_and_targets_aligned():
+    rng = np.random.default_rng(0)
+    image = np.zeros((1, 8, 8), np.float32)
+    image[0, 1, 2] = 1
+    target = image.copy()
+    for _ in range(8):
+        a, b = random_symmetry(rng, image, target)
+        assert np.array_equal(a, b) and a.sum() == 1
+    jittered = photometric(rng, np.ones((3, 8, 8), np.float32), AugmentConfig(p_color=1, p_blur=0, p_noise=0))
+    assert jittered.shape == (3, 8, 8) and not np.allclose(jittered, 1)
+    assert np.array_equal(photometric(rng, image, AugmentConfig(enabled=False)), image)
+
+
+def _train(tmp_path, epochs, resume=None, cancel=None):
+    torch.manual_seed(3)
+    model = get_family("three-branch").build_model(TINY_ARCH)
+    config = TrainConfig(epochs=epochs, steps_per_epoch=2, seed=3, checkpoint_every_s=0, patience=100)
+    validate = lambda m: {"score": -float(sum(p.detach().abs().sum() for p in m.parameters()))}
+    result = run(fit(model, batch_maker(), weighted_bce, validate, config, resume_path=resume, cancel=cancel))
+    return model, result
+
+
+def test_training_is_deterministic_with_a_seed(tmp_path):
+    m1, r1 = _train(tmp_path, 3)
+    m2, r2 = _train(tmp_path, 3)
+    assert [h["loss"] for h in r1.history] == [h["loss"] for h in r2.history]
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert r1.stopped == "max epochs" and len(r1.history) == 3
+
+
+def test_resume_continues_exactly(tmp_path):
+    _, straight = _train(tmp_path, 4)
+    resume = tmp_path / "run.resume.pt"
+    _train(tmp_path, 2, resume=resume)
+    assert resume.is_file()
+    _, resumed = _train(tmp_path, 4, resume=resume)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert np.allclose([h["loss"] for h in resumed.history], [h["loss"] for h in straight.history], rtol=1e-5)
+
+
+def test_cancel_returns_best_weights_so_far(tmp_path):
+    token = CancelToken()
+    token.cancel()
+    model, result = _train(tmp_path, 5, cancel=token)
+    assert result.stopped == "cancelled" and result.history == []

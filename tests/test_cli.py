@@ -1,0 +1,70 @@
+"""End to end through the console entry point: train a tiny model, list, predict, evaluate."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import disks_labels
+from napari_instance_tuner.cli import main
+
+
+@pytest.fixture
+def toy_split(tmp_path):
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    split = tmp_path / "data" / "train"
+    (split / "images").mkdir(parents=True)
+    (split / "labels").mkdir()
+    for i in range(4):
+        labels = disks_labels((48, 64), ((14, 14 + i), (30, 40), (34, 14)), 8)
+        image = (np.stack([(labels > 0) * 120] * 3, -1) + rng.integers(0, 80, (48, 64, 3))).astype(np.uint8)
+        iio.imwrite(split / "images" / f"img{i}.png", image)
+        tifffile.imwrite(split / "labels" / f"img{i}.tif", labels.astype(np.uint16))
+    return split
+
+
+def test_train_predict_evaluate(toy_split, tmp_path, capsys):
+    ckpt = tmp_path / "toy.safetensors"
+    args = ["train", "--data", str(toy_split), "--out", str(ckpt), "--epochs", "2", "--steps-per-epoch", "2",
+            "--base-channels", "4", "--depth", "2", "--crop", "32", "--batch-size", "2", "--pixel-scale", "1",
+            "--validate-every", "1", "--val-fraction", "0.25", "--workdir", str(tmp_path / "work"), "--quiet"]
+    assert main(args + ["--no-autotune"]) == 0
+    assert ckpt.is_file() and (tmp_path / "work" / "toy.resume.pt").is_file()
+    out_dir = tmp_path / "pred"
+    assert main(["predict", "--model", str(ckpt), "--out", str(out_dir), str(toy_split / "images" / "img0.png")]) == 0
+    written = tifffile.imread(out_dir / "img0.tif")
+    assert written.shape == (48, 64) and written.dtype == np.uint16
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"fg_threshold": 0.0, "require_centroid": False, "subtract_boundaries": False,
+                                  "min_size": 0, "close_radius": 0, "open_radius": 0}))
+    assert main(["predict", "--model", str(ckpt), "--params", str(params), "--out", str(out_dir),
+                 str(toy_split / "images" / "img1.png")]) == 0
+    assert tifffile.imread(out_dir / "img1.tif").max() == 1  # threshold 0: everything is one object
+    capsys.readouterr()
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(ckpt), "--data", str(toy_split), "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "object_f1" in printed and "all" in printed
+    summary = json.loads(report.read_text())["summary"]["all"]
+    assert summary["n_images"] == 4 and 0.0 <= summary["object_f1"] <= 1.0
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage!garbage!")
+    assert main(["predict", "--model", str(bad), "--out", str(tmp_path), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.safetensors" in err and "Traceback" not in err
+    assert main(["evaluate", "--model", "no-such-model", "--data", str(tmp_path)]) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_models_lists_shipped_weights(capsys):
+    from napari_instance_tuner.core.checkpoint import shipped_models
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in shipped_models())
