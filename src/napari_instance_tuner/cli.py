@@ -1,4 +1,4 @@
-"""Command line: ``napari-instance-tuner train | predict | evaluate | models``.
+"""Command line: ``napari-instance-tuner train | predict | evaluate | models | demo``.
 
 Every command is a thin shell over :mod:`napari_instance_tuner.core.jobs`; errors the user can fix are
 printed as one line (exit code 2), not as a traceback.
@@ -29,6 +29,12 @@ def _progress_printer(quiet: bool):
         last["msg"] = p.message
 
     return show
+
+
+def cmd_demo(args) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args.demo_args)
 
 
 def cmd_models(args) -> int:
@@ -131,6 +137,11 @@ def cmd_evaluate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-instance-tuner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="open napari with the plugin on a segmented sample (see demo --help)",
+                       add_help=False)
+    d.add_argument("demo_args", nargs=argparse.REMAINDER)
+    d.set_defaults(func=cmd_demo)
 
     sub.add_parser("models", help="list the shipped weights").set_defaults(func=cmd_models)
 

@@ -31,10 +31,12 @@ _BRIGHTFIELD = np.array([248.0, 242.0, 248.0], np.float32)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma, scale: int = 1) -> np.ndarray:
-    """Gaussian-filtered white noise with unit standard deviation (computed at 1/scale resolution)."""
+    """Gaussian-filtered white noise, zero mean and unit standard deviation (made at 1/scale resolution)."""
     small = (max(1, -(-shape[0] // scale)), max(1, -(-shape[1] // scale)))
     field = ndi.gaussian_filter(rng.standard_normal(small).astype(np.float32), np.asarray(sigma) / scale)
-    field /= field.std() + 1e-6
+    field -= field.mean()
+    std = float(field.std())
+    field = field / std if std > 1e-3 else np.zeros_like(field)  # a tiny image has no smooth variation
     if scale > 1:
         field = ndi.zoom(field, scale, order=1)[: shape[0], : shape[1]]
     return field
@@ -288,7 +290,7 @@ def synthetic_glands(shape: tuple[int, int] = (512, 768), seed: int | None = Non
     # Nuclei: crowded, elongated perpendicular to the basement membrane in the epithelium; sparse and
     # round or spindle-shaped in the stroma.
     nuclei = np.zeros(shape, np.float32)
-    gy, gx = np.gradient(ndi.gaussian_filter(depth, 2.0))
+    gy, gx = (g[1:-1, 1:-1] for g in np.gradient(np.pad(ndi.gaussian_filter(depth, 2.0), 1, mode="edge")))
     basal = epithelium & (depth >= 1.0) & (depth < np.minimum(0.55 * epithelium_depth, 14))
     centres, radii, angles = _ellipse_field(rng, basal.sum() / 40, basal, (5.5, 9), (2.6, 3.8), np.arctan2(gx, gy))
     _splat(nuclei, centres, radii, angles, rng.uniform(0.8, 1.1, len(centres)))
@@ -464,7 +466,8 @@ def synthetic_worms(
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     cy, cx = (height - 1) / 2, (width - 1) / 2
     well = ((np.abs(yy - cy) / (0.55 * height)) ** 6 + (np.abs(xx - cx) / (0.55 * width)) ** 6) ** (1 / 6)
-    light = 2500 * np.clip((1.0 - well) * 12, 0, 1) * (1.0 - 0.15 * ((yy - cy) ** 2 + (xx - cx) ** 2) / (cy * cy + cx * cx))
+    vignette = 1.0 - 0.15 * ((yy - cy) ** 2 + (xx - cx) ** 2) / max(1.0, cy * cy + cx * cx)
+    light = 2500 * np.clip((1.0 - well) * 12, 0, 1) * vignette
     light *= 1 + 0.01 * _smooth_noise(rng, shape, 60, scale=8)
     transmission = np.ones(shape, np.float32)
     for mask, rel in zip(masks, relative):
