@@ -83,14 +83,28 @@ def cmd_predict(args) -> int:
     from .core.jobs import load_params
     from .core.progress import run
 
-    loaded = load_model(args.model)
-    params = load_params(loaded, args.params)
+    recipe = None
+    if args.recipe:  # the recipe's weights (SHA-256 checked; --model names them if moved) and parameters
+        from .core.recipe import load_recipe, recipe_model, replay
+
+        if args.params:
+            raise InstanceTunerError("--params cannot be combined with --recipe (the recipe fixes the parameters)")
+        recipe = load_recipe(args.recipe)
+        loaded = recipe_model(recipe, args.model)
+    elif args.model:
+        loaded = load_model(args.model)
+        params = load_params(loaded, args.params)
+    else:
+        raise InstanceTunerError("predict needs --model or --recipe")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in args.inputs:
         image = read_image(path)
-        maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device=args.device))
-        labels = loaded.family.postprocess(maps, params).labels
+        if recipe is not None:
+            labels = replay(recipe, image, loaded=loaded, device=args.device)
+        else:
+            maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device=args.device))
+            labels = loaded.family.postprocess(maps, params).labels
         dtype = np.uint16 if labels.max() <= np.iinfo(np.uint16).max else np.uint32
         target = out_dir / f"{Path(path).stem}.tif"
         tifffile.imwrite(target, labels.astype(dtype), compression="zlib")
@@ -179,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment images, writing one label TIFF each")
-    p.add_argument("--model", required=True, help="shipped model name or checkpoint path")
+    p.add_argument("--model", help="shipped model name or checkpoint path (with --recipe: the moved weights)")
     p.add_argument("--params", help="JSON of post-processing parameters (or a recipe)")
+    p.add_argument("--recipe", help="recipe JSON written by an export: reproduce its labels exactly")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default=None)
     p.add_argument("inputs", nargs="+")

@@ -26,7 +26,6 @@ def _directed_edges(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Boundary edges (x0, y0, dx, dy) of a bool mask, with the mask on the right of each edge (screen view)."""
     m = np.pad(mask, 1)
     inner = m[1:-1, 1:-1]
-    rows, cols = np.arange(mask.shape[0])[:, None], np.arange(mask.shape[1])[None, :]
     edges = []
     # (neighbour is background) -> (start corner, direction): top, right, bottom, left side of the pixel.
     sides = (
@@ -38,47 +37,61 @@ def _directed_edges(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     for open_side, (ox, oy), (dx, dy) in sides:
         ys, xs = np.nonzero(inner & open_side)
         edges.extend(zip((xs + ox).tolist(), (ys + oy).tolist(), [dx] * len(xs), [dy] * len(xs)))
-    del rows, cols
     return edges
 
 
 def _link_rings(edges: list[tuple[int, int, int, int]]) -> list[list[tuple[int, int]]]:
     """Chain directed edges into closed rings of corner vertices (collinear vertices dropped).
 
-    Where two outgoing edges leave one corner (two pixels touching only diagonally), the ring turns right,
-    towards the mask: each ring then bounds a 4-connected set of pixels and never crosses itself.
+    Where two edges leave one corner (two pixels touching only diagonally), the ring turns right, towards
+    the mask: each outline then bounds a 4-connected set of pixels. This rule maps every edge to exactly one
+    successor, so the rings are the cycles of that map; cycles that visit a corner twice are split there.
     """
     outgoing: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for x, y, dx, dy in edges:
         outgoing.setdefault((x, y), []).append((dx, dy))
+    used: set[tuple[int, int, int, int]] = set()
     rings = []
-    while outgoing:
-        start = next(iter(outgoing))
-        x, y = start
-        direction = outgoing[start][0]
+    for first in edges:
+        if first in used:
+            continue
         ring = []
+        edge = first
         while True:
+            used.add(edge)
+            x, y, dx, dy = edge
+            ring.append((x, y))
+            x, y = x + dx, y + dy
             options = outgoing[(x, y)]
-            if len(options) > 1:
-                right = (-direction[1], direction[0])
-                step = right if right in options else options[0]
-            else:
-                step = options[0]
-            options.remove(step)
-            if not options:
-                del outgoing[(x, y)]
-            if step != direction or not ring:
-                ring.append((x, y))
-            direction = step
-            x, y = x + step[0], y + step[1]
-            if (x, y) == start and (x, y) not in outgoing:
+            right = (-dy, dx)
+            step = right if len(options) > 1 and right in options else options[0]
+            edge = (x, y, *step)
+            if edge == first:
                 break
-            if (x, y) == start and ring and len(outgoing.get(start, ())) == 0:
-                break
-        if ring[0] != ring[-1]:
-            ring.append(ring[0])
-        rings.append(_drop_collinear(ring))
+        rings.extend(_drop_collinear(loop + loop[:1]) for loop in _split_loops(ring))
     return rings
+
+
+def _split_loops(points: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Split a closed path that visits a corner twice into simple loops touching at that corner.
+
+    A hole whose pixels meet only diagonally, or an outline pinched to one corner, visits that corner
+    twice; simple rings that touch at a point are valid GeoJSON (OGC) where a self-touching ring is not.
+    """
+    stack: list[tuple[int, int]] = []
+    seen: dict[tuple[int, int], int] = {}
+    loops = []
+    for point in points:
+        if point in seen:
+            start = seen[point]
+            loops.append(stack[start:])
+            for q in stack[start + 1 :]:
+                del seen[q]
+            del stack[start + 1 :]
+        else:
+            seen[point] = len(stack)
+            stack.append(point)
+    return loops + [stack] if len(stack) > 1 else loops
 
 
 def _drop_collinear(ring: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -159,9 +172,11 @@ def rasterise(geom: dict, shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, bool)
     polys = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
     for poly in polys:
+        piece = np.zeros(shape, bool)
         for i, ring in enumerate(poly):
             arr = np.asarray(ring, float)
             # skimage tests pixel centres at integer (row, col): shift pixel-edge coordinates by half a pixel.
             rr, cc = fill(arr[:, 1] - 0.5, arr[:, 0] - 0.5, shape)
-            out[rr, cc] = i == 0
+            piece[rr, cc] = i == 0
+        out |= piece  # a piece inside another's hole must survive that hole
     return out

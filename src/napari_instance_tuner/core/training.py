@@ -41,6 +41,8 @@ class TrainConfig:
         Seconds between resume files.
     max_minutes : float or None
         Stop (keeping the best weights) after this wall time.
+    freeze_batchnorm : bool
+        Keep batch-norm statistics fixed (fine-tuning on a few small crops would corrupt them).
     """
 
     epochs: int = 150
@@ -51,6 +53,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_s: float = 180.0
     max_minutes: float | None = None
+    freeze_batchnorm: bool = False
 
     def to_dict(self) -> dict:
         """JSON-able dict."""
@@ -143,6 +146,10 @@ def fit(
     stopped = "max epochs"
     while state["epoch"] < config.epochs:
         model.train()
+        if config.freeze_batchnorm:
+            for module in model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         losses = []
         for step in range(config.steps_per_epoch):
             if cancel is not None and cancel.cancelled:

@@ -1,0 +1,335 @@
+"""Export instances to the files other tools open: label TIFF/PNG, measurement CSV, QuPath GeoJSON, mask stacks.
+
+Every file is written to a temporary file beside its target and renamed into place, so a failure never
+leaves a partial file, and an existing file is replaced only with ``overwrite=True``. Headless: numpy,
+scikit-image, tifffile and imageio only.
+
+Examples
+--------
+>>> import tempfile
+>>> labels = np.zeros((8, 24), np.uint32); labels[2:6, 10:20] = 1
+>>> folder = tempfile.mkdtemp()
+>>> sorted(p.name for p in export_instances(labels, ExportOptions(folder, "cells", ("tiff", "csv"))))
+['cells.csv', 'cells.tif']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .measure import add_scores, measure_masks, measure_stack, to_csv
+from .polygons import geometry, mask_polygons
+from .safe_write import ExportError, OverwriteError, check_target, write_atomic, write_text
+
+__all__ = [
+    "ExportError", "OverwriteError", "ExportOptions", "SUFFIXES", "OBJECT_TYPES", "check_target", "write_atomic",
+    "write_text", "label_dtype", "write_label_tiff", "write_label_png", "labels_to_masks", "write_mask_stack",
+    "measurements", "write_measurements_csv", "geojson_features", "write_geojson", "export_targets",
+    "export_instances",
+]
+
+#: Export formats and the file name each gets from a base name.
+SUFFIXES = {"tiff": ".tif", "png": ".png", "csv": ".csv", "geojson": ".geojson", "masks": "_masks.npz",
+            "recipe": ".recipe.json"}
+OBJECT_TYPES = ("detection", "annotation")
+_MAX_MASK_BYTES = 2 << 30
+
+
+# -- label images ----------------------------------------------------------------------------------------
+
+
+def label_dtype(labels: np.ndarray) -> type:
+    """``np.uint16`` when the largest label fits, else ``np.uint32``.
+
+    Raises
+    ------
+    ExportError
+        For negative, non-integer or larger-than-uint32 labels.
+    """
+    arr = np.asarray(labels)
+    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.integer):
+        raise ExportError(f"labels must be integers; got dtype {arr.dtype}")
+    low, high = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    if low < 0:
+        raise ExportError("labels must not be negative")
+    if high > np.iinfo(np.uint32).max:
+        raise ExportError(f"label {high} does not fit a 32-bit label image")
+    return np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32
+
+
+def write_label_tiff(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    pixel_size: tuple[float, float] | None = None,
+    unit: str = "µm",
+    overwrite: bool = False,
+) -> Path:
+    """Write a label image (H, W) or stack (Z, H, W) as a zlib-compressed TIFF, uint16 or uint32.
+
+    With ``pixel_size`` = (y, x) size of a pixel in ``unit``, uint16 files are ImageJ hyperstacks (Fiji reads
+    the calibration) and uint32 files, which ImageJ's format cannot hold, are OME-TIFF with
+    ``PhysicalSizeX/Y``; both also carry the standard resolution tags.
+    """
+    data = np.ascontiguousarray(labels, dtype=label_dtype(labels))
+    axes = "YX" if data.ndim == 2 else "ZYX"
+    if data.ndim not in (2, 3):
+        raise ExportError(f"labels of shape {data.shape} cannot be written; expected (H, W) or (Z, H, W)")
+    kwargs: dict[str, Any] = {"compression": "zlib", "photometric": "minisblack"}
+    if pixel_size is not None:
+        sy, sx = (float(v) for v in pixel_size)
+        kwargs["resolution"] = (1.0 / sx, 1.0 / sy)
+        if data.dtype == np.uint16:
+            kwargs.update(imagej=True, metadata={"axes": axes, "unit": "um" if unit in ("µm", "um") else unit})
+        else:
+            kwargs.update(ome=True, metadata={"axes": axes, "PhysicalSizeX": sx, "PhysicalSizeY": sy,
+                                              "PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit})
+    else:
+        kwargs["metadata"] = {"axes": axes}
+
+    def write(fh: IO[bytes]) -> None:
+        import tifffile
+
+        tifffile.imwrite(fh, data, **kwargs)
+
+    return write_atomic(path, write, overwrite)
+
+
+def write_label_png(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = False) -> Path:
+    """Write a 2D label image as a 16-bit greyscale PNG.
+
+    Raises
+    ------
+    ExportError
+        For stacks and labels above 65535 (use TIFF).
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 2:
+        raise ExportError(f"PNG holds one 2D label image; got shape {arr.shape} (use TIFF for stacks)")
+    if label_dtype(arr) != np.uint16:
+        raise ExportError(f"PNG holds labels up to 65535; the largest here is {int(arr.max())} (use TIFF)")
+
+    def write(fh: IO[bytes]) -> None:
+        import imageio.v3 as iio
+
+        fh.write(iio.imwrite("<bytes>", arr.astype(np.uint16), extension=".png"))
+
+    return write_atomic(path, write, overwrite)
+
+
+def labels_to_masks(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(masks bool (N, H, W), label ids (N,)) of a 2D label image, one mask per label present."""
+    arr = np.asarray(labels)
+    if arr.ndim != 2:
+        raise ExportError(f"a mask stack is made from one 2D label image; got shape {arr.shape}")
+    ids = np.unique(arr[arr > 0])
+    if ids.size * arr.size > _MAX_MASK_BYTES:
+        raise ExportError(f"{ids.size} masks of {arr.shape} would take {ids.size * arr.size / 2**30:.1f} GiB; "
+                          "export the label image instead")
+    return arr[None] == ids[:, None, None], ids
+
+
+def write_mask_stack(
+    path: str | os.PathLike,
+    masks: np.ndarray,
+    scores: np.ndarray | None = None,
+    ids: np.ndarray | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write per-object masks that may overlap, which one label image cannot hold.
+
+    A ``.npz`` path gets ``masks`` bool (N, H, W), ``labels`` (N,) uint32 (``ids``, default 1..N) and, when
+    given, ``scores`` (N,) float32; a ``.tif`` path a zlib-compressed uint8 stack (0/255, one page per object).
+    """
+    masks = np.asarray(masks, bool)
+    if masks.ndim != 3:
+        raise ExportError(f"a mask stack must be (N, H, W); got shape {masks.shape}")
+    if str(path).lower().endswith((".tif", ".tiff")):
+        def write(fh: IO[bytes]) -> None:
+            import tifffile
+
+            tifffile.imwrite(fh, masks.astype(np.uint8) * 255, compression="zlib", metadata={"axes": "QYX"})
+    else:
+        ids = np.arange(1, masks.shape[0] + 1) if ids is None else np.asarray(ids)
+        arrays = {"masks": masks, "labels": ids.astype(np.uint32)}
+        if scores is not None:
+            arrays["scores"] = np.asarray(scores, np.float32)
+
+        def write(fh: IO[bytes]) -> None:
+            np.savez_compressed(fh, **arrays)
+
+    return write_atomic(path, write, overwrite)
+
+
+# -- measurements and GeoJSON ------------------------------------------------------------------------------
+
+
+def measurements(
+    labels: np.ndarray, image: np.ndarray | None = None, masks: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Measurement table of ``masks`` (N, H, W) when given, else of ``labels``; with ``score`` if scores given."""
+    table = measure_masks(masks, image) if masks is not None else measure_stack(labels, image)
+    return add_scores(table, scores)
+
+
+def write_measurements_csv(path: str | os.PathLike, table: dict[str, np.ndarray], overwrite: bool = False) -> Path:
+    """Write a table from :func:`measurements` as CSV (one row per object)."""
+    return write_text(path, to_csv(table), overwrite)
+
+
+def geojson_features(
+    labels: np.ndarray,
+    table: dict[str, np.ndarray],
+    masks: np.ndarray | None = None,
+    object_type: str = "detection",
+    classification: str | None = None,
+) -> dict:
+    """A QuPath-importable GeoJSON ``FeatureCollection``, one feature per object.
+
+    Geometries are exact pixel outlines in QuPath's pixel-edge coordinates (see :mod:`.polygons`): holes
+    are interior rings, a label in several pieces a ``MultiPolygon``. Overlapping ``masks`` give separate
+    features. ``properties`` hold ``objectType``, ``classification`` ``{"name": ...}`` when given, and
+    ``measurements`` (the table's finite values except coordinates, which the geometry carries).
+    """
+    if object_type not in OBJECT_TYPES:
+        raise ExportError(f"objectType must be one of {', '.join(OBJECT_TYPES)}; got {object_type!r}")
+    if masks is None and np.ndim(labels) != 2:
+        raise ExportError(f"GeoJSON holds one 2D image; got labels of shape {np.shape(labels)}")
+    skip = {"centroid_y", "centroid_x", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "slice"}
+    features = []
+    for i, label in enumerate(table["label"].tolist()):
+        y0, x0, y1, x1 = (int(table[k][i]) for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"))
+        source = masks[label - 1] if masks is not None else labels
+        mask = np.asarray(source[y0:y1, x0:x1]) == (True if masks is not None else label)
+        props: dict[str, Any] = {"objectType": object_type}
+        if classification:
+            props["classification"] = {"name": classification}
+        props["measurements"] = {k: _number(v[i]) for k, v in table.items() if k not in skip and np.isfinite(v[i])}
+        features.append({"type": "Feature", "geometry": geometry(mask_polygons(mask, (y0, x0))), "properties": props})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _number(value: Any) -> int | float:
+    return int(value) if isinstance(value, (np.integer, int)) else float(value)
+
+
+def write_geojson(path: str | os.PathLike, collection: dict, overwrite: bool = False) -> Path:
+    """Write a FeatureCollection from :func:`geojson_features` as compact JSON."""
+    return write_text(path, json.dumps(collection, separators=(",", ":"), allow_nan=False), overwrite)
+
+
+# -- everything at once --------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportOptions:
+    """What :func:`export_instances` writes, and where.
+
+    Attributes
+    ----------
+    folder : path-like
+        Existing folder to write into.
+    base_name : str
+        File names are ``base_name`` + the suffix of each format (see :data:`SUFFIXES`).
+    formats : tuple of str
+        Any of ``"tiff", "png", "csv", "geojson", "masks"``.
+    object_type : str
+        QuPath object type of the GeoJSON features: ``"detection"`` or ``"annotation"``.
+    classification : str or None
+        QuPath class name of the GeoJSON features.
+    pixel_size : (float, float) or None
+        (y, x) pixel size in ``unit`` for the TIFF metadata.
+    overwrite : bool
+        Replace existing files.
+    """
+
+    folder: str | os.PathLike
+    base_name: str
+    formats: tuple[str, ...] = ("tiff", "csv")
+    object_type: str = "detection"
+    classification: str | None = None
+    pixel_size: tuple[float, float] | None = None
+    unit: str = "µm"
+    overwrite: bool = False
+
+
+def export_targets(options: ExportOptions, recipe: bool = False) -> dict[str, Path]:
+    """Format -> the path :func:`export_instances` would write (``"recipe"`` included when asked)."""
+    unknown = [f for f in options.formats if f not in SUFFIXES or f == "recipe"]
+    if unknown:
+        raise ExportError(f"unknown export format {unknown[0]!r}; valid: {', '.join(list(SUFFIXES)[:-1])}")
+    name = options.base_name.strip()
+    if not name or any(sep in name for sep in ("/", "\\", os.sep)) or name in (".", ".."):
+        raise ExportError(f"{options.base_name!r} is not a valid file name")
+    formats = list(options.formats) + (["recipe"] if recipe else [])
+    return {f: Path(options.folder) / f"{name}{SUFFIXES[f]}" for f in formats}
+
+
+def export_instances(
+    labels: np.ndarray,
+    options: ExportOptions,
+    *,
+    image: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
+    recipe: dict | None = None,
+) -> list[Path]:
+    """Write the formats in ``options`` (and ``recipe`` as JSON when given); returns the paths written.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer (H, W) label image, or (Z, H, W) for TIFF and CSV.
+    image : np.ndarray, optional
+        Source image for intensity columns.
+    masks : np.ndarray, optional
+        bool (N, H, W) possibly overlapping objects; measurements, GeoJSON and the mask stack then use
+        them, one object each.
+    scores : np.ndarray, optional
+        float (N,) per-object score: a ``score`` column / measurement.
+    recipe : dict, optional
+        A recipe (see :mod:`.recipe`) written beside the export.
+
+    Raises
+    ------
+    OverwriteError
+        Before anything is written, if any target exists and ``options.overwrite`` is False.
+    ExportError
+        For unwritable targets and data a format cannot hold.
+    """
+    targets = export_targets(options, recipe is not None)
+    for path in targets.values():
+        check_target(path, options.overwrite)
+    written = []
+    table = None
+    if {"csv", "geojson"} & set(targets):
+        table = measurements(labels, image, masks, scores)
+    for fmt, path in targets.items():
+        if fmt == "tiff":
+            write_label_tiff(path, labels, options.pixel_size, options.unit, options.overwrite)
+        elif fmt == "png":
+            write_label_png(path, labels, options.overwrite)
+        elif fmt == "csv":
+            write_measurements_csv(path, table, options.overwrite)
+        elif fmt == "geojson":
+            collection = geojson_features(labels, table, masks, options.object_type, options.classification)
+            write_geojson(path, collection, options.overwrite)
+        elif fmt == "masks":
+            if masks is not None:
+                write_mask_stack(path, masks, scores, None, options.overwrite)
+            else:
+                stack, ids = labels_to_masks(labels)
+                picked = None if scores is None else add_scores({"label": ids}, scores)["score"]
+                write_mask_stack(path, stack, picked, ids, options.overwrite)
+        elif fmt == "recipe":
+            from .recipe import recipe_text
+
+            write_text(path, recipe_text(recipe), options.overwrite)
+        written.append(path)
+    return written

@@ -1,0 +1,86 @@
+"""Safe file writes: a temporary file beside the target, renamed into place; no silent overwrites.
+
+A failure never leaves a partial file, and an existing file is replaced only with ``overwrite=True``.
+Problems become :class:`ExportError` messages that name the file and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import InstanceTunerError
+
+
+class ExportError(InstanceTunerError):
+    """A file cannot be written (missing folder, no permission, a directory in the way...)."""
+
+
+class OverwriteError(ExportError):
+    """A target file exists and overwriting was not allowed."""
+
+
+def check_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Check that ``path`` can be written; returns it as a Path.
+
+    Raises
+    ------
+    OverwriteError
+        If the file exists and ``overwrite`` is False.
+    ExportError
+        If the folder does not exist or is not writable, or ``path`` is a directory.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise ExportError(f"cannot write {path.name!r}: the folder {str(folder)!r} does not exist")
+    if path.is_dir():
+        raise ExportError(f"cannot write {str(path)!r}: it is a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {path.name!r}: no permission to write in {str(folder)!r}")
+    if path.exists() and not overwrite:
+        raise OverwriteError(f"{str(path)!r} exists; choose another name or allow overwriting")
+    return path
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], overwrite: bool = False) -> Path:
+    """Write a file through ``write(fh)`` into a temporary file beside ``path``, then rename it into place.
+
+    The temporary file is removed whatever goes wrong, so the target is either the complete new file or
+    untouched. Without ``overwrite``, the rename is a hard link that fails if the target appeared meanwhile.
+
+    Raises
+    ------
+    OverwriteError, ExportError
+        As for :func:`check_target`; ``ExportError`` also for OS errors while writing (disk full...).
+    """
+    path = check_target(path, overwrite)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            write(fh)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic and never replaces a file
+            except FileExistsError:
+                raise OverwriteError(f"{str(path)!r} exists; choose another name or allow overwriting") from None
+            except OSError:  # a file system without hard links
+                if path.exists():
+                    raise OverwriteError(f"{str(path)!r} exists; choose another name or allow overwriting") from None
+                os.replace(tmp, path)
+    except OSError as exc:
+        raise ExportError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
+    """Write UTF-8 text safely (see :func:`write_atomic`)."""
+    return write_atomic(path, lambda fh: fh.write(text.encode("utf-8")), overwrite)
