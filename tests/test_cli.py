@@ -68,3 +68,25 @@ def test_models_lists_shipped_weights(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in shipped_models())
+
+
+def test_finetune_and_autotune_commands(toy_split, tiny_checkpoint, tmp_path, capsys):
+    from napari_instance_tuner.core.checkpoint import read_checkpoint
+
+    tuned = tmp_path / "tuned.safetensors"
+    assert main(["finetune", "--model", str(tiny_checkpoint), "--data", str(toy_split), "--out", str(tuned),
+                 "--steps", "3", "--batch-size", "2", "--crop", "32"]) == 0
+    _, meta = read_checkpoint(tuned)
+    assert len(meta["finetune"]["history"]) == 3 and len(meta["finetune"]["data"]) == 4
+    params = tmp_path / "best.json"
+    assert main(["autotune", "--model", str(tuned), "--data", str(toy_split), "--metric", "object_dice",
+                 "--out", str(params)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    before, after = (float(v) for v in line.split(":")[1].split("on")[0].split("->"))
+    assert after >= before
+    best = json.loads(params.read_text())["postprocess"]
+    assert set(best) >= {"fg_threshold", "min_size"}
+    # The written parameters are accepted by predict.
+    assert main(["predict", "--model", str(tuned), "--params", str(params), "--out", str(tmp_path / "p"),
+                 str(toy_split / "images" / "img0.png")]) == 0
+    assert main(["autotune", "--model", str(tuned), "--data", str(toy_split), "--out", str(params)]) == 2

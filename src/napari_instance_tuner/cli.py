@@ -1,4 +1,4 @@
-"""Command line: ``napari-instance-tuner train | predict | evaluate | models | demo``.
+"""Command line: ``napari-instance-tuner train | predict | evaluate | finetune | autotune | models | demo``.
 
 Every command is a thin shell over :mod:`napari_instance_tuner.core.jobs`; errors the user can fix are
 printed as one line (exit code 2), not as a traceback.
@@ -75,10 +75,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
-    import tifffile
-
     from .core.checkpoint import load_model
+    from .core.export import write_label_tiff
     from .core.data import read_image
     from .core.jobs import load_params
     from .core.progress import run
@@ -105,10 +103,62 @@ def cmd_predict(args) -> int:
         else:
             maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device=args.device))
             labels = loaded.family.postprocess(maps, params).labels
-        dtype = np.uint16 if labels.max() <= np.iinfo(np.uint16).max else np.uint32
-        target = out_dir / f"{Path(path).stem}.tif"
-        tifffile.imwrite(target, labels.astype(dtype), compression="zlib")
+        target = write_label_tiff(out_dir / f"{Path(path).stem}.tif", labels, overwrite=True)
         print(f"{path} -> {target} ({int(labels.max())} objects)")
+    return 0
+
+
+def _pairs_from_split(data: str):
+    from .core.data import load_split
+    from .core.finetune import CorrectedImage
+
+    return [CorrectedImage(s.image, s.labels) for s in load_split(data)]
+
+
+def cmd_finetune(args) -> int:
+    from .core.checkpoint import load_model
+    from .core.finetune import FinetuneSettings, finetune, save_finetuned
+    from .core.progress import run
+
+    loaded = load_model(args.model)
+    pairs = _pairs_from_split(args.data)
+    settings = FinetuneSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop=args.crop,
+                                augment=not args.no_augment, freeze_encoder=not args.train_encoder, seed=args.seed)
+    model, result = run(finetune(loaded, pairs, settings, device=args.device or "cpu"))
+    out = save_finetuned(args.out, loaded, model, result, pairs, settings)
+    print(f"fine-tuned {loaded.name} on {len(pairs)} images for {len(result.history)} steps "
+          f"(loss {result.history[0]['loss']:.3f} -> {result.history[-1]['loss']:.3f}); saved {out}")
+    return 0
+
+
+AUTOTUNE_METRICS = ("object_f1", "object_dice", "mean_ap", "aji", "pixel_dice")
+
+
+def cmd_autotune(args) -> int:
+    from .core import metrics
+    from .core.autotune import autotune
+    from .core.checkpoint import load_model
+    from .core.data import load_split
+    from .core.jobs import load_params
+    from .core.params import params_to_dict
+    from .core.progress import run
+    from .core.safe_write import write_text
+
+    loaded = load_model(args.model)
+    params = load_params(loaded, args.params)
+    samples = load_split(args.data)
+    maps = [run(loaded.family.predict_maps(loaded.model, s.image, loaded.meta, device=args.device)) for s in samples]
+    score = {
+        "object_f1": lambda p, r: metrics.object_f1(p, r)["f1"],
+        "object_dice": metrics.object_dice,
+        "mean_ap": lambda p, r: metrics.average_precision(p, r)["mean_ap"],
+        "aji": metrics.aggregated_jaccard_index,
+        "pixel_dice": metrics.pixel_dice,
+    }[args.metric]
+    refs = [s.masks if s.masks is not None else s.labels for s in samples]
+    best, before, after = run(autotune(loaded.family.postprocess, maps, refs, params, score))
+    write_text(args.out, json.dumps({"postprocess": params_to_dict(best)}, indent=1) + "\n", overwrite=args.overwrite)
+    print(f"{args.metric}: {before:.4f} -> {after:.4f} on {len(samples)} images; parameters written to {args.out}")
     return 0
 
 
@@ -200,6 +250,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("inputs", nargs="+")
     p.set_defaults(func=cmd_predict)
+
+    f = sub.add_parser("finetune", help="fine-tune a model on corrected labels (images/, labels/)")
+    f.add_argument("--model", required=True)
+    f.add_argument("--data", required=True)
+    f.add_argument("--out", required=True, help="new checkpoint (the loaded one is never overwritten)")
+    f.add_argument("--steps", type=int, default=100)
+    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--batch-size", type=int, default=4)
+    f.add_argument("--crop", type=int, default=256)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--no-augment", action="store_true")
+    f.add_argument("--train-encoder", action="store_true", help="also train the encoder (frozen by default)")
+    f.add_argument("--device", default=None)
+    f.set_defaults(func=cmd_finetune)
+
+    a = sub.add_parser("autotune", help="search post-processing parameters on annotated images (no network re-runs)")
+    a.add_argument("--model", required=True)
+    a.add_argument("--data", required=True)
+    a.add_argument("--metric", default="object_f1", choices=AUTOTUNE_METRICS)
+    a.add_argument("--params", help="start from these parameters (JSON) instead of the model's")
+    a.add_argument("--out", required=True, help="JSON file of the best parameters (usable as --params)")
+    a.add_argument("--overwrite", action="store_true")
+    a.add_argument("--device", default=None)
+    a.set_defaults(func=cmd_autotune)
 
     e = sub.add_parser("evaluate", help="print the metrics table of a model on an annotated split")
     e.add_argument("--model", required=True)
