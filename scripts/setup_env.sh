@@ -13,11 +13,16 @@ fi
 # machines carry breaks torchvision's operators). On a GPU machine this is the CUDA build.
 "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 "$VENV/bin/python" -m pip install -q -e ".[testing]"
-# napari needs an X server for OpenGL on a machine without a display: install Xvfb when we can.
-if ! command -v Xvfb >/dev/null 2>&1; then
+# napari needs an X server for OpenGL on a machine without a display (Xvfb, with Mesa's software
+# OpenGL), and Qt 6's xcb platform needs a few X libraries a bare machine lacks.
+APT_PACKAGES="xvfb xauth libgl1-mesa-dri libegl1 libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1
+  libxcb-image0 libxcb-render-util0 libxcb-xinerama0 libxcb-shape0 libxcb-xkb1 libxcb-randr0 libdbus-1-3"
+missing=$(dpkg-query -W -f='${Status} ${Package}\n' $APT_PACKAGES 2>&1 | grep -v "^install ok installed" || true)
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get install -y -q xvfb >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q xvfb >/dev/null))
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q $APT_PACKAGES >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $APT_PACKAGES >/dev/null; }
   else
-    echo "note: Xvfb is not installed; GUI tests and headless screenshots need it (apt-get install xvfb)" >&2
+    echo "note: install these packages for GUI tests and headless screenshots: $APT_PACKAGES" >&2
   fi
 fi

@@ -31,12 +31,6 @@ def _progress_printer(quiet: bool):
     return show
 
 
-def cmd_demo(args) -> int:
-    from .demo import main as demo_main
-
-    return demo_main(args.demo_args)
-
-
 def cmd_models(args) -> int:
     from .core.checkpoint import model_card, shipped_models
 
@@ -202,10 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-instance-tuner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="open napari with the plugin on a segmented sample (see demo --help)",
-                       add_help=False)
-    d.add_argument("demo_args", nargs=argparse.REMAINDER)
-    d.set_defaults(func=cmd_demo)
+    sub.add_parser("demo", help="open napari with the plugin on a segmented sample (see demo --help)")
 
     sub.add_parser("models", help="list the shipped weights").set_defaults(func=cmd_models)
 
@@ -287,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # the demo has its own parser (argparse's REMAINDER drops options)
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,5 @@
+"""napari widgets: thin Qt / magicgui shells that read values, call one core function and write layers.
+
+Each widget lives in its own module (``segment.py``, ...); napari imports them on demand through the
+manifest (``napari.yaml``), so importing this package loads neither Qt nor torch.
+"""

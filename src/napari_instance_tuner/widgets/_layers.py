@@ -1,0 +1,228 @@
+"""Layer bookkeeping: the plugin writes only its own layers and never overwrites a user's edits.
+
+Every layer the plugin adds carries a metadata tag (:data:`TAG`). A :class:`SegmentResult` remembers,
+for one image layer, the cached maps, the map layers and the Labels layer it wrote, and a digest of
+the labels as written. Before the labels are replaced, a layer the user painted on (napari's ``paint``
+event), replaced (``data`` event) or changed in place (digest mismatch) is renamed "<name> (edited)",
+loses the tag, and a new Labels layer is written instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._stack import StackMaps
+
+#: Metadata key marking the layers this plugin made.
+TAG = "napari_instance_tuner"
+
+#: Colormaps of known map names; others cycle through :data:`EXTRA_COLORMAPS`.
+MAP_COLORMAPS = {"foreground": "green", "boundary": "magenta", "centroid": "yellow", "scores": "cyan"}
+EXTRA_COLORMAPS = ("cyan", "bop orange", "bop blue", "red")
+
+
+def is_plugin_layer(layer: Any) -> bool:
+    """True for layers this plugin wrote (and the user has not taken over)."""
+    return TAG in getattr(layer, "metadata", {})
+
+
+@dataclass
+class LabelsTrack:
+    """The plugin's Labels layer of one image and what the plugin last wrote into it.
+
+    The edit watchers hold this small object (not the result with its maps), so a replaced result is
+    freed.
+    """
+
+    layer: Any
+    digest: str
+    edited: bool = False
+    writing: bool = False
+
+
+def source_images(viewer: Any) -> list:
+    """The viewer's Image layers that a user could segment (not the plugin's own map layers)."""
+    from napari.layers import Image
+
+    return [layer for layer in viewer.layers if isinstance(layer, Image) and not is_plugin_layer(layer)]
+
+
+def forget_layer(results: dict, layer: Any) -> None:
+    """Drop what ``results`` (image layer -> :class:`SegmentResult`) knows about a removed layer.
+
+    A removed image loses its result, which releases its cached maps; a removed plugin layer is
+    forgotten, so the next run writes a new one. Layers are compared with ``==``, as napari may hand
+    plugins proxies of them.
+    """
+    results.pop(layer, None)
+    for result in results.values():
+        result.map_layers = {name: kept for name, kept in result.map_layers.items() if kept != layer}
+        if result.labels_layer == layer:
+            result.labels = None
+
+
+def digest(data: Any) -> str:
+    """Short content hash of an array (cheap bookkeeping: about 1 GB/s)."""
+    array = np.ascontiguousarray(np.asarray(data))
+    return hashlib.blake2b(array.view(np.uint8).ravel(), digest_size=16).hexdigest() + str(array.shape)
+
+
+@dataclass
+class SegmentResult:
+    """Everything the widget keeps about one segmented image layer.
+
+    Attributes
+    ----------
+    image : napari.layers.Image
+    model : LoadedModel
+        The model whose maps these are; post-processing uses its family.
+    maps : StackMaps
+        Cached network outputs: sliders re-run only post-processing on them.
+    params : Any
+        Parameters of the labels currently shown.
+    count : int
+        Number of instances shown.
+    device : str
+        The torch device the maps were computed on.
+    image_shape : tuple of int
+        Shape of the image data that was segmented.
+    """
+
+    image: Any
+    model: Any
+    maps: StackMaps
+    params: Any
+    count: int = 0
+    device: str = "cpu"
+    image_shape: tuple = ()
+    map_layers: dict[str, Any] = field(default_factory=dict)
+    labels: LabelsTrack | None = None
+
+    @property
+    def labels_layer(self) -> Any:
+        """The plugin's Labels layer for this image, or None."""
+        return self.labels.layer if self.labels is not None else None
+
+    @property
+    def family(self) -> Any:
+        """The model family that made the maps."""
+        return self.model.family
+
+
+def _spatial(image: Any) -> dict:
+    return {"scale": image.scale, "translate": image.translate}
+
+
+def write_maps(viewer: Any, result: SegmentResult, visible: bool) -> None:
+    """Show ``result.maps`` as Image layers "<image> <map>", updating the plugin's own layers in place."""
+    arrays = result.maps.arrays()
+    for name, layer in list(result.map_layers.items()):
+        if name not in arrays and layer in viewer.layers and is_plugin_layer(layer):
+            viewer.layers.remove(layer)  # a map the new model does not produce
+    extra = iter(EXTRA_COLORMAPS * 4)
+    layers = {}
+    for name, array in arrays.items():
+        layer = result.map_layers.get(name)
+        if layer is not None and layer in viewer.layers and is_plugin_layer(layer):
+            layer.data = array
+        else:
+            layer = viewer.add_image(
+                array,
+                name=f"{result.image.name} {name}",
+                colormap=MAP_COLORMAPS.get(name) or next(extra),
+                blending="additive",
+                contrast_limits=(0.0, 1.0),
+                visible=visible,
+                metadata={TAG: {"role": "map", "map": name}},
+                **_spatial(result.image),
+            )
+        layers[name] = layer
+    result.map_layers = layers
+
+
+def set_maps_visible(result: SegmentResult, visible: bool) -> None:
+    """Show or hide the map layers of one result."""
+    for layer in result.map_layers.values():
+        layer.visible = visible
+
+
+def labels_edited(viewer: Any, result: SegmentResult) -> bool:
+    """True if the plugin's Labels layer of ``result`` was changed by someone else since it was written."""
+    track = result.labels
+    if track is None or track.layer not in viewer.layers or not is_plugin_layer(track.layer):
+        return False
+    return track.edited or digest(track.layer.data) != track.digest
+
+
+def labels_metadata(result: SegmentResult) -> dict:
+    """What the plugin records on its Labels layer: enough to replay the run.
+
+    The keys are :data:`~..core.recipe.LAYER_KEYS` plus ``"role"``; the Export widget turns them into
+    a recipe that reproduces the labels headlessly.
+    """
+    from ..core.params import params_to_dict
+
+    model = result.model
+    return {
+        "role": "instances",
+        "weights_path": str(model.path),
+        "weights_sha256": model.sha256,
+        "family": model.family.name,
+        "params": params_to_dict(result.params),
+        "device": result.device,
+        "tile_size": None,
+        "image_name": result.image.name,
+        "image_shape": list(result.image_shape),
+    }
+
+
+def write_labels(viewer: Any, result: SegmentResult, labels: np.ndarray) -> Any:
+    """Show ``labels`` (made with ``result.params``) in the plugin's Labels layer "<image> instances".
+
+    Returns the layer written. An edited layer is kept: it is renamed "<name> (edited)", untagged, and
+    a new layer is added. The layer's ``metadata[TAG]`` records the run (:func:`labels_metadata`).
+    """
+    track = result.labels
+    if track is not None and labels_edited(viewer, result):
+        track.layer.name = f"{track.layer.name} (edited)"
+        track.layer.metadata = {k: v for k, v in track.layer.metadata.items() if k != TAG}
+        track = None
+    if track is not None and track.layer in viewer.layers and is_plugin_layer(track.layer):
+        track.writing = True
+        try:
+            track.layer.data = labels
+            track.layer.metadata = {**track.layer.metadata, TAG: labels_metadata(result)}
+        finally:
+            track.writing = False
+        track.digest, track.edited = digest(labels), False
+    else:
+        layer = viewer.add_labels(
+            labels,
+            name=f"{result.image.name} instances",
+            metadata={TAG: labels_metadata(result)},
+            **_spatial(result.image),
+        )
+        track = LabelsTrack(layer=layer, digest=digest(labels))
+        _watch_edits(track)
+    result.labels = track
+    return track.layer
+
+
+def _watch_edits(track: LabelsTrack) -> None:
+    def edited(*_: Any) -> None:
+        if not track.writing:
+            track.edited = True
+
+    track.layer.events.paint.connect(edited)
+    track.layer.events.data.connect(edited)
+
+
+def adopt(result: SegmentResult, previous: SegmentResult | None) -> None:
+    """Let a new result of the same image reuse (and so replace) the layers of the previous one."""
+    if previous is not None:
+        result.map_layers = previous.map_layers
+        result.labels = previous.labels

@@ -1,0 +1,168 @@
+"""Model picker: shipped weights by name (with their model card) plus any checkpoint file.
+
+Loading runs in a background job, so torch is imported only when a model is first needed and the
+viewer never freezes on it. A file that cannot be loaded gives a notification and the picker returns
+to the model loaded before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import ComboBox, Container, Label, PushButton
+
+from ..core.checkpoint import model_card, shipped_models
+from ._worker import Job, as_work, error_message, notify_error
+
+WEIGHTS_FILTER = "Model weights (*.safetensors *.pt *.pth *.ckpt);;All files (*)"
+SUMMARY_CHARS = 52
+
+
+def card_text(card: dict) -> tuple[str, str]:
+    """(one-line summary, multi-line tooltip) of a model card.
+
+    Examples
+    --------
+    >>> card_text({"family": "three-branch", "trained_on": "GlaS train"})[0]
+    'three-branch, trained on GlaS train'
+    """
+    summary = card.get("summary") or ", ".join(
+        part for part in (card.get("family"), card.get("trained_on") and f"trained on {card['trained_on']}") if part
+    )
+    lines = []
+    for key, value in card.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+        lines.append(f"{key.replace('_', ' ')}: {value}")
+    return summary, "\n".join(lines)
+
+
+class ModelPicker:
+    """A combo box of models, a "Load weights…" button and the selected model's card.
+
+    Parameters
+    ----------
+    on_loaded : callable
+        Called with the :class:`~..core.checkpoint.LoadedModel` each time a model finishes loading.
+    on_busy : callable
+        Called with True when a load starts and False when it ends.
+    """
+
+    def __init__(self, on_loaded: Callable[[Any], Any], on_busy: Callable[[bool], Any]) -> None:
+        self.loaded = None  # the LoadedModel in use
+        self.loaded_key: str | None = None  # its combo value: a shipped name or a file path
+        self._on_loaded = on_loaded
+        self._on_busy = on_busy
+        self._job: Job | None = None
+        self._files: list[str] = []
+        self._silent = False
+        self.combo = ComboBox(label="model", choices=self._choices)
+        self.combo.tooltip = "Shipped models by name, and weights files you loaded"
+        self.combo.changed.connect(self._selected)
+        self.browse = PushButton(text="Load weights…")
+        self.browse.tooltip = "Load a .safetensors checkpoint (or a torchvision .pt/.pth file)"
+        self.browse.changed.connect(lambda *_: self._browse())
+        self.card = Label(value="")
+        choose = Container(widgets=[self.combo], labels=True)
+        choose.margins = (0, 0, 0, 0)
+        self.widget = Container(widgets=[choose, self.browse, self.card], labels=False)
+        self._show_card()
+
+    @property
+    def selected(self) -> str | None:
+        """The selected combo value (a shipped name or a file path), or None."""
+        return self.combo.value
+
+    @property
+    def loading(self) -> bool:
+        """True while a model loads in the background."""
+        return self._job is not None and not self._job.done
+
+    def family_name(self) -> str | None:
+        """Family of the selected model, from its card or loaded metadata, before it is loaded."""
+        if self.loaded is not None and self.loaded_key == self.selected:
+            return self.loaded.meta.get("family")
+        return model_card(self.selected).get("family") if self.selected in shipped_models() else None
+
+    def default_params(self, family: Any) -> Any:
+        """``family``'s post-processing parameters as stored with the selected model (else its defaults)."""
+        loaded = self.loaded
+        if loaded is not None and self.loaded_key == self.selected and loaded.family.name == family.name:
+            return family.default_params(loaded.meta)
+        card = model_card(self.selected) if self.selected in shipped_models() else {}
+        return family.default_params({"postprocess": card.get("postprocess", {})})
+
+    def load(self, key: str) -> Job:
+        """Load the model ``key`` (a shipped name or a path) in the background."""
+        from ..core.checkpoint import load_model
+
+        if key not in self._keys():
+            self._files.append(key)
+        self._set_choice(key)
+        self._on_busy(True)
+
+        def loaded(model: Any) -> None:
+            self.loaded, self.loaded_key = model, key
+            self._show_card()
+            self._on_loaded(model)
+
+        def failed(exc: BaseException) -> None:
+            notify_error(f"could not load model {Path(key).name!r}: {error_message(exc)}")
+            if key in self._files:
+                self._files.remove(key)
+            self._set_choice(self.loaded_key)
+
+        self._job = Job(
+            as_work(lambda: load_model(key)),
+            on_result=loaded,
+            on_error=failed,
+            on_finished=lambda: self._on_busy(False),
+        ).start()
+        return self._job
+
+    def _choices(self, *_: Any) -> list[tuple[str, str]]:
+        shipped = [(name, name) for name in shipped_models()]
+        return shipped + [(f"{Path(p).name} (file)", p) for p in self._files]
+
+    def _keys(self) -> list[str]:
+        return [value for _, value in self._choices()]
+
+    def _set_choice(self, key: str | None) -> None:
+        self._silent = True
+        try:
+            self.combo.reset_choices()
+            if key is not None and key in self._keys():
+                self.combo.value = key
+        finally:
+            self._silent = False
+        self._show_card()
+
+    def _selected(self, key: str | None) -> None:
+        self._show_card()
+        if not self._silent and key is not None and key != self.loaded_key:
+            self.load(key)
+
+    def _browse(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self.widget.native, "Load model weights", "", WEIGHTS_FILTER)
+        if path:
+            self.load(path)
+
+    def _show_card(self) -> None:
+        key = self.selected
+        if key is None:
+            summary, tooltip = "no model: use “Load weights…”", ""
+        elif key in shipped_models():
+            summary, tooltip = card_text(model_card(key))
+        elif self.loaded is not None and self.loaded_key == key:
+            meta = self.loaded.meta
+            summary, tooltip = card_text({"family": meta.get("family"), "file": key, **meta.get("card", {})})
+        else:
+            summary, tooltip = "loading…", key
+        # One line (a wrapped label grows badly in a dock); the tooltip holds the whole card.
+        self.card.value = summary if len(summary) <= SUMMARY_CHARS else summary[: SUMMARY_CHARS - 1] + "…"
+        self.card.tooltip = tooltip or summary
+        self.combo.tooltip = tooltip or "Shipped models by name, and weights files you loaded"

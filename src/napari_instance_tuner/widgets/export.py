@@ -1,0 +1,234 @@
+"""The Export dock widget: write a Labels layer as TIFF, PNG, CSV, QuPath GeoJSON and a mask stack.
+
+The widget reads its controls, asks before replacing files, and runs one core call
+(:func:`..core.export.export_instances`) in a background job. When the Segment widget made the Labels
+layer, the layer's ``metadata["napari_instance_tuner"]`` holds the run's weights, parameters and image
+(see :data:`..core.recipe.LAYER_KEYS`) and a replayable recipe is written beside the export.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QMessageBox, QVBoxLayout, QWidget
+
+from ..core.errors import InstanceTunerError
+from ..core.export import OBJECT_TYPES, ExportOptions, check_target, export_instances, export_targets
+from ._layers import TAG
+from ._worker import Job, as_work, error_message, notify_error
+
+#: Checkbox label -> export format.
+FORMATS = {
+    "label image (TIFF)": "tiff",
+    "label image (16-bit PNG)": "png",
+    "measurements (CSV)": "csv",
+    "QuPath GeoJSON": "geojson",
+    "per-object mask stack (NPZ)": "masks",
+}
+
+
+def safe_name(name: str) -> str:
+    """A layer name as a file base name: path separators and odd characters become ``_``."""
+    return re.sub(r"[^\w.\- ]+", "_", name).strip(" .") or "labels"
+
+
+def ask_overwrite(parent: QWidget, paths: list[Path]) -> bool:
+    """Ask the user whether to replace ``paths``; True if they agree."""
+    names = "\n".join(p.name for p in paths)
+    answer = QMessageBox.question(
+        parent, "Replace files?", f"These files exist in {paths[0].parent}:\n\n{names}\n\nReplace them?",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+class ExportWidget(QWidget):
+    """Export a Labels layer (and its measurements on a chosen image) to files other tools open.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+    confirm_overwrite : callable, optional
+        ``confirm_overwrite(paths) -> bool``, asked before existing files are replaced; a dialog by default
+        (tests pass their own answer).
+    """
+
+    #: Emitted when an export ends: "ok", "error" or "declined" (the user kept existing files).
+    export_finished = Signal(str)
+
+    def __init__(
+        self,
+        napari_viewer: Any,
+        parent: QWidget | None = None,
+        confirm_overwrite: Callable[[list[Path]], bool] | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.confirm_overwrite = confirm_overwrite or (lambda paths: ask_overwrite(self, paths))
+        self._job: Job | None = None
+        self._outcome = "error"
+        self._auto_name = ""
+
+        self.labels = ComboBox(label="labels", choices=self._labels_choices)
+        self.labels.changed.connect(self._labels_selected)
+        self.image = ComboBox(label="intensities", choices=self._image_choices)
+        self.image.tooltip = "Image layer whose per-channel intensities the CSV and GeoJSON measure"
+        self.formats = {fmt: CheckBox(text=text, value=fmt in ("tiff", "csv")) for text, fmt in FORMATS.items()}
+        self.object_type = ComboBox(label="objectType", choices=list(OBJECT_TYPES), value="detection")
+        self.object_type.tooltip = "QuPath object type of the GeoJSON features"
+        self.classification = LineEdit(label="classification", value="")
+        self.classification.tooltip = "QuPath class name of the GeoJSON features (empty: unclassified)"
+        self.recipe = CheckBox(text="write the recipe (JSON) when Segment made the labels", value=True)
+        self.folder = FileEdit(label="folder", mode="d", value=str(Path.home()))
+        self.base_name = LineEdit(label="base name", value="")
+        self.export_button = PushButton(text="Export")
+        self.export_button.changed.connect(lambda *_: self.export())
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+
+        layers = Container(widgets=[self.labels, self.image], labels=True)
+        formats = Container(widgets=list(self.formats.values()), labels=False)
+        qupath = Container(widgets=[self.object_type, self.classification], labels=True)
+        target = Container(widgets=[self.folder, self.base_name], labels=True)
+        layout = QVBoxLayout(self)
+        for part in (layers, formats, qupath, self.recipe, target, self.export_button, self.status):
+            layout.addWidget(part.native)
+        layout.addStretch(1)
+
+        napari_viewer.layers.events.inserted.connect(self._refresh)
+        napari_viewer.layers.events.removed.connect(self._refresh)
+        self._labels_selected()
+
+    @property
+    def busy(self) -> bool:
+        """True while files are being written."""
+        return self._job is not None
+
+    def export(self) -> None:
+        """Write the chosen formats; asks before replacing files, reports problems as notifications."""
+        if self._job is not None:
+            return
+        layer = self.labels.value
+        if layer is None:
+            self._fail("no Labels layer to export: segment an image or open labels first")
+            return
+        try:
+            options = self._options(layer)
+            recipe = self._recipe(layer) if self.recipe.value else None
+            targets = export_targets(options, recipe is not None)
+            for path in targets.values():
+                check_target(path, overwrite=True)  # a missing or read-only folder fails before any question
+        except InstanceTunerError as exc:
+            self._fail(error_message(exc))
+            return
+        if not options.formats and recipe is None:
+            self._fail("choose at least one format to export")
+            return
+        existing = [p for p in targets.values() if p.exists()]
+        if existing:
+            if not self.confirm_overwrite(existing):
+                self.status.value = "not exported: existing files kept"
+                self.export_finished.emit("declined")
+                return
+            options.overwrite = True
+        labels, image, extra = self._data(layer)
+        self._outcome = "error"
+        work = as_work(lambda: export_instances(labels, options, image=image, recipe=recipe, **extra))
+        self._job = Job(work, on_result=self._written, on_error=self._failed, on_finished=self._finished,
+                        progress=f"Exporting {layer.name}")
+        self.export_button.enabled = False
+        self._job.start()
+
+    # -- reading the controls and layers ---------------------------------------------------------------
+
+    def _options(self, layer: Any) -> ExportOptions:
+        from .._writers import pixel_size
+
+        size, unit = pixel_size({"scale": layer.scale, "units": getattr(layer, "units", None)})
+        return ExportOptions(
+            folder=Path(self.folder.value), base_name=self.base_name.value,
+            formats=tuple(fmt for fmt, box in self.formats.items() if box.value),
+            object_type=self.object_type.value, classification=self.classification.value.strip() or None,
+            pixel_size=size, unit=unit,
+        )
+
+    def _recipe(self, layer: Any) -> dict | None:
+        from ..core.recipe import recipe_from_metadata
+
+        info = layer.metadata.get(TAG)
+        recipe = recipe_from_metadata(info) if isinstance(info, dict) else None
+        if recipe is not None and info.get("labels_digest"):
+            from ._layers import digest
+
+            # Hand edits after the run: the recipe reproduces the labels as segmented, not as edited.
+            recipe["labels_edited"] = digest(layer.data) != info["labels_digest"]
+        return recipe
+
+    def _data(self, layer: Any) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        labels = np.array(layer.data[0] if layer.multiscale else layer.data)  # a copy: painting may go on
+        source = self.image.value
+        image = None
+        if source is not None:
+            image = np.asarray(source.data[0] if source.multiscale else source.data)
+        info = layer.metadata.get(TAG) if isinstance(layer.metadata.get(TAG), dict) else {}
+        extra = {key: info[key] for key in ("masks", "scores") if info.get(key) is not None}
+        return labels, image, extra
+
+    # -- outcomes ----------------------------------------------------------------------------------------
+
+    def _written(self, paths: list[Path]) -> None:
+        from napari.utils import notifications
+
+        self.status.value = f"wrote {', '.join(p.name for p in paths)} to {paths[0].parent}" if paths else ""
+        notifications.show_info(f"exported {len(paths)} file(s) to {paths[0].parent}" if paths else "nothing written")
+        self._outcome = "ok"
+
+    def _failed(self, exc: BaseException) -> None:
+        self._fail(f"export failed: {error_message(exc)}", emit=False)
+        self._outcome = "error"
+
+    def _fail(self, message: str, emit: bool = True) -> None:
+        self.status.value = message
+        notify_error(message)
+        if emit:
+            self.export_finished.emit("error")
+
+    def _finished(self) -> None:
+        self._job = None
+        self.export_button.enabled = True
+        self.export_finished.emit(self._outcome)
+
+    # -- layer lists -------------------------------------------------------------------------------------
+
+    def _labels_choices(self, *_: Any) -> list[tuple[str, Any]]:
+        from napari.layers import Labels
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def _image_choices(self, *_: Any) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        images = [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+        return [("(none)", None), *images]
+
+    def _refresh(self, *_: Any) -> None:
+        self.labels.reset_choices()
+        self.image.reset_choices()
+
+    def _labels_selected(self, *_: Any) -> None:
+        layer = self.labels.value
+        name = safe_name(layer.name) if layer is not None else ""
+        if self.base_name.value in ("", self._auto_name):  # follow the layer until the user types a name
+            self.base_name.value = name
+        self._auto_name = name
+        info = layer.metadata.get(TAG) if layer is not None else None
+        image_name = info.get("image_name") if isinstance(info, dict) else None
+        for _, candidate in self._image_choices():
+            if candidate is not None and candidate.name == image_name:
+                self.image.value = candidate  # the image the labels were segmented from

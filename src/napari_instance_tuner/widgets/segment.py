@@ -1,0 +1,334 @@
+"""The Segment dock widget: pick a model and an image, run, tune the post-processing live.
+
+Run computes the network maps once in a background thread (:func:`._stack.predict_stack`); every
+change of a post-processing control re-runs only ``family.postprocess`` on the cached maps, one job at
+a time with the latest values (:class:`._params.ParamsPanel` coalesces rapid changes). The widget
+holds no array maths: it reads values, starts one core call, and writes layers through
+:mod:`._layers`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ..core.errors import InstanceTunerError
+from ..core.registry import get_family
+from ._layers import SegmentResult, adopt, forget_layer, set_maps_visible, source_images, write_labels, write_maps
+from ._models import ModelPicker
+from ._params import ParamsPanel
+from ._stack import postprocess_stack, predict_stack, slice_count
+from ._worker import Job, as_work, error_message, notify_error
+
+#: (label, torch device) choices; "auto" picks CUDA, then Apple MPS, then the CPU.
+DEVICES = [("auto", "auto"), ("CPU", "cpu"), ("CUDA", "cuda"), ("MPS", "mps")]
+
+
+def _disconnect(events: Any, *callbacks: Any) -> None:
+    for callback in callbacks:
+        for emitter in (events.inserted, events.removed):
+            emitter.disconnect(callback)
+
+
+class SegmentWidget(QWidget):
+    """Segment the selected image layer with an instance-segmentation model and tune the result.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer whose layers the widget reads and writes.
+
+    Attributes
+    ----------
+    results : dict[int, SegmentResult]
+        image layer -> cached maps and the layers written for it. Layers are compared with ``==``, never
+        ``is``: napari may hand a plugin proxies of its layers.
+    """
+
+    #: Emitted when a run ends, with "ok", "cancelled" or "error".
+    run_finished = Signal(str)
+    #: Emitted after the plugin wrote a Labels layer (a run or a parameter change).
+    labels_updated = Signal()
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.results: dict[Any, SegmentResult] = {}
+        self._run_job: Job | None = None
+        self._pp_job: Job | None = None
+        self._pp_again = False
+        self._pending_run = False
+        self._status = "ok"
+        self._params_family: str | None = None
+        self._touched = False
+
+        self.models = ModelPicker(on_loaded=self._model_loaded, on_busy=self._model_busy)
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.device.tooltip = "auto picks CUDA, then Apple MPS, then the CPU"
+        self.device_used = Label(value="")
+        self.image = ComboBox(label="image", choices=self._image_choices)
+        self.image.changed.connect(self._image_selected)
+        self.show_maps = CheckBox(text="show maps", value=False)
+        self.show_maps.tooltip = "Show the network's maps (foreground, boundary, ...) as image layers"
+        self.show_maps.changed.connect(self._toggle_maps)
+        self.run_button = PushButton(text="Run")
+        self.run_button.changed.connect(lambda *_: self.run())
+        self.cancel_button = PushButton(text="Cancel")
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
+        self.count = Label(value="–")
+        self.params = ParamsPanel(on_change=self._params_changed, on_reset=self.reset_params)
+
+        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        device = Container(widgets=[self.device], labels=True)
+        image = Container(widgets=[self.image, self.count], labels=True)
+        self.count.label = "instances"
+        parts = (self.models.widget, device, self.device_used, image, self.show_maps, buttons, self.params.widget)
+        layout = QVBoxLayout(self)
+        for part in parts:
+            layout.addWidget(part.native)
+        layout.addStretch(1)
+        self.setMinimumWidth(400)  # room for the slider read-outs
+
+        napari_viewer.layers.events.inserted.connect(self._layer_inserted)
+        napari_viewer.layers.events.removed.connect(self._layer_removed)
+        # A closed dock widget must stop reacting to the viewer's layers.
+        callbacks = (self._layer_inserted, self._layer_removed)
+        self.destroyed.connect(partial(_disconnect, napari_viewer.layers.events, *callbacks))
+        for layer in napari_viewer.layers:
+            layer.events.name.connect(self._refresh_images)
+        self._build_params()
+        self._update_controls()
+
+    # -- public actions -------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """True while a model loads, a run is under way or labels are being re-computed."""
+        return self._pending_run or self._run_job is not None or self._pp_job is not None or self.models.loading
+
+    def load_weights(self, path: str) -> None:
+        """Load a checkpoint file in the background and select it (what "Load weights…" does)."""
+        self.models.load(str(path))
+
+    def run(self) -> None:
+        """Segment the selected image layer: network maps in a worker, then labels and map layers."""
+        if self._pending_run or self._run_job is not None:
+            return
+        layer = self.image.value
+        if layer is None:
+            notify_error("no image layer to segment: open an image first")
+            return
+        try:
+            slice_count(tuple(layer.data[0].shape if layer.multiscale else layer.data.shape), layer.rgb)
+        except InstanceTunerError as exc:
+            notify_error(error_message(exc))
+            return
+        key = self.models.selected
+        if key is None:
+            notify_error("no model selected: choose a shipped model or use “Load weights…”")
+            return
+        self._pending_run = True
+        self._status = "ok"
+        if self.models.loading:
+            pass  # _model_loaded starts the run
+        elif self.models.loaded is None or self.models.loaded_key != key:
+            self.models.load(key)
+        else:
+            self._start_run()
+        self._update_controls()
+
+    def cancel(self) -> None:
+        """Stop the run at its next tile; the layers stay as they were before it."""
+        if self._run_job is not None:
+            self._run_job.cancel()
+        elif self._pending_run:
+            self._pending_run = False
+            self._finish_run("cancelled")
+
+    def reset_params(self) -> None:
+        """Show the model's default post-processing parameters and update the labels."""
+        self.params.set_values(self._default_params())
+        self._touched = False
+        self.refresh_labels()
+
+    def refresh_labels(self) -> None:
+        """Re-run post-processing on the cached maps of the selected image with the controls' values."""
+        result = self.results.get(self.image.value)
+        if result is None or result.family.name != self._params_family:
+            return
+        if self._pp_job is not None:
+            self._pp_again = True  # the latest values run when the current job ends
+            return
+        try:
+            params = self.params.params()
+        except InstanceTunerError as exc:
+            notify_error(error_message(exc))
+            return
+        work = as_work(lambda: postprocess_stack(result.family, result.maps, params))
+        self._pp_job = Job(work, on_result=partial(self._show_labels, result, params), on_finished=self._pp_finished)
+        self._pp_job.start()
+
+    # -- runs -------------------------------------------------------------------------------------
+
+    def _start_run(self) -> None:
+        layer, loaded = self.image.value, self.models.loaded
+        if layer is None or loaded is None:
+            self._finish_run("error")
+            return
+        try:
+            params = self.params.params()
+        except InstanceTunerError as exc:
+            notify_error(error_message(exc))
+            self._finish_run("error")
+            return
+        data = layer.data[0] if layer.multiscale else layer.data
+        rgb, device = layer.rgb, self.device.value
+
+        def work(cancel):
+            from ..core.inference import choose_device, device_description
+
+            used = choose_device(device)
+            family = loaded.family
+            maps = yield from predict_stack(family, loaded.model, data, rgb, loaded.meta, device=used, cancel=cancel)
+            cancel.check()
+            return used, device_description(used), maps, postprocess_stack(family, maps, params)
+
+        self._run_job = Job(
+            work,
+            on_result=partial(self._run_done, layer, loaded, params),
+            on_error=self._run_failed,
+            on_cancelled=lambda: setattr(self, "_status", "cancelled"),
+            on_finished=lambda: self._finish_run(self._status),
+            progress=f"Segmenting {layer.name}",
+        )
+        self._run_job.start()
+        self._update_controls()
+
+    def _run_done(self, layer: Any, loaded: Any, params: Any, value: tuple) -> None:
+        device, described, maps, instances = value
+        if layer not in self.viewer.layers:
+            self._status = "cancelled"  # the image was closed during the run
+            return
+        shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
+        result = SegmentResult(layer, loaded, maps, params, instances.count, device=device, image_shape=shape)
+        adopt(result, self.results.get(layer))
+        write_maps(self.viewer, result, self.show_maps.value)
+        write_labels(self.viewer, result, instances.labels)
+        self.results[layer] = result
+        self.device_used.value = f"ran on {described}"
+        self._show_count()
+        self.labels_updated.emit()
+        if self._params_family == loaded.family.name and self._current_params() != params:
+            self.refresh_labels()  # the controls moved while the network ran
+
+    def _run_failed(self, exc: BaseException) -> None:
+        self._status = "error"
+        notify_error(f"segmentation failed: {error_message(exc)}")
+
+    def _finish_run(self, status: str) -> None:
+        self._run_job = None
+        self._pending_run = False
+        self._update_controls()
+        self.run_finished.emit(status)
+
+    # -- post-processing ----------------------------------------------------------------------
+
+    def _params_changed(self) -> None:
+        self._touched = True
+        self.refresh_labels()
+
+    def _show_labels(self, result: SegmentResult, params: Any, instances: Any) -> None:
+        if self.results.get(result.image) is not result:
+            return  # a newer run replaced these maps, or the image was closed
+        result.params, result.count = params, instances.count
+        write_labels(self.viewer, result, instances.labels)
+        self._show_count()
+        self.labels_updated.emit()
+
+    def _pp_finished(self) -> None:
+        self._pp_job = None
+        if self._pp_again:
+            self._pp_again = False
+            self.refresh_labels()
+
+    def _current_params(self) -> Any:
+        try:
+            return self.params.params()
+        except InstanceTunerError:
+            return None
+
+    # -- models and parameters ----------------------------------------------------------------
+
+    def _default_params(self) -> Any:
+        return self.models.default_params(get_family(self._params_family))
+
+    def _build_params(self) -> None:
+        name = self.models.family_name()
+        if name is None or name == self._params_family:
+            return
+        try:
+            family = get_family(name)
+        except InstanceTunerError as exc:
+            notify_error(error_message(exc))
+            return
+        self._params_family = name
+        self.params.build(family.Params, self._default_params())
+        self._touched = False
+
+    def _model_loaded(self, loaded: Any) -> None:
+        if loaded.family.name != self._params_family:
+            self._build_params()
+        elif not self._touched:
+            self.params.set_values(self._default_params())
+        if self._pending_run:
+            self._start_run()
+
+    def _model_busy(self, busy: bool) -> None:
+        if not busy and self._pending_run and self._run_job is None:
+            self._finish_run("error")  # the model did not load; its error is already shown
+        self._update_controls()
+
+    # -- layers ---------------------------------------------------------------------------------
+
+    def _image_choices(self, *_: Any) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in source_images(self.viewer)]
+
+    def _refresh_images(self, *_: Any) -> None:
+        self.image.reset_choices()
+        self._update_controls()
+
+    def _layer_inserted(self, event: Any) -> None:
+        event.value.events.name.connect(self._refresh_images)
+        self._refresh_images()
+
+    def _layer_removed(self, event: Any) -> None:
+        event.value.events.name.disconnect(self._refresh_images)
+        forget_layer(self.results, event.value)  # a closed image's cached maps are released here
+        self._refresh_images()
+        self._show_count()
+
+    def _image_selected(self, *_: Any) -> None:
+        result = self.results.get(self.image.value)
+        if result is not None and result.family.name == self._params_family:
+            self.params.set_values(result.params)
+        self._show_count()
+        self._update_controls()
+
+    def _toggle_maps(self, visible: bool) -> None:
+        for result in self.results.values():
+            set_maps_visible(result, visible)
+
+    def _show_count(self) -> None:
+        result = self.results.get(self.image.value)
+        self.count.value = "–" if result is None else str(result.count)
+
+    def _update_controls(self) -> None:
+        running = self._pending_run or self._run_job is not None
+        self.run_button.enabled = not running and self.image.value is not None
+        self.cancel_button.enabled = running
+        self.models.combo.enabled = self.models.browse.enabled = not running
