@@ -47,7 +47,8 @@ class TrainOptions:
     half: bool = True
 
 
-def _score_one(pred: np.ndarray, ref: np.ndarray) -> float:
+def validation_score(pred: np.ndarray, ref: np.ndarray) -> float:
+    """:func:`~.training.selection_score` of one prediction against its reference labels."""
     from .metrics import object_dice, object_f1
 
     return selection_score(object_f1(pred, ref)["f1"], object_dice(pred, ref))
@@ -158,7 +159,7 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
         for s in val_samples:
             maps.append((yield from family.predict_maps(loaded.model, s.image, meta, device=options.device)))
         params, before, after = yield from autotune(
-            family.postprocess, maps, [s.labels for s in val_samples], params, _score_one, cancel=cancel
+            family.postprocess, maps, [s.labels for s in val_samples], params, validation_score, cancel=cancel
         )
         meta["postprocess"] = params_to_dict(params)
         meta["training"]["autotune"] = {"score_before": before, "score_after": after, "on": "validation split"}

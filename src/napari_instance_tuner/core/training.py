@@ -82,8 +82,7 @@ def seed_everything(seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(False)
-    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = False  # autotuned kernels would make GPU runs differ
 
 
 def fit(
@@ -104,6 +103,9 @@ def fit(
     """
     import torch
 
+    from .llvm_guard import prepare_torch_training
+
+    prepare_torch_training()  # the optimiser imports Triton, which crashes beside napari's OpenGL LLVM
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     model.to(device)
@@ -117,6 +119,8 @@ def fit(
         saved = torch.load(resume_path, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
+        for group in optimiser.param_groups:  # a resumed run takes the learning rate it is given now
+            group["lr"] = config.lr
         best_state = saved["best_state"]
         state = saved["state"]
         rng.bit_generator.state = saved["numpy_rng"]

@@ -19,7 +19,16 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..core.errors import InstanceTunerError
 from ..core.registry import get_family
-from ._layers import SegmentResult, adopt, forget_layer, set_maps_visible, source_images, write_labels, write_maps
+from ._layers import (
+    SegmentResult,
+    adopt,
+    forget_layer,
+    labels_edited,
+    set_maps_visible,
+    source_images,
+    write_labels,
+    write_maps,
+)
 from ._models import ModelPicker
 from ._params import ParamsPanel
 from ._stack import postprocess_stack, predict_stack, slice_count
@@ -110,6 +119,36 @@ class SegmentWidget(QWidget):
     def busy(self) -> bool:
         """True while a model loads, a run is under way or labels are being re-computed."""
         return self._pending_run or self._run_job is not None or self._pp_job is not None or self.models.loading
+
+    @property
+    def current_model(self) -> Any:
+        """The loaded :class:`~..core.checkpoint.LoadedModel` in use, or None (read-only)."""
+        return self.models.loaded
+
+    @property
+    def current_result(self) -> SegmentResult | None:
+        """Cached maps and layers of the selected image layer, or None if it was not segmented."""
+        return self.results.get(self.image.value)
+
+    def apply_params(self, params: Any) -> None:
+        """Show ``params`` (of the current family) on the controls and re-run post-processing."""
+        self.params.set_values(params)
+        self._touched = True
+        self.refresh_labels()
+
+    def keep_labels(self, image: Any, suffix: str) -> Any:
+        """Detach the Labels layer written for ``image``, renamed "<name> (<suffix>)"; returns it or None.
+
+        The next run or parameter change writes a new layer; the kept one keeps its record of the run.
+        A layer the user edited is left to the usual "(edited)" rule (None is returned).
+        """
+        result = self.results.get(image)
+        layer = None if result is None else result.labels_layer
+        if layer is None or layer not in self.viewer.layers or labels_edited(self.viewer, result):
+            return None
+        layer.name = f"{layer.name} ({suffix})"
+        result.labels = None
+        return layer
 
     def load_weights(self, path: str) -> None:
         """Load a checkpoint file in the background and select it (what "Load weights…" does)."""

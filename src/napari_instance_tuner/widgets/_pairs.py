@@ -1,0 +1,175 @@
+"""The fine-tune widget's list of training pairs: (image layer, corrected Labels layer, checked regions).
+
+The list holds layers, not arrays: a pair's data is read when training starts (:meth:`Pair.capture`,
+on the GUI thread, cheap) and turned into a :class:`~..core.finetune.CorrectedImage` in the worker
+(:meth:`PairData.corrected`, which reads the arrays and rasterises the regions with
+:mod:`..core.regions`). Removing a layer from the viewer drops the pairs that use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from magicgui.widgets import ComboBox, Container, PushButton, Select
+
+from ..core.errors import InstanceTunerError
+from ._layers import source_images
+from ._worker import error_message, notify_error
+
+
+@dataclass
+class PairData:
+    """What a pair's layers held when training started (array references, no copies)."""
+
+    name: str
+    image: Any
+    rgb: bool
+    labels: Any
+    shapes: list | None = None
+    shape_types: list | None = None
+    shapes_name: str = ""
+    shapes_scale: tuple = (1.0, 1.0)
+    shapes_translate: tuple = (0.0, 0.0)
+    image_scale: tuple = (1.0, 1.0)
+    image_translate: tuple = (0.0, 0.0)
+
+    def corrected(self) -> Any:
+        """The validated :class:`~..core.finetune.CorrectedImage` (reads the data; run it in a worker)."""
+        import numpy as np
+
+        from ..core.regions import check_pair_shapes, corrected_pair, rasterise, to_pixels
+
+        try:
+            shape = check_pair_shapes(np.shape(self.image), self.rgb, np.shape(self.labels))
+            region = None
+            if self.shapes is not None:
+                if not self.shapes:
+                    raise InstanceTunerError(f"the Shapes layer {self.shapes_name!r} has no shapes")
+                vertices = [
+                    to_pixels(v, self.shapes_scale, self.shapes_translate, self.image_scale, self.image_translate)
+                    for v in self.shapes
+                ]
+                region = rasterise(vertices, self.shape_types, shape)
+            return corrected_pair(self.image, self.labels, self.rgb, region)
+        except InstanceTunerError as exc:
+            raise InstanceTunerError(f"pair {self.name}: {exc}") from None
+
+
+@dataclass(eq=False)  # identity: two pairs are never "equal" list entries
+class Pair:
+    """One training pair of layers; ``regions`` is a Shapes layer or None (the whole image)."""
+
+    image: Any
+    labels: Any
+    regions: Any = None
+
+    def describe(self) -> str:
+        """"image ← labels [in shapes]"."""
+        where = f" in {self.regions.name}" if self.regions is not None else ""
+        return f"{self.image.name} ← {self.labels.name}{where}"
+
+    def uses(self, layer: Any) -> bool:
+        """True if ``layer`` is one of the pair's layers."""
+        return any(part is not None and part == layer for part in (self.image, self.labels, self.regions))
+
+    def capture(self) -> PairData:
+        """The layers' current data and coordinates, for :meth:`PairData.corrected`."""
+        image, labels, regions = self.image, self.labels, self.regions
+        data = PairData(
+            name=repr(self.describe()),
+            image=image.data[0] if image.multiscale else image.data,
+            rgb=bool(image.rgb),
+            labels=labels.data[0] if labels.multiscale else labels.data,
+            image_scale=tuple(image.scale),
+            image_translate=tuple(image.translate),
+        )
+        if regions is not None:
+            data.shapes = [v.copy() for v in regions.data]
+            data.shape_types = list(regions.shape_type)
+            data.shapes_name = regions.name
+            data.shapes_scale, data.shapes_translate = tuple(regions.scale), tuple(regions.translate)
+        return data
+
+
+class PairList:
+    """Combo boxes to choose a pair, Add / Remove buttons, and the list of chosen pairs.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        Whose layers are offered.
+    """
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        self.pairs: list[Pair] = []
+        self.image = ComboBox(label="image", choices=self._images)
+        self.labels = ComboBox(label="corrected labels", choices=self._labels)
+        self.labels.tooltip = "A Labels layer holding the corrected objects of the image"
+        self.regions = ComboBox(label="checked regions", choices=self._shapes)
+        self.regions.tooltip = "Train only inside these rectangles / polygons (a Shapes layer); none: the whole image"
+        self.add_button = PushButton(text="Add pair")
+        self.add_button.changed.connect(lambda *_: self.add())
+        self.remove_button = PushButton(text="Remove")
+        self.remove_button.changed.connect(lambda *_: self.remove_selected())
+        self.list = Select(choices=self._listed)
+        self.list.native.setMaximumHeight(90)
+        choose = Container(widgets=[self.image, self.labels, self.regions], labels=True)
+        buttons = Container(widgets=[self.add_button, self.remove_button], layout="horizontal", labels=False)
+        self.widget = Container(widgets=[choose, buttons, self.list], labels=False)
+
+    def add(self) -> Pair | None:
+        """Add the chosen (image, labels, regions) as a pair; problems become notifications."""
+        from ..core.regions import check_pair_shapes
+
+        image, labels, regions = self.image.value, self.labels.value, self.regions.value
+        if image is None or labels is None:
+            notify_error("choose an image layer and its corrected Labels layer to add a pair")
+            return None
+        try:
+            check_pair_shapes(tuple(image.data[0].shape if image.multiscale else image.data.shape), image.rgb,
+                              tuple(labels.data[0].shape if labels.multiscale else labels.data.shape))
+        except InstanceTunerError as exc:
+            notify_error(f"cannot pair {image.name!r} with {labels.name!r}: {error_message(exc)}")
+            return None
+        pair = Pair(image, labels, regions)
+        if any(p.describe() == pair.describe() for p in self.pairs):
+            return None
+        self.pairs.append(pair)
+        self.refresh()
+        return pair
+
+    def remove_selected(self) -> None:
+        """Remove the pairs selected in the list (the last one added when none is selected)."""
+        chosen = list(self.list.value) or self.pairs[-1:]
+        self.pairs = [p for p in self.pairs if not any(p is c for c in chosen)]
+        self.refresh()
+
+    def forget(self, layer: Any) -> None:
+        """Drop the pairs that use ``layer`` (it left the viewer)."""
+        self.pairs = [p for p in self.pairs if not p.uses(layer)]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Update the layer choices and the listed pairs."""
+        for combo in (self.image, self.labels, self.regions, self.list):
+            combo.reset_choices()
+
+    def _images(self, *_: Any) -> list:
+        return [(layer.name, layer) for layer in source_images(self.viewer)]
+
+    def _labels(self, *_: Any) -> list:
+        from napari.layers import Labels
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def _shapes(self, *_: Any) -> list:
+        from napari.layers import Shapes
+
+        return [("none (whole image)", None)] + [
+            (layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Shapes)
+        ]
+
+    def _listed(self, *_: Any) -> list:
+        return [(pair.describe(), pair) for pair in self.pairs]

@@ -1,0 +1,118 @@
+"""“Save fine-tuned weights…”: ask for a file, refuse loaded checkpoints, confirm overwrites, write in a job.
+
+The checkpoint is written by :func:`..core.finetune.save_finetuned` (which records the parent's sha256,
+the data, the settings and the loss history) in a background job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtWidgets import QFileDialog, QWidget
+
+from ._worker import Job, as_work, error_message, notify_error
+
+
+@dataclass
+class Tuned:
+    """A fine-tuned model and what :func:`..core.finetune.save_finetuned` records about it.
+
+    Attributes
+    ----------
+    parent : LoadedModel
+        The model it was tuned from.
+    model : torch.nn.Module
+        The tuned copy (on the CPU).
+    result : TrainResult
+        Loss history and how training stopped.
+    pairs : list of CorrectedImage
+    settings : FinetuneSettings
+    scratch : Path or None
+        The scratch checkpoint the Segment widget loaded to re-segment, if any.
+    """
+
+    parent: Any
+    model: Any
+    result: Any
+    pairs: list
+    settings: Any
+    scratch: Path | None = None
+
+
+def ask_save_path(parent: QWidget, suggested: str) -> str | None:
+    """Ask for a checkpoint file name with a dialog (overwrites are confirmed separately)."""
+    path, _ = QFileDialog.getSaveFileName(
+        parent, "Save fine-tuned weights", suggested, "Model weights (*.safetensors)",
+        options=QFileDialog.Option.DontConfirmOverwrite,
+    )
+    return path or None
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+class WeightsSaver:
+    """Saves a :class:`Tuned` model where the user says, never over a loaded checkpoint.
+
+    Parameters
+    ----------
+    ask_path : callable
+        ``ask_path(suggested) -> str | None``: the file dialog.
+    confirm_overwrite : callable
+        ``confirm_overwrite(path) -> bool``, asked before an existing (not loaded) file is replaced.
+    on_saved, on_declined : callable
+        Called with the path written / the existing file kept.
+    on_finished : callable
+        Called when a save job ends, whatever the outcome.
+    """
+
+    def __init__(
+        self,
+        ask_path: Callable[[str], str | None],
+        confirm_overwrite: Callable[[Path], bool],
+        on_saved: Callable[[Path], Any],
+        on_declined: Callable[[Path], Any],
+        on_finished: Callable[[], Any],
+    ) -> None:
+        self.ask_path, self.confirm_overwrite = ask_path, confirm_overwrite
+        self._on_saved, self._on_declined, self._on_finished = on_saved, on_declined, on_finished
+        self.job: Job | None = None
+
+    def save(self, tuned: Tuned, loaded_paths: Iterable[Any]) -> bool:
+        """Ask for a path and start writing; False if nothing was started.
+
+        ``loaded_paths`` are checkpoints in use (the parent, the Segment widget's model, ...): refused.
+        """
+        if self.job is not None:
+            return False
+        suggested = Path(tuned.parent.path).with_name(f"{tuned.parent.name}-finetuned.safetensors")
+        answer = self.ask_path(str(suggested))
+        if not answer:
+            return False
+        path = Path(answer) if Path(answer).suffix else Path(answer).with_suffix(".safetensors")
+        for loaded in loaded_paths:
+            if _same_file(path, loaded):
+                notify_error(f"refusing to overwrite the loaded weights {Path(loaded).name!r}; choose a new file name")
+                return False
+        if path.exists() and not self.confirm_overwrite(path):
+            self._on_declined(path)
+            return False
+        from ..core.finetune import save_finetuned
+
+        def write() -> Path:
+            return save_finetuned(path, tuned.parent, tuned.model, tuned.result, tuned.pairs, tuned.settings)
+
+        self.job = Job(as_work(write), on_result=self._on_saved, on_error=self._failed, on_finished=self._done)
+        self.job.start()
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        notify_error(f"could not save the fine-tuned weights: {error_message(exc)}")
+
+    def _done(self) -> None:
+        self.job = None
+        self._on_finished()

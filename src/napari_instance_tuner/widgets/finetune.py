@@ -1,0 +1,302 @@
+"""The Fine-tune dock widget: teach the current model the user's corrections, in the background.
+
+The model is the Segment widget's current one (see :mod:`._link`), else one loaded here by name or
+file. Fine-tune runs one core generator (:func:`..core.finetune.finetune`, which trains a *copy*) in a
+thread worker: a progress bar and a live loss curve follow it, and Cancel stops after the current step,
+keeping the weights of the last finished step. A finished run is written to a scratch checkpoint (with
+its parent's hash, see :func:`..core.finetune.save_finetuned`), which the Segment widget loads to
+re-segment its image; the previous Labels layer is kept as "<name> (before fine-tune)". "Save
+fine-tuned weights…" writes the checkpoint where the user chooses, never over a loaded file.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import CheckBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ..core.finetune import FinetuneSettings
+from ._link import SegmentLink
+from ._models import ModelPicker
+from ._pairs import PairList
+from ._plot import LossPlot
+from ._save_weights import Tuned, WeightsSaver, ask_save_path
+from ._worker import Job, error_message, notify_error
+
+BEFORE = "before fine-tune"
+
+
+class FinetuneWidget(QWidget):
+    """Fine-tune a model on (image, corrected labels) pairs, optionally inside checked regions.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+    segment : SegmentWidget, optional
+        The Segment widget whose model is tuned and which re-segments; else looked up in the viewer.
+    ask_path : callable, optional
+        ``ask_path(suggested) -> str | None``, the save dialog (tests pass their own).
+    confirm_overwrite : callable, optional
+        ``confirm_overwrite(path) -> bool``, asked before an existing (not loaded) file is replaced.
+    """
+
+    #: Emitted when training ends: "ok", "cancelled" or "error".
+    finetune_finished = Signal(str)
+    #: Emitted with the path after "Save fine-tuned weights…" wrote a checkpoint.
+    saved = Signal(str)
+
+    def __init__(
+        self,
+        napari_viewer: Any,
+        parent: QWidget | None = None,
+        segment: Any = None,
+        ask_path: Callable[[str], str | None] | None = None,
+        confirm_overwrite: Callable[[Path], bool] | None = None,
+    ) -> None:
+        from .export import ask_overwrite
+
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.link = SegmentLink(napari_viewer, segment)
+        self.saver = WeightsSaver(
+            ask_path or partial(ask_save_path, self),
+            confirm_overwrite or (lambda path: ask_overwrite(self, [Path(path)])),
+            on_saved=self._saved,
+            on_declined=lambda path: setattr(self.status, "value", f"kept the existing {path.name}"),
+            on_finished=self._update,
+        )
+        self.tuned: Tuned | None = None
+        self._job: Job | None = None
+        self._pending = False
+        self._stop = None
+        self._scratch_dir: Path | None = None
+        self._runs = 0
+        self._outcome = "error"
+
+        self.pairs = PairList(napari_viewer)
+        self.model_info = Label(value="")
+        self.fallback = ModelPicker(on_loaded=self._fallback_loaded, on_busy=self._fallback_busy)
+        self.fallback.combo.label = "or model"
+        defaults = FinetuneSettings()
+        self.steps = SpinBox(label="steps", min=1, max=100_000, value=defaults.steps)
+        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-5, value=defaults.lr)
+        self.batch_size = SpinBox(label="batch size", min=1, max=64, value=defaults.batch_size)
+        self.augment = CheckBox(text="augmentation", value=defaults.augment)
+        self.augment.tooltip = "Random flips, 90° rotations, rescaling, colour, blur and noise on the training crops"
+        self.freeze_encoder = CheckBox(text="freeze the encoder", value=defaults.freeze_encoder)
+        self.resegment = CheckBox(text="re-segment the Segment widget's image when done", value=True)
+        self.start_button = PushButton(text="Fine-tune")
+        self.start_button.changed.connect(lambda *_: self.start())
+        self.cancel_button = PushButton(text="Cancel")
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
+        self.progress = ProgressBar(min=0, max=1, value=0)
+        self.plot = LossPlot()
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.save_button = PushButton(text="Save fine-tuned weights…")
+        self.save_button.changed.connect(lambda *_: self.save())
+
+        settings = Container(widgets=[self.steps, self.lr, self.batch_size], labels=True)
+        buttons = Container(widgets=[self.start_button, self.cancel_button], layout="horizontal", labels=False)
+        layout = QVBoxLayout(self)
+        for part in (self.pairs.widget, self.model_info, self.fallback.widget, settings, self.augment,
+                     self.freeze_encoder, self.resegment, buttons, self.progress):
+            layout.addWidget(part.native)
+        layout.addWidget(self.plot)
+        for part in (self.status, self.save_button):
+            layout.addWidget(part.native)
+        layout.addStretch(1)
+
+        events = napari_viewer.layers.events
+        events.inserted.connect(self._layers_changed)
+        events.removed.connect(self._layer_removed)
+        self.destroyed.connect(partial(_disconnect, events, self._layers_changed, self._layer_removed))
+        self._update()
+
+    # -- public actions -------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """True while a model loads here, training runs or weights are being saved."""
+        return self._pending or self._job is not None or self.saver.job is not None or self.fallback.loading
+
+    def model(self) -> Any:
+        """The model that Fine-tune would start from: the Segment widget's, else the one loaded here."""
+        return self.link.model or self.fallback.loaded
+
+    def settings(self) -> FinetuneSettings:
+        """The settings shown."""
+        return FinetuneSettings(steps=int(self.steps.value), lr=float(self.lr.value),
+                                batch_size=int(self.batch_size.value), augment=bool(self.augment.value),
+                                freeze_encoder=bool(self.freeze_encoder.value))
+
+    def start(self) -> None:
+        """Fine-tune on the listed pairs in a worker; problems become notifications."""
+        if self._pending or self._job is not None:
+            return
+        if not self.pairs.pairs:
+            notify_error("no pairs to fine-tune on: choose an image and its corrected Labels layer, then “Add pair”")
+            return
+        if self.link.model is None and (self.fallback.loading or self.fallback.loaded is None):
+            if not self.fallback.loading:
+                if self.fallback.selected is None:
+                    notify_error("no model: load one in the Segment widget, or choose one here")
+                    return
+                self.fallback.load(self.fallback.selected)
+            self._pending = True  # _fallback_loaded starts the training
+            self._update()
+            return
+        self._start_training()
+
+    def cancel(self) -> None:
+        """Stop after the current training step, keeping the weights of the last finished one."""
+        if self._stop is not None:
+            self._stop.cancel()
+        self._pending = False
+        self._update()
+
+    def save(self) -> None:
+        """Write the fine-tuned weights to a file the user chooses (never over a loaded checkpoint)."""
+        if self.tuned is None:
+            notify_error("nothing to save yet: fine-tune a model first")
+            return
+        current = self.link.model
+        loaded = (self.tuned.parent.path, None if current is None else current.path, self.tuned.scratch)
+        if self.saver.save(self.tuned, loaded):
+            self._update()
+
+    # -- training -------------------------------------------------------------------------------
+
+    def _start_training(self) -> None:
+        from ..core.progress import CancelToken
+
+        self._pending = False
+        loaded, settings = self.model(), self.settings()
+        data = [pair.capture() for pair in self.pairs.pairs]
+        segment = self.link.widget
+        device = segment.device.value if segment is not None else "auto"
+        scratch = self._scratch_path(loaded) if self.resegment.value else None
+        stop = self._stop = CancelToken()
+
+        def work(_token):
+            from ..core.finetune import finetune, save_finetuned
+            from ..core.inference import choose_device
+
+            pairs = [d.corrected() for d in data]
+            model, result = yield from finetune(loaded, pairs, settings, device=choose_device(device), cancel=stop)
+            path = None
+            if scratch is not None and result.history and result.stopped != "cancelled":
+                path = save_finetuned(scratch, loaded, model, result, pairs, settings)
+            return Tuned(loaded, model, result, pairs, settings, path)
+
+        self.plot.clear()
+        self.progress.max, self.progress.value = settings.steps, 0
+        self.status.value = f"fine-tuning {loaded.name}…"
+        self._outcome = "error"
+        self._job = Job(work, on_result=self._trained, on_error=self._failed, on_finished=self._training_done,
+                        progress=f"Fine-tuning {loaded.name}")
+        self._job.worker.yielded.connect(self._show_step)
+        self._job.start()
+        self._update()
+
+    def _show_step(self, item: Any) -> None:
+        info = getattr(item, "info", {})
+        if "epoch" in info:  # one record per finished step (steps_per_epoch = 1)
+            self.plot.add(info["loss"])
+        if getattr(item, "total", 0):
+            self.progress.max, self.progress.value = item.total, min(item.done, item.total)
+
+    def _trained(self, tuned: Tuned) -> None:
+        history = tuned.result.history
+        cancelled = tuned.result.stopped == "cancelled"
+        self._outcome = "cancelled" if cancelled else "ok"
+        if not history:
+            self.status.value = "cancelled before the first step finished: nothing to keep"
+            return
+        self.tuned = tuned
+        losses = f"loss {history[0]['loss']:.4f} → {history[-1]['loss']:.4f}"
+        if cancelled:
+            self.status.value = (f"cancelled after {len(history)} steps ({losses}); their weights are kept: "
+                                 "“Save fine-tuned weights…” writes them")
+            return
+        self.status.value = f"fine-tuned {tuned.parent.name} for {len(history)} steps ({losses})"
+        if tuned.scratch is not None:
+            self._resegment(tuned.scratch)
+
+    def _resegment(self, path: Path) -> None:
+        segment = self.link.widget
+        if segment is None or segment.image.value is None:
+            self.status.value += "; open the Segment widget and load the saved weights to segment with them"
+            return
+        if segment.busy:
+            self.status.value += f"; the Segment widget is busy: load {path} there to segment with it"
+            return
+        segment.keep_labels(segment.image.value, BEFORE)
+        segment.load_weights(str(path))
+        segment.run()  # waits for the load, then segments with the fine-tuned model
+        self.status.value += f"; re-segmenting {segment.image.value.name}"
+
+    def _failed(self, exc: BaseException) -> None:
+        self.status.value = "fine-tuning failed"
+        notify_error(f"fine-tuning failed: {error_message(exc)}")
+
+    def _training_done(self) -> None:
+        self._job, self._stop = None, None
+        self._update()
+        self.finetune_finished.emit(self._outcome)
+
+    def _scratch_path(self, loaded: Any) -> Path:
+        if self._scratch_dir is None:
+            self._scratch_dir = Path(tempfile.mkdtemp(prefix="napari-instance-tuner-"))
+        self._runs += 1
+        suffix = "" if self._runs == 1 else f"-{self._runs}"
+        return self._scratch_dir / f"{loaded.name}-finetuned{suffix}.safetensors"
+
+    # -- saving, models and layers ----------------------------------------------------------------
+
+    def _saved(self, path: Path) -> None:
+        self.status.value = f"saved {Path(path).name} (parent {self.tuned.parent.name}, sha256 recorded)"
+        self.saved.emit(str(path))
+
+    def _fallback_loaded(self, loaded: Any) -> None:
+        if self._pending:
+            self._start_training()
+        self._update()
+
+    def _fallback_busy(self, busy: bool) -> None:
+        if not busy and self._pending:
+            self._pending = False  # the model did not load; its error is already shown
+        self._update()
+
+    def _layers_changed(self, *_: Any) -> None:
+        self.pairs.refresh()
+        self._update()
+
+    def _layer_removed(self, event: Any) -> None:
+        self.pairs.forget(event.value)
+        self._update()
+
+    def _update(self) -> None:
+        running = self._pending or self._job is not None
+        self.start_button.enabled = not running
+        self.cancel_button.enabled = running
+        self.save_button.enabled = self.tuned is not None and self.saver.job is None
+        self.pairs.add_button.enabled = self.pairs.remove_button.enabled = not running
+        linked = self.link.model
+        self.fallback.widget.visible = linked is None  # the picker is only the fallback
+        self.model_info.value = (
+            f"model: {linked.name} (the Segment widget's)" if linked is not None
+            else "model: none in a Segment widget; choose one here"
+        )
+
+
+def _disconnect(events: Any, *callbacks: Any) -> None:
+    for callback in callbacks:
+        for emitter in (events.inserted, events.removed):
+            emitter.disconnect(callback)

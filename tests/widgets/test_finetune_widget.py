@@ -1,0 +1,233 @@
+"""The Fine-tune widget in a real viewer with the tiny random-weight model: train, cancel, save, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT_MS = 60_000
+
+
+class Dialogs:
+    """Answers for the save dialog and the overwrite question, and what was asked."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.overwrite = False
+        self.asked: list[Path] = []
+
+    def ask_path(self, suggested: str) -> str | None:
+        return self.path
+
+    def confirm(self, path: Path) -> bool:
+        self.asked.append(path)
+        return self.overwrite
+
+
+@pytest.fixture(autouse=True)
+def scratch_in_tmp_path(monkeypatch, tmp_path):
+    """Scratch checkpoints of re-segmenting go to the test's folder, not the system's temp folder."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
+@pytest.fixture
+def dialogs() -> Dialogs:
+    return Dialogs()
+
+
+@pytest.fixture
+def corrected(viewer, image):
+    """The ground truth of the "img" sample as a Labels layer "img corrected"."""
+    from napari_instance_tuner.core.synthetic import synthetic_glands
+
+    _, labels = synthetic_glands((64, 96), seed=0)
+    return viewer.add_labels(labels.astype(np.int32), name="img corrected")
+
+
+@pytest.fixture
+def tuner(viewer, with_image, corrected, qtbot, dialogs):
+    """The Fine-tune widget linked to the Segment widget (tiny model loaded), with one pair chosen."""
+    from napari_instance_tuner.widgets.finetune import FinetuneWidget
+
+    widget = FinetuneWidget(viewer, segment=with_image, ask_path=dialogs.ask_path, confirm_overwrite=dialogs.confirm)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.pairs.image.value, widget.pairs.labels.value = viewer.layers["img"], corrected
+    assert widget.pairs.add() is not None
+    widget.steps.value, widget.batch_size.value = 3, 1
+    yield widget
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+
+
+def train(qtbot, widget) -> str:
+    with qtbot.waitSignal(widget.finetune_finished, timeout=TIMEOUT_MS) as blocker:
+        widget.start()
+    return blocker.args[0]
+
+
+def test_finetune_plots_the_loss_resegments_and_keeps_the_old_labels(tuner, viewer, qtbot, run, errors):
+    from napari_instance_tuner.core.checkpoint import file_sha256
+
+    segment = tuner.link.widget
+    assert run(segment) == "ok"
+    parent = segment.current_model
+    parent_sha = file_sha256(parent.path)
+    old = viewer.layers["img instances"]
+    before = np.copy(old.data)
+    assert "tiny (the Segment widget's)" in tuner.model_info.value
+    with qtbot.waitSignal(segment.run_finished, timeout=TIMEOUT_MS) as resegmented:
+        assert train(qtbot, tuner) == "ok", errors
+    assert resegmented.args == ["ok"], errors
+    # Three steps: three points on the curve, a full progress bar, a history of three losses.
+    assert len(tuner.plot.values) == 3 and all(np.isfinite(tuner.plot.values))
+    assert len(tuner.plot.points()) == 3
+    assert (tuner.progress.value, tuner.progress.max) == (3, 3)
+    assert [h["loss"] for h in tuner.tuned.result.history] == pytest.approx(tuner.plot.values)
+    # The previous labels are kept under a new name; the new labels come from the fine-tuned copy.
+    assert old.name == "img instances (before fine-tune)" and np.array_equal(old.data, before)
+    new = viewer.layers["img instances"]
+    assert new is not old
+    tuned_model = segment.current_model
+    assert tuned_model is not parent and tuned_model.path == tuner.tuned.scratch
+    assert tuned_model.meta["parent"]["sha256"] == parent_sha
+    assert new.metadata["napari_instance_tuner"]["weights_sha256"] == tuned_model.sha256
+    assert file_sha256(parent.path) == parent_sha  # the loaded file was not touched
+    assert tuner.save_button.enabled and tuner.start_button.enabled and errors == []
+
+
+def test_cancel_keeps_the_loaded_model_maps_and_layers(tuner, viewer, qtbot, run, errors):
+    import torch
+
+    segment = tuner.link.widget
+    assert run(segment) == "ok"
+    loaded, result = segment.current_model, segment.current_result
+    weights = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    layers = {layer.name: np.copy(layer.data) for layer in viewer.layers}
+    tuner.steps.value = 2000
+    with qtbot.waitSignal(tuner.finetune_finished, timeout=TIMEOUT_MS) as blocker:
+        tuner.start()
+        assert tuner.cancel_button.enabled and not tuner.start_button.enabled
+        qtbot.waitUntil(lambda: len(tuner.plot.values) >= 2, timeout=TIMEOUT_MS)  # the GUI kept updating
+        tuner.cancel()
+    assert blocker.args == ["cancelled"], errors
+    steps = len(tuner.tuned.result.history)
+    assert 2 <= steps < 2000 and tuner.tuned.result.stopped == "cancelled"
+    assert "cancelled after" in tuner.status.value and tuner.save_button.enabled
+    # Nothing changed in the Segment widget or the viewer...
+    assert segment.current_model is loaded and segment.current_result is result and result.maps is not None
+    assert all(torch.equal(weights[k], v) for k, v in loaded.model.state_dict().items())
+    assert {layer.name: np.copy(layer.data) for layer in viewer.layers}.keys() == layers.keys()
+    assert all(np.array_equal(viewer.layers[name].data, data) for name, data in layers.items())
+    # ...and the model still predicts.
+    assert run(segment) == "ok" and errors == []
+    assert tuner.start_button.enabled and not tuner.cancel_button.enabled
+
+
+def test_save_refuses_the_parent_and_records_its_hash(tuner, qtbot, tmp_path, dialogs, errors):
+    from napari_instance_tuner.core.checkpoint import file_sha256, read_checkpoint
+
+    tuner.resegment.value = False
+    assert train(qtbot, tuner) == "ok", errors
+    parent = tuner.tuned.parent
+    parent_sha = file_sha256(parent.path)
+    assert tuner.tuned.scratch is None  # nothing written without re-segmenting
+
+    dialogs.path = str(parent.path)
+    tuner.save()
+    assert len(errors) == 1 and "refusing to overwrite the loaded weights" in errors[0]
+    assert file_sha256(parent.path) == parent_sha and dialogs.asked == [] and not tuner.busy
+
+    dialogs.path = str(tmp_path / "tuned")  # no suffix: .safetensors is added
+    with qtbot.waitSignal(tuner.saved, timeout=TIMEOUT_MS) as saved:
+        tuner.save()
+    assert saved.args == [str(tmp_path / "tuned.safetensors")]
+    _, meta = read_checkpoint(tmp_path / "tuned.safetensors")
+    assert meta["parent"]["sha256"] == parent_sha and meta["parent"]["file"] == Path(parent.path).name
+    assert len(meta["finetune"]["history"]) == 3 and meta["finetune"]["settings"]["steps"] == 3
+    assert meta["finetune"]["data"][0]["objects"] == 2 and meta["finetune"]["data"][0]["shape"] == [64, 96, 3]
+
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"keep me")
+    dialogs.path = str(other)
+    tuner.save()  # declined: the file stays
+    assert dialogs.asked == [other] and other.read_bytes() == b"keep me" and "kept" in tuner.status.value
+    dialogs.overwrite = True
+    with qtbot.waitSignal(tuner.saved, timeout=TIMEOUT_MS):
+        tuner.save()
+    assert read_checkpoint(other)[1]["parent"]["sha256"] == parent_sha and len(errors) == 1
+
+
+def test_checked_regions_come_from_a_shapes_layer(tuner, viewer):
+    # Shapes drawn at twice the image's scale: the rectangle covers image rows 4..11, columns 10..29.
+    shapes = viewer.add_shapes([np.array([[2, 5], [2, 14.5], [5.5, 14.5], [5.5, 5]])], shape_type="rectangle",
+                               name="checked", scale=(2, 2))
+    tuner.pairs.remove_selected()
+    tuner.pairs.regions.value = shapes
+    pair = tuner.pairs.add()
+    assert pair.describe() == "img ← img corrected in checked" and len(tuner.pairs.pairs) == 1
+    region = pair.capture().corrected().region
+    expected = np.zeros((64, 96), bool)
+    expected[4:12, 10:30] = True
+    assert np.array_equal(region, expected)
+    viewer.layers.remove(shapes)  # a removed layer takes its pairs with it
+    assert tuner.pairs.pairs == [] and list(tuner.pairs.list.choices) == []
+
+
+def test_problems_become_notifications_and_the_widget_stays_usable(tuner, viewer, qtbot, errors):
+    tuner.pairs.remove_selected()
+    tuner.start()
+    assert "no pairs" in errors[-1] and not tuner.busy
+    # Labels of another size cannot be paired with the image.
+    tuner.pairs.labels.value = viewer.add_labels(np.zeros((10, 10), np.int32), name="small")
+    assert tuner.pairs.add() is None and "do not match" in errors[-1] and tuner.pairs.pairs == []
+    # A region drawn outside the image fails in the worker, as a notification.
+    outside = viewer.add_shapes([np.array([[200, 200], [200, 220], [220, 220], [220, 200]])], name="far")
+    tuner.pairs.labels.value, tuner.pairs.regions.value = viewer.layers["img corrected"], outside
+    assert tuner.pairs.add() is not None
+    assert train(qtbot, tuner) == "error"
+    assert "does not overlap" in errors[-1] and "fine-tuning failed" in errors[-1]
+    assert tuner.start_button.enabled and not tuner.cancel_button.enabled and tuner.tuned is None
+    # A line marks no area.
+    line = viewer.add_shapes([np.array([[1, 1], [30, 30]])], shape_type="line", name="line")
+    tuner.pairs.remove_selected()
+    tuner.pairs.regions.value = line
+    tuner.pairs.add()
+    assert train(qtbot, tuner) == "error" and "marks no area" in errors[-1]
+    # The layer of a pair removed from the viewer: the pair goes too.
+    viewer.layers.remove("img corrected")
+    assert tuner.pairs.pairs == []
+
+
+def test_without_a_segment_widget_a_shipped_model_is_loaded_by_name(
+    viewer, image, corrected, qtbot, tiny_checkpoint, tmp_path, monkeypatch, errors
+):
+    import shutil
+
+    from napari_instance_tuner.core import checkpoint
+    from napari_instance_tuner.widgets.finetune import FinetuneWidget
+
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    assert widget.link.widget is None and widget.model() is None and widget.fallback.selected is None
+    widget.pairs.labels.value = corrected
+    widget.pairs.add()
+    widget.start()
+    assert "no model" in errors[-1] and not widget.busy
+    # A shipped model, chosen by name: Fine-tune loads it, then trains.
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(tiny_checkpoint, weights / "tiny-glands.safetensors")
+    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", weights)
+    widget.fallback.combo.reset_choices()
+    assert widget.fallback.selected == "tiny-glands" and widget.fallback.loaded is None
+    widget.steps.value, widget.batch_size.value = 2, 1
+    assert train(qtbot, widget) == "ok", errors
+    assert widget.tuned.parent.path.name == "tiny-glands.safetensors" and len(widget.plot.values) == 2
+    assert "open the Segment widget" in widget.status.value
+    assert widget.tuned.scratch is not None and widget.tuned.scratch.is_file()
+    assert [layer.name for layer in viewer.layers] == ["img", "img corrected"]
