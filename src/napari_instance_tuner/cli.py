@@ -125,14 +125,11 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-AUTOTUNE_METRICS = ("object_f1", "object_dice", "mean_ap", "aji", "pixel_dice")
-
-
 def cmd_autotune(args) -> int:
-    from .core import metrics
     from .core.autotune import autotune
     from .core.checkpoint import load_model
     from .core.data import load_split
+    from .core.evaluation import score_function
     from .core.jobs import load_params
     from .core.params import params_to_dict
     from .core.progress import run
@@ -142,13 +139,7 @@ def cmd_autotune(args) -> int:
     params = load_params(loaded, args.params)
     samples = load_split(args.data)
     maps = [run(loaded.family.predict_maps(loaded.model, s.image, loaded.meta, device=args.device)) for s in samples]
-    score = {
-        "object_f1": lambda p, r: metrics.object_f1(p, r)["f1"],
-        "object_dice": metrics.object_dice,
-        "mean_ap": lambda p, r: metrics.average_precision(p, r)["mean_ap"],
-        "aji": metrics.aggregated_jaccard_index,
-        "pixel_dice": metrics.pixel_dice,
-    }[args.metric]
+    score = score_function(args.metric)
     refs = [s.masks if s.masks is not None else s.labels for s in samples]
     best, before, after = run(autotune(loaded.family.postprocess, maps, refs, params, score))
     write_text(args.out, json.dumps({"postprocess": params_to_dict(best)}, indent=1) + "\n", overwrite=args.overwrite)
@@ -259,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("autotune", help="search post-processing parameters on annotated images (no network re-runs)")
     a.add_argument("--model", required=True)
     a.add_argument("--data", required=True)
-    a.add_argument("--metric", default="object_f1", choices=AUTOTUNE_METRICS)
+    a.add_argument("--metric", default="object_f1", choices=["object_f1", "mean_ap", "aji", "object_dice"])
     a.add_argument("--params", help="start from these parameters (JSON) instead of the model's")
     a.add_argument("--out", required=True, help="JSON file of the best parameters (usable as --params)")
     a.add_argument("--overwrite", action="store_true")

@@ -121,3 +121,19 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
         save_checkpoint(target, {}, tiny_meta())
     assert target.read_bytes() == b"original"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.safetensors"]
+
+
+@pytest.mark.parametrize("first_byte", [0x80, 0x50])
+def test_header_lengths_that_look_like_pickle_or_zip_magic_still_load(tmp_path, first_byte):
+    """The 8-byte header length may start with 0x80 (pickle) or 'P' (zip): the file is still safetensors."""
+    from napari_instance_tuner.core.registry import get_family
+
+    model = get_family("three-branch").build_model(TINY_ARCH)
+    for pad in range(0, 4096, 7):
+        path = save_checkpoint(tmp_path / "m.safetensors", model.state_dict(), tiny_meta(note="x" * pad))
+        if path.read_bytes()[0] == first_byte:
+            break
+    else:
+        pytest.fail("no padding produced the wanted first byte")
+    loaded = load_model(path)
+    assert loaded.meta["note"] == "x" * pad

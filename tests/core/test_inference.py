@@ -74,3 +74,26 @@ def test_registry_lists_valid_names():
     assert "three-branch" in family_names()
     with pytest.raises(InstanceTunerError, match="valid families: .*three-branch"):
         get_family("nope")
+
+
+def test_flip_averaging_is_exact_for_a_mirror_symmetric_model_and_reports_progress(model):
+    from napari_instance_tuner.core.inference import predict_flips
+
+    rng = np.random.default_rng(3)
+    image = rng.random((40, 52, 3), dtype=np.float32)
+    single = run(predict_flips(model, image, flips=1, out_channels=3, multiple=4))
+    assert np.array_equal(single, run(predict_tiled(model, image, out_channels=3, multiple=4)))
+    seen = []
+    four = run(predict_flips(model, image, flips=4, out_channels=3, multiple=4), seen.append)
+    assert four.shape == single.shape and seen[-1].done == seen[-1].total == 4
+    # Averaging over the flips equals averaging the un-flipped predictions of flipped inputs.
+    manual = np.mean([
+        run(predict_tiled(model, np.ascontiguousarray(image[::a, ::b]), out_channels=3, multiple=4))[:, ::a, ::b]
+        for a, b in ((1, 1), (1, -1), (-1, 1), (-1, -1))
+    ], axis=0)
+    assert np.allclose(four, manual, atol=1e-6)
+    # The flipped image's prediction is the flip of the prediction: flip-averaged maps are flip-equivariant.
+    mirrored = run(predict_flips(model, np.ascontiguousarray(image[:, ::-1]), flips=4, out_channels=3, multiple=4))
+    assert np.allclose(mirrored[:, :, ::-1], four, atol=1e-5)
+    with pytest.raises(InstanceTunerError, match="1, 2 or 4"):
+        run(predict_flips(model, image, flips=3, out_channels=3, multiple=4))

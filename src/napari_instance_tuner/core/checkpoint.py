@@ -107,8 +107,8 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict, half:
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
-    """Read (state_dict, meta) from one of our files without unpickling anything.
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of one of our checkpoints, read from the file's JSON header alone (no tensors, no torch).
 
     Raises
     ------
@@ -121,28 +121,27 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
         raise WeightsError(f"weights file {str(path)!r} does not exist")
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if len(head) < 8:
-        raise WeightsError(f"weights file {path.name!r} is empty or truncated ({size} bytes)")
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise WeightsError(
-            f"{path.name!r} is a PyTorch pickle file; this family loads only .safetensors checkpoints "
-            "(pickles can run code and are never unpickled)"
-        )
-    (header_len,) = struct.unpack("<Q", head)
-    if header_len > min(size - 8, _MAX_HEADER):
-        raise WeightsError(f"weights file {path.name!r} is not a safetensors file or is truncated")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            file_meta = fh.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"weights file {path.name!r} is corrupt or truncated: {exc}") from None
+        head = fh.read(9)
+        if len(head) < 9:
+            raise WeightsError(f"weights file {path.name!r} is empty or truncated ({size} bytes)")
+        # A safetensors file: 8-byte little-endian header length, then the JSON header. Check this first:
+        # the length's first byte can be anything, including a pickle's 0x80 or a zip's "PK".
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if head[8:9] != b"{" or header_len > _MAX_HEADER:
+            if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1] in (2, 3, 4, 5)):
+                raise WeightsError(
+                    f"{path.name!r} is a PyTorch pickle file; this family loads only .safetensors checkpoints "
+                    "(pickles can run code and are never unpickled)"
+                )
+            raise WeightsError(f"weights file {path.name!r} is not a safetensors file")
+        if header_len > size - 8:
+            raise WeightsError(f"weights file {path.name!r} is truncated (its header needs {header_len} bytes)")
+        fh.seek(8)
+        try:
+            header = json.loads(fh.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise WeightsError(f"the header of {path.name!r} is corrupt: {exc}") from None
+    file_meta = header.get("__metadata__") or {} if isinstance(header, dict) else {}
     if META_KEY not in file_meta:
         raise WeightsError(
             f"{path.name!r} is a safetensors file but not a napari-instance-tuner checkpoint "
@@ -152,7 +151,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
         meta = json.loads(file_meta[META_KEY])
     except json.JSONDecodeError as exc:
         raise WeightsError(f"the metadata of {path.name!r} is not valid JSON: {exc}") from None
-    version = meta.get("format_version")
+    version = meta.get("format_version") if isinstance(meta, dict) else None
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise WeightsError(
             f"{path.name!r} has checkpoint format version {version!r}; this version of napari-instance-tuner "
@@ -161,6 +160,25 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     for required in ("family", "architecture"):
         if required not in meta:
             raise WeightsError(f"the metadata of {path.name!r} lacks {required!r}")
+    return meta
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Read (state_dict, meta) from one of our files without unpickling anything.
+
+    Raises
+    ------
+    WeightsError
+        As :func:`read_metadata`, and when the tensor data is corrupt or truncated.
+    """
+    meta = read_metadata(path)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"weights file {Path(path).name!r} is corrupt or truncated: {exc}") from None
     return state, meta
 
 

@@ -23,7 +23,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import struct
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .checkpoint import META_KEY, LoadedModel, file_sha256, load_model, resolve_model_path, shipped_models
+from .checkpoint import LoadedModel, file_sha256, load_model, read_metadata, resolve_model_path, shipped_models
 from .errors import InstanceTunerError, WeightsError
 from .params import params_from_dict, params_to_dict
 
@@ -146,25 +145,8 @@ def make_recipe(
 
 
 def checkpoint_meta(path: str | os.PathLike) -> dict:
-    """The JSON metadata of a checkpoint, read from the safetensors header alone (no tensors, no torch).
-
-    Raises
-    ------
-    WeightsError
-        If the file is missing or not one of our checkpoints.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            if size > 100 * 1024 * 1024:
-                raise ValueError("header too large")
-            header = json.loads(fh.read(size))
-        return json.loads(header["__metadata__"][META_KEY])
-    except FileNotFoundError:
-        raise WeightsError(f"weights file {str(path)!r} does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
-        raise WeightsError(f"{path.name!r} is not a napari-instance-tuner checkpoint") from None
+    """The JSON metadata of a checkpoint, read from the safetensors header alone (no tensors, no torch)."""
+    return read_metadata(path)
 
 
 def recipe_text(recipe: dict) -> str:

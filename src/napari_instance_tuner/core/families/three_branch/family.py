@@ -8,7 +8,7 @@ import numpy as np
 
 from ...family import Family, Instances, Maps
 from ...image import prepare_image, resize_to
-from ...inference import choose_device, predict_tiled
+from ...inference import choose_device, predict_flips
 from ...progress import CancelToken, Progress
 from .postprocess import ThreeBranchParams, postprocess
 
@@ -38,6 +38,8 @@ class ThreeBranchFamily(Family):
     ) -> Generator[Progress, None, Maps]:
         """Normalise and rescale ``image`` as ``meta`` says, run tiled inference, resize maps back.
 
+        ``meta["test_time_flips"]`` (1, 2 or 4; default 1) averages the maps over mirrored copies.
+
         Returns
         -------
         Maps
@@ -45,9 +47,10 @@ class ThreeBranchFamily(Family):
         """
         prepared, shape = prepare_image(image, meta)
         branches = list(model.config.branches)
-        probs = yield from predict_tiled(
+        probs = yield from predict_flips(
             model,
             prepared,
+            flips=int(meta.get("test_time_flips", 1)),
             out_channels=len(branches),
             tile_size=tile_size or int(meta.get("tile_size", 512)),
             overlap=int(meta.get("tile_overlap", 64)),
