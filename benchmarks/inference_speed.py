@@ -21,10 +21,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="512,1024,2048")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--flips", type=int, help="override the model's test-time flips (1, 2 or 4)")
     args = parser.parse_args()
     loaded = load_model(args.model)
+    if args.flips:
+        loaded.meta["test_time_flips"] = args.flips
     device = choose_device(args.device)
-    print(f"{loaded.name} on {device_description(device)}; pixel scale {loaded.meta.get('pixel_scale')}")
+    print(f"{loaded.name} on {device_description(device)}; pixel scale {loaded.meta.get('pixel_scale')}, "
+          f"test-time flips {loaded.meta.get('test_time_flips', 1)}")
     print(f"{'image':>12}{'seconds':>10}{'MP/s':>8}")
     rng = np.random.default_rng(0)
     for size in map(int, args.sizes.split(",")):

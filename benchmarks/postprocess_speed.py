@@ -26,8 +26,13 @@ def main() -> None:
     base = ThreeBranchParams()
     print(f"three-branch post-processing on {args.size}x{args.size} maps, {os.cpu_count()} CPUs")
     print(f"{'setting':<36}{'median ms':>10}{'p90 ms':>10}{'objects':>9}")
-    for name, params in [
-        ("defaults (grow-back 16)", base),
+    from napari_instance_tuner.core.checkpoint import read_metadata, shipped_models
+    from napari_instance_tuner.core.params import params_from_dict
+
+    shipped = [(f"{name} tuned", params_from_dict(ThreeBranchParams, read_metadata(path)["postprocess"]))
+               for name, path in shipped_models().items() if read_metadata(path)["family"] == "three-branch"]
+    for name, params in shipped + [
+        ("family defaults (grow-back 16)", base),
         ("no grow-back", replace(base, grow_back=0)),
         ("large radii (erosion 20, denoise 6)", replace(base, boundary_erosion=20, centroid_erosion=20,
                                                         close_radius=6, open_radius=6)),

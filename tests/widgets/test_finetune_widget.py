@@ -211,6 +211,9 @@ def test_without_a_segment_widget_a_shipped_model_is_loaded_by_name(
     from napari_instance_tuner.core import checkpoint
     from napari_instance_tuner.widgets.finetune import FinetuneWidget
 
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", weights)  # start with no shipped model at all
     widget = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune")
     assert widget.link.widget is None and widget.model() is None and widget.fallback.selected is None
@@ -219,10 +222,7 @@ def test_without_a_segment_widget_a_shipped_model_is_loaded_by_name(
     widget.start()
     assert "no model" in errors[-1] and not widget.busy
     # A shipped model, chosen by name: Fine-tune loads it, then trains.
-    weights = tmp_path / "weights"
-    weights.mkdir()
     shutil.copy(tiny_checkpoint, weights / "tiny-glands.safetensors")
-    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", weights)
     widget.fallback.combo.reset_choices()
     assert widget.fallback.selected == "tiny-glands" and widget.fallback.loaded is None
     widget.steps.value, widget.batch_size.value = 2, 1
