@@ -2,7 +2,6 @@ import json
 import pickle
 import struct
 
-import numpy as np
 import pytest
 
 from conftest import TINY_ARCH, tiny_meta

@@ -21,7 +21,7 @@ from .data import Sample, load_split, read_groups, validation_split
 from .errors import InstanceTunerError
 from .image import DEFAULT_NORMALISATION
 from .params import params_from_dict, params_to_dict
-from .progress import CancelToken, Progress, run
+from .progress import CancelToken, Progress
 from .training import TrainConfig, selection_score
 
 
@@ -186,4 +186,4 @@ def load_params(loaded: LoadedModel, params_file: str | None):
     return params_from_dict(type(base), values, base)
 
 
-__all__ = ["TrainOptions", "train_job", "evaluate_samples", "summarise", "load_params", "run"]
+__all__ = ["TrainOptions", "train_job", "evaluate_samples", "summarise", "load_params", "validation_score"]
