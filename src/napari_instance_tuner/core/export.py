@@ -80,6 +80,8 @@ def write_label_tiff(
     axes = "YX" if data.ndim == 2 else "ZYX"
     if data.ndim not in (2, 3):
         raise ExportError(f"labels of shape {data.shape} cannot be written; expected (H, W) or (Z, H, W)")
+    if data.size == 0:
+        raise ExportError(f"the labels are empty (shape {data.shape}); nothing to write")
     kwargs: dict[str, Any] = {"compression": "zlib", "photometric": "minisblack"}
     if pixel_size is not None:
         sy, sx = (float(v) for v in pixel_size)

@@ -47,13 +47,18 @@ def _as_intensity(image: np.ndarray | None, shape: tuple[int, ...]) -> tuple[np.
 
 def _table(labels: np.ndarray, intensity: np.ndarray | None, channels: int) -> dict[str, np.ndarray]:
     from skimage.measure import regionprops_table
+    from skimage.segmentation import relabel_sequential
 
     props = _SHAPE_PROPS + (_INTENSITY_PROPS if intensity is not None else ())
-    raw = regionprops_table(labels, intensity_image=intensity, properties=props)
+    # Sequential ids first: regionprops allocates per label value, and ids may be as large as 2**32 - 1.
+    sequential, _, inverse = relabel_sequential(labels)
+    raw = regionprops_table(sequential, intensity_image=intensity, properties=props)
     out = {}
     for key, values in raw.items():
         name = _intensity_name(key, channels) if key.startswith("intensity_") else _RENAME.get(key, key)
         out[name] = np.asarray(values)
+    if "label" in out:
+        out["label"] = np.asarray(inverse[out["label"]], dtype=labels.dtype)
     return out
 
 
@@ -153,6 +158,8 @@ def _check_labels(labels: np.ndarray, ndim: int) -> np.ndarray:
     arr = np.asarray(labels)
     if arr.ndim != ndim:
         raise InstanceTunerError(f"expected a {ndim}D label image; got shape {arr.shape}")
+    if arr.size == 0:
+        raise InstanceTunerError(f"the label image is empty (shape {arr.shape})")
     if arr.dtype == bool:
         return arr.astype(np.uint8)
     if not np.issubdtype(arr.dtype, np.integer):

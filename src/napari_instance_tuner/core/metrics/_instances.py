@@ -144,7 +144,7 @@ def _parse(x: Any, name: str, *, allow_binary: bool = False) -> _Instances:
         if np.issubdtype(a.dtype, np.floating):
             if a.size and not np.array_equal(a, np.floor(a)):
                 raise _fail(name, "label image has non-integer values; labels must be whole numbers")
-            if a.size and np.abs(a).max() > 2.0**53:
+            if a.size and float(np.abs(a).max()) > 2.0**53:  # python float: float16 cannot hold 2**53
                 raise _fail(name, "label image has float labels above 2**53 that are not exact integers")
             a = a.astype(np.int64)
         lab, areas = _relabel(a, name)
