@@ -49,27 +49,9 @@ EVALUATE_KEYS: tuple[str, ...] = (
     "object_hausdorff_gt_term",
 )
 
-#: Keys of :func:`aggregate`, in order.
-AGGREGATE_KEYS: tuple[str, ...] = (
-    "object_f1",
-    "precision",
-    "recall",
-    "object_dice",
-    "object_hausdorff",
-    "pixel_dice",
-    "pixel_iou",
-    "ap50",
-    "ap60",
-    "ap70",
-    "ap80",
-    "ap90",
-    "mean_ap",
-    "aji",
-    "n_pred",
-    "n_gt",
-    "tp",
-    "fp",
-    "fn",
+#: Keys of :func:`aggregate`, in order: the headline metrics and counts of :data:`EVALUATE_KEYS`, then the
+#: data-set extras.
+AGGREGATE_KEYS: tuple[str, ...] = EVALUATE_KEYS[:19] + (
     "n_images",
     "object_f1_image_mean",
     "precision_image_mean",
