@@ -184,6 +184,8 @@ def cmd_evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .core.evaluation import TUNABLE  # numpy/scipy only: the CLI still starts without torch
+
     parser = argparse.ArgumentParser(prog="napari-instance-tuner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -250,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("autotune", help="search post-processing parameters on annotated images (no network re-runs)")
     a.add_argument("--model", required=True)
     a.add_argument("--data", required=True)
-    a.add_argument("--metric", default="object_f1", choices=["object_f1", "mean_ap", "aji", "object_dice"])
+    a.add_argument("--metric", default="object_f1", choices=list(TUNABLE))
     a.add_argument("--params", help="start from these parameters (JSON) instead of the model's")
     a.add_argument("--out", required=True, help="JSON file of the best parameters (usable as --params)")
     a.add_argument("--overwrite", action="store_true")
