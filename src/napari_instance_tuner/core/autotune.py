@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .family import scorable
 from .params import param_specs
 from .progress import CancelToken, Progress
 
@@ -56,7 +57,8 @@ def autotune(
     params : dataclass
         Starting parameters.
     score : callable
-        ``score(pred_labels, reference) -> float``; higher is better; averaged over images.
+        ``score(pred, reference) -> float`` where ``pred`` is the label image, or the bool (N, H, W)
+        mask stack for families that keep overlaps; higher is better; averaged over images.
     names : list of str, optional
         Parameters to tune (default: all).
     rounds : int
@@ -70,7 +72,7 @@ def autotune(
     """
 
     def evaluate(p) -> float:
-        return float(np.mean([score(postprocess(m, p).labels, r) for m, r in zip(maps_list, references)]))
+        return float(np.mean([score(scorable(postprocess(m, p)), r) for m, r in zip(maps_list, references)]))
 
     specs = [s for s in param_specs(params) if names is None or s.name in names]
     best = params

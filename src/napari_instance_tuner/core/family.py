@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .errors import InstanceTunerError
 from .progress import CancelToken, Progress
 
 
@@ -66,6 +67,11 @@ class Instances:
         return int(np.unique(self.labels[self.labels > 0]).size)
 
 
+def scorable(instances: Instances) -> np.ndarray:
+    """What metrics should see: per-object masks where the family keeps overlaps, else the labels."""
+    return instances.masks if instances.masks is not None else instances.labels
+
+
 class Family(ABC):
     """A model family: network maps + post-processing.
 
@@ -101,6 +107,54 @@ class Family(ABC):
     @abstractmethod
     def postprocess(self, maps: Maps, params: Any) -> Instances:
         """Turn maps into instances; cheap enough to run on every slider move."""
+
+    # --- training hooks (optional: a family without them can still segment with given weights) ---
+
+    def architecture(self, options: dict, in_channels: int) -> dict:
+        """Validated, complete architecture dict for a new model from user ``options``.
+
+        Raises
+        ------
+        InstanceTunerError
+            If the family cannot be trained here, or an option is invalid.
+        """
+        raise InstanceTunerError(f"training of family {self.name!r} is not available")
+
+    def train(
+        self,
+        train_samples: list,
+        val_samples: list,
+        meta: dict,
+        options: Any,
+        *,
+        resume_path: Any = None,
+        cancel: CancelToken | None = None,
+    ) -> Generator[Progress, None, tuple[Any, Any]]:
+        """Train a new model described by ``meta``; returns (model with best weights, ``TrainResult``).
+
+        ``options`` is a :class:`~.jobs.TrainOptions`; the family may add what it used to
+        ``meta["training"]``.
+        """
+        raise InstanceTunerError(f"training of family {self.name!r} is not available")
+
+    def finetune_setup(self, model: Any, meta: dict, pairs: list, settings: Any) -> tuple[Any, Any, list | None]:
+        """What :func:`~.finetune.finetune` needs: ``(next_batch, loss_fn, trainable parameters or None)``.
+
+        ``pairs`` are :class:`~.finetune.CorrectedImage`; ``model`` is the copy being tuned.
+        """
+        raise InstanceTunerError(f"fine-tuning the {self.name} family is not available")
+
+    def score(self, pred: Any, reference: Any) -> float:
+        """The family's model-selection score of one prediction (higher is better).
+
+        ``pred`` is a label image (H, W) or, for families that keep overlaps, a bool (N, H, W) mask
+        stack (see :func:`scorable`). Used to pick the best epoch and by auto-tuning after training.
+        Default: the mean of GlaS object F1 and object Dice.
+        """
+        from .metrics import object_dice, object_f1
+        from .training import selection_score
+
+        return selection_score(object_f1(pred, reference)["f1"], object_dice(pred, reference))
 
     def default_params(self, meta: dict | None = None) -> Any:
         """Parameters stored in a checkpoint's metadata, else the dataclass defaults."""

@@ -79,48 +79,12 @@ def finetune(
     The loaded model is left untouched, so cancelling keeps the user's current model and maps valid;
     a cancelled run returns the copy as of its last completed step.
     """
-    if loaded.family.name != "three-branch":
-        raise InstanceTunerError(f"fine-tuning the {loaded.family.name} family is not available yet")
-    from .families.three_branch.loss import weighted_bce
-    from .families.three_branch.train import BatchMaker, prepare_samples
-    from .data import Sample
-    from .augment import AugmentConfig
-    from .families.three_branch.targets import TargetConfig
-    from .image import rescale
-
     _check(pairs)
-    meta = loaded.meta
     model = copy.deepcopy(loaded.model)
-    samples = [Sample(f"pair{i}", p.image, np.asarray(p.labels).astype(np.int32)) for i, p in enumerate(pairs)]
-    prepared = prepare_samples(samples, meta["in_channels"], meta["pixel_scale"], meta.get("normalisation"))
-    regions = None
-    if any(p.region is not None for p in pairs):
-        regions = [
-            rescale(np.ones(np.shape(p.labels), np.uint8) if p.region is None else p.region.astype(np.uint8),
-                    meta["pixel_scale"], order=0).astype(bool)
-            for p in pairs
-        ]
-    training_meta = meta.get("training", {})
-    # Crops no larger than the images (padding would only add ignored pixels), a multiple of the divisor.
-    largest = max(max(s.image.shape[1:]) for s in prepared)
-    crop = -(-min(settings.crop, largest) // model.size_divisor) * model.size_divisor
-    maker = BatchMaker(
-        prepared,
-        crop=crop,
-        batch_size=settings.batch_size,
-        targets=TargetConfig(**training_meta.get("targets", {})),
-        pixel_scale=meta["pixel_scale"],
-        augment=AugmentConfig(enabled=settings.augment),
-        branches=tuple(model.config.branches),
-        regions=regions,
-    )
-    params = None
-    if settings.freeze_encoder:
-        model.encoder.requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
+    batches, loss_fn, params = loaded.family.finetune_setup(model, loaded.meta, pairs, settings)
     config = TrainConfig(epochs=settings.steps, steps_per_epoch=1, lr=settings.lr, seed=settings.seed,
                          checkpoint_every_s=float("inf"), freeze_batchnorm=True)
-    result = yield from fit(model, maker, weighted_bce, None, config, device=device, cancel=cancel, params=params)
+    result = yield from fit(model, batches, loss_fn, None, config, device=device, cancel=cancel, params=params)
     model.requires_grad_(True)
     return model.cpu(), result
 

@@ -18,7 +18,6 @@ import numpy as np
 from .. import __version__
 from .checkpoint import LoadedModel, save_checkpoint
 from .data import Sample, load_split, read_groups, validation_split
-from .errors import InstanceTunerError
 from .image import DEFAULT_NORMALISATION
 from .params import params_from_dict, params_to_dict
 from .progress import CancelToken, Progress
@@ -27,7 +26,11 @@ from .training import TrainConfig, selection_score
 
 @dataclass
 class TrainOptions:
-    """Options of ``napari-instance-tuner train`` (three-branch family)."""
+    """Options of ``napari-instance-tuner train``.
+
+    ``architecture`` is passed to :meth:`~.family.Family.architecture`; ``targets`` (three-branch
+    target widths) and ``family_options`` (e.g. layering phase lengths) to the family's ``train``.
+    """
 
     data: str
     out: str
@@ -39,6 +42,7 @@ class TrainOptions:
     val_fraction: float = 0.18
     train: TrainConfig = field(default_factory=TrainConfig)
     targets: dict = field(default_factory=dict)
+    family_options: dict = field(default_factory=dict)
     augment: bool = True
     autotune: bool = True
     device: str = "cpu"
@@ -58,13 +62,14 @@ def evaluate_samples(
     loaded: LoadedModel, samples: list[Sample], params, *, device: str | None = None, cancel: CancelToken | None = None
 ) -> Generator[Progress, None, list[dict]]:
     """Predict and score each sample with every metric; returns one dict per image (with ``name``)."""
+    from .family import scorable
     from .metrics import evaluate
 
     rows = []
     for i, s in enumerate(samples):
         maps = yield from loaded.family.predict_maps(loaded.model, s.image, loaded.meta, device=device, cancel=cancel)
-        labels = loaded.family.postprocess(maps, params).labels
-        rows.append({"name": s.name, **evaluate(labels, s.masks if s.masks is not None else s.labels)})
+        pred = scorable(loaded.family.postprocess(maps, params))
+        rows.append({"name": s.name, **evaluate(pred, _reference(s))})
         yield Progress(i + 1, len(samples), f"evaluated {s.name}")
     return rows
 
@@ -84,15 +89,12 @@ def summarise(rows: list[dict], groups: dict[str, tuple[str, str]] | None = None
 def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Generator[Progress, None, Path]:
     """Train a model on ``options.data``, auto-tune its post-processing on the validation split, save it.
 
-    Returns the checkpoint path. Progress ``info`` carries the per-epoch history records.
+    The family builds and trains the model (:meth:`~.family.Family.train`); this job splits the data,
+    writes the metadata, auto-tunes and evaluates. Returns the checkpoint path. Progress ``info``
+    carries the per-epoch history records.
     """
-    if options.family != "three-branch":
-        raise InstanceTunerError(f"training of family {options.family!r} is not available yet")
-    from .checkpoint import load_model
-    from .families.three_branch.model import ThreeBranchConfig
-    from .families.three_branch.targets import TargetConfig
-    from .families.three_branch.train import train_three_branch
     from .augment import AugmentConfig
+    from .checkpoint import load_model
     from .registry import get_family
 
     started = time.time()
@@ -105,12 +107,11 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
     train_samples = [s for s in samples if s.name in set(train_names)]
     val_samples = [s for s in samples if s.name in set(val_names)]
     in_channels = 1 if samples[0].image.ndim == 2 else 3
-    arch = ThreeBranchConfig.from_dict({"in_channels": in_channels, **options.architecture})
-    targets = TargetConfig(**options.targets)
+    arch = family.architecture(options.architecture, in_channels)
     meta = {
         "name": options.name or Path(options.out).stem,
         "family": options.family,
-        "architecture": arch.to_dict(),
+        "architecture": arch,
         "in_channels": in_channels,
         "normalisation": DEFAULT_NORMALISATION,
         "pixel_scale": options.pixel_scale,
@@ -121,8 +122,7 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
             "data": str(options.data),
             "train_images": train_names,
             "val_images": val_names,
-            "n_train_objects": int(sum(len(np.unique(s.labels)) - 1 for s in train_samples)),
-            "targets": targets.to_dict(),
+            "n_train_objects": int(sum(_count_objects(s) for s in train_samples)),
             "augment": AugmentConfig(enabled=options.augment).to_dict(),
             "optimiser": {"name": "Adam", **options.train.to_dict()},
             "crop": options.crop,
@@ -132,18 +132,8 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
         "package_version": __version__,
     }
     resume = Path(options.workdir) / f"{meta['name']}.resume.pt"
-    model, result = yield from train_three_branch(
-        train_samples,
-        val_samples,
-        meta,
-        options.train,
-        crop=options.crop,
-        batch_size=options.batch_size,
-        targets=targets,
-        augment=AugmentConfig(enabled=options.augment),
-        device=options.device,
-        resume_path=resume,
-        cancel=cancel,
+    model, result = yield from family.train(
+        train_samples, val_samples, meta, options, resume_path=resume, cancel=cancel
     )
     meta["training"].update(
         {"history": result.history, "best_epoch": result.best_epoch, "stopped": result.stopped,
@@ -152,6 +142,7 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
     out = save_checkpoint(options.out, model.state_dict(), meta, half=options.half)
     loaded = load_model(out)
     params = family.default_params(meta)
+    references = [_reference(s) for s in val_samples]
     if options.autotune and val_samples:
         from .autotune import autotune
 
@@ -159,7 +150,7 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
         for s in val_samples:
             maps.append((yield from family.predict_maps(loaded.model, s.image, meta, device=options.device)))
         params, before, after = yield from autotune(
-            family.postprocess, maps, [s.labels for s in val_samples], params, validation_score, cancel=cancel
+            family.postprocess, maps, references, params, family.score, cancel=cancel
         )
         meta["postprocess"] = params_to_dict(params)
         meta["training"]["autotune"] = {"score_before": before, "score_after": after, "on": "validation split"}
@@ -168,6 +159,15 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
         meta["metrics"] = {"validation": summarise(rows, groups)}
     meta["training"]["wall_seconds"] = round(time.time() - started, 1)
     return save_checkpoint(options.out, loaded.model.state_dict(), meta, half=options.half)
+
+
+def _reference(sample: Sample):
+    """The exact ground truth of a sample: its overlapping mask stack where present, else its labels."""
+    return sample.masks if sample.masks is not None else sample.labels
+
+
+def _count_objects(sample: Sample) -> int:
+    return int(sample.masks.shape[0]) if sample.masks is not None else int(len(np.unique(sample.labels)) - 1)
 
 
 def _torch_version() -> str:

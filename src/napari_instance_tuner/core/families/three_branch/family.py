@@ -61,6 +61,38 @@ class ThreeBranchFamily(Family):
         arrays = {b: np.clip(resize_to(p, shape), 0.0, 1.0) for b, p in zip(branches, probs)}
         return Maps(arrays=arrays)
 
+    def architecture(self, options: dict, in_channels: int) -> dict:
+        """A complete :class:`~.model.ThreeBranchConfig` dict (raises ValueError on bad options)."""
+        from .model import ThreeBranchConfig
+
+        return ThreeBranchConfig.from_dict({"in_channels": in_channels, **options}).to_dict()
+
+    def train(self, train_samples, val_samples, meta, options, *, resume_path=None, cancel=None):
+        """Train on GlaS-style samples (see :func:`.train.train_three_branch`); records the target widths."""
+        from ...augment import AugmentConfig
+        from .targets import TargetConfig
+        from .train import train_three_branch
+
+        targets = TargetConfig(**options.targets)
+        meta["training"]["targets"] = targets.to_dict()
+        return (yield from train_three_branch(
+            train_samples, val_samples, meta, options.train, crop=options.crop, batch_size=options.batch_size,
+            targets=targets, augment=AugmentConfig(enabled=options.augment), device=options.device,
+            resume_path=resume_path, cancel=cancel,
+        ))
+
+    def finetune_setup(self, model, meta, pairs, settings):
+        """Crops of the corrected images with their foreground/boundary/centroid targets, weighted BCE."""
+        from .loss import weighted_bce
+        from .train import finetune_batches
+
+        batches = finetune_batches(model, meta, pairs, settings)
+        params = None
+        if settings.freeze_encoder:
+            model.encoder.requires_grad_(False)
+            params = [p for p in model.parameters() if p.requires_grad]
+        return batches, weighted_bce, params
+
     def postprocess(self, maps: Maps, params: ThreeBranchParams) -> Instances:
         """See :func:`.postprocess.postprocess`."""
         return postprocess(maps, params)

@@ -159,3 +159,31 @@ def train_three_branch(
         model, batches, weighted_bce, validate, train_config, device=device, resume_path=resume_path, cancel=cancel
     )
     return model, result
+
+
+def finetune_batches(model, meta: dict, pairs: list, settings) -> BatchMaker:
+    """Batches for fine-tuning on corrected images (``CorrectedImage``), only inside checked regions."""
+    from ...image import rescale
+
+    samples = [Sample(f"pair{i}", p.image, np.asarray(p.labels).astype(np.int32)) for i, p in enumerate(pairs)]
+    prepared = prepare_samples(samples, meta["in_channels"], meta["pixel_scale"], meta.get("normalisation"))
+    regions = None
+    if any(p.region is not None for p in pairs):
+        regions = [
+            rescale(np.ones(np.shape(p.labels), np.uint8) if p.region is None else p.region.astype(np.uint8),
+                    meta["pixel_scale"], order=0).astype(bool)
+            for p in pairs
+        ]
+    # Crops no larger than the images (padding would only add ignored pixels), a multiple of the divisor.
+    largest = max(max(s.image.shape[1:]) for s in prepared)
+    crop = -(-min(settings.crop, largest) // model.size_divisor) * model.size_divisor
+    return BatchMaker(
+        prepared,
+        crop=crop,
+        batch_size=settings.batch_size,
+        targets=TargetConfig(**meta.get("training", {}).get("targets", {})),
+        pixel_scale=meta["pixel_scale"],
+        augment=AugmentConfig(enabled=settings.augment),
+        branches=tuple(model.config.branches),
+        regions=regions,
+    )
