@@ -6,6 +6,11 @@ import numpy as np
 import pytest
 
 TINY_ARCH = {"in_channels": 3, "base_channels": 4, "depth": 2, "conv_type": "separable"}
+#: Tiny architectures of every trainable family, for tests that run each family.
+TINY_ARCHS = {
+    "three-branch": TINY_ARCH,
+    "layering": {"in_channels": 3, "n_layers": 4, "base_channels": 4, "depth": 2, "head_channels": 4},
+}
 
 
 def tiny_meta(**overrides) -> dict:
@@ -21,6 +26,23 @@ def tiny_meta(**overrides) -> dict:
     }
     meta.update(overrides)
     return meta
+
+
+def tiny_family_meta(family: str, **overrides) -> dict:
+    """Metadata of a tiny checkpoint of ``family`` (a key of :data:`TINY_ARCHS`)."""
+    return tiny_meta(family=family, architecture=dict(TINY_ARCHS[family]), **overrides)
+
+
+def tiny_loaded(family: str, folder, seed: int = 0):
+    """A saved and reloaded tiny random-weight model of ``family`` (``LoadedModel``)."""
+    import torch
+
+    from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
+    from napari_instance_tuner.core.registry import get_family
+
+    torch.manual_seed(seed)
+    model = get_family(family).build_model(TINY_ARCHS[family])
+    return load_model(save_checkpoint(folder / f"{family}.safetensors", model.state_dict(), tiny_family_meta(family)))
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .core.errors import InstanceTunerError
 
 
@@ -50,6 +52,11 @@ def cmd_train(args) -> int:
         validate_every=args.validate_every, seed=args.seed, max_minutes=args.max_minutes,
     )
     arch = {"base_channels": args.base_channels, "depth": args.depth, "conv_type": args.conv_type, "norm": args.norm}
+    family_options = {}
+    if args.family == "layering":
+        arch.update(n_layers=args.layers, head_channels=args.head_channels)
+        family_options = {k: v for k, v in (("phase1_epochs", args.phase1_epochs),
+                                             ("phase2_epochs", args.phase2_epochs)) if v is not None}
     if args.branches:
         arch["branches"] = args.branches.split(",")
     targets = {"boundary_width": args.boundary_width, "centroid_width": args.centroid_width,
@@ -57,6 +64,7 @@ def cmd_train(args) -> int:
     options = TrainOptions(
         data=args.data, out=args.out, family=args.family, architecture=arch, pixel_scale=args.pixel_scale,
         crop=args.crop, batch_size=args.batch_size, val_fraction=args.val_fraction, train=train, targets=targets,
+        family_options=family_options,
         augment=not args.no_augment, autotune=not args.no_autotune, device=args.device, workdir=args.workdir,
         name=args.name, half=not args.float32,
     )
@@ -70,14 +78,14 @@ def cmd_train(args) -> int:
 
 def cmd_predict(args) -> int:
     from .core.checkpoint import load_model
-    from .core.export import write_label_tiff
     from .core.data import read_image
+    from .core.export import write_label_tiff, write_mask_stack
     from .core.jobs import load_params
     from .core.progress import run
 
     recipe = None
     if args.recipe:  # the recipe's weights (SHA-256 checked; --model names them if moved) and parameters
-        from .core.recipe import load_recipe, recipe_model, replay
+        from .core.recipe import load_recipe, recipe_model, replay_instances
 
         if args.params:
             raise InstanceTunerError("--params cannot be combined with --recipe (the recipe fixes the parameters)")
@@ -93,12 +101,18 @@ def cmd_predict(args) -> int:
     for path in args.inputs:
         image = read_image(path)
         if recipe is not None:
-            labels = replay(recipe, image, loaded=loaded, device=args.device)
+            instances = replay_instances(recipe, image, loaded=loaded, device=args.device)
         else:
             maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device=args.device))
-            labels = loaded.family.postprocess(maps, params).labels
+            instances = loaded.family.postprocess(maps, params)
+        labels = instances.labels
         target = write_label_tiff(out_dir / f"{Path(path).stem}.tif", labels, overwrite=True)
-        print(f"{path} -> {target} ({int(labels.max())} objects)")
+        note = ""
+        if instances.masks is not None:  # families that keep overlaps: the exact masks, as in the datasets
+            stack = write_mask_stack(out_dir / f"{Path(path).stem}_instances.npz", instances.masks,
+                                     scores=instances.scores, overwrite=True)
+            note = f", masks in {stack.name}"
+        print(f"{path} -> {target} ({instances.count} objects{note})")
     return 0
 
 
@@ -148,15 +162,21 @@ def cmd_autotune(args) -> int:
 
 
 def format_table(summary: dict[str, dict]) -> str:
-    """Metric summary (group -> metric -> value) as an aligned text table."""
-    keys = ["n_images", "object_f1", "object_dice", "object_hausdorff", "pixel_dice", "mean_ap", "aji"]
-    lines = ["group      " + " ".join(f"{k:>16}" for k in keys)]
-    for group, values in summary.items():
+    """Metric summary (group -> metric -> value) as an aligned text table: one row per metric, one column
+    per group; the rows are :data:`~.core.evaluation.TABLE_ROWS` (plus image count and pixel Dice)."""
+    from .core.evaluation import TABLE_ROWS
+
+    rows = [("n_images", "images"), *TABLE_ROWS[:5], ("pixel_dice", "pixel Dice"), *TABLE_ROWS[5:]]
+    groups = list(summary)
+    lines = [f"{'metric':<24}" + "".join(f"{g:>12}" for g in groups)]
+    for key, title in rows:
+        if not any(key in summary[g] for g in groups):
+            continue
         cells = []
-        for k in keys:
-            v = values.get(k, float("nan"))
-            cells.append(f"{v:16d}" if isinstance(v, int) else f"{v:16.4f}")
-        lines.append(f"{group:<10} " + " ".join(cells))
+        for g in groups:
+            v = summary[g].get(key, float("nan"))
+            cells.append(f"{v:12d}" if isinstance(v, (int, np.integer)) else f"{v:12.4f}")
+        lines.append(f"{title:<24}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -194,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the shipped weights").set_defaults(func=cmd_models)
 
     t = sub.add_parser("train", help="train a model on an annotated folder (images/, labels/)")
-    t.add_argument("--family", default="three-branch")
+    t.add_argument("--family", default="three-branch", help="three-branch or layering")
     t.add_argument("--data", required=True, help="split folder with images/ and labels/")
     t.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
     t.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
@@ -207,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--boundary-width", type=float, default=11.0, help="px at the paper's 256-px scale")
     t.add_argument("--centroid-width", type=float, default=14.0, help="px at the paper's 256-px scale")
     t.add_argument("--centroid-mode", default="bbox", choices=["bbox", "inside"])
+    t.add_argument("--layers", type=int, default=8, help="layering: N output layers")
+    t.add_argument("--head-channels", type=int, default=64, help="layering: features of the two head convolutions")
+    t.add_argument("--phase1-epochs", type=int, help="layering: epochs of layering training (default 2/3 of --epochs)")
+    t.add_argument("--phase2-epochs", type=int, help="layering: epochs of overlap completion (default the rest)")
     t.add_argument("--epochs", type=int, default=150)
     t.add_argument("--steps-per-epoch", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=8)

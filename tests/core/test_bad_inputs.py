@@ -42,17 +42,11 @@ def make_array(dtype, shape, content, seed=0):
 inputs = st.tuples(st.sampled_from(DTYPES), st.sampled_from(SHAPES), st.sampled_from(CONTENTS))
 
 
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    import torch
+@pytest.fixture(scope="module", params=["three-branch", "layering"])
+def loaded(request, tmp_path_factory):
+    from conftest import tiny_loaded
 
-    from conftest import TINY_ARCH, tiny_meta
-    from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
-    from napari_instance_tuner.core.registry import get_family
-
-    torch.manual_seed(0)
-    model = get_family("three-branch").build_model(TINY_ARCH)
-    return load_model(save_checkpoint(tmp_path_factory.mktemp("m") / "t.safetensors", model.state_dict(), tiny_meta()))
+    return tiny_loaded(request.param, tmp_path_factory.mktemp("m"))
 
 
 @SETTINGS
@@ -66,8 +60,11 @@ def test_predict_and_postprocess_work_or_raise_one_error_type(loaded, case):
     except InstanceTunerError as exc:
         assert str(exc)  # a message the user can read
         return
-    labels = loaded.family.postprocess(maps, loaded.family.default_params(loaded.meta)).labels
+    instances = loaded.family.postprocess(maps, loaded.family.default_params(loaded.meta))
+    labels = instances.labels
     assert labels.dtype == np.uint32 and labels.ndim == 2
+    if instances.masks is not None:
+        assert instances.masks.dtype == bool and instances.masks.shape[1:] == labels.shape
     assert all(np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1 for a in maps.arrays.values())
 
 

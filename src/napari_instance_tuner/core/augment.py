@@ -69,3 +69,19 @@ def photometric(rng: np.random.Generator, image: np.ndarray, config: AugmentConf
         values = rng.integers(0, 2, int(mask.sum())).astype(np.float32)
         image[:, mask] = values
     return image
+
+
+def random_corner(
+    rng: np.random.Generator, shape: tuple[int, int], size: int, region: np.ndarray | None = None
+) -> tuple[int, int]:
+    """Top-left corner of a random ``size`` x ``size`` crop of an image of ``shape`` (H, W >= size).
+
+    With a bool/uint8 (H, W) ``region`` that has any pixel set, the crop contains a random region pixel.
+    """
+    if region is None or not region.any():
+        return int(rng.integers(0, shape[0] - size + 1)), int(rng.integers(0, shape[1] - size + 1))
+    ys, xs = np.nonzero(region)
+    i = int(rng.integers(len(ys)))
+    y = int(rng.integers(max(0, ys[i] - size + 1), min(ys[i], shape[0] - size) + 1))
+    x = int(rng.integers(max(0, xs[i] - size + 1), min(xs[i], shape[1] - size) + 1))
+    return y, x

@@ -186,4 +186,4 @@ def load_params(loaded: LoadedModel, params_file: str | None):
     return params_from_dict(type(base), values, base)
 
 
-__all__ = ["TrainOptions", "train_job", "evaluate_samples", "summarise", "load_params", "validation_score"]
+__all__ = ["TrainOptions", "evaluate_samples", "load_params", "summarise", "train_job", "validation_score"]

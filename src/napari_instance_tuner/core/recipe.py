@@ -32,6 +32,7 @@ import numpy as np
 from .. import __version__
 from .checkpoint import LoadedModel, file_sha256, load_model, read_metadata, resolve_model_path, shipped_models
 from .errors import InstanceTunerError, WeightsError
+from .family import Instances
 from .params import params_from_dict, params_to_dict
 
 FORMAT = "napari-instance-tuner-recipe"
@@ -259,15 +260,15 @@ def recipe_params(recipe: dict, loaded: LoadedModel) -> Any:
     return params_from_dict(loaded.family.Params, recipe["postprocess"], loaded.family.default_params(loaded.meta))
 
 
-def replay(
+def replay_instances(
     recipe: dict,
     image: np.ndarray,
     *,
     loaded: LoadedModel | None = None,
     device: str | None = None,
     weights: str | os.PathLike | None = None,
-) -> np.ndarray:
-    """Segment ``image`` exactly as the recipe says; returns uint32 (H, W) labels.
+) -> Instances:
+    """Segment ``image`` exactly as the recipe says; returns the family's :class:`~.family.Instances`.
 
     Parameters
     ----------
@@ -295,7 +296,7 @@ def replay(
             device = "cpu"
     tile_size = (recipe.get("tiling") or {}).get("tile_size")
     maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device=device, tile_size=tile_size))
-    return np.asarray(loaded.family.postprocess(maps, params).labels, np.uint32)
+    return loaded.family.postprocess(maps, params)
 
 
 def version_differences(recipe: dict) -> dict[str, tuple[str | None, str | None]]:
@@ -303,3 +304,8 @@ def version_differences(recipe: dict) -> dict[str, tuple[str | None, str | None]
     now = library_versions()
     recorded = recipe.get("versions") or {}
     return {k: (recorded.get(k), now.get(k)) for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)}
+
+
+def replay(recipe: dict, image: np.ndarray, **kwargs) -> np.ndarray:
+    """:func:`replay_instances`, returning only the uint32 (H, W) labels."""
+    return np.asarray(replay_instances(recipe, image, **kwargs).labels, np.uint32)

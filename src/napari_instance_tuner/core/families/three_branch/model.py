@@ -24,8 +24,18 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..blocks import (  # noqa: F401  (conv and ConvBlock re-exported)
+    CONV_TYPES,
+    ConvBlock,
+    conv,
+    decode,
+    decoder_blocks,
+    encode,
+    encoder_blocks,
+    unet_widths,
+)
+
 BRANCHES = ("foreground", "boundary", "centroid")
-CONV_TYPES = ("standard", "separable", "space_depth_separable")
 
 
 @dataclass(frozen=True)
@@ -82,55 +92,16 @@ class ThreeBranchConfig:
         return d
 
 
-def conv(in_ch: int, out_ch: int, conv_type: str) -> nn.Module:
-    """One 'convolution' of the chosen type (3x3 receptive field, padding keeps the size)."""
-    if conv_type == "standard":
-        return nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
-    if conv_type == "separable":
-        return nn.Sequential(
-            nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
-            nn.Conv2d(in_ch, out_ch, 1, bias=False),
-        )
-    if conv_type == "space_depth_separable":
-        return nn.Sequential(
-            nn.Conv2d(in_ch, in_ch, (3, 1), padding=(1, 0), groups=in_ch, bias=False),
-            nn.Conv2d(in_ch, in_ch, (1, 3), padding=(0, 1), groups=in_ch, bias=False),
-            nn.Conv2d(in_ch, out_ch, 1, bias=False),
-        )
-    raise ValueError(f"unknown conv_type {conv_type!r}; valid: {CONV_TYPES}")
-
-
-def _norm(channels: int, kind: str) -> nn.Module:
-    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(min(8, channels), channels)
-
-
-class ConvBlock(nn.Sequential):
-    """Two (convolution, normalisation, ReLU) units."""
-
-    def __init__(self, in_ch: int, out_ch: int, conv_type: str, norm: str) -> None:
-        super().__init__(
-            conv(in_ch, out_ch, conv_type), _norm(out_ch, norm), nn.ReLU(inplace=True),
-            conv(out_ch, out_ch, conv_type), _norm(out_ch, norm), nn.ReLU(inplace=True),
-        )
-
-
 class Decoder(nn.Module):
     """Mirrors the encoder: (transposed conv x2, concat skip, ConvBlock) per level, then a 1x1 conv."""
 
     def __init__(self, widths: list[int], conv_type: str, norm: str) -> None:
         super().__init__()
-        self.ups = nn.ModuleList()
-        self.blocks = nn.ModuleList()
-        for deep, shallow in zip(widths[:0:-1], widths[-2::-1]):
-            self.ups.append(nn.ConvTranspose2d(deep, shallow, 2, stride=2))
-            self.blocks.append(ConvBlock(2 * shallow, shallow, conv_type, norm))
+        self.ups, self.blocks = decoder_blocks(widths, conv_type, norm)
         self.head = nn.Conv2d(widths[0], 1, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = features[-1]
-        for up, block, skip in zip(self.ups, self.blocks, features[-2::-1]):
-            x = block(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
+        return self.head(decode(self.ups, self.blocks, features))
 
 
 class ThreeBranchUNet(nn.Module):
@@ -143,12 +114,8 @@ class ThreeBranchUNet(nn.Module):
     def __init__(self, config: ThreeBranchConfig) -> None:
         super().__init__()
         self.config = config
-        widths = [config.base_channels * 2**i for i in range(config.depth + 1)]
-        self.encoder = nn.ModuleList()
-        in_ch = config.in_channels
-        for w in widths:
-            self.encoder.append(ConvBlock(in_ch, w, config.conv_type, config.norm))
-            in_ch = w
+        widths = unet_widths(config.base_channels, config.depth)
+        self.encoder = encoder_blocks(config.in_channels, widths, config.conv_type, config.norm)
         self.pool = nn.MaxPool2d(2)
         self.decoders = nn.ModuleDict({b: Decoder(widths, config.conv_type, config.norm) for b in config.branches})
 
@@ -158,8 +125,5 @@ class ThreeBranchUNet(nn.Module):
         return 2**self.config.depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = []
-        for i, block in enumerate(self.encoder):
-            x = block(x if i == 0 else self.pool(x))
-            features.append(x)
+        features = encode(self.encoder, self.pool, x)
         return torch.cat([self.decoders[b](features) for b in self.config.branches], dim=1)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...augment import AugmentConfig, photometric, random_scale, random_symmetry
+from ...augment import AugmentConfig, photometric, random_corner, random_scale, random_symmetry
 from ...data import Sample
 from ...image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
 from ...progress import CancelToken, Progress, run
@@ -68,22 +68,11 @@ class BatchMaker:
             image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
             targets = np.pad(targets, ((0, 0), (0, pad_h), (0, pad_w)))
             valid = np.pad(valid, ((0, pad_h), (0, pad_w)))
-        y, x = self._corner(rng, valid if region is not None else None, image.shape[1:])
+        y, x = random_corner(rng, image.shape[1:], self.crop, valid if region is not None else None)
         image, targets, valid = (a[..., y : y + c, x : x + c] for a in (image, targets, valid))
         image, targets, valid = random_symmetry(rng, image, targets, valid)
         image = photometric(rng, image, self.augment)
         return image.astype(np.float32), targets.astype(np.float32), valid[None].astype(np.float32)
-
-    def _corner(self, rng: np.random.Generator, region: np.ndarray | None, shape) -> tuple[int, int]:
-        """Top-left corner of a random crop; with a region, the crop contains a random region pixel."""
-        c = self.crop
-        if region is None or not region.any():
-            return int(rng.integers(0, shape[0] - c + 1)), int(rng.integers(0, shape[1] - c + 1))
-        ys, xs = np.nonzero(region)
-        i = int(rng.integers(len(ys)))
-        y = int(rng.integers(max(0, ys[i] - c + 1), min(ys[i], shape[0] - c) + 1))
-        x = int(rng.integers(max(0, xs[i] - c + 1), min(xs[i], shape[1] - c) + 1))
-        return y, x
 
     def __call__(self, rng: np.random.Generator):
         """A batch as torch tensors: x (B, C, c, c), y (B, K, c, c), valid (B, 1, c, c)."""

@@ -1,0 +1,1 @@
+"""Layering family: objects distributed over N output layers (layering paper)."""

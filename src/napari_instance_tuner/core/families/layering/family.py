@@ -1,0 +1,99 @@
+"""Layering family: registry entry point tying model, inference, post-processing and training together."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+
+from ...family import Family, Instances, Maps
+from ...image import prepare_image, resize_to
+from ...inference import choose_device, predict_flips
+from ...progress import CancelToken, Progress
+from .postprocess import LayeringParams, postprocess
+
+
+class LayeringFamily(Family):
+    """U-Net with a foreground output and N layering outputs (layering paper)."""
+
+    name = "layering"
+    map_names = ("foreground", "layers")
+    Params = LayeringParams
+
+    def build_model(self, config: dict):
+        """A :class:`~.model.LayeringUNet` for an architecture dict (see ``LayeringConfig``)."""
+        from .model import LayeringConfig, LayeringUNet
+
+        return LayeringUNet(LayeringConfig.from_dict(config))
+
+    def predict_maps(
+        self,
+        model,
+        image: np.ndarray,
+        meta: dict,
+        *,
+        device: str | None = None,
+        tile_size: int | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Generator[Progress, None, Maps]:
+        """Normalise and rescale ``image`` as ``meta`` says, run tiled inference, resize maps back.
+
+        Returns
+        -------
+        Maps
+            ``arrays``: ``"foreground"`` and ``"layer_1"`` ... ``"layer_N"``, float32 (H, W) in [0, 1] at the
+            input image's size; ``extra["layers"]`` is the same layers as one (N, H, W) array.
+        """
+        prepared, shape = prepare_image(image, meta)
+        n_layers = int(model.config.n_layers)
+        probs = yield from predict_flips(
+            model,
+            prepared,
+            # Mirroring is off by default: a layer may encode orientation (the paper's figure 5), so
+            # averaging mirrored predictions can mix layers.
+            flips=int(meta.get("test_time_flips", 1)),
+            out_channels=1 + n_layers,
+            tile_size=tile_size or int(meta.get("tile_size", 512)),
+            overlap=int(meta.get("tile_overlap", 64)),
+            multiple=model.size_divisor,
+            device=choose_device(device),
+            cancel=cancel,
+        )
+        stack = np.stack([np.clip(resize_to(p, shape), 0.0, 1.0) for p in probs]).astype(np.float32, copy=False)
+        arrays = {"foreground": stack[0]}
+        arrays.update({f"layer_{k + 1}": stack[k + 1] for k in range(n_layers)})
+        return Maps(arrays=arrays, extra={"layers": stack[1:]})
+
+    def postprocess(self, maps: Maps, params: LayeringParams) -> Instances:
+        """Algorithm 1, see :func:`.postprocess.postprocess`."""
+        return postprocess(maps, params)
+
+    def score(self, pred, reference) -> float:
+        """Mean AP over IoU 0.5..0.9 (the paper's model-selection and headline metric)."""
+        from ...metrics import average_precision
+
+        return float(average_precision(pred, reference)["mean_ap"])
+
+    def architecture(self, options: dict, in_channels: int) -> dict:
+        """A complete :class:`~.model.LayeringConfig` dict (raises ValueError on bad options)."""
+        from .model import LayeringConfig
+
+        return LayeringConfig.from_dict({"in_channels": in_channels, **options}).to_dict()
+
+    def train(self, train_samples, val_samples, meta, options, *, resume_path=None, cancel=None):
+        """Two-phase training, see :func:`.train.train_layering`."""
+        from .train import train_layering
+
+        return (yield from train_layering(train_samples, val_samples, meta, options, resume_path=resume_path,
+                                          cancel=cancel))
+
+    def finetune_setup(self, model, meta, pairs, settings):
+        """Crops of the corrected images with their object masks; the phase-2 loss (eq. 1 with L_overlap)."""
+        from .loss import LayeringLoss
+        from .train import finetune_batches
+
+        params = None
+        if settings.freeze_encoder:
+            model.encoder.requires_grad_(False)
+            params = [p for p in model.parameters() if p.requires_grad]
+        return finetune_batches(model, meta, pairs, settings), LayeringLoss(phase=2), params

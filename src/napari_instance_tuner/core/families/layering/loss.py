@@ -1,0 +1,172 @@
+"""The layering paper's losses, equations (1)-(6), on embeddings ``e = sigmoid(layering logits)``.
+
+Notation (section 2.2): objects O_i, their overlap-free parts O_i^n, mean embeddings
+u_i = mean of e_p over O_i^n, cosine similarity D. Areas: S the whole image, S_f the foreground,
+S_fn the overlap-free foreground.
+
+- (2) L_attr = 1 - (1 / sum_i |O_i^n|) sum_i sum_{p in O_i^n} D(e_p, u_i)^2
+- (3) L_rep = (1 / C) sum_i (1 / |Adj(O_i)|) sum_{j in Adj(O_i)} D(u_i, u_j)^2
+  (an object without neighbours contributes 0; C counts the objects present)
+- (4) L_sparse = 1 - (1 / sum_i |O_i^n|) sum_i sum_{p in O_i^n} max(e_p / ||e_p||)
+- (5) L_layering = L_attr + L_rep + lambda L_sparse, lambda = 0.1, on S_fn
+- (6) L_overlap = 1 - 2 sum_i sum_{p in O_i} e_p.S_p / sum_i sum_{p in O_i} (1.e_p + 1.S_p), on S_f;
+  the double sum visits a pixel once per object that covers it, so overlap pixels weigh more.
+- (1) L = [L_foreground]_S + [L_layering]_S_fn + [L_overlap]_S_f (phase 2 only); L_foreground is binary
+  cross-entropy.
+
+Each term is computed per image and averaged over the images of the batch that have objects.
+The target stack S of phase 2 puts each object's whole silhouette into the layer where its
+overlap-free part lives (argmax of u_i). Deliberate difference: the paper derives S once from the best
+phase-1 model; here it is derived on every batch from the current model's own u_i (detached), which
+equals the paper's S at the start of phase 2 and stays consistent under the rotations of augmentation
+(a layer may encode orientation, the paper's figure 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+
+
+@dataclass
+class LayeringTargets:
+    """Per-crop ground truth of a batch.
+
+    Attributes
+    ----------
+    objects : torch.Tensor
+        bool (B, K, H, W): each object's exact mask (overlaps kept); padded with empty masks.
+    adjacency : torch.Tensor
+        bool (B, K, K): objects closer than the adjacency distance t (symmetric, False on the diagonal).
+    """
+
+    objects: torch.Tensor
+    adjacency: torch.Tensor
+
+    def to(self, device) -> LayeringTargets:
+        """The same targets on ``device``."""
+        return LayeringTargets(self.objects.to(device), self.adjacency.to(device))
+
+
+def _unit(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x / (x.norm(dim=dim, keepdim=True) + EPS)
+
+
+def mean_embeddings(emb: torch.Tensor, member: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """u_i per object and the pixel counts |O_i^n|.
+
+    Parameters
+    ----------
+    emb : torch.Tensor
+        float (B, N, H, W) embeddings.
+    member : torch.Tensor
+        bool (B, K, H, W): the overlap-free part O_i^n of each object.
+
+    Returns
+    -------
+    u : float (B, K, N); counts : float (B, K)
+    """
+    m = member.to(emb.dtype)
+    counts = m.sum(dim=(2, 3))
+    sums = torch.einsum("bkhw,bnhw->bkn", m, emb)
+    return sums / counts.clamp(min=1)[..., None], counts
+
+
+def _per_image_mean(values: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    """Mean of per-image loss values over the images where the term is defined (0 if none)."""
+    if not bool(has.any()):
+        return values.sum() * 0
+    return values[has].mean()
+
+
+def attraction_loss(emb: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """Equation (2), averaged over images with objects; ``emb`` (B, N, H, W), ``member`` bool (B, K, H, W)."""
+    u, _ = mean_embeddings(emb, member)
+    cos = torch.einsum("bnhw,bkn->bkhw", _unit(emb, 1), _unit(u, -1))
+    m = member.to(emb.dtype)
+    n = m.sum(dim=(1, 2, 3))
+    values = 1 - (cos.square() * m).sum(dim=(1, 2, 3)) / n.clamp(min=1)
+    return _per_image_mean(values, n > 0)
+
+
+def repulsion_loss(u: torch.Tensor, adjacency: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Equation (3) from mean embeddings ``u`` (B, K, N), ``adjacency`` bool (B, K, K), ``present`` bool (B, K)."""
+    un = _unit(u, -1)
+    sim = torch.einsum("bkn,bjn->bkj", un, un).square()
+    adj = adjacency & present[:, :, None] & present[:, None, :]
+    adj = adj & ~torch.eye(adj.shape[-1], dtype=torch.bool, device=adj.device)
+    n_adj = adj.sum(-1)
+    per_object = (sim * adj).sum(-1) / n_adj.clamp(min=1)
+    c = present.sum(-1)
+    values = per_object.sum(-1) / c.clamp(min=1)
+    return _per_image_mean(values, c > 0)
+
+
+def sparsity_loss(emb: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """Equation (4) on the overlap-free foreground ``free`` bool (B, H, W)."""
+    peak = _unit(emb, 1).amax(dim=1)
+    f = free.to(emb.dtype)
+    n = f.sum(dim=(1, 2))
+    values = 1 - (peak * f).sum(dim=(1, 2)) / n.clamp(min=1)
+    return _per_image_mean(values, n > 0)
+
+
+def overlap_loss(emb: torch.Tensor, stack: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Equation (6): ``stack`` S float (B, N, H, W) in {0, 1}; ``weight`` (B, H, W) = objects covering a pixel."""
+    w = weight.to(emb.dtype)
+    inter = ((emb * stack).sum(1) * w).sum(dim=(1, 2))
+    total = ((emb.sum(1) + stack.sum(1)) * w).sum(dim=(1, 2))
+    values = 1 - 2 * inter / total.clamp(min=EPS)
+    return _per_image_mean(values, w.sum(dim=(1, 2)) > 0)
+
+
+def target_stack(objects: torch.Tensor, u: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """S (B, N, H, W) float: every object's silhouette in the layer ``argmax(u_i)`` of its overlap-free part."""
+    n_layers = u.shape[-1]
+    onehot = F.one_hot(u.argmax(-1), n_layers).to(u.dtype) * present[..., None].to(u.dtype)
+    return torch.einsum("bkhw,bkn->bnhw", objects.to(u.dtype), onehot).clamp(max=1)
+
+
+@dataclass(frozen=True)
+class LayeringLoss:
+    """Equation (1) as a ``loss_fn(logits, targets, valid) -> (loss, parts)`` for :func:`~...training.fit`.
+
+    Attributes
+    ----------
+    phase : int
+        1 = layering training; 2 = overlap completion (adds L_overlap).
+    sparse_weight : float
+        lambda of equation (5) (paper: 0.1).
+    """
+
+    phase: int = 1
+    sparse_weight: float = 0.1
+
+    def __call__(self, logits: torch.Tensor, targets: LayeringTargets, valid: torch.Tensor):
+        valid = valid[:, 0] > 0
+        objects = targets.objects & valid[:, None]
+        cover = objects.sum(1)
+        fg = (cover > 0).to(logits.dtype)
+        bce = F.binary_cross_entropy_with_logits(logits[:, 0], fg, reduction="none")
+        l_fg = (bce * valid).sum() / valid.sum().clamp(min=1)
+        emb = torch.sigmoid(logits[:, 1:].float())
+        free = cover == 1
+        member = objects & free[:, None]
+        u, counts = mean_embeddings(emb, member)
+        present = counts > 0
+        l_attr = attraction_loss(emb, member)
+        l_rep = repulsion_loss(u, targets.adjacency, present)
+        l_sparse = sparsity_loss(emb, free)
+        loss = l_fg + l_attr + l_rep + self.sparse_weight * l_sparse
+        parts = {k: float(v.detach()) for k, v in
+                 (("foreground", l_fg), ("attr", l_attr), ("rep", l_rep), ("sparse", l_sparse))}
+        if self.phase == 2:
+            stack = target_stack(objects, u.detach(), present)
+            l_overlap = overlap_loss(emb, stack, cover)
+            loss = loss + l_overlap
+            parts["overlap"] = float(l_overlap.detach())
+        return loss, parts

@@ -1,0 +1,314 @@
+"""Training data and the two training phases of the layering family (paper sections 2.1-2.3, 3.1-3.2).
+
+Ground truth is a stack of exact object masks (overlaps kept): the dataset's ``*_instances.npz`` where
+present, else one mask per label. Two objects are *adjacent* when their shortest distance is below
+t (paper: 15 px at the data's resolution; scaled here with the network's pixel scale).
+
+Phase 1 trains L_foreground + L_layering; phase 2 continues from the best phase-1 weights with
+L_overlap added. Deliberate differences from the paper: Adam instead of RMSprop (the optimiser of the
+core training loop), epochs of a fixed number of random crops and early stopping on validation mean AP
+instead of 1000 + 500 full epochs, and no elastic deformation (flips, 90-degree rotations, scale,
+gamma in (0.5, 2), blur and noise are used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ...augment import AugmentConfig, photometric, random_corner, random_scale, random_symmetry
+from ...data import Sample
+from ...image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
+from ...progress import CancelToken, Progress, run
+from ...training import TrainConfig, TrainResult, fit, seed_everything
+
+#: The paper's adjacency distance t, in pixels of the data.
+ADJACENCY_DISTANCE = 15.0
+
+
+def object_masks(sample: Sample) -> np.ndarray:
+    """bool (K, H, W) exact object masks of a sample (its overlapping stack, else one per label)."""
+    if sample.masks is not None:
+        return np.asarray(sample.masks, bool)
+    ids = np.unique(sample.labels)
+    ids = ids[ids > 0]
+    return sample.labels[None] == ids[:, None, None] if ids.size else np.zeros((0, *sample.labels.shape), bool)
+
+
+def adjacency(masks: np.ndarray, distance: float) -> np.ndarray:
+    """bool (K, K): objects whose shortest pixel distance is below ``distance`` (overlapping ones included).
+
+    Parameters
+    ----------
+    masks : np.ndarray
+        bool (K, H, W).
+    distance : float
+        The threshold t in pixels.
+    """
+    k = masks.shape[0]
+    adj = np.zeros((k, k), bool)
+    if k < 2:
+        return adj
+    height, width = masks.shape[1:]
+    margin = int(np.ceil(distance)) + 1
+    boxes = []
+    for m in masks:
+        ys, xs = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+        boxes.append((ys[0], ys[-1], xs[0], xs[-1]) if ys.size else None)
+    for i in range(k):
+        if boxes[i] is None:
+            continue
+        y0, y1, x0, x1 = boxes[i]
+        y0, x0 = max(0, y0 - margin), max(0, x0 - margin)
+        y1, x1 = min(height, y1 + margin + 1), min(width, x1 + margin + 1)
+        # Distance of every window pixel to object i (0 inside it).
+        dist = cv2.distanceTransform((~masks[i, y0:y1, x0:x1]).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        for j in range(i + 1, k):
+            b = boxes[j]
+            if b is None or b[0] >= y1 or b[1] < y0 or b[2] >= x1 or b[3] < x0:
+                continue
+            near = masks[j, y0:y1, x0:x1]
+            if near.any() and float(dist[near].min()) < distance:
+                adj[i, j] = adj[j, i] = True
+    return adj
+
+
+@dataclass
+class PreparedSample:
+    """A training image at network scale.
+
+    Attributes
+    ----------
+    image : np.ndarray
+        float32 (C, H, W) normalised.
+    masks : np.ndarray
+        bool (K, H, W) object masks.
+    adjacency : np.ndarray
+        bool (K, K).
+    region : np.ndarray or None
+        bool (H, W): train only here (fine-tuning on checked regions).
+    """
+
+    image: np.ndarray
+    masks: np.ndarray
+    adjacency: np.ndarray
+    region: np.ndarray | None = None
+
+
+def prepare_samples(
+    samples: list[Sample], in_channels: int, pixel_scale: float, normalisation: dict | None = None,
+    regions: list[np.ndarray | None] | None = None,
+) -> list[PreparedSample]:
+    """Normalise and rescale samples to network scale; object masks and their adjacency."""
+    prepared = []
+    for i, s in enumerate(samples):
+        image = normalise(to_channels_last(s.image, in_channels), normalisation or DEFAULT_NORMALISATION)
+        image = rescale(image, pixel_scale).transpose(2, 0, 1).copy()
+        masks = object_masks(s)
+        if masks.shape[0]:
+            masks = np.stack([rescale(m.view(np.uint8), pixel_scale, order=0) for m in masks]).astype(bool)
+            masks = masks[masks.any(axis=(1, 2))]
+        else:
+            masks = np.zeros((0, *image.shape[1:]), bool)
+        region = None
+        if regions is not None and regions[i] is not None:
+            region = rescale(np.asarray(regions[i]).astype(np.uint8), pixel_scale, order=0).astype(bool)
+        prepared.append(PreparedSample(image, masks, adjacency(masks, ADJACENCY_DISTANCE * pixel_scale), region))
+    return prepared
+
+
+def _resize(a: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    """(K, h, w) -> (K, size, size) with OpenCV (at most 128 channels per call)."""
+    if a.shape[1] == size and a.shape[2] == size:
+        return a
+    if a.shape[0] == 0:
+        return np.zeros((0, size, size), a.dtype)
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    parts = []
+    for start in range(0, a.shape[0], 128):
+        chunk = np.ascontiguousarray(a[start : start + 128].transpose(1, 2, 0))
+        out = cv2.resize(chunk, (size, size), interpolation=interp)
+        parts.append(out.reshape(size, size, -1).transpose(2, 0, 1))
+    return np.concatenate(parts)
+
+
+@dataclass
+class BatchMaker:
+    """Random augmented crops with their object masks and adjacency (a ``next_batch`` for ``fit``).
+
+    Attributes
+    ----------
+    samples : list[PreparedSample]
+    crop : int
+        Crop edge at network scale (a multiple of the network's size divisor).
+    batch_size : int
+    augment : AugmentConfig
+    p_gamma : float
+        Probability of a random gamma correction, gamma in (0.5, 2) (the paper's augmentation).
+    """
+
+    samples: list[PreparedSample]
+    crop: int = 256
+    batch_size: int = 4
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    p_gamma: float = 0.5
+
+    def one(self, rng: np.random.Generator, index: int):
+        """One crop: image float32 (C, c, c), masks bool (k, c, c), adjacency bool (k, k), valid float32 (1, c, c)."""
+        s = self.samples[index]
+        c = self.crop
+        src = max(8, round(c / random_scale(rng, self.augment)))
+        image, masks = s.image, s.masks
+        valid = np.ones(image.shape[1:], np.uint8) if s.region is None else s.region.view(np.uint8)
+        pad_h, pad_w = max(0, src - image.shape[1]), max(0, src - image.shape[2])
+        if pad_h or pad_w:
+            image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
+            masks = np.pad(masks, ((0, 0), (0, pad_h), (0, pad_w)))
+            valid = np.pad(valid, ((0, pad_h), (0, pad_w)))
+        y, x = random_corner(rng, image.shape[1:], src, valid if s.region is not None else None)
+        window = (slice(y, y + src), slice(x, x + src))
+        inside = masks[(slice(None), *window)]
+        keep = np.flatnonzero(inside.any(axis=(1, 2)))
+        crop_masks = _resize(inside[keep].view(np.uint8), c, nearest=True).astype(bool)
+        crop_image = _resize(image[(slice(None), *window)], c, nearest=False)
+        crop_valid = _resize(valid[window][None], c, nearest=True)
+        crop_image, crop_masks, crop_valid = random_symmetry(rng, crop_image, crop_masks, crop_valid)
+        crop_image = photometric(rng, crop_image, self.augment)
+        if self.augment.enabled and rng.random() < self.p_gamma:
+            crop_image = np.clip(crop_image, 0, None) ** np.float32(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        present = crop_masks.any(axis=(1, 2))
+        keep, crop_masks = keep[present], crop_masks[present]
+        return (crop_image.astype(np.float32), crop_masks, s.adjacency[np.ix_(keep, keep)],
+                crop_valid.astype(np.float32))
+
+    def __call__(self, rng: np.random.Generator):
+        """x float32 (B, C, c, c), :class:`~.loss.LayeringTargets`, valid float32 (B, 1, c, c) as tensors."""
+        import torch
+
+        from .loss import LayeringTargets
+
+        parts = [self.one(rng, int(i)) for i in rng.integers(0, len(self.samples), self.batch_size)]
+        k = max(1, max(p[1].shape[0] for p in parts))
+        c = self.crop
+        objects = np.zeros((len(parts), k, c, c), bool)
+        adj = np.zeros((len(parts), k, k), bool)
+        for b, (_, m, a, _) in enumerate(parts):
+            objects[b, : m.shape[0]] = m
+            adj[b, : a.shape[0], : a.shape[0]] = a
+        x = torch.from_numpy(np.stack([p[0] for p in parts]))
+        valid = torch.from_numpy(np.stack([p[3] for p in parts]))
+        return x, LayeringTargets(torch.from_numpy(objects), torch.from_numpy(adj)), valid
+
+
+def make_validator(family, samples: list[Sample], meta: dict, params, device: str = "cpu"):
+    """A ``validate(model) -> dict`` with the mean AP (score) and AJI at native resolution."""
+    from ...metrics import aggregated_jaccard_index, average_precision
+
+    def validate(model) -> dict:
+        aps, ajis = [], []
+        for s in samples:
+            maps = run(family.predict_maps(model, s.image, meta, device=device))
+            pred = family.postprocess(maps, params).masks
+            ref = object_masks(s)
+            aps.append(average_precision(pred, ref)["mean_ap"])
+            ajis.append(aggregated_jaccard_index(pred, ref))
+        return {"score": float(np.mean(aps)), "mean_ap": float(np.mean(aps)), "aji": float(np.mean(ajis))}
+
+    return validate
+
+
+@dataclass(frozen=True)
+class PhaseEpochs:
+    """Maximum epochs of the two phases (``TrainOptions.family_options`` keys ``phase1_epochs``, ``phase2_epochs``)."""
+
+    phase1: int
+    phase2: int
+
+
+def train_layering(
+    train_samples: list[Sample],
+    val_samples: list[Sample],
+    meta: dict,
+    options,
+    *,
+    resume_path=None,
+    cancel: CancelToken | None = None,
+) -> Generator[Progress, None, tuple[object, TrainResult]]:
+    """Build the model described by ``meta`` and train it in two phases; returns (best model, result).
+
+    ``options`` is a :class:`~...jobs.TrainOptions`; ``options.family_options`` may set
+    ``phase1_epochs`` and ``phase2_epochs`` (default: ``options.train.epochs`` split 2:1 as the paper's
+    1000:500) and ``sparse_weight`` (lambda, default 0.1); ``options.train.max_minutes`` is shared
+    between the phases in the same proportion. Each phase has its own resume file; a
+    finished phase 1 is not repeated when phase 2 resumes. The history records carry ``"phase"``.
+    """
+    from .family import LayeringFamily
+    from .loss import LayeringLoss
+
+    family = LayeringFamily()
+    config: TrainConfig = options.train
+    extra = dict(options.family_options)
+    phase1 = int(extra.get("phase1_epochs", max(1, round(config.epochs * 2 / 3))))
+    phase2 = int(extra.get("phase2_epochs", max(0, config.epochs - phase1)))
+    sparse_weight = float(extra.get("sparse_weight", 0.1))
+    # A wall-time limit is shared between the phases in proportion to their epochs.
+    minutes1 = minutes2 = None
+    if config.max_minutes is not None:
+        minutes1 = config.max_minutes * phase1 / max(1, phase1 + phase2)
+        minutes2 = config.max_minutes - minutes1
+    meta["training"]["layering"] = {
+        "phase1_epochs": phase1, "phase2_epochs": phase2, "sparse_weight": sparse_weight,
+        "adjacency_distance_px": ADJACENCY_DISTANCE, "optimiser_note": "Adam (paper: RMSprop 1e-4)",
+    }
+    seed_everything(config.seed)
+    model = family.build_model(meta["architecture"])
+    prepared = prepare_samples(train_samples, meta["in_channels"], meta["pixel_scale"], meta.get("normalisation"))
+    batches = BatchMaker(prepared, crop=options.crop, batch_size=options.batch_size,
+                         augment=AugmentConfig(enabled=options.augment))
+    validate = None
+    if val_samples:
+        validate = make_validator(family, val_samples, meta, family.default_params(meta), options.device)
+    resume_path = Path(resume_path) if resume_path else None
+    resume1 = resume2 = None
+    if resume_path is not None:
+        resume1 = resume_path.with_name(resume_path.stem + ".phase1.pt")
+        resume2 = resume_path.with_name(resume_path.stem + ".phase2.pt")
+    history: list[dict] = []
+    wall = 0.0
+    if not (resume2 is not None and resume2.is_file()):
+        result1 = yield from fit(model, batches, LayeringLoss(1, sparse_weight), validate,
+                                 replace(config, epochs=phase1, max_minutes=minutes1), device=options.device, resume_path=resume1,
+                                 cancel=cancel)
+        history += [{**r, "phase": 1} for r in result1.history]
+        wall += result1.wall_seconds
+        if result1.stopped == "cancelled" or phase2 == 0:
+            return model, replace(result1, history=history)
+    else:
+        import torch
+
+        saved = torch.load(resume1, map_location="cpu", weights_only=True) if resume1.is_file() else None
+        if saved is not None:
+            history += [{**r, "phase": 1} for r in saved["state"]["history"]]
+            wall += saved["state"]["elapsed"]
+    # Phase 2 starts from the best phase-1 weights (fit leaves them in the model) with fresh optimiser state.
+    result2 = yield from fit(model, batches, LayeringLoss(2, sparse_weight), validate,
+                             replace(config, epochs=phase2, seed=config.seed + 1, max_minutes=minutes2), device=options.device,
+                             resume_path=resume2, cancel=cancel)
+    history += [{**r, "phase": 2} for r in result2.history]
+    return model, replace(result2, history=history, wall_seconds=wall + result2.wall_seconds)
+
+
+def finetune_batches(model, meta: dict, pairs: list, settings) -> BatchMaker:
+    """Batches for fine-tuning on corrected images (``CorrectedImage``), only inside checked regions."""
+    samples = [Sample(f"pair{i}", p.image, np.asarray(p.labels).astype(np.int32), getattr(p, "masks", None))
+               for i, p in enumerate(pairs)]
+    prepared = prepare_samples(samples, meta["in_channels"], meta["pixel_scale"], meta.get("normalisation"),
+                               regions=[p.region for p in pairs])
+    largest = max(max(s.image.shape[1:]) for s in prepared)
+    crop = -(-min(settings.crop, largest) // model.size_divisor) * model.size_divisor
+    return BatchMaker(prepared, crop=crop, batch_size=settings.batch_size,
+                      augment=AugmentConfig(enabled=settings.augment))

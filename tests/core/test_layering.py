@@ -1,0 +1,194 @@
+"""Layering family: the loss terms (equations 2-6), adjacency, Algorithm 1, batches, prediction, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_instance_tuner.core.families.layering import loss as L
+from napari_instance_tuner.core.families.layering.postprocess import LayeringParams, postprocess
+from napari_instance_tuner.core.families.layering.train import BatchMaker, adjacency, prepare_samples
+from napari_instance_tuner.core.family import Maps
+
+N = 4
+
+
+def _emb(vectors: list[list[float]], size: int = 4) -> torch.Tensor:
+    """(1, N, size, size * len(vectors)) embeddings: one constant block per vector."""
+    blocks = [torch.tensor(v, dtype=torch.float32)[:, None, None].expand(N, size, size) for v in vectors]
+    return torch.cat(blocks, dim=2)[None]
+
+
+def _members(k: int, size: int = 4) -> torch.Tensor:
+    """bool (1, k, size, size * k): object i is block i."""
+    m = torch.zeros(1, k, size, size * k, dtype=torch.bool)
+    for i in range(k):
+        m[0, i, :, i * size : (i + 1) * size] = True
+    return m
+
+
+def test_repulsion_is_zero_for_orthogonal_means_and_one_for_identical_ones():
+    adj = torch.tensor([[[False, True], [True, False]]])
+    present = torch.ones(1, 2, dtype=torch.bool)
+    orthogonal = torch.tensor([[[1.0, 0, 0, 0], [0, 0.7, 0, 0]]])
+    identical = torch.tensor([[[0.3, 0.6, 0, 0], [0.3, 0.6, 0, 0]]])
+    assert L.repulsion_loss(orthogonal, adj, present).item() == pytest.approx(0.0, abs=1e-6)
+    assert L.repulsion_loss(identical, adj, present).item() == pytest.approx(1.0, abs=1e-5)
+    # Identical but not adjacent: nothing to push apart.
+    assert L.repulsion_loss(identical, ~adj & adj, present).item() == pytest.approx(0.0, abs=1e-6)
+    # Cosine similarity 0.5 between the means -> D^2 = 0.25 for both objects.
+    half = torch.tensor([[[1.0, 0, 0, 0], [0.5, np.sqrt(0.75), 0, 0]]], dtype=torch.float32)
+    assert L.repulsion_loss(half, adj, present).item() == pytest.approx(0.25, abs=1e-5)
+
+
+def test_sparsity_is_zero_for_one_hot_embeddings_and_known_for_uniform_ones():
+    free = torch.ones(1, 4, 8, dtype=torch.bool)
+    one_hot = _emb([[0, 0.9, 0, 0], [0.4, 0, 0, 0]])
+    uniform = _emb([[0.5] * N, [0.2] * N])
+    assert L.sparsity_loss(one_hot, free).item() == pytest.approx(0.0, abs=1e-5)
+    assert L.sparsity_loss(uniform, free).item() == pytest.approx(1 - 1 / np.sqrt(N), abs=1e-5)
+
+
+def test_attraction_is_zero_for_constant_objects_and_half_for_split_ones():
+    members = _members(2)
+    constant = _emb([[0.2, 0.5, 0.1, 0], [0.9, 0, 0, 0.3]])
+    assert L.attraction_loss(constant, members).item() == pytest.approx(0.0, abs=1e-5)
+    # Object 1 half in layer 0, half in layer 1: u ~ (1, 1)/sqrt 2, D(e_p, u)^2 = 1/2 on its pixels.
+    split = constant.clone()
+    split[0, :, :2, :4] = torch.tensor([1.0, 0, 0, 0])[:, None, None]
+    split[0, :, 2:, :4] = torch.tensor([0, 1.0, 0, 0])[:, None, None]
+    assert L.attraction_loss(split, members).item() == pytest.approx(0.25, abs=1e-5)  # half the pixels
+
+
+def test_overlap_loss_is_zero_for_a_perfect_layered_prediction_and_one_for_none():
+    stack = torch.zeros(1, N, 6, 6)
+    stack[0, 0, :, :4] = 1
+    stack[0, 1, :, 2:] = 1  # columns 2-3: both layers (an overlap)
+    weight = stack.sum(1)
+    assert L.overlap_loss(stack.clone(), stack, weight).item() == pytest.approx(0.0, abs=1e-6)
+    assert L.overlap_loss(torch.zeros_like(stack), stack, weight).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_target_stack_puts_each_whole_object_into_the_layer_of_its_overlap_free_part():
+    objects = torch.zeros(1, 2, 4, 6, dtype=torch.bool)
+    objects[0, 0, :, :4] = True
+    objects[0, 1, :, 2:] = True
+    u = torch.tensor([[[0.1, 0.2, 0.9, 0.0], [0.8, 0.1, 0.0, 0.0]]])
+    s = L.target_stack(objects, u, torch.ones(1, 2, dtype=torch.bool))
+    assert torch.equal(s[0, 2].bool(), objects[0, 0]) and torch.equal(s[0, 0].bool(), objects[0, 1])
+    assert s[0, 1].sum() == 0 and s[0, 3].sum() == 0
+    assert torch.equal(s.sum(1)[0], objects.sum(1)[0].float())  # overlap pixels are in two layers
+
+
+def test_full_loss_is_near_its_minimum_for_perfect_logits():
+    objects = torch.zeros(1, 3, 16, 16, dtype=torch.bool)
+    objects[0, 0, 2:6, 1:12] = True
+    objects[0, 1, 1:14, 8:11] = True  # crosses object 0
+    objects[0, 2, 10:14, 1:5] = True  # far from object 0, near object 1
+    adj = torch.tensor([[[0, 1, 0], [1, 0, 1], [0, 1, 0]]], dtype=torch.bool)
+    layer_of = [0, 1, 0]
+    logits = torch.full((1, 1 + N, 16, 16), -12.0)
+    logits[0, 0][objects[0].any(0)] = 12.0
+    for k, layer in enumerate(layer_of):
+        logits[0, 1 + layer][objects[0, k]] = 12.0
+    targets = L.LayeringTargets(objects, adj)
+    valid = torch.ones(1, 1, 16, 16)
+    loss, parts = L.LayeringLoss(phase=2)(logits, targets, valid)
+    assert loss.item() < 1e-3
+    assert set(parts) == {"foreground", "attr", "rep", "sparse", "overlap"}
+    # Putting the adjacent objects 1 and 2 into the same layer is penalised by L_rep.
+    logits[0, 1 + 1][objects[0, 2]] = 12.0
+    logits[0, 1 + 0][objects[0, 2]] = -12.0
+    _, worse = L.LayeringLoss(phase=1)(logits, targets, valid)
+    assert worse["rep"] > 0.3 and "overlap" not in worse
+
+
+def test_adjacency_uses_the_shortest_distance_between_objects():
+    masks = np.zeros((4, 40, 80), bool)
+    masks[0, 10:20, 5:15] = True
+    masks[1, 10:20, 25:35] = True  # 10 px gap to object 0
+    masks[2, 10:20, 55:65] = True  # 20 px gap to object 1
+    masks[3, 15:30, 60:70] = True  # overlaps object 2
+    adj = adjacency(masks, 15.0)
+    assert adj[0, 1] and adj[1, 0] and adj[2, 3]
+    assert not adj[1, 2] and not adj[0, 2] and not adj.diagonal().any()
+    assert not adjacency(masks, 9.0)[0, 1]
+
+
+def _crossing_maps(h: int = 40, w: int = 40) -> tuple[Maps, np.ndarray, np.ndarray]:
+    bar_h = np.zeros((h, w), bool)
+    bar_h[18:23, 2:38] = True
+    bar_v = np.zeros((h, w), bool)
+    bar_v[2:38, 18:23] = True
+    layers = np.full((N, h, w), 0.05, np.float32)
+    layers[0][bar_h] = 0.9
+    layers[1][bar_v] = 0.8  # weaker than layer 0 at the crossing: arg-max alone gives it to layer 0
+    fg = (bar_h | bar_v).astype(np.float32) * 0.95
+    arrays = {"foreground": fg, **{f"layer_{k + 1}": layers[k] for k in range(N)}}
+    return Maps(arrays=arrays), bar_h, bar_v
+
+
+def test_algorithm_1_keeps_crossing_objects_whole_and_overlapping():
+    maps, bar_h, bar_v = _crossing_maps()
+    inst = postprocess(maps, LayeringParams(threshold=0.5, min_size=10, allow_overlaps=True))
+    assert inst.count == 2 and inst.masks.dtype == bool and inst.labels.dtype == np.uint32
+    assert any(np.array_equal(m, bar_h) for m in inst.masks) and any(np.array_equal(m, bar_v) for m in inst.masks)
+    assert (inst.masks[0] & inst.masks[1]).sum() == (bar_h & bar_v).sum() == 25
+    assert set(np.unique(inst.labels)) == {0, 1, 2} and inst.scores.shape == (2,)
+
+
+def test_algorithm_1_without_overlaps_cuts_the_weaker_object_at_the_crossing():
+    maps, bar_h, bar_v = _crossing_maps()
+    inst = postprocess(maps, LayeringParams(threshold=0.5, min_size=10, allow_overlaps=False))
+    assert inst.count == 3  # the vertical bar loses the crossing to layer 0 and falls into two halves
+    assert not (inst.masks.sum(0) > 1).any()
+    assert np.array_equal(inst.masks.any(0), bar_h | bar_v)
+
+
+def test_algorithm_1_min_size_and_threshold():
+    maps, _, _ = _crossing_maps()
+    assert postprocess(maps, LayeringParams(0.5, min_size=10_000, allow_overlaps=True)).count == 0
+    assert postprocess(maps, LayeringParams(0.99, min_size=0, allow_overlaps=True)).count == 0
+    maps.arrays["foreground"][0:3, 0:3] = 0.9  # a 9-pixel speck
+    assert postprocess(maps, LayeringParams(0.5, min_size=10, allow_overlaps=True)).count == 2
+    assert postprocess(maps, LayeringParams(0.5, min_size=5, allow_overlaps=True)).count == 3
+
+
+def test_algorithm_1_on_empty_maps():
+    maps = Maps(arrays={"foreground": np.zeros((8, 9), np.float32),
+                        **{f"layer_{k + 1}": np.zeros((8, 9), np.float32) for k in range(N)}})
+    inst = postprocess(maps, LayeringParams())
+    assert inst.count == 0 and inst.masks.shape == (0, 8, 9) and inst.labels.shape == (8, 9)
+
+
+def test_batches_carry_exact_masks_and_the_adjacency_of_the_objects_in_the_crop():
+    from napari_instance_tuner.core.data import Sample
+    from napari_instance_tuner.core.synthetic import synthetic_worms
+
+    image, labels, masks = synthetic_worms((96, 96), seed=3)
+    prepared = prepare_samples([Sample("w", image, labels, masks)], 1, 1.0)
+    assert prepared[0].masks.shape == masks.shape and prepared[0].adjacency.shape == (len(masks),) * 2
+    x, targets, valid = BatchMaker(prepared, crop=64, batch_size=3)(np.random.default_rng(0))
+    assert x.shape == (3, 1, 64, 64) and valid.shape == (3, 1, 64, 64)
+    assert targets.objects.dtype == torch.bool and targets.objects.shape[:2] == targets.adjacency.shape[:2]
+    assert torch.equal(targets.adjacency, targets.adjacency.transpose(1, 2))
+    # Every kept object is inside its crop; padding objects are empty.
+    sizes = targets.objects.sum(dim=(2, 3))
+    assert (sizes >= 0).all() and sizes.sum() > 0
+
+
+def test_predict_maps_returns_foreground_and_n_layers_at_the_image_size(tmp_path):
+    from conftest import tiny_loaded
+
+    from napari_instance_tuner.core.progress import run
+
+    loaded = tiny_loaded("layering", tmp_path)
+    image = np.random.default_rng(0).integers(0, 255, (37, 51, 3), dtype=np.uint8)
+    maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device="cpu"))
+    n = loaded.model.config.n_layers
+    assert set(maps.arrays) == {"foreground", *(f"layer_{k + 1}" for k in range(n))}
+    assert all(a.shape == (37, 51) and a.dtype == np.float32 for a in maps.arrays.values())
+    assert maps.extra["layers"].shape == (n, 37, 51)
+    inst = loaded.family.postprocess(maps, LayeringParams(threshold=0.3, min_size=0))
+    assert inst.masks.shape[1:] == (37, 51) and inst.labels.max() == inst.count
