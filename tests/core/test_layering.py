@@ -192,3 +192,41 @@ def test_predict_maps_returns_foreground_and_n_layers_at_the_image_size(tmp_path
     assert maps.extra["layers"].shape == (n, 37, 51)
     inst = loaded.family.postprocess(maps, LayeringParams(threshold=0.3, min_size=0))
     assert inst.masks.shape[1:] == (37, 51) and inst.labels.max() == inst.count
+
+
+def _algorithm_1_reference(fg: np.ndarray, layers: np.ndarray, tau: float, s_min: int, overlaps: bool) -> set:
+    """Algorithm 1 written literally on the whole image (slow); returns the object masks as byte strings."""
+    from scipy import ndimage as ndi
+
+    eight = np.ones((3, 3), bool)
+    f = fg > tau
+    comp, n = ndi.label(f, eight)
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)
+    f &= sizes[comp] >= s_min
+    best = layers.argmax(0)
+    found = set()
+    for k in range(layers.shape[0]):
+        member = (best == k) | ((layers[k] > tau) if overlaps else False)
+        comp, n = ndi.label(member & f, eight)
+        for j in range(1, n + 1):
+            mask = comp == j
+            if mask.sum() >= s_min:
+                found.add(mask.tobytes())
+    return found
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("overlaps", [True, False])
+def test_algorithm_1_per_component_equals_the_literal_whole_image_version(seed, overlaps):
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    smooth = lambda: ndi.gaussian_filter(rng.random((60, 70)), 2.5).astype(np.float32)
+    fg = smooth()
+    fg = (fg - fg.min()) / (fg.max() - fg.min())
+    layers = np.stack([smooth() for _ in range(N)])
+    maps = Maps(arrays={"foreground": fg, **{f"layer_{k + 1}": layers[k] for k in range(N)}})
+    for tau, s_min in ((0.5, 20), (0.3, 5), (0.6, 0)):
+        inst = postprocess(maps, LayeringParams(tau, s_min, overlaps))
+        expected = _algorithm_1_reference(fg, layers, tau, s_min, overlaps)
+        assert {m.tobytes() for m in inst.masks} == expected and inst.count == len(expected)
