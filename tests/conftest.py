@@ -9,7 +9,7 @@ TINY_ARCH = {"in_channels": 3, "base_channels": 4, "depth": 2, "conv_type": "sep
 #: Tiny architectures of every trainable family, for tests that run each family.
 TINY_ARCHS = {
     "three-branch": TINY_ARCH,
-    "layering": {"in_channels": 3, "n_layers": 4, "base_channels": 4, "depth": 2, "head_channels": 4},
+    "layering": {"in_channels": 3, "n_layers": 4, "base_channels": 4, "depth": 2, "head_channels": 8},
 }
 
 

@@ -5,6 +5,15 @@ for one image layer, the cached maps, the map layers and the Labels layer it wro
 the labels as written. Before the labels are replaced, a layer the user painted on (napari's ``paint``
 event), replaced (``data`` event) or changed in place (digest mismatch) is renamed "<name> (edited)",
 loses the tag, and a new Labels layer is written instead.
+
+Map layers: the maps a family names in ``family.map_names`` (foreground, boundary, ...) follow the
+widget's "show maps" box; any further maps (the layering family's "layer_1" ... "layer_N") are added
+hidden, each with its own colormap, for the user to switch on in the layer list.
+
+Overlapping objects: for a 2D image of a family whose ``postprocess`` returns per-object ``masks``
+(layering, Mask R-CNN), the Labels layer's ``metadata[TAG]`` also holds ``"masks"`` (bool (K, H, W)) and
+``"scores"`` (float32 (K,) or None), the very arrays behind the labels shown (references, not copies),
+and ``"labels_digest"``, so the Export widget can tell whether the labels were edited since.
 """
 
 from __future__ import annotations
@@ -15,14 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from ._stack import StackMaps
+from ._stack import StackInstances, StackMaps
 
 #: Metadata key marking the layers this plugin made.
 TAG = "napari_instance_tuner"
 
 #: Colormaps of known map names; others cycle through :data:`EXTRA_COLORMAPS`.
-MAP_COLORMAPS = {"foreground": "green", "boundary": "magenta", "centroid": "yellow", "scores": "cyan"}
-EXTRA_COLORMAPS = ("cyan", "bop orange", "bop blue", "red")
+MAP_COLORMAPS = {"foreground": "green", "boundary": "magenta", "centroid": "yellow", "scores": "cyan",
+                 "score_map": "cyan"}
+#: Eight colormaps rising from black (for additive blending), distinct from those of :data:`MAP_COLORMAPS`:
+#: the layering family's eight "layer_k" maps each get their own.
+EXTRA_COLORMAPS = ("red", "bop orange", "bop blue", "bop purple", "blue", "fire", "gray", "inferno")
 
 
 def is_plugin_layer(layer: Any) -> bool:
@@ -90,6 +102,11 @@ class SegmentResult:
         The torch device the maps were computed on.
     image_shape : tuple of int
         Shape of the image data that was segmented.
+    masks : np.ndarray or None
+        bool (K, H, W) per-object masks of the labels shown, for families whose objects may overlap
+        (2D images only, see :class:`._stack.StackInstances`); None otherwise.
+    scores : np.ndarray or None
+        float32 (K,) per-object scores of the labels shown, where the family has them.
     """
 
     image: Any
@@ -101,6 +118,13 @@ class SegmentResult:
     image_shape: tuple = ()
     map_layers: dict[str, Any] = field(default_factory=dict)
     labels: LabelsTrack | None = None
+    masks: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+    def set_instances(self, params: Any, instances: StackInstances) -> None:
+        """Record ``instances`` (made with ``params``) as the ones shown: params, count, masks and scores."""
+        self.params, self.count = params, instances.count
+        self.masks, self.scores = instances.masks, instances.scores
 
     @property
     def labels_layer(self) -> Any:
@@ -117,13 +141,33 @@ def _spatial(image: Any) -> dict:
     return {"scale": image.scale, "translate": image.translate}
 
 
+def main_maps(result: SegmentResult) -> set[str]:
+    """The maps "show maps" shows: those the family names in ``map_names`` (all, if it names none).
+
+    Other maps (the layering family's "layer_1" ... "layer_N") stay hidden until the user shows them.
+    """
+    arrays = result.maps.slices[0].arrays
+    names = set(getattr(result.family, "map_names", ()))
+    return {name for name in arrays if name in names} or set(arrays)
+
+
+def map_colormap(name: str, index: int) -> str:
+    """Colormap of map ``name``: from :data:`MAP_COLORMAPS`, else the ``index``-th of :data:`EXTRA_COLORMAPS`."""
+    return MAP_COLORMAPS.get(name) or EXTRA_COLORMAPS[index % len(EXTRA_COLORMAPS)]
+
+
 def write_maps(viewer: Any, result: SegmentResult, visible: bool) -> None:
-    """Show ``result.maps`` as Image layers "<image> <map>", updating the plugin's own layers in place."""
+    """Show ``result.maps`` as Image layers "<image> <map>", updating the plugin's own layers in place.
+
+    New layers of the family's main maps are ``visible`` ("show maps"); further maps are added hidden
+    (:func:`main_maps`). Existing layers keep the visibility the user gave them.
+    """
     arrays = result.maps.arrays()
+    main = main_maps(result)
     for name, layer in list(result.map_layers.items()):
         if name not in arrays and layer in viewer.layers and is_plugin_layer(layer):
             viewer.layers.remove(layer)  # a map the new model does not produce
-    extra = iter(EXTRA_COLORMAPS * 4)
+    extra = 0
     layers = {}
     for name, array in arrays.items():
         layer = result.map_layers.get(name)
@@ -133,21 +177,24 @@ def write_maps(viewer: Any, result: SegmentResult, visible: bool) -> None:
             layer = viewer.add_image(
                 array,
                 name=f"{result.image.name} {name}",
-                colormap=MAP_COLORMAPS.get(name) or next(extra),
+                colormap=map_colormap(name, extra),
                 blending="additive",
                 contrast_limits=(0.0, 1.0),
-                visible=visible,
+                visible=visible and name in main,
                 metadata={TAG: {"role": "map", "map": name}},
                 **_spatial(result.image),
             )
         layers[name] = layer
+        extra += name not in MAP_COLORMAPS
     result.map_layers = layers
 
 
 def set_maps_visible(result: SegmentResult, visible: bool) -> None:
-    """Show or hide the map layers of one result."""
-    for layer in result.map_layers.values():
-        layer.visible = visible
+    """Show the main map layers of one result (:func:`main_maps`), or hide all its map layers."""
+    main = main_maps(result)
+    for name, layer in result.map_layers.items():
+        if not visible or name in main:
+            layer.visible = visible
 
 
 def labels_edited(viewer: Any, result: SegmentResult) -> bool:
@@ -158,15 +205,18 @@ def labels_edited(viewer: Any, result: SegmentResult) -> bool:
     return track.edited or digest(track.layer.data) != track.digest
 
 
-def labels_metadata(result: SegmentResult) -> dict:
-    """What the plugin records on its Labels layer: enough to replay the run.
+def labels_metadata(result: SegmentResult, labels_digest: str | None = None) -> dict:
+    """What the plugin records on its Labels layer: enough to replay the run, and the overlapping masks.
 
-    The keys are :data:`~..core.recipe.LAYER_KEYS` plus ``"role"``; the Export widget turns them into
-    a recipe that reproduces the labels headlessly.
+    The keys are :data:`~..core.recipe.LAYER_KEYS` plus ``"role"`` and ``"labels_digest"`` (the
+    :func:`digest` of the labels as written); the Export widget turns them into a recipe that reproduces
+    the labels headlessly. Where ``result.masks`` is set (families whose objects may overlap), ``"masks"``
+    and ``"scores"`` hold the arrays themselves, not copies; other families' layers have neither key.
     """
     from ..core.params import params_to_dict
 
     model = result.model
+    extra = {} if result.masks is None else {"masks": result.masks, "scores": result.scores}
     return {
         "role": "instances",
         "weights_path": str(model.path),
@@ -177,15 +227,19 @@ def labels_metadata(result: SegmentResult) -> dict:
         "tile_size": None,
         "image_name": result.image.name,
         "image_shape": list(result.image_shape),
+        "labels_digest": labels_digest,
+        **extra,
     }
 
 
 def write_labels(viewer: Any, result: SegmentResult, labels: np.ndarray) -> Any:
     """Show ``labels`` (made with ``result.params``) in the plugin's Labels layer "<image> instances".
 
-    Returns the layer written. An edited layer is kept: it is renamed "<name> (edited)", untagged, and
-    a new layer is added. The layer's ``metadata[TAG]`` records the run (:func:`labels_metadata`).
+    Returns the layer written. An edited layer is kept: it is renamed "<name> (edited)", untagged (which
+    drops its masks), and a new layer is added. The layer's ``metadata[TAG]`` records the run and the
+    masks of ``result`` (:func:`labels_metadata`), which must be those of ``labels``.
     """
+    written = digest(labels)
     track = result.labels
     if track is not None and labels_edited(viewer, result):
         track.layer.name = f"{track.layer.name} (edited)"
@@ -195,18 +249,18 @@ def write_labels(viewer: Any, result: SegmentResult, labels: np.ndarray) -> Any:
         track.writing = True
         try:
             track.layer.data = labels
-            track.layer.metadata = {**track.layer.metadata, TAG: labels_metadata(result)}
+            track.layer.metadata = {**track.layer.metadata, TAG: labels_metadata(result, written)}
         finally:
             track.writing = False
-        track.digest, track.edited = digest(labels), False
+        track.digest, track.edited = written, False
     else:
         layer = viewer.add_labels(
             labels,
             name=f"{result.image.name} instances",
-            metadata={TAG: labels_metadata(result)},
+            metadata={TAG: labels_metadata(result, written)},
             **_spatial(result.image),
         )
-        track = LabelsTrack(layer=layer, digest=digest(labels))
+        track = LabelsTrack(layer=layer, digest=written)
         _watch_edits(track)
     result.labels = track
     return track.layer

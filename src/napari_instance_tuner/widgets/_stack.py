@@ -17,9 +17,16 @@ from ..core.errors import InputImageError
 from ..core.family import Family, Maps
 from ..core.progress import CancelToken, Progress
 
+#: A 3D layer whose last axis is longer than 4 but at most this is taken for an image with that many
+#: channels (which no model takes), not for a stack of slices that narrow.
+MAX_CHANNELS = 16
+
 
 def slice_count(shape: tuple[int, ...], rgb: bool) -> int | None:
     """How many 2D slices an image layer of this shape holds; None for a single 2D image.
+
+    A 3D layer with a last axis of at most 4 is one image with channels; of 5 to :data:`MAX_CHANNELS`, an
+    image with too many channels (refused); longer, a stack (Z, H, W).
 
     Parameters
     ----------
@@ -36,6 +43,12 @@ def slice_count(shape: tuple[int, ...], rgb: bool) -> int | None:
     ndim = len(shape)
     if (ndim == 2 and not rgb) or (ndim == 3 and rgb) or (ndim == 3 and shape[-1] <= 4):
         return None
+    if ndim == 3 and not rgb and shape[-1] <= MAX_CHANNELS:
+        raise InputImageError(
+            f"an image layer of shape {tuple(shape)} is not supported: its last axis looks like "
+            f"{shape[-1]} channels; expected a 2D image (H, W), an RGB image (H, W, 3|4), a stack (Z, H, W) "
+            "or an RGB stack (Z, H, W, 3|4)"
+        )
     if (ndim == 3 and not rgb) or (ndim == 4 and rgb):
         return int(shape[0])
     raise InputImageError(
@@ -126,14 +139,35 @@ class StackInstances:
         uint32 (H, W), or (Z, H, W) for a stack; ids are unique across slices.
     count : int
         Number of objects over all slices.
+    masks : np.ndarray or None
+        For a 2D image of a family whose objects may overlap: bool (K, H, W), mask ``k`` is the object
+        labelled ``k + 1`` where it is not covered by another (the family's
+        :class:`~..core.family.Instances` as returned, not copied). None for other families and for
+        stacks: a stack keeps only its flattened labels.
+    scores : np.ndarray or None
+        float32 (K,) per-object confidence of a 2D image, where the family has one; None for stacks.
     """
 
     labels: np.ndarray
     count: int
+    masks: np.ndarray | None = None
+    scores: np.ndarray | None = None
 
 
 def postprocess_stack(family: Family, maps: StackMaps, params: Any) -> StackInstances:
-    """Run ``family.postprocess`` on every slice; number objects consecutively across slices."""
+    """Run ``family.postprocess`` on every slice; number objects consecutively across slices.
+
+    A 2D image keeps the family's per-object ``masks`` and ``scores`` (no copy); a stack keeps its labels
+    only (see :class:`StackInstances`).
+    """
+    if not maps.stacked:
+        instances = family.postprocess(maps.slices[0], params)
+        return StackInstances(
+            labels=np.asarray(instances.labels, np.uint32),
+            count=instances.count,
+            masks=instances.masks,
+            scores=instances.scores,
+        )
     labels, count, offset = [], 0, 0
     for slice_maps in maps.slices:
         instances = family.postprocess(slice_maps, params)
@@ -144,4 +178,4 @@ def postprocess_stack(family: Family, maps: StackMaps, params: Any) -> StackInst
         labels.append(slice_labels)
         count += instances.count
         offset += top
-    return StackInstances(labels=np.stack(labels) if maps.stacked else labels[0], count=count)
+    return StackInstances(labels=np.stack(labels), count=count)

@@ -4,6 +4,11 @@ The widget reads its controls, asks before replacing files, and runs one core ca
 (:func:`..core.export.export_instances`) in a background job. When the Segment widget made the Labels
 layer, the layer's ``metadata["napari_instance_tuner"]`` holds the run's weights, parameters and image
 (see :data:`..core.recipe.LAYER_KEYS`) and a replayable recipe is written beside the export.
+
+For families whose objects may overlap (layering, Mask R-CNN) the metadata also holds the per-object
+``"masks"`` and ``"scores"`` behind the labels: the CSV and GeoJSON then have one object per mask and the
+NPZ mask stack keeps the overlaps. Once the labels were edited after the run (their digest differs from
+``"labels_digest"``) those masks no longer describe them, and everything is exported from the labels.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class ExportWidget(QWidget):
         self._job: Job | None = None
         self._outcome = "error"
         self._auto_name = ""
+        self._note = ""
 
         self.labels = ComboBox(label="labels", choices=self._labels_choices)
         self.labels.changed.connect(self._labels_selected)
@@ -118,9 +124,12 @@ class ExportWidget(QWidget):
         if layer is None:
             self._fail("no Labels layer to export: segment an image or open labels first")
             return
+        info = layer.metadata.get(TAG)
+        info = info if isinstance(info, dict) else {}
+        edited = self._edited(layer, info)
         try:
             options = self._options(layer)
-            recipe = self._recipe(layer) if self.recipe.value else None
+            recipe = self._recipe(info, edited) if self.recipe.value else None
             targets = export_targets(options, recipe is not None)
             for path in targets.values():
                 check_target(path, overwrite=True)  # a missing or read-only folder fails before any question
@@ -137,7 +146,8 @@ class ExportWidget(QWidget):
                 self.export_finished.emit("declined")
                 return
             options.overwrite = True
-        labels, image, extra = self._data(layer)
+        self._note = ""
+        labels, image, extra = self._data(layer, info, edited)
         self._outcome = "error"
         work = as_work(lambda: export_instances(labels, options, image=image, recipe=recipe, **extra))
         self._job = Job(work, on_result=self._written, on_error=self._failed, on_finished=self._finished,
@@ -158,26 +168,39 @@ class ExportWidget(QWidget):
             pixel_size=size, unit=unit,
         )
 
-    def _recipe(self, layer: Any) -> dict | None:
+    @staticmethod
+    def _edited(layer: Any, info: dict) -> bool | None:
+        """Whether the labels changed since Segment wrote them; None when the layer has no digest."""
+        if not info.get("labels_digest"):
+            return None
+        from ._layers import digest
+
+        return digest(layer.data[0] if layer.multiscale else layer.data) != info["labels_digest"]
+
+    @staticmethod
+    def _recipe(info: dict, edited: bool | None) -> dict | None:
         from ..core.recipe import recipe_from_metadata
 
-        info = layer.metadata.get(TAG)
-        recipe = recipe_from_metadata(info) if isinstance(info, dict) else None
-        if recipe is not None and info.get("labels_digest"):
-            from ._layers import digest
-
+        recipe = recipe_from_metadata(info) if info else None
+        if recipe is not None and edited is not None:
             # Hand edits after the run: the recipe reproduces the labels as segmented, not as edited.
-            recipe["labels_edited"] = digest(layer.data) != info["labels_digest"]
+            recipe["labels_edited"] = edited
         return recipe
 
-    def _data(self, layer: Any) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    def _data(self, layer: Any, info: dict, edited: bool | None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        """(labels copy, intensity image or None, ``masks``/``scores`` keywords for the core export)."""
         labels = np.array(layer.data[0] if layer.multiscale else layer.data)  # a copy: painting may go on
         source = self.image.value
         image = None
         if source is not None:
             image = np.asarray(source.data[0] if source.multiscale else source.data)
-        info = layer.metadata.get(TAG) if isinstance(layer.metadata.get(TAG), dict) else {}
-        extra = {key: info[key] for key in ("masks", "scores") if info.get(key) is not None}
+        extra = {}
+        masks = info.get("masks")
+        # Masks describe the labels as Segment wrote them: unusable once the labels were edited.
+        if masks is not None and not edited and np.shape(masks)[1:] == labels.shape:
+            extra = {key: info[key] for key in ("masks", "scores") if info.get(key) is not None}
+        elif masks is not None:
+            self._note = " (labels edited after segmentation: exported from the labels, overlaps not kept)"
         return labels, image, extra
 
     # -- outcomes ----------------------------------------------------------------------------------------
@@ -185,7 +208,8 @@ class ExportWidget(QWidget):
     def _written(self, paths: list[Path]) -> None:
         from napari.utils import notifications
 
-        self.status.value = f"wrote {', '.join(p.name for p in paths)} to {paths[0].parent}" if paths else ""
+        written = f"wrote {', '.join(p.name for p in paths)} to {paths[0].parent}" if paths else ""
+        self.status.value = written + self._note
         notifications.show_info(f"exported {len(paths)} file(s) to {paths[0].parent}" if paths else "nothing written")
         self._outcome = "ok"
 

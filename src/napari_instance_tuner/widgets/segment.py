@@ -83,7 +83,10 @@ class SegmentWidget(QWidget):
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.image.changed.connect(self._image_selected)
         self.show_maps = CheckBox(text="show maps", value=False)
-        self.show_maps.tooltip = "Show the network's maps (foreground, boundary, ...) as image layers"
+        self.show_maps.tooltip = (
+            "Show the network's maps (foreground, boundary, ...) as image layers; per-layer maps "
+            "(layer_1, ...) are added hidden: show them in the layer list"
+        )
         self.show_maps.changed.connect(self._toggle_maps)
         self.run_button = PushButton(text="Run")
         self.run_button.changed.connect(lambda *_: self.run())
@@ -254,7 +257,8 @@ class SegmentWidget(QWidget):
             self._status = "cancelled"  # the image was closed during the run
             return
         shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
-        result = SegmentResult(layer, loaded, maps, params, instances.count, device=device, image_shape=shape)
+        result = SegmentResult(layer, loaded, maps, params, device=device, image_shape=shape)
+        result.set_instances(params, instances)
         adopt(result, self.results.get(layer))
         write_maps(self.viewer, result, self.show_maps.value)
         write_labels(self.viewer, result, instances.labels)
@@ -284,7 +288,7 @@ class SegmentWidget(QWidget):
     def _show_labels(self, result: SegmentResult, params: Any, instances: Any) -> None:
         if self.results.get(result.image) is not result:
             return  # a newer run replaced these maps, or the image was closed
-        result.params, result.count = params, instances.count
+        result.set_instances(params, instances)  # the masks recorded on the layer are those of these labels
         write_labels(self.viewer, result, instances.labels)
         self._show_count()
         self.labels_updated.emit()
