@@ -335,3 +335,19 @@ def test_sample_data_opens_from_the_file_menu(make_napari_viewer):
     viewer.open_sample("napari-instance-tuner", "nuclei")
     assert _layer_names(viewer) == ["nuclei", "nuclei ground truth"]
     assert viewer.layers["nuclei ground truth"].data.max() >= 20
+
+
+def test_removing_the_image_releases_its_cached_maps(with_image, viewer, run, qtbot):
+    import gc
+    import weakref
+
+    layer = with_image.image.value
+    for value in (0.4, 0.45):  # runs and post-processing jobs, whose closures hold the result
+        assert run(with_image) == "ok"
+        with qtbot.waitSignal(with_image.labels_updated, timeout=10_000):
+            with_image.params.controls[0].value = value
+    maps = weakref.ref(with_image.results[layer].maps)
+    viewer.layers.remove(layer)
+    qtbot.wait(50)
+    gc.collect()
+    assert maps() is None and layer not in with_image.results

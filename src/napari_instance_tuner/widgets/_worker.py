@@ -143,5 +143,9 @@ class Job:
             notify_error(error_message(exc))
         finally:
             self.done = True
-            if self._on_finished is not None:
-                self._on_finished()
+            on_finished = self._on_finished
+            # napari may keep a finished worker (and so this job) referenced for a while: drop the work
+            # and callbacks, whose closures hold results and cached maps, so those can be freed now.
+            self._work = self._on_result = self._on_error = self._on_cancelled = self._on_finished = None
+            if on_finished is not None:
+                on_finished()
