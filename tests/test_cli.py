@@ -98,6 +98,22 @@ def test_layering_train_predict_evaluate(worm_split, tmp_path, capsys):
         assert row in printed
 
 
+def test_maskrcnn_train_predict(toy_split, tmp_path):
+    ckpt = tmp_path / "det.safetensors"
+    args = ["train", "--family", "maskrcnn", "--data", str(toy_split), "--out", str(ckpt), "--epochs", "2",
+            "--steps-per-epoch", "1", "--base-channels", "4", "--crop", "32", "--batch-size", "1",
+            "--pixel-scale", "1", "--validate-every", "1", "--val-fraction", "0.25", "--no-autotune",
+            "--anchor-sizes", "4,8,16,32,64", "--biased-training", "--workdir", str(tmp_path / "work"), "--quiet"]
+    assert main(args) == 0
+    meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
+    assert meta["family"] == "maskrcnn" and meta["architecture"]["anchor_sizes"] == [4, 8, 16, 32, 64]
+    assert meta["training"]["maskrcnn"]["biased_training"] is True
+    assert "dsb_score" in meta["metrics"]["validation"]["all"]
+    out_dir = tmp_path / "pred"
+    assert main(["predict", "--model", str(ckpt), "--out", str(out_dir), str(toy_split / "images" / "img0.png")]) == 0
+    assert tifffile.imread(out_dir / "img0.tif").shape == (48, 64)
+
+
 def test_user_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage!garbage!")

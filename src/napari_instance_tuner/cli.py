@@ -53,7 +53,13 @@ def cmd_train(args) -> int:
     )
     arch = {"base_channels": args.base_channels, "depth": args.depth, "conv_type": args.conv_type, "norm": args.norm}
     family_options = {}
-    if args.family == "layering":
+    if args.family == "maskrcnn":
+        arch = {"backbone": args.backbone, "base_channels": args.base_channels, "clahe": args.clahe}
+        if args.anchor_sizes:
+            arch["anchor_sizes"] = [int(v) for v in args.anchor_sizes.split(",")]
+        family_options = {"biased_training": args.biased_training, "init_weights": args.init_weights,
+                          "coco_pretrained": args.coco_pretrained}
+    elif args.family == "layering":
         arch.update(n_layers=args.layers, head_channels=args.head_channels)
         family_options = {k: v for k, v in (("phase1_epochs", args.phase1_epochs),
                                              ("phase2_epochs", args.phase2_epochs)) if v is not None}
@@ -214,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the shipped weights").set_defaults(func=cmd_models)
 
     t = sub.add_parser("train", help="train a model on an annotated folder (images/, labels/)")
-    t.add_argument("--family", default="three-branch", help="three-branch or layering")
+    t.add_argument("--family", default="three-branch", help="three-branch, layering or maskrcnn")
     t.add_argument("--data", required=True, help="split folder with images/ and labels/")
     t.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
     t.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
@@ -227,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--boundary-width", type=float, default=11.0, help="px at the paper's 256-px scale")
     t.add_argument("--centroid-width", type=float, default=14.0, help="px at the paper's 256-px scale")
     t.add_argument("--centroid-mode", default="bbox", choices=["bbox", "inside"])
+    t.add_argument("--backbone", default="tiny_fpn", choices=["tiny_fpn", "resnet18_fpn", "resnet50_fpn"],
+                   help="maskrcnn: backbone (tiny_fpn trains from scratch on a CPU)")
+    t.add_argument("--anchor-sizes", help="maskrcnn: 5 comma-separated anchor sizes in network pixels")
+    t.add_argument("--clahe", action="store_true", help="maskrcnn: CLAHE pre-processing (the nuclei paper)")
+    t.add_argument("--biased-training", action="store_true",
+                   help="maskrcnn: MaskPlus biased training (mask-loss weight 1.5 early, then 1)")
+    t.add_argument("--init-weights", help="maskrcnn: start from a torchvision Mask R-CNN state_dict (.pth)")
+    t.add_argument("--coco-pretrained", action="store_true",
+                   help="maskrcnn (resnet50_fpn): start from torchvision's COCO weights (downloads; needs internet)")
     t.add_argument("--layers", type=int, default=8, help="layering: N output layers")
     t.add_argument("--head-channels", type=int, default=64, help="layering: features of the two head convolutions")
     t.add_argument("--phase1-epochs", type=int, help="layering: epochs of layering training (default 2/3 of --epochs)")

@@ -35,7 +35,7 @@ def test_split_slices_checks_the_shape():
 
 def test_tunable_scores_are_one_for_a_perfect_prediction():
     ref = disks_labels()
-    assert set(TUNABLE) == {"object_f1", "mean_ap", "aji", "object_dice"}
+    assert set(TUNABLE) == {"object_f1", "mean_ap", "aji", "object_dice", "dsb_score"}
     for name in TUNABLE:
         assert score_function(name)(ref, ref) == pytest.approx(1.0)
         assert score_function(name)(np.zeros_like(ref), ref) == pytest.approx(0.0)

@@ -22,6 +22,7 @@ TUNABLE: dict[str, tuple[str, Callable[[Any, Any], float]]] = {
     "mean_ap": ("mean AP", lambda p, r: metrics.average_precision(p, r)["mean_ap"]),
     "aji": ("AJI", metrics.aggregated_jaccard_index),
     "object_dice": ("object Dice", metrics.object_dice),
+    "dsb_score": ("DSB score", metrics.dsb_score),
 }
 
 #: (key of :func:`evaluate_labels`, display name) of the rows an evaluation table shows.
@@ -37,6 +38,7 @@ TABLE_ROWS: tuple[tuple[str, str], ...] = (
     ("ap80", "AP@0.8"),
     ("ap90", "AP@0.9"),
     ("mean_ap", "mean AP"),
+    ("dsb_score", "DSB score (IoU 0.5-0.95)"),
     ("aji", "AJI"),
     ("n_pred", "predicted objects"),
     ("n_gt", "reference objects"),

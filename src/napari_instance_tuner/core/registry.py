@@ -10,6 +10,7 @@ from .family import Family
 # name -> "module:Class"; modules are imported on first use so that torch stays unimported.
 _FAMILIES: dict[str, str] = {
     "layering": "napari_instance_tuner.core.families.layering.family:LayeringFamily",
+    "maskrcnn": "napari_instance_tuner.core.families.maskrcnn.family:MaskRCNNFamily",
     "three-branch": "napari_instance_tuner.core.families.three_branch.family:ThreeBranchFamily",
 }
 

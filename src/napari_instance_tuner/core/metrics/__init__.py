@@ -64,7 +64,8 @@ The public names are re-exported from small modules, one topic each (``_``-prefi
 * :mod:`.glas`: the GlaS challenge metrics :func:`object_f1`, :func:`object_dice`,
   :func:`object_hausdorff`, :func:`hausdorff_distance`;
 * :mod:`.pixel`: :func:`pixel_dice`, :func:`pixel_iou`;
-* :mod:`.detection`: :func:`average_precision` (:data:`DEFAULT_AP_THRESHOLDS`) and
+* :mod:`.detection`: :func:`average_precision` (:data:`DEFAULT_AP_THRESHOLDS`), :func:`dsb_score`
+  (:data:`DSB_THRESHOLDS`) and
   :func:`aggregated_jaccard_index` (alias :func:`aji`);
 * :mod:`.summary`: :func:`evaluate`, :func:`aggregate`, :data:`EVALUATE_KEYS`, :data:`AGGREGATE_KEYS`.
 """
@@ -73,7 +74,14 @@ from __future__ import annotations
 
 from ._instances import to_stack
 from ._intersections import intersection_matrix
-from .detection import DEFAULT_AP_THRESHOLDS, aggregated_jaccard_index, aji, average_precision
+from .detection import (
+    DEFAULT_AP_THRESHOLDS,
+    DSB_THRESHOLDS,
+    aggregated_jaccard_index,
+    aji,
+    average_precision,
+    dsb_score,
+)
 from .glas import hausdorff_distance, object_dice, object_f1, object_hausdorff
 from .pixel import pixel_dice, pixel_iou
 from .summary import AGGREGATE_KEYS, EVALUATE_KEYS, aggregate, evaluate
@@ -81,11 +89,13 @@ from .summary import AGGREGATE_KEYS, EVALUATE_KEYS, aggregate, evaluate
 __all__ = [
     "AGGREGATE_KEYS",
     "DEFAULT_AP_THRESHOLDS",
+    "DSB_THRESHOLDS",
     "EVALUATE_KEYS",
     "aggregate",
     "aggregated_jaccard_index",
     "aji",
     "average_precision",
+    "dsb_score",
     "evaluate",
     "hausdorff_distance",
     "intersection_matrix",

@@ -19,6 +19,9 @@ from ._intersections import _best_partner, _Pair
 #: IoU thresholds of the layering paper (DSB2018 uses 0.5:0.05:0.95).
 DEFAULT_AP_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 
+#: IoU thresholds of the Kaggle 2018 Data Science Bowl score: 0.5, 0.55, ..., 0.95.
+DSB_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
 
 # --------------------------------------------------------------------------------------------
 # Average precision (DSB2018 / layering paper)
@@ -106,6 +109,33 @@ def average_precision(
     """
     ts = _check_thresholds(thresholds)
     return _ap_from_pair(_Pair.build(pred, gt), ts)
+
+
+def dsb_score(pred: ArrayLike, gt: ArrayLike) -> float:
+    """The Kaggle 2018 Data Science Bowl score of one image [DSB].
+
+    The mean over IoU thresholds t = 0.5, 0.55, ..., 0.95 (:data:`DSB_THRESHOLDS`) of
+    ``TP / (TP + FP + FN)``, with matches as in :func:`average_precision`.
+
+    Parameters
+    ----------
+    pred, gt : array_like
+        Label image int (H, W) or instance stack bool (N, H, W), same (H, W).
+
+    Returns
+    -------
+    float
+        In [0, 1]; 1.0 when both are empty, 0.0 when exactly one is.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gt = np.zeros((4, 8), int); gt[:, :4] = 1
+    >>> pred = np.zeros((4, 8), int); pred[:, :3] = 1   # IoU 0.75: a match for t < 0.75
+    >>> round(dsb_score(pred, gt), 2)                    # 5 of the 10 thresholds
+    0.5
+    """
+    return _ap_from_pair(_Pair.build(pred, gt), DSB_THRESHOLDS)["mean_ap"]
 
 
 # --------------------------------------------------------------------------------------------

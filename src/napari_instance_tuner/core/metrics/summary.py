@@ -15,11 +15,11 @@ from numpy.typing import ArrayLike
 
 from ..errors import InputImageError
 from ._intersections import _Pair
-from .detection import DEFAULT_AP_THRESHOLDS, _aji_from_pair, _ap_from_pair
+from .detection import DEFAULT_AP_THRESHOLDS, DSB_THRESHOLDS, _aji_from_pair, _ap_from_pair
 from .glas import _dice_terms, _f1_from_pair, _object_dice_from_pair, _object_hausdorff_from_pair
 from .pixel import _pixel_from_instances
 
-#: Keys of :func:`evaluate`, in order. The first 16 are the headline metrics; the rest are the
+#: Keys of :func:`evaluate`, in order. The first 20 are the headline metrics and counts; the rest are the
 #: per-image sums that :func:`aggregate` needs to pool over a data set the official GlaS way.
 EVALUATE_KEYS: tuple[str, ...] = (
     "object_f1",
@@ -35,6 +35,7 @@ EVALUATE_KEYS: tuple[str, ...] = (
     "ap80",
     "ap90",
     "mean_ap",
+    "dsb_score",
     "aji",
     "n_pred",
     "n_gt",
@@ -51,7 +52,7 @@ EVALUATE_KEYS: tuple[str, ...] = (
 
 #: Keys of :func:`aggregate`, in order: the headline metrics and counts of :data:`EVALUATE_KEYS`, then the
 #: data-set extras.
-AGGREGATE_KEYS: tuple[str, ...] = EVALUATE_KEYS[:19] + (
+AGGREGATE_KEYS: tuple[str, ...] = EVALUATE_KEYS[:20] + (
     "n_images",
     "object_f1_image_mean",
     "precision_image_mean",
@@ -84,6 +85,7 @@ def evaluate(pred: ArrayLike, gt: ArrayLike) -> dict[str, float]:
           (pixels; ``inf`` when exactly one side is empty);
         * ``pixel_dice``, ``pixel_iou``: :func:`pixel_dice`, :func:`pixel_iou`;
         * ``ap50`` ... ``ap90``, ``mean_ap``: :func:`average_precision` at the default thresholds;
+        * ``dsb_score``: :func:`dsb_score` (mean AP over IoU 0.5:0.05:0.95, the DSB2018 score);
         * ``aji``: :func:`aggregated_jaccard_index`;
         * ``n_pred``, ``n_gt``: object counts (int);
         * for :func:`aggregate`: ``tp``, ``fp``, ``fn`` (int), ``area_pred``, ``area_gt`` (sum of
@@ -107,6 +109,7 @@ def evaluate(pred: ArrayLike, gt: ArrayLike) -> dict[str, float]:
         "pixel_dice": pdice,
         "pixel_iou": piou,
         **{k: ap[k] for k in ("ap50", "ap60", "ap70", "ap80", "ap90", "mean_ap")},
+        "dsb_score": _ap_from_pair(c, DSB_THRESHOLDS)["mean_ap"],
         "aji": _aji_from_pair(c),
         "n_pred": c.p.n,
         "n_gt": c.g.n,
@@ -156,7 +159,7 @@ def aggregate(per_image: Sequence[Mapping[str, float]]) -> dict[str, float]:
           the per-image terms divided by the data-set totals), not averaged per image. Per-image
           means: ``object_dice_image_mean``, ``object_hausdorff_image_mean``. ``object_hausdorff``
           is ``inf`` if any image has objects on one side only.
-        * ``pixel_dice``, ``pixel_iou``, ``ap50`` ... ``ap90``, ``mean_ap``, ``aji``: mean over
+        * ``pixel_dice``, ``pixel_iou``, ``ap50`` ... ``ap90``, ``mean_ap``, ``dsb_score``, ``aji``: mean over
           images (DSB2018 scores the mean of the per-image mean AP; MoNuSeg averages the per-image
           AJI).
         * ``n_pred``, ``n_gt``, ``tp``, ``fp``, ``fn``: sums; ``n_images``.
@@ -213,7 +216,7 @@ def aggregate(per_image: Sequence[Mapping[str, float]]) -> dict[str, float]:
         "object_dice": dice,
         "object_hausdorff": hd,
     }
-    for key in ("pixel_dice", "pixel_iou", "ap50", "ap60", "ap70", "ap80", "ap90", "mean_ap", "aji"):
+    for key in ("pixel_dice", "pixel_iou", "ap50", "ap60", "ap70", "ap80", "ap90", "mean_ap", "dsb_score", "aji"):
         out[key] = float(col(key).mean())
     out.update(
         {

@@ -1,0 +1,1 @@
+"""Mask R-CNN family: torchvision's detector, cached detections and live post-processing."""

@@ -1,0 +1,125 @@
+"""Mask R-CNN family: registry entry point tying model, tiled detection and live post-processing together."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+
+from ...family import Family, Instances, Maps
+from ...inference import choose_device
+from ...progress import CancelToken, Progress
+from .postprocess import MaskRCNNParams, postprocess, score_map
+from .tiling import Detections, detect_tiled
+
+
+class MaskRCNNFamily(Family):
+    """torchvision Mask R-CNN (DSB2018 nuclei report; MaskPlus biased training as an option).
+
+    ``predict_maps`` caches permissive detections (boxes, scores, 28 x 28 mask probabilities) and a display
+    map; every parameter of :class:`.postprocess.MaskRCNNParams` is then applied live without the network.
+    """
+
+    name = "maskrcnn"
+    map_names = ("score_map",)
+    Params = MaskRCNNParams
+
+    def build_model(self, config: dict):
+        """An untrained :class:`~.model.InstanceMaskRCNN` for an architecture dict (see ``MaskRCNNConfig``)."""
+        from .model import build_maskrcnn
+
+        return build_maskrcnn(config)
+
+    def predict_maps(
+        self,
+        model,
+        image: np.ndarray,
+        meta: dict,
+        *,
+        device: str | None = None,
+        tile_size: int | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Generator[Progress, None, Maps]:
+        """Detect objects tile by tile (see :mod:`.tiling`) and cache them for :func:`.postprocess.postprocess`.
+
+        ``image`` is normalised, rescaled by ``meta["pixel_scale"]``, repeated to 3 channels if grey and,
+        if the architecture says so, equalised (CLAHE). ``meta["tile_size"]`` (512) and
+        ``meta["tile_overlap"]`` (64) set the tiling at network scale. Test-time flips are not used.
+
+        Returns
+        -------
+        Maps
+            ``arrays["score_map"]`` float32 (H, W) in [0, 1] (max of mask probability x score);
+            ``extra`` as :meth:`.tiling.Detections.to_extra`, boxes in pixels of the input image.
+        """
+        import torch
+
+        from .model import network_input
+
+        prepared, shape = network_input(image, meta, model.config)
+        device = choose_device(device)
+        model = model.to(device).eval()
+
+        def detect(tile: np.ndarray) -> Detections:
+            x = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))[None].to(device)
+            d = model.detect(x)[0]
+            return Detections(d["boxes"].float().cpu().numpy(), d["scores"].float().cpu().numpy(),
+                              d["labels"].cpu().numpy().astype(np.int32), d["masks"].cpu().numpy().astype(np.float16))
+
+        det = yield from detect_tiled(
+            detect, prepared, tile_size=tile_size or int(meta.get("tile_size", 512)),
+            overlap=int(meta.get("tile_overlap", 64)), cancel=cancel,
+        )
+        sy, sx = shape[0] / prepared.shape[0], shape[1] / prepared.shape[1]
+        det.boxes = det.boxes * np.array([sx, sy, sx, sy], np.float32)
+        extra = det.to_extra()
+        return Maps(arrays={"score_map": np.clip(score_map(extra, shape), 0.0, 1.0)}, extra=extra)
+
+    def postprocess(self, maps: Maps, params: MaskRCNNParams) -> Instances:
+        """See :func:`.postprocess.postprocess`."""
+        return postprocess(maps, params)
+
+    # --- training hooks ---
+
+    def architecture(self, options: dict, in_channels: int) -> dict:
+        """A complete :class:`~.model.MaskRCNNConfig` dict (raises ValueError on bad options).
+
+        ``in_channels`` is not part of the architecture: the detector always sees 3 channels.
+        """
+        from .model import MaskRCNNConfig
+
+        return MaskRCNNConfig.from_dict(options).to_dict()
+
+    def train(self, train_samples, val_samples, meta, options, *, resume_path=None, cancel=None):
+        """Train (see :func:`.train.train_maskrcnn`); ``options.family_options`` are
+        :class:`.train.MaskRCNNTrainOptions` (MaskPlus biased training, initial weights)."""
+        from ...augment import AugmentConfig
+        from .train import MaskRCNNTrainOptions, train_maskrcnn
+
+        family_options = MaskRCNNTrainOptions.from_dict(getattr(options, "family_options", None))
+        meta.setdefault("training", {})["maskrcnn"] = family_options.to_dict()
+        return (yield from train_maskrcnn(
+            train_samples, val_samples, meta, options.train, options=family_options, crop=options.crop,
+            batch_size=options.batch_size, augment=AugmentConfig(enabled=options.augment), device=options.device,
+            resume_path=resume_path, cancel=cancel,
+        ))
+
+    def finetune_setup(self, model, meta, pairs, settings):
+        """Crops of the corrected images with box/mask targets (see :func:`.train.finetune_batches`).
+
+        ``settings.freeze_encoder`` freezes the backbone's body (the FPN, RPN and heads still train).
+        """
+        from .train import DetectionLoss, finetune_batches
+
+        batches = finetune_batches(model, meta, pairs, settings)
+        params = None
+        if settings.freeze_encoder:
+            model.backbone.body.requires_grad_(False)
+            params = [p for p in model.parameters() if p.requires_grad]
+        return batches, DetectionLoss(model), params
+
+    def score(self, pred, reference) -> float:
+        """The DSB2018 score (mean AP over IoU 0.5:0.05:0.95) of one prediction."""
+        from ...metrics import dsb_score
+
+        return dsb_score(pred, reference)

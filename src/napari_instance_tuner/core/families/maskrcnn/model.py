@@ -1,0 +1,531 @@
+"""Mask R-CNN built from torchvision parts, its configuration, and loading torchvision ``.pth`` weights.
+
+The detector is torchvision's :class:`~torchvision.models.detection.MaskRCNN` (composition of backbone,
+RPN, RoI heads and transform). Backbones:
+
+- ``"resnet50_fpn"``: exactly the module tree of ``torchvision.models.detection.maskrcnn_resnet50_fpn``
+  (same state-dict keys), so COCO weights load; optionally with frozen batch norm as torchvision uses
+  for pretrained backbones;
+- ``"resnet18_fpn"``: torchvision's ResNet-18 + FPN (256 channels), no pretrained weights;
+- ``"tiny_fpn"``: a four-stage ResNet of torchvision ``BasicBlock``s (widths c, 2c, 4c, 8c at strides
+  4..32) with group norm and a narrow FPN, small enough to train from scratch on a laptop CPU.
+
+Deliberate differences from the papers (DSB2018 Mask R-CNN report; MaskPlus):
+
+- no internal resizing by default (``min_size=0``): the plugin's ``pixel_scale`` fixes the scale at which
+  the network sees the image, and large images are tiled (see :mod:`.tiling`) instead of being squeezed
+  into 512 x 512 as in the DSB report; a positive ``min_size`` restores torchvision's resizing;
+- grey images are repeated to three channels, so every backbone (and COCO weights) sees RGB;
+- the anchor sizes default to the report's best, (8, 16, 32, 64, 128), and more RoIs are kept than in
+  torchvision (2000 proposals at test time, 500 detections), as the report recommends for images with
+  hundreds of nuclei.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+from ...errors import WeightsError
+
+BACKBONES = ("tiny_fpn", "resnet18_fpn", "resnet50_fpn")
+
+#: Internal thresholds of :meth:`InstanceMaskRCNN.detect`: permissive, so that the live post-processing
+#: (score threshold, NMS IoU) can only remove detections, never need the network again.
+PERMISSIVE_SCORE = 0.05
+PERMISSIVE_NMS = 0.9
+
+
+@dataclass(frozen=True)
+class MaskRCNNConfig:
+    """Architecture and detector settings of :class:`InstanceMaskRCNN` (stored in checkpoint metadata).
+
+    Attributes
+    ----------
+    backbone : str
+        One of :data:`BACKBONES`.
+    num_classes : int
+        Classes including background (2 = background + object).
+    base_channels : int
+        ``tiny_fpn`` only: width of the first stage (doubled per stage).
+    fpn_channels : int
+        ``tiny_fpn`` only: FPN width (the ResNet backbones use torchvision's 256).
+    trainable_backbone_layers : int
+        ResNet backbones: how many stages (from the last) train, 0..5.
+    frozen_bn : bool
+        ResNet backbones: torchvision's ``FrozenBatchNorm2d`` (use it when fine-tuning COCO weights with
+        small batches) instead of ``BatchNorm2d``.
+    anchor_sizes : tuple of int
+        One anchor size (pixels at network scale) per pyramid level: 5 levels.
+    aspect_ratios : tuple of float
+        Anchor aspect ratios (height / width), shared by all levels.
+    rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train, rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test : int
+        Proposals kept before / after the RPN's NMS.
+    rpn_nms_thresh : float
+        IoU of the RPN's NMS.
+    rpn_batch_size_per_image, box_batch_size_per_image : int
+        Anchors / RoIs sampled per image for the losses.
+    box_score_thresh, box_nms_thresh : float
+        Thresholds of the plain ``forward`` in eval mode (the plugin's live post-processing uses its own,
+        see :class:`.postprocess.MaskRCNNParams`); the DSB report chose NMS 0.6.
+    box_detections_per_img : int
+        Most detections per image (per tile) kept by the network.
+    representation_size : int or None
+        Width of the box head's two fully connected layers (None: 1024 for ResNets, 256 for ``tiny_fpn``).
+    mask_head_layers : int
+        3x3 convolutions in the mask head (torchvision: 4).
+    mask_head_channels : int or None
+        Their width (None: 256 for ResNets, 64 for ``tiny_fpn``); the predictor's transposed convolution
+        has the same width.
+    min_size, max_size : int
+        torchvision's internal resizing (short side to ``min_size``, long side at most ``max_size``);
+        ``min_size=0`` (default) turns it off.
+    clahe : bool
+        Contrast-limited adaptive histogram equalisation of the normalised image before the network
+        (DSB report, section 2.4); a pre-processing step, stored here so that training and inference agree.
+    """
+
+    backbone: str = "tiny_fpn"
+    num_classes: int = 2
+    base_channels: int = 16
+    fpn_channels: int = 64
+    trainable_backbone_layers: int = 5
+    frozen_bn: bool = False
+    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 2000
+    rpn_post_nms_top_n_test: int = 2000
+    rpn_nms_thresh: float = 0.7
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.6
+    box_detections_per_img: int = 500
+    representation_size: int | None = None
+    mask_head_layers: int = 4
+    mask_head_channels: int | None = None
+    min_size: int = 0
+    max_size: int = 1333
+    clahe: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict) -> MaskRCNNConfig:
+        """Build from JSON metadata, filling backbone-dependent defaults; raises ValueError on bad values."""
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            valid = sorted(cls.__dataclass_fields__)
+            raise ValueError(f"unknown maskrcnn architecture keys {sorted(unknown)}; valid: {valid}")
+        values = dict(values)
+        for key in ("anchor_sizes", "aspect_ratios"):
+            if key in values:
+                values[key] = tuple(values[key])
+        cfg = cls(**values)
+        if cfg.backbone not in BACKBONES:
+            raise ValueError(f"backbone {cfg.backbone!r} is not one of {BACKBONES}")
+        resnet = cfg.backbone != "tiny_fpn"
+        cfg = replace(
+            cfg,
+            representation_size=cfg.representation_size or (1024 if resnet else 256),
+            mask_head_channels=cfg.mask_head_channels or (256 if resnet else 64),
+            anchor_sizes=tuple(int(s) for s in cfg.anchor_sizes),
+            aspect_ratios=tuple(float(a) for a in cfg.aspect_ratios),
+        )
+        checks = [
+            (cfg.num_classes >= 2, "num_classes must be at least 2 (background + one class)"),
+            (1 <= cfg.base_channels <= 256 and 8 <= cfg.fpn_channels <= 512,
+             "base_channels must be 1..256, fpn_channels 8..512"),
+            (0 <= cfg.trainable_backbone_layers <= 5, "trainable_backbone_layers must be 0..5"),
+            (len(cfg.anchor_sizes) == 5 and all(s > 0 for s in cfg.anchor_sizes),
+             "anchor_sizes needs 5 positive sizes, one per pyramid level"),
+            (len(cfg.aspect_ratios) >= 1 and all(a > 0 for a in cfg.aspect_ratios), "aspect_ratios must be positive"),
+            (0 < cfg.rpn_nms_thresh <= 1 and 0 < cfg.box_nms_thresh <= 1, "NMS thresholds must be in (0, 1]"),
+            (0 <= cfg.box_score_thresh < 1, "box_score_thresh must be in [0, 1)"),
+            (min(cfg.rpn_pre_nms_top_n_train, cfg.rpn_post_nms_top_n_train, cfg.rpn_pre_nms_top_n_test,
+                 cfg.rpn_post_nms_top_n_test, cfg.box_detections_per_img, cfg.rpn_batch_size_per_image,
+                 cfg.box_batch_size_per_image) >= 1, "proposal, detection and sampling counts must be positive"),
+            (1 <= cfg.mask_head_layers <= 8, "mask_head_layers must be 1..8"),
+            (cfg.min_size >= 0 and cfg.max_size >= max(cfg.min_size, 1), "need 0 <= min_size <= max_size"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return cfg
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (tuples become lists)."""
+        d = asdict(self)
+        d["anchor_sizes"] = list(self.anchor_sizes)
+        d["aspect_ratios"] = list(self.aspect_ratios)
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# Network
+# --------------------------------------------------------------------------------------------
+
+
+class _NoResizeTransform(GeneralizedRCNNTransform):
+    """torchvision's transform (normalise, batch with padding to 32) without its resizing."""
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class TinyResNet(nn.Module):
+    """A four-stage ResNet of one ``BasicBlock`` per stage: strides 4, 8, 16, 32; widths c, 2c, 4c, 8c."""
+
+    def __init__(self, base: int = 16) -> None:
+        from torchvision.models.resnet import BasicBlock
+
+        super().__init__()
+        c = base
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c, 3, 2, 1, bias=False), _group_norm(c), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, 2, 1, bias=False), _group_norm(c), nn.ReLU(inplace=True),
+        )
+
+        def stage(cin: int, cout: int, stride: int) -> nn.Module:
+            down = None
+            if stride != 1 or cin != cout:
+                down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _group_norm(cout))
+            return BasicBlock(cin, cout, stride, down, norm_layer=_group_norm)
+
+        self.layer1 = stage(c, c, 1)
+        self.layer2 = stage(c, 2 * c, 2)
+        self.layer3 = stage(2 * c, 4 * c, 2)
+        self.layer4 = stage(4 * c, 8 * c, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - BackboneWithFPN calls the stages
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+
+def _backbone(cfg: MaskRCNNConfig) -> nn.Module:
+    if cfg.backbone == "tiny_fpn":
+        c = cfg.base_channels
+        return BackboneWithFPN(
+            TinyResNet(c), {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+            [c, 2 * c, 4 * c, 8 * c], cfg.fpn_channels,
+        )
+    from torchvision.models import resnet18, resnet50
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    norm = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
+    net = (resnet50 if cfg.backbone == "resnet50_fpn" else resnet18)(weights=None, norm_layer=norm)
+    return _resnet_fpn_extractor(net, cfg.trainable_backbone_layers)
+
+
+class InstanceMaskRCNN(MaskRCNN):
+    """torchvision's Mask R-CNN with the plugin's config, a cached-detection entry point and deferred training.
+
+    ``forward(images)`` in training mode *without* targets returns ``images`` unchanged: the generic loop
+    :func:`~napari_instance_tuner.core.training.fit` calls ``model(x)`` and hands the result to the loss
+    function, which then calls ``model(x, targets)`` (see :func:`.train.detection_loss`). With targets,
+    and in eval mode, it is torchvision's ``forward``.
+
+    Attributes
+    ----------
+    config : MaskRCNNConfig
+    """
+
+    def __init__(self, config: MaskRCNNConfig) -> None:
+        backbone = _backbone(config)
+        ch = backbone.out_channels
+        mask_ch = config.mask_head_channels
+        super().__init__(
+            backbone,
+            num_classes=None,
+            min_size=max(config.min_size, 1),
+            max_size=config.max_size,
+            rpn_anchor_generator=AnchorGenerator(
+                tuple((s,) for s in config.anchor_sizes), (config.aspect_ratios,) * len(config.anchor_sizes)
+            ),
+            rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
+            rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
+            rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
+            rpn_nms_thresh=config.rpn_nms_thresh,
+            rpn_batch_size_per_image=config.rpn_batch_size_per_image,
+            box_head=TwoMLPHead(ch * 7 * 7, config.representation_size),
+            box_predictor=FastRCNNPredictor(config.representation_size, config.num_classes),
+            box_score_thresh=config.box_score_thresh,
+            box_nms_thresh=config.box_nms_thresh,
+            box_detections_per_img=config.box_detections_per_img,
+            box_batch_size_per_image=config.box_batch_size_per_image,
+            mask_head=MaskRCNNHeads(ch, (mask_ch,) * config.mask_head_layers, 1),
+            mask_predictor=MaskRCNNPredictor(mask_ch, mask_ch, config.num_classes),
+        )
+        if config.min_size == 0:
+            t = self.transform
+            self.transform = _NoResizeTransform(1, config.max_size, t.image_mean, t.image_std)
+        self.config = config
+
+    def forward(self, images, targets=None):
+        """torchvision's forward; in training mode without targets, returns ``images`` (deferred loss)."""
+        if self.training and targets is None:
+            return images
+        return super().forward(images, targets)
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Permissive detections with mask probabilities at the mask head's resolution (nothing pasted).
+
+        Parameters
+        ----------
+        images : torch.Tensor
+            float32 (B, 3, H, W), normalised to about [0, 1].
+
+        Returns
+        -------
+        list of dict
+            Per image: ``boxes`` float32 (K, 4) x1, y1, x2, y2 in input pixels; ``scores`` float32 (K,);
+            ``labels`` int64 (K,); ``masks`` float32 (K, M, M) probabilities of the predicted class
+            inside its box (M = 28). Scores >= :data:`PERMISSIVE_SCORE`, class-wise NMS at IoU
+            :data:`PERMISSIVE_NMS`, at most ``config.box_detections_per_img`` per image.
+        """
+        was_training = self.training
+        heads = self.roi_heads
+        saved = heads.score_thresh, heads.nms_thresh
+        self.eval()
+        heads.score_thresh, heads.nms_thresh = PERMISSIVE_SCORE, PERMISSIVE_NMS
+        try:
+            original_sizes = [tuple(img.shape[-2:]) for img in images]
+            batch, _ = self.transform(list(images))
+            features = self.backbone(batch.tensors)
+            proposals, _ = self.rpn(batch, features)
+            detections, _ = heads(features, proposals, batch.image_sizes)
+        finally:
+            heads.score_thresh, heads.nms_thresh = saved
+            self.train(was_training)
+        out = []
+        for det, size, orig in zip(detections, batch.image_sizes, original_sizes):
+            boxes = resize_boxes(det["boxes"], size, orig) if tuple(size) != orig else det["boxes"]
+            out.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"], "masks": det["masks"][:, 0]})
+        return out
+
+
+def build_maskrcnn(config: MaskRCNNConfig | dict) -> InstanceMaskRCNN:
+    """An untrained :class:`InstanceMaskRCNN` (random weights; nothing is downloaded)."""
+    if isinstance(config, dict):
+        config = MaskRCNNConfig.from_dict(config)
+    return InstanceMaskRCNN(config)
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision weights
+# --------------------------------------------------------------------------------------------
+
+#: Keys of the class-specific layers, replaced when the class count differs. The mask predictor's
+#: transposed convolution (``conv5_mask``) is class-agnostic and is kept.
+_CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_torchvision_state_dict` did.
+
+    Attributes
+    ----------
+    source : str
+    file_classes : int or None
+        Class count of the file's box predictor (91 for torchvision's COCO weights).
+    replaced : list of str
+        Class-specific keys of the file that were not loaded (fresh layers for our class count).
+    missing : list of str
+        Model keys the file lacks (``num_batches_tracked`` counters are ignored).
+    unexpected : list of str
+        File keys the model lacks.
+    """
+
+    source: str
+    file_classes: int | None
+    replaced: list[str]
+    missing: list[str]
+    unexpected: list[str]
+
+
+def _read_pth(path: Path) -> dict:
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist")
+    try:
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise before the refusal below
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"{path.name!r} holds pickled code or objects other than tensors and was refused "
+            f"(only plain state_dicts load; weights_only=True): {str(exc).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path.name!r} is not a readable PyTorch weights file: {exc}") from None
+    for key in ("model", "state_dict"):  # training checkpoints that wrap the state_dict
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        raise WeightsError(f"{path.name!r} does not hold a state_dict (a mapping of names to tensors)")
+    return obj
+
+
+def set_num_classes(model: InstanceMaskRCNN, num_classes: int) -> None:
+    """Give ``model`` fresh box and mask predictors for ``num_classes`` (including background)."""
+    heads = model.roi_heads
+    if heads.box_predictor.cls_score.out_features == num_classes:
+        return
+    heads.box_predictor = FastRCNNPredictor(heads.box_predictor.cls_score.in_features, num_classes)
+    old = heads.mask_predictor
+    fresh = MaskRCNNPredictor(old.conv5_mask.in_channels, old.conv5_mask.out_channels, num_classes)
+    fresh.conv5_mask.load_state_dict(old.conv5_mask.state_dict())
+    heads.mask_predictor = fresh
+    model.config = replace(model.config, num_classes=num_classes)
+
+
+def load_state_into(model: InstanceMaskRCNN, state: dict, source: str, *, strict: bool = True) -> LoadReport:
+    """Load a torchvision-format Mask R-CNN state_dict, replacing class-specific layers if the counts differ.
+
+    See :func:`load_torchvision_state_dict`.
+    """
+    own = model.state_dict()
+    cls_key = "roi_heads.box_predictor.cls_score.weight"
+    file_classes = int(state[cls_key].shape[0]) if cls_key in state else None
+    replaced = []
+    if file_classes is not None and file_classes != model.config.num_classes:
+        replaced = sorted(k for k in state if k.startswith(_CLASS_SPECIFIC))
+    dropped = set(replaced)
+    usable = {k: v for k, v in state.items() if k not in dropped}
+    wrong = [k for k, v in usable.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise WeightsError(
+            f"{source}: {len(wrong)} tensors do not fit the {model.config.backbone} architecture, e.g. {wrong[0]} "
+            f"{tuple(usable[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)} (check anchor aspect ratios, "
+            "mask head and backbone)"
+        )
+    result = model.load_state_dict(usable, strict=False)
+    fresh = _fresh(model, replaced)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked") and k not in fresh]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
+    report = LoadReport(source, file_classes, replaced, missing, unexpected)
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} model tensors are missing from the file (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} file tensors have no place in the model (e.g. {unexpected[0]})")
+        what = f"a torchvision Mask R-CNN {model.config.backbone} state_dict"
+        raise WeightsError(f"{source} is not {what}: " + "; ".join(parts))
+    return report
+
+
+def _fresh(model: InstanceMaskRCNN, replaced: list[str]) -> set[str]:
+    """Model keys that are meant to stay freshly initialised (the class-specific layers when replaced)."""
+    return {k for k in model.state_dict() if k.startswith(_CLASS_SPECIFIC)} if replaced else set()
+
+
+def load_torchvision_state_dict(
+    model: InstanceMaskRCNN, path: str | Path, num_classes: int | None = None, *, strict: bool = True
+) -> LoadReport:
+    """Load a torchvision ``.pth`` (e.g. ``maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth``) into ``model``.
+
+    The file is read with ``torch.load(weights_only=True)``, which refuses pickles that would run code.
+    When the file's class count (91 for COCO) differs from ours, its box predictor and the mask
+    predictor's class logits are not loaded: the model keeps fresh layers for ``num_classes``.
+
+    Parameters
+    ----------
+    model : InstanceMaskRCNN
+        Built with the matching backbone (``resnet50_fpn`` for torchvision's COCO weights).
+    path : path-like
+    num_classes : int, optional
+        Classes including background; if it differs from the model's, the model's predictors are
+        replaced first. Default: the model's.
+    strict : bool
+        Raise when tensors are missing or unexpected (default); else only report them.
+
+    Returns
+    -------
+    LoadReport
+
+    Raises
+    ------
+    WeightsError
+        For a missing, unreadable or code-carrying file, a file that is not a state_dict, tensors of the
+        wrong shape and (``strict``) missing or unexpected tensors; the message names the file.
+    """
+    path = Path(path)
+    if num_classes is not None:
+        set_num_classes(model, int(num_classes))
+    return load_state_into(model, _read_pth(path), repr(path.name), strict=strict)
+
+
+def load_coco_weights(model: InstanceMaskRCNN) -> LoadReport:
+    """Download torchvision's COCO Mask R-CNN weights (``resnet50_fpn`` only) and load them as above.
+
+    Raises
+    ------
+    WeightsError
+        For another backbone, or when the download fails (offline): the message says how to pass the
+        file by hand instead.
+    """
+    if model.config.backbone != "resnet50_fpn":
+        raise WeightsError(f"COCO weights exist for the resnet50_fpn backbone only, not {model.config.backbone!r}")
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+
+    weights = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # noqa: BLE001 - URLError, OSError, hash mismatch: all mean "no usable download"
+        raise WeightsError(
+            f"could not download torchvision's COCO Mask R-CNN weights ({type(exc).__name__}: {exc}); "
+            f"offline? Download {weights.url} on another machine and pass the file as init_weights"
+        ) from None
+    report = load_state_into(model, state, "torchvision COCO_V1 weights")
+    from torchvision.models.detection._utils import overwrite_eps
+
+    overwrite_eps(model, 0.0)  # as torchvision does for these weights (frozen batch norm without epsilon)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# What the network sees
+# --------------------------------------------------------------------------------------------
+
+
+def network_input(image: np.ndarray, meta: dict, config: MaskRCNNConfig) -> tuple[np.ndarray, tuple[int, int]]:
+    """Validate, normalise and rescale ``image`` as ``meta`` says, as 3 channels, with optional CLAHE.
+
+    Returns
+    -------
+    prepared : np.ndarray
+        float32 (h, w, 3) at network scale (``meta["pixel_scale"]``).
+    shape : tuple of int
+        (H, W) of the input image.
+    """
+    from ...image import prepare_image
+
+    prepared, shape = prepare_image(image, {**meta, "in_channels": 3})
+    if config.clahe:
+        prepared = clahe(prepared)
+    return prepared, shape
+
+
+def clahe(image: np.ndarray) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of a float (h, w, 3) image, clipped to [0, 1] first."""
+    from skimage.exposure import equalize_adapthist
+
+    return equalize_adapthist(np.clip(image, 0.0, 1.0)).astype(np.float32)
