@@ -83,43 +83,89 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    """Batch segmentation (see :mod:`.core.batch`): files, folders or globs -> labels next to ``recipe.json``."""
+    from .core.batch import BatchJob, expand_inputs, run_batch, summary_table
     from .core.checkpoint import load_model
-    from .core.data import read_image
-    from .core.export import write_label_tiff, write_mask_stack
+    from .core.distributed import ModelRef, executor
+    from .core.inference import choose_device
     from .core.jobs import load_params
-    from .core.progress import run
+    from .core.recipe import make_recipe, recipe_model, recipe_params
+    from .core.streaming import StreamSettings
 
-    recipe = None
+    device = args.device
+    network_tile = args.network_tile
     if args.recipe:  # the recipe's weights (SHA-256 checked; --model names them if moved) and parameters
-        from .core.recipe import load_recipe, recipe_model, replay_instances
+        from .core.recipe import load_recipe
 
         if args.params:
             raise InstanceTunerError("--params cannot be combined with --recipe (the recipe fixes the parameters)")
         recipe = load_recipe(args.recipe)
         loaded = recipe_model(recipe, args.model)
+        params = recipe_params(recipe, loaded)
+        network_tile = network_tile or (recipe.get("tiling") or {}).get("tile_size")
+        if device is None:  # the recorded device where this machine has it
+            try:
+                device = choose_device(recipe.get("device") or "cpu")
+            except InstanceTunerError:
+                device = "cpu"
     elif args.model:
         loaded = load_model(args.model)
         params = load_params(loaded, args.params)
+        recipe = make_recipe(loaded, params, "<batch>", (), device=device or "auto", tile_size=network_tile)
     else:
         raise InstanceTunerError("predict needs --model or --recipe")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in args.inputs:
-        image = read_image(path)
-        if recipe is not None:
-            instances = replay_instances(recipe, image, loaded=loaded, device=args.device)
-        else:
-            maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device=args.device))
-            instances = loaded.family.postprocess(maps, params)
-        labels = instances.labels
-        target = write_label_tiff(out_dir / f"{Path(path).stem}.tif", labels, overwrite=True)
-        note = ""
-        if instances.masks is not None:  # families that keep overlaps: the exact masks, as in the datasets
-            stack = write_mask_stack(out_dir / f"{Path(path).stem}_instances.npz", instances.masks,
-                                     scores=instances.scores, overwrite=True)
-            note = f", masks in {stack.name}"
-        print(f"{path} -> {target} ({instances.count} objects{note})")
-    return 0
+    inputs = expand_inputs(args.inputs)
+    settings = StreamSettings(tile=args.tile if args.tile > 0 else 1 << 30, halo=args.halo,
+                              network_tile=network_tile, amp=args.amp)
+    recipe = {k: v for k, v in recipe.items() if not k.startswith("_")}
+    recipe["image"] = {"name": "<batch>", "shape": []}
+    recipe["streaming"] = settings.to_dict()
+    workers = args.workers
+    if args.scheduler is None and workers is None:  # auto: one image or a GPU runs here
+        on_gpu = choose_device(device) != "cpu"
+        workers = 0 if len(inputs) == 1 or on_gpu else min(len(inputs), _cores() // args.threads_per_worker) or 0
+        workers = 0 if workers == 1 else workers
+    job = BatchJob(ModelRef(str(loaded.path), loaded.sha256, loaded), params, recipe, inputs, Path(args.out),
+                   settings, device, resume=not args.overwrite,
+                   threads=args.threads_per_worker if (workers or args.scheduler) else None)
+    with executor(args.scheduler, workers, args.threads_per_worker) as ex:
+        where = "here" if workers == 0 and args.scheduler is None else f"on {ex.workers} dask workers ({ex.address})"
+        if not args.quiet:
+            print(f"{len(inputs)} images, model {loaded.name}, {where}", file=sys.stderr, flush=True)
+        reports = _run_with_bar(run_batch(job, ex), len(inputs), args.quiet)
+    for r in reports:
+        if r.status == "done" and not args.quiet:
+            print(f"{r.image} -> {Path(args.out) / r.outputs[0]} ({r.objects} objects"
+                  + (f", masks in {r.outputs[1]}" if len(r.outputs) > 1 else "") + ")")
+    print(summary_table(reports))
+    failed = [r for r in reports if r.status == "failed"]
+    for r in failed:
+        print(f"error: {r.image}: {r.error}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _cores() -> int:
+    from .core.distributed import default_workers
+
+    return default_workers(1)
+
+
+def _run_with_bar(work, total: int, quiet: bool):
+    """Drive a batch generator with a tqdm progress bar on stderr (images; tiles of a large image as postfix)."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="image", disable=quiet, file=sys.stderr, dynamic_ncols=True) as bar:
+        while True:
+            try:
+                p = next(work)
+            except StopIteration as stop:
+                return stop.value
+            bar.n = p.done
+            if p.info.get("tiles"):
+                bar.set_postfix_str(f"{p.message.split(':')[0]} tile {p.info['tile']}/{p.info['tiles']}")
+            elif "oom" in p.message or "out of memory" in p.message:
+                bar.write(p.message)
+            bar.refresh()
 
 
 def _pairs_from_split(data: str):
@@ -136,12 +182,23 @@ def cmd_finetune(args) -> int:
 
     loaded = load_model(args.model)
     pairs = _pairs_from_split(args.data)
+    if args.holdout_fraction is not None:  # the right-most fraction of each image's width is validated on
+        if not 0 < args.holdout_fraction < 1:
+            raise InstanceTunerError(f"--holdout-fraction must lie between 0 and 1, got {args.holdout_fraction}")
+        for p in pairs:
+            p.holdout = np.zeros(np.shape(p.labels), bool)
+            p.holdout[:, p.holdout.shape[1] - max(1, round(args.holdout_fraction * p.holdout.shape[1])):] = True
     settings = FinetuneSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop=args.crop,
-                                augment=not args.no_augment, freeze_encoder=not args.train_encoder, seed=args.seed)
+                                augment=not args.no_augment, freeze_encoder=not args.train_encoder, seed=args.seed,
+                                validate_every=args.validate_every)
     model, result = run(finetune(loaded, pairs, settings, device=args.device or "cpu"))
     out = save_finetuned(args.out, loaded, model, result, pairs, settings)
+    held = "" if result.validation is None or result.validation["best_score"] is None else (
+        f"; held-out score {result.validation['start_score']:.3f} -> best {result.validation['best_score']:.3f} "
+        f"at step {result.validation['best_step']}, whose weights are saved"
+    )
     print(f"fine-tuned {loaded.name} on {len(pairs)} images for {len(result.history)} steps "
-          f"(loss {result.history[0]['loss']:.3f} -> {result.history[-1]['loss']:.3f}); saved {out}")
+          f"(loss {result.history[0]['loss']:.3f} -> {result.history[-1]['loss']:.3f}{held}); saved {out}")
     return 0
 
 
@@ -265,13 +322,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="segment images, writing one label TIFF each")
+    p = sub.add_parser("predict", help="segment images, folders or glob patterns (resumable; dask for scale-out)")
     p.add_argument("--model", help="shipped model name or checkpoint path (with --recipe: the moved weights)")
     p.add_argument("--params", help="JSON of post-processing parameters (or a recipe)")
     p.add_argument("--recipe", help="recipe JSON written by an export: reproduce its labels exactly")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder (labels, sidecars and recipe.json)")
     p.add_argument("--device", default=None)
-    p.add_argument("inputs", nargs="+")
+    p.add_argument("--tile", type=int, default=2048,
+                   help="images larger than this (px) are streamed tile by tile into <stem>.zarr; 0 = never")
+    p.add_argument("--halo", type=int, default=256,
+                   help="context around each tile (px); objects smaller than this are stitched exactly")
+    p.add_argument("--network-tile", type=int, help="tile size inside the network (default: the model's)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast) on CUDA")
+    p.add_argument("--workers", type=int,
+                   help="worker processes of an embedded dask cluster (0 = run here; default: one per core "
+                        "when there are several images on the CPU)")
+    p.add_argument("--threads-per-worker", type=int, default=1)
+    p.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://head:8786")
+    p.add_argument("--overwrite", action="store_true", help="redo images already done with the same recipe")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-image lines")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (quote them: 'slides/**/*.tif')")
     p.set_defaults(func=cmd_predict)
 
     f = sub.add_parser("finetune", help="fine-tune a model on corrected labels (images/, labels/)")
@@ -285,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-augment", action="store_true")
     f.add_argument("--train-encoder", action="store_true", help="also train the encoder (frozen by default)")
+    f.add_argument("--holdout-fraction", type=float, default=None,
+                   help="hold out the right-most fraction F of each image's width: never trained on, scored every "
+                        "--validate-every steps; the best-scoring weights are saved")
+    f.add_argument("--validate-every", type=int, default=10,
+                   help="steps between validations (with --holdout-fraction)")
     f.add_argument("--device", default=None)
     f.set_defaults(func=cmd_finetune)
 

@@ -178,6 +178,37 @@ def test_checked_regions_come_from_a_shapes_layer(tuner, viewer):
     assert tuner.pairs.pairs == [] and list(tuner.pairs.list.choices) == []
 
 
+def test_a_held_out_region_is_scored_plotted_and_reported(tuner, viewer, qtbot, errors):
+    # The right-most 40 columns: the second gland (columns 55..95) lies mostly inside.
+    held = viewer.add_shapes([np.array([[-0.5, 55.5], [-0.5, 95.5], [63.5, 95.5], [63.5, 55.5]])],
+                             shape_type="rectangle", name="held out")
+    tuner.pairs.remove_selected()
+    tuner.pairs.holdout.value = held
+    pair = tuner.pairs.add()
+    assert pair.describe() == "img ← img corrected, held out: held out"
+    holdout = pair.capture().corrected().holdout
+    assert holdout.sum() == 64 * 40 and holdout[:, 56:].all()
+    tuner.resegment.value = False
+    tuner.steps.value, tuner.validate_every.value = 4, 2
+    assert train(qtbot, tuner) == "ok", errors
+    # The starting model, then every second step: a second curve; the best score is in the status line.
+    assert [step for step, _ in tuner.plot.scores] == [0, 2, 4] and len(tuner.plot.score_points()) == 3
+    assert len(tuner.plot.values) == 4 and len(tuner.plot.points()) == 4
+    validation = tuner.tuned.result.validation
+    best_step, best = tuner.plot.best_score()
+    assert validation["best_step"] == best_step and validation["best_score"] == pytest.approx(best)
+    assert validation["start_score"] == pytest.approx(tuner.plot.scores[0][1])
+    assert f"best {best:.3f} at step {best_step}" in tuner.status.value
+    assert f"best {best:.3f} at step {best_step}" in tuner.plot.score_text()
+    assert not tuner.plot.grab().isNull()  # paints both curves
+    assert [h["epoch"] for h in tuner.tuned.result.history if "val_score" in h] == [2, 4] and errors == []
+    # One layer cannot be both the checked and the held-out region; removing it drops its pair.
+    tuner.pairs.regions.value = held
+    assert tuner.pairs.add() is None and "cannot be both" in errors[-1]
+    viewer.layers.remove(held)
+    assert tuner.pairs.pairs == []
+
+
 def test_problems_become_notifications_and_the_widget_stays_usable(tuner, viewer, qtbot, errors):
     tuner.pairs.remove_selected()
     tuner.start()

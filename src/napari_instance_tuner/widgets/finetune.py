@@ -3,7 +3,10 @@
 The model is the Segment widget's current one (see :mod:`._link`), else one loaded here by name or
 file. Fine-tune runs one core generator (:func:`..core.finetune.finetune`, which trains a *copy*) in a
 thread worker: a progress bar and a live loss curve follow it, and Cancel stops after the current step,
-keeping the weights of the last finished step. A finished run is written to a scratch checkpoint (with
+keeping the weights of the last finished step. A pair with a held-out region (a Shapes layer) is scored
+there every "validate every" steps with the Segment widget's post-processing parameters: the score is
+the plot's second curve, the status line tells the best one, and the best-scoring weights are kept.
+A finished run is written to a scratch checkpoint (with
 its parent's hash, see :func:`..core.finetune.save_finetuned`), which the Segment widget loads to
 re-segment its image; the previous Labels layer is kept as "<name> (before fine-tune)". "Save
 fine-tuned weights…" writes the checkpoint where the user chooses, never over a loaded file.
@@ -78,6 +81,7 @@ class FinetuneWidget(QWidget):
         self._scratch_dir: Path | None = None
         self._runs = 0
         self._outcome = "error"
+        self._running = ""
 
         self.pairs = PairList(napari_viewer)
         self.model_info = Label(value="")
@@ -87,6 +91,10 @@ class FinetuneWidget(QWidget):
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=defaults.steps)
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-5, value=defaults.lr)
         self.batch_size = SpinBox(label="batch size", min=1, max=64, value=defaults.batch_size)
+        self.validate_every = SpinBox(label="validate every", min=1, max=100_000, value=defaults.validate_every)
+        self.validate_every.tooltip = (
+            "With a held-out region: score it every this many steps (the best-scoring weights are kept)"
+        )
         self.augment = CheckBox(text="augmentation", value=defaults.augment)
         self.augment.tooltip = "Random flips, 90° rotations, rescaling, colour, blur and noise on the training crops"
         self.freeze_encoder = CheckBox(text="freeze the encoder", value=defaults.freeze_encoder)
@@ -102,7 +110,7 @@ class FinetuneWidget(QWidget):
         self.save_button = PushButton(text="Save fine-tuned weights…")
         self.save_button.changed.connect(lambda *_: self.save())
 
-        settings = Container(widgets=[self.steps, self.lr, self.batch_size], labels=True)
+        settings = Container(widgets=[self.steps, self.lr, self.batch_size, self.validate_every], labels=True)
         buttons = Container(widgets=[self.start_button, self.cancel_button], layout="horizontal", labels=False)
         layout = QVBoxLayout(self)
         for part in (self.pairs.widget, self.model_info, self.fallback.widget, settings, self.augment,
@@ -134,7 +142,8 @@ class FinetuneWidget(QWidget):
         """The settings shown."""
         return FinetuneSettings(steps=int(self.steps.value), lr=float(self.lr.value),
                                 batch_size=int(self.batch_size.value), augment=bool(self.augment.value),
-                                freeze_encoder=bool(self.freeze_encoder.value))
+                                freeze_encoder=bool(self.freeze_encoder.value),
+                                validate_every=int(self.validate_every.value))
 
     def start(self) -> None:
         """Fine-tune on the listed pairs in a worker; problems become notifications."""
@@ -182,6 +191,7 @@ class FinetuneWidget(QWidget):
         segment = self.link.widget
         device = segment.device.value if segment is not None else "auto"
         scratch = self._scratch_path(loaded) if self.resegment.value else None
+        params = self._segment_params(loaded)
         stop = self._stop = CancelToken()
 
         def work(_token):
@@ -189,7 +199,8 @@ class FinetuneWidget(QWidget):
             from ..core.inference import choose_device
 
             pairs = [d.corrected() for d in data]
-            model, result = yield from finetune(loaded, pairs, settings, device=choose_device(device), cancel=stop)
+            model, result = yield from finetune(loaded, pairs, settings, device=choose_device(device), cancel=stop,
+                                                params=params)
             path = None
             if scratch is not None and result.history and result.stopped != "cancelled":
                 path = save_finetuned(scratch, loaded, model, result, pairs, settings)
@@ -197,7 +208,7 @@ class FinetuneWidget(QWidget):
 
         self.plot.clear()
         self.progress.max, self.progress.value = settings.steps, 0
-        self.status.value = f"fine-tuning {loaded.name}…"
+        self._running = self.status.value = f"fine-tuning {loaded.name}…"
         self._outcome = "error"
         self._job = Job(work, on_result=self._trained, on_error=self._failed, on_finished=self._training_done,
                         progress=f"Fine-tuning {loaded.name}")
@@ -205,12 +216,37 @@ class FinetuneWidget(QWidget):
         self._job.start()
         self._update()
 
+    def _segment_params(self, loaded: Any) -> Any:
+        """The Segment widget's post-processing parameters when it holds ``loaded``, else None (defaults)."""
+        from ..core.errors import InstanceTunerError
+
+        segment = self.link.widget
+        if segment is None or segment.current_model is not loaded:
+            return None
+        try:
+            return segment.params.params()
+        except InstanceTunerError:
+            return None
+
     def _show_step(self, item: Any) -> None:
         info = getattr(item, "info", {})
-        if "epoch" in info:  # one record per finished step (steps_per_epoch = 1)
-            self.plot.add(info["loss"])
+        if "epoch" in info:  # one record per finished step (steps_per_epoch = 1); step 0: the start
+            if "loss" in info:
+                self.plot.add(info["loss"])
+            if "val_score" in info:
+                self.plot.add_score(info["epoch"], info["val_score"])
+                self.status.value = f"{self._running}; {self._validation_text()}"
         if getattr(item, "total", 0):
             self.progress.max, self.progress.value = item.total, min(item.done, item.total)
+
+    def _validation_text(self) -> str:
+        """"held-out score: start S, best B at step N" from the plotted scores."""
+        start = next((v for s, v in self.plot.scores if s == 0), None)
+        best = self.plot.best_score()
+        parts = [] if start is None else [f"start {start:.3f}"]
+        if best is not None:
+            parts.append(f"best {best[1]:.3f} at step {best[0]}")
+        return "held-out score: " + ", ".join(parts)
 
     def _trained(self, tuned: Tuned) -> None:
         history = tuned.result.history
@@ -219,13 +255,25 @@ class FinetuneWidget(QWidget):
         if not history:
             self.status.value = "cancelled before the first step finished: nothing to keep"
             return
-        self.tuned = tuned
+        validation = getattr(tuned.result, "validation", None)
         losses = f"loss {history[0]['loss']:.4f} → {history[-1]['loss']:.4f}"
+        if validation is not None and not validation["best_step"]:
+            # fit keeps the best-validated weights: with no validation done, those are the starting ones.
+            self.status.value = (f"stopped after {len(history)} steps ({losses}) before a validation finished: "
+                                 "the starting weights are kept, nothing to save")
+            return
+        self.tuned = tuned
+        held = "" if validation is None else (
+            f"; held-out score {validation['start_score']:.3f} → best {validation['best_score']:.3f} at step "
+            f"{validation['best_step']}, whose weights are kept"
+        )
         if cancelled:
-            self.status.value = (f"cancelled after {len(history)} steps ({losses}); their weights are kept: "
+            kept = "the best-scoring weights are kept" if validation else "their weights are kept"
+            self.status.value = (f"cancelled after {len(history)} steps ({losses}{held}); {kept}: "
                                  "“Save fine-tuned weights…” writes them")
             return
-        self.status.value = f"fine-tuned {tuned.parent.name} for {len(history)} steps ({losses})"
+        stopped = " (early stopping)" if tuned.result.stopped == "early stopping" else ""
+        self.status.value = f"fine-tuned {tuned.parent.name} for {len(history)} steps{stopped} ({losses}{held})"
         if tuned.scratch is not None:
             self._resegment(tuned.scratch)
 

@@ -1,0 +1,359 @@
+"""Batch segmentation of folders and glob patterns, resumable, serial or on dask workers.
+
+Outputs go to one folder next to ``recipe.json`` (how they were made). Per image:
+
+* an image that fits in one tile: ``<stem>.tif`` (uint labels) and, for families whose objects overlap,
+  ``<stem>_instances.npz`` (dense masks) -- as the single-image command always wrote;
+* a larger image (streamed, see :mod:`.streaming`): ``<stem>.zarr`` (uint32 labels) and, for families whose
+  objects overlap, ``<stem>_objects.npz`` (per-object boxes and bit-packed masks, see :func:`write_objects`);
+* ``<stem>.tuner.json``: a sidecar with the recipe's key, the input's size and time, the outputs and counts.
+
+Resume: an image whose sidecar has the same recipe key and input signature, with its outputs present, is
+skipped. Small images are independent tasks (one per worker at a time); a large image's tiles are the tasks,
+stitched here as they come back.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import IMAGE_SUFFIXES
+from .distributed import ModelRef, SerialExecutor, limit_threads
+from .errors import InstanceTunerError
+from .progress import Progress
+from .streaming import StreamSettings, image_shape, open_image, segment_tile, stream_segment
+
+SIDECAR = ".tuner.json"
+_EXTRA_SUFFIXES = (".svs", ".ndpi", ".scn", ".btf")
+
+
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Image files named by ``patterns``: files, folders (their images, not recursive) or glob patterns
+    (``**`` recursive), in order, without duplicates.
+
+    Raises
+    ------
+    InstanceTunerError
+        If a pattern matches nothing, or two inputs share a file stem (their outputs would collide).
+    """
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if _is_image(p))
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if _is_image(Path(p)))
+        if not matches:
+            raise InstanceTunerError(f"no images found for {pattern!r}")
+        found.extend(m for m in matches if m not in found)
+    stems: dict[str, Path] = {}
+    for p in found:
+        if _stem(p) in stems:
+            raise InstanceTunerError(f"{stems[_stem(p)]} and {p} would write the same outputs ({_stem(p)}.*); "
+                                     "segment them into different --out folders")
+        stems[_stem(p)] = p
+    return found
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES + _EXTRA_SUFFIXES
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".ome.tif")] if name.lower().endswith(".ome.tif") else path.stem
+
+
+def recipe_key(recipe: dict) -> str:
+    """SHA-256 of what in a recipe shapes the labels (weights, family, parameters, tiling, normalisation)."""
+    keys = ("family", "postprocess", "tiling", "normalisation", "pixel_scale", "in_channels", "streaming")
+    core = {k: recipe.get(k) for k in keys}
+    core["weights"] = recipe["weights"]["sha256"]
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
+def input_signature(path: Path) -> dict:
+    """Size and modification time of an input (a changed image is segmented again)."""
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass
+class BatchJob:
+    """One batch: the model, its parameters and recipe, the inputs and where outputs go.
+
+    Attributes
+    ----------
+    model : ModelRef
+    params : dataclass
+        The family's post-processing parameters.
+    recipe : dict
+        Written to ``out_dir / "recipe.json"``; its :func:`recipe_key` decides what resume skips.
+    inputs : list of Path
+    out_dir : Path
+    settings : StreamSettings
+    device : str or None
+    resume : bool
+        Skip images already done with the same recipe.
+    threads : int or None
+        torch threads per task (workers share the machine).
+    """
+
+    model: ModelRef
+    params: Any
+    recipe: dict
+    inputs: list[Path]
+    out_dir: Path
+    settings: StreamSettings = field(default_factory=StreamSettings)
+    device: str | None = None
+    resume: bool = True
+    threads: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The recipe key stored in every sidecar."""
+        return recipe_key(self.recipe)
+
+
+@dataclass
+class ImageReport:
+    """One row of the summary: what happened to one image."""
+
+    image: str
+    status: str  # "done", "skipped" or "failed"
+    shape: tuple[int, ...] = ()
+    objects: int = 0
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+    tiles: int = 1
+    error: str = ""
+
+
+def _sidecar(job: BatchJob, path: Path) -> Path:
+    return job.out_dir / f"{_stem(path)}{SIDECAR}"
+
+
+def already_done(job: BatchJob, path: Path) -> ImageReport | None:
+    """The report of an earlier run of the same recipe on the same input, if its outputs are all there."""
+    try:
+        info = json.loads(_sidecar(job, path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if info.get("recipe_sha256") != job.key or info.get("input") != input_signature(path):
+        return None
+    if not all((job.out_dir / name).exists() for name in info.get("outputs", [])):
+        return None
+    return ImageReport(str(path), "skipped", tuple(info.get("shape", ())), int(info.get("objects", 0)),
+                       0.0, info.get("outputs", []), int(info.get("tiles", 1)))
+
+
+def _finish(job: BatchJob, path: Path, report: ImageReport) -> ImageReport:
+    from .safe_write import write_text
+
+    info = {"recipe_sha256": job.key, "input": input_signature(path), "shape": list(report.shape),
+            "objects": report.objects, "tiles": report.tiles, "seconds": round(report.seconds, 3),
+            "outputs": report.outputs}
+    write_text(_sidecar(job, path), json.dumps(info, indent=1) + "\n", overwrite=True)
+    return report
+
+
+def write_objects(path: Path, objects: list) -> Path:
+    """Per-object masks of a large image: ``labels`` (N,) uint32 ids, ``boxes`` (N, 4) int64 (y0, x0, y1, x1),
+    ``scores`` (N,) float32 (NaN where none), and the masks bit-packed: object k's bool (y1-y0, x1-x0) crop is
+    ``np.unpackbits(bits[offsets[k]:offsets[k + 1]])[:h * w].reshape(h, w)``."""
+    from .safe_write import write_atomic
+
+    packed = [np.packbits(o.mask.ravel()) for o in objects]
+    offsets = np.zeros(len(packed) + 1, np.int64)
+    offsets[1:] = np.cumsum([p.size for p in packed])
+    arrays = {"labels": np.array([o.id for o in objects], np.uint32),
+              "boxes": np.array([o.box for o in objects], np.int64).reshape(-1, 4),
+              "scores": np.array([np.nan if o.score is None else o.score for o in objects], np.float32),
+              "offsets": offsets, "bits": np.concatenate(packed) if packed else np.zeros(0, np.uint8)}
+    return write_atomic(path, lambda fh: np.savez_compressed(fh, **arrays), overwrite=True)
+
+
+def image_task(job: BatchJob, path: Path) -> ImageReport:
+    """Segment one image that fits in a tile, whole, and write its outputs and sidecar (runs on a worker)."""
+    from .data import read_image
+    from .export import write_label_tiff, write_mask_stack
+    from .progress import run
+
+    start = time.perf_counter()
+    try:
+        limit_threads(job.threads)
+        loaded = job.model.get()
+        image = read_image(path)
+        maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device=job.device,
+                                              tile_size=job.settings.network_tile))
+        instances = loaded.family.postprocess(maps, job.params)
+        del maps
+        stem = _stem(path)
+        outputs = [write_label_tiff(job.out_dir / f"{stem}.tif", instances.labels, overwrite=True).name]
+        if instances.masks is not None:  # families that keep overlaps: the exact masks, as in the datasets
+            outputs.append(write_mask_stack(job.out_dir / f"{stem}_instances.npz", instances.masks,
+                                            scores=instances.scores, overwrite=True).name)
+    except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch of hundreds
+        return ImageReport(str(path), "failed", error=_one_line(exc), seconds=time.perf_counter() - start)
+    report = ImageReport(str(path), "done", tuple(np.shape(image)), instances.count,
+                         time.perf_counter() - start, outputs)
+    return _finish(job, path, report)
+
+
+def tile_task(job: BatchJob, path: Path, grid, index: int, normaliser) -> Any:
+    """Segment tile ``index`` of a large image (runs on a worker); returns its ``TileResult``."""
+    from .progress import run
+
+    limit_threads(job.threads)
+    loaded = job.model.get()
+    source = open_image(path)
+    try:
+        return run(segment_tile(loaded.family, loaded.model, loaded.meta, job.params, source, grid, index,
+                                normaliser, job.settings, device=job.device))
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _stream_image(job: BatchJob, path: Path, executor) -> Generator[Progress, None, ImageReport]:
+    start = time.perf_counter()
+    stem = _stem(path)
+    loaded = job.model.get() if isinstance(executor, SerialExecutor) else None
+    keep = _keeps_masks(job)
+    runner = None
+    if not isinstance(executor, SerialExecutor):
+        def runner(grid, normaliser, indices):
+            items = ((i, (tile_task, job, path, grid, i, normaliser)) for i in indices)
+            for _, result in executor.imap_unordered(_call, items):
+                yield result
+
+    target = job.out_dir / f"{stem}.zarr"
+    result = yield from stream_segment(loaded or _LoadedMeta(job), path, job.params, out=target,
+                                       settings=job.settings, device=job.device, keep_objects=keep,
+                                       tile_runner=runner)
+    outputs = [target.name]
+    if result.objects is not None:
+        outputs.append(write_objects(job.out_dir / f"{stem}_objects.npz", result.objects).name)
+    report = ImageReport(str(path), "done", tuple(result.labels.shape), result.count,
+                         time.perf_counter() - start, outputs, result.tiles)
+    return _finish(job, path, report)
+
+
+def _call(fn, *args):
+    return fn(*args)
+
+
+class _LoadedMeta:
+    """What :func:`stream_segment` needs on the client when tiles run on workers: metadata, no network."""
+
+    def __init__(self, job: BatchJob) -> None:
+        from .checkpoint import read_metadata
+        from .registry import get_family
+
+        self.meta = read_metadata(job.model.path)
+        self.family = get_family(job.recipe["family"])
+        self.model = None
+
+
+def _keeps_masks(job: BatchJob) -> bool:
+    """Whether the family keeps overlapping masks (layering, maskrcnn): known from a tiny dry run."""
+    from .family import Maps
+    from .registry import get_family
+
+    family = get_family(job.recipe["family"])
+    names = family.map_names
+    try:
+        probe = family.postprocess(Maps({n: np.zeros((8, 8), np.float32) for n in names}), job.params)
+    except Exception:  # noqa: BLE001 - a family that cannot post-process empty maps: keep masks to be safe
+        return True
+    return probe.masks is not None
+
+
+def run_batch(job: BatchJob, executor=None) -> Generator[Progress, None, list[ImageReport]]:
+    """Segment every input of ``job``; yields progress (images done / total), returns one report per image.
+
+    ``executor`` is a :class:`~.distributed.SerialExecutor` (default) or :class:`~.distributed.DaskExecutor`.
+    """
+    from .recipe import recipe_text
+    from .safe_write import write_text
+
+    executor = executor or SerialExecutor()
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(job.out_dir / "recipe.json", recipe_text(job.recipe), overwrite=True)
+    total = len(job.inputs)
+    reports: dict[str, ImageReport] = {}
+    small, large = [], []
+    for path in job.inputs:
+        done = already_done(job, path) if job.resume else None
+        if done is not None:
+            reports[str(path)] = done
+            continue
+        try:
+            shape = _peek_shape(path)
+        except Exception as exc:  # noqa: BLE001 - an unreadable image fails alone
+            reports[str(path)] = ImageReport(str(path), "failed", error=_one_line(exc))
+            continue
+        grid = job.settings.grid(shape)
+        (small if len(grid) == 1 else large).append(path)
+    yield Progress(len(reports), total, f"{len(reports)} of {total} images already done" if reports else "start")
+    for _, report in executor.imap_unordered(_call, ((p, (image_task, job, p)) for p in small)):
+        reports[report.image] = report
+        yield Progress(len(reports), total, f"{Path(report.image).name}: {report.status}", {"report": report})
+    for path in large:
+        try:
+            gen = _stream_image(job, path, executor)
+            while True:
+                try:
+                    p = next(gen)
+                except StopIteration as stop:
+                    report = stop.value
+                    break
+                yield Progress(len(reports), total, f"{path.name}: {p.message}", {"tile": p.done, "tiles": p.total})
+        except Exception as exc:  # noqa: BLE001 - a failed slide fails alone
+            report = ImageReport(str(path), "failed", error=_one_line(exc))
+        reports[str(path)] = report
+        yield Progress(len(reports), total, f"{path.name}: {report.status}", {"report": report})
+    return [reports[str(p)] for p in job.inputs]
+
+
+def _peek_shape(path: Path) -> tuple[int, int]:
+    """(H, W) of an image: from the TIFF header alone; other formats are small and read."""
+    source = open_image(path)
+    try:
+        return image_shape(source)
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+
+
+def summary_table(reports: list[ImageReport]) -> str:
+    """The batch summary as an aligned text table, with a totals line."""
+    rows = [("image", "status", "size", "objects", "tiles", "seconds", "output / error")]
+    for r in reports:
+        size = "x".join(str(n) for n in r.shape[:2]) if r.shape else "-"
+        rows.append((Path(r.image).name, r.status, size, str(r.objects), str(r.tiles), f"{r.seconds:.1f}",
+                     r.error or ", ".join(r.outputs)))
+    counts = {s: sum(r.status == s for r in reports) for s in ("done", "skipped", "failed")}
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
+    lines.append(f"{len(reports)} images: {counts['done']} done, {counts['skipped']} skipped (same recipe), "
+                 f"{counts['failed']} failed; {sum(r.objects for r in reports)} objects; "
+                 f"{sum(r.seconds for r in reports):.1f} s of work")
+    return "\n".join(lines)
+
