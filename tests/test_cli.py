@@ -152,3 +152,13 @@ def test_finetune_and_autotune_commands(toy_split, tiny_checkpoint, tmp_path, ca
     assert main(["predict", "--model", str(tuned), "--params", str(params), "--out", str(tmp_path / "p"),
                  str(toy_split / "images" / "img0.png")]) == 0
     assert main(["autotune", "--model", str(tuned), "--data", str(toy_split), "--out", str(params)]) == 2
+
+
+def test_bad_architecture_options_are_one_line_errors(toy_split, tmp_path, capsys):
+    base = ["train", "--data", str(toy_split), "--out", str(tmp_path / "m.safetensors"), "--epochs", "1",
+            "--workdir", str(tmp_path / "w"), "--quiet"]
+    assert main([*base, "--family", "layering", "--arch-json", '{"no_such_key": 1}']) == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert main([*base, "--arch-json", "[1, 2"]) == 2
+    assert "--arch-json" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()

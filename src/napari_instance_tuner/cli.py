@@ -65,6 +65,11 @@ def cmd_train(args) -> int:
                                              ("phase2_epochs", args.phase2_epochs)) if v is not None}
     if args.branches:
         arch["branches"] = args.branches.split(",")
+    if args.arch_json:  # any other architecture key of the family's config, e.g. '{"mask_head_channels": 64}'
+        try:
+            arch.update(json.loads(args.arch_json))
+        except (ValueError, TypeError) as exc:
+            raise InstanceTunerError(f"--arch-json is not a JSON object: {exc}") from exc
     targets = {"boundary_width": args.boundary_width, "centroid_width": args.centroid_width,
                "centroid_mode": args.centroid_mode}
     options = TrainOptions(
@@ -299,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-weights", help="maskrcnn: start from a torchvision Mask R-CNN state_dict (.pth)")
     t.add_argument("--coco-pretrained", action="store_true",
                    help="maskrcnn (resnet50_fpn): start from torchvision's COCO weights (downloads; needs internet)")
+    t.add_argument("--arch-json", help="JSON object of further architecture keys (see the family's config class)")
     t.add_argument("--layers", type=int, default=8, help="layering: N output layers")
     t.add_argument("--head-channels", type=int, default=64, help="layering: features of the two head convolutions")
     t.add_argument("--phase1-epochs", type=int, help="layering: epochs of layering training (default 2/3 of --epochs)")

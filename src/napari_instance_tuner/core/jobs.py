@@ -18,6 +18,7 @@ import numpy as np
 from .. import __version__
 from .checkpoint import LoadedModel, save_checkpoint
 from .data import Sample, load_split, read_groups, validation_split
+from .errors import InstanceTunerError
 from .image import DEFAULT_NORMALISATION
 from .params import params_from_dict, params_to_dict
 from .progress import CancelToken, Progress
@@ -107,7 +108,10 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
     train_samples = [s for s in samples if s.name in set(train_names)]
     val_samples = [s for s in samples if s.name in set(val_names)]
     in_channels = 1 if samples[0].image.ndim == 2 else 3
-    arch = family.architecture(options.architecture, in_channels)
+    try:
+        arch = family.architecture(options.architecture, in_channels)
+    except (ValueError, TypeError) as exc:
+        raise InstanceTunerError(f"invalid {options.family} architecture: {exc}") from exc
     meta = {
         "name": options.name or Path(options.out).stem,
         "family": options.family,
