@@ -10,6 +10,9 @@ TINY_ARCH = {"in_channels": 3, "base_channels": 4, "depth": 2, "conv_type": "sep
 TINY_ARCHS = {
     "three-branch": TINY_ARCH,
     "layering": {"in_channels": 3, "n_layers": 4, "base_channels": 4, "depth": 2, "head_channels": 8},
+    "maskrcnn": {"backbone": "tiny_fpn", "base_channels": 8, "fpn_channels": 32, "representation_size": 64,
+                 "mask_head_layers": 2, "mask_head_channels": 16, "rpn_pre_nms_top_n_test": 300,
+                 "rpn_post_nms_top_n_test": 300, "box_detections_per_img": 100},
 }
 
 

@@ -42,7 +42,7 @@ def make_array(dtype, shape, content, seed=0):
 inputs = st.tuples(st.sampled_from(DTYPES), st.sampled_from(SHAPES), st.sampled_from(CONTENTS))
 
 
-@pytest.fixture(scope="module", params=["three-branch", "layering"])
+@pytest.fixture(scope="module", params=["three-branch", "layering", "maskrcnn"])
 def loaded(request, tmp_path_factory):
     from conftest import tiny_loaded
 

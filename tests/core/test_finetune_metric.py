@@ -48,7 +48,7 @@ def test_finetuning_improves_the_metric_of_a_wrong_model(family, tmp_path):
     assert len(result.history) == 80
 
 
-@pytest.mark.parametrize("family", ["three-branch", "layering"])
+@pytest.mark.parametrize("family", ["three-branch", "layering", "maskrcnn"])
 def test_cancel_mid_run_leaves_a_working_model_and_an_unchanged_file(family, tmp_path):
     loaded = tiny_loaded(family, tmp_path)
     digest = hashlib.sha256(loaded.path.read_bytes()).hexdigest()
