@@ -402,7 +402,12 @@ def _draw_worm(shape, path: np.ndarray, width: float) -> tuple[np.ndarray, np.nd
 
 
 def synthetic_worms(
-    shape: tuple[int, int] = (512, 768), seed: int | None = None
+    shape: tuple[int, int] = (512, 768),
+    seed: int | None = None,
+    *,
+    count: int | None = None,
+    well: tuple[float, float] = (0.55, 0.55),
+    absorption: float = 0.62,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A brightfield image of C. elegans-like worms in a bright well, several crossing (BBBC010-like).
 
@@ -412,6 +417,13 @@ def synthetic_worms(
         (H, W).
     seed : int, optional
         Seed of the random generator.
+    count : int, optional
+        Number of worms (default: one per 26000 pixels, 2 to 18); every second worm crosses an earlier one.
+    well : tuple of float
+        Half-extent of the bright well as fractions of (H, W); worms start inside it. BBBC010 images have a
+        well of about (0.4, 0.3) in a dark surround.
+    absorption : float
+        Fraction of the light a worm's midline absorbs (0-0.8); its rim absorbs 0.2 more.
 
     Returns
     -------
@@ -434,7 +446,9 @@ def synthetic_worms(
     shape = (int(shape[0]), int(shape[1]))
     height, width = shape
     scale = min(height, width)
-    count = int(np.clip(round(height * width / 26000), 2, 18))
+    count = int(np.clip(round(height * width / 26000), 2, 18)) if count is None else int(count)
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    reach = np.array([0.6 * well[0] * height, 0.6 * well[1] * width])
     paths, widths = [], []
     for i in range(count):
         length = rng.uniform(0.18, 0.35) * scale + 30
@@ -448,7 +462,9 @@ def synthetic_worms(
             start = other[k] - half * np.array([np.sin(heading), np.cos(heading)])
         else:
             heading = rng.uniform(0, 2 * np.pi)
-            start = rng.uniform([0.2 * height, 0.2 * width], [0.8 * height, 0.8 * width])
+            low = np.maximum([0.2 * height, 0.2 * width], [cy, cx] - reach)
+            high = np.minimum([0.8 * height, 0.8 * width], [cy, cx] + reach)
+            start = rng.uniform(low, high)
         paths.append(_worm_path(rng, length, start, heading))
         widths.append(rng.uniform(7, 11))
     drawn = [_draw_worm(shape, p, w) for p, w in zip(paths, widths)]
@@ -464,14 +480,13 @@ def synthetic_worms(
 
     # Brightfield: a bright rounded well, worms absorb (darker edges, lighter midline), overlaps darker.
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    cy, cx = (height - 1) / 2, (width - 1) / 2
-    well = ((np.abs(yy - cy) / (0.55 * height)) ** 6 + (np.abs(xx - cx) / (0.55 * width)) ** 6) ** (1 / 6)
+    well = ((np.abs(yy - cy) / (well[0] * height)) ** 6 + (np.abs(xx - cx) / (well[1] * width)) ** 6) ** (1 / 6)
     vignette = 1.0 - 0.15 * ((yy - cy) ** 2 + (xx - cx) ** 2) / max(1.0, cy * cy + cx * cx)
     light = 2500 * np.clip((1.0 - well) * 12, 0, 1) * vignette
     light *= 1 + 0.01 * _smooth_noise(rng, shape, 60, scale=8)
     transmission = np.ones(shape, np.float32)
     for mask, rel in zip(masks, relative):
-        absorb = np.where(mask, 0.62 + 0.2 * rel**2, 0.0)
+        absorb = np.where(mask, absorption + 0.2 * rel**2, 0.0)
         transmission *= 1.0 - absorb
     transmission = ndi.gaussian_filter(transmission, 0.8)
     image = 95 + light * transmission + rng.normal(0, 15, shape)
