@@ -12,12 +12,8 @@ from napari_instance_tuner.core.augment import AugmentConfig
 from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
 from napari_instance_tuner.core.data import Sample
 from napari_instance_tuner.core.errors import WeightsError
-from napari_instance_tuner.core.families.maskrcnn.model import (
-    MaskRCNNConfig,
-    build_maskrcnn,
-    load_coco_weights,
-    load_torchvision_state_dict,
-)
+from napari_instance_tuner.core.families.maskrcnn.model import MaskRCNNConfig, build_maskrcnn
+from napari_instance_tuner.core.families.maskrcnn.weights import load_coco_weights, load_torchvision_state_dict
 from napari_instance_tuner.core.families.maskrcnn.train import (
     DetectionBatches,
     DetectionLoss,

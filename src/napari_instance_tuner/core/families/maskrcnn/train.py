@@ -48,7 +48,7 @@ class MaskRCNNTrainOptions:
         Objects cut by a crop to fewer pixels are not targets.
     init_weights : str or None
         A torchvision Mask R-CNN ``.pth`` state_dict to start from (see
-        :func:`.model.load_torchvision_state_dict`).
+        :func:`.weights.load_torchvision_state_dict`).
     coco_pretrained : bool
         Download torchvision's COCO weights (``resnet50_fpn``; needs the internet).
     """
@@ -262,7 +262,7 @@ def _resumed_steps(resume_path, steps_per_epoch: int) -> int:
 
 def initialise(model, options: MaskRCNNTrainOptions) -> dict | None:
     """Load ``init_weights`` or the COCO weights into a new model; a summary for the metadata, or None."""
-    from .model import load_coco_weights, load_torchvision_state_dict
+    from .weights import load_coco_weights, load_torchvision_state_dict
 
     if options.init_weights:
         report = load_torchvision_state_dict(model, options.init_weights)
