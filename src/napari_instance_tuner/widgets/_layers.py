@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._stack import StackInstances, StackMaps
+from ..core.stack import StackInstances, StackMaps
 
 #: Metadata key marking the layers this plugin made.
 TAG = "napari_instance_tuner"
@@ -104,7 +104,7 @@ class SegmentResult:
         Shape of the image data that was segmented.
     masks : np.ndarray or None
         bool (K, H, W) per-object masks of the labels shown, for families whose objects may overlap
-        (2D images only, see :class:`._stack.StackInstances`); None otherwise.
+        (2D images only, see :class:`..core.stack.StackInstances`); None otherwise.
     scores : np.ndarray or None
         float32 (K,) per-object scores of the labels shown, where the family has them.
     """

@@ -1,6 +1,6 @@
 """The Segment dock widget: pick a model and an image, run, tune the post-processing live.
 
-Run computes the network maps once in a background thread (:func:`._stack.predict_stack`); every
+Run computes the network maps once in a background thread (:func:`..core.stack.predict_stack`); every
 change of a post-processing control re-runs only ``family.postprocess`` on the cached maps, one job at
 a time with the latest values (:class:`._params.ParamsPanel` coalesces rapid changes). The widget
 holds no array maths: it reads values, starts one core call, and writes layers through
@@ -19,6 +19,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..core.errors import InstanceTunerError
 from ..core.registry import get_family
+from ..core.stack import postprocess_stack, predict_stack, slice_count
 from ._layers import (
     SegmentResult,
     adopt,
@@ -31,7 +32,6 @@ from ._layers import (
 )
 from ._models import ModelPicker
 from ._params import ParamsPanel
-from ._stack import postprocess_stack, predict_stack, slice_count
 from ._worker import Job, as_work, error_message, notify_error
 
 #: (label, torch device) choices; "auto" picks CUDA, then Apple MPS, then the CPU.

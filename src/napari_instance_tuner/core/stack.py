@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import InputImageError
-from ..core.family import Family, Maps
-from ..core.progress import CancelToken, Progress
+from .errors import InputImageError
+from .family import Family, Maps
+from .progress import CancelToken, Progress
 
 #: A 3D layer whose last axis is longer than 4 but at most this is taken for an image with that many
 #: channels (which no model takes), not for a stack of slices that narrow.
