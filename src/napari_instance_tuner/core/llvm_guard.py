@@ -1,7 +1,7 @@
 """Let torch training run in a process whose OpenGL driver already loaded LLVM (napari on Mesa).
 
 Creating a torch optimiser imports ``torch._dynamo``, which imports Triton when it is installed (it is
-with CUDA builds of torch). Triton's extension bundles its own LLVM; in a process where Mesa's OpenGL
+with CUDA builds of torch); so does importing ``torchvision.ops`` (the Mask R-CNN family). Triton's extension bundles its own LLVM; in a process where Mesa's OpenGL
 driver (llvmpipe, radeonsi, gallium) has already mapped the system ``libLLVM``, that import crashes the
 whole process with a segmentation fault: the two LLVMs' symbols collide. napari's canvas creates such
 an OpenGL context, so fine-tuning inside napari crashed where the same code ran fine on the command line.
@@ -33,7 +33,8 @@ def foreign_llvm_loaded(maps_path: str = "/proc/self/maps") -> bool:
 def prepare_torch_training() -> bool:
     """Pre-import Triton safely when a foreign LLVM is loaded; True if it did so.
 
-    Call it before building an optimiser (e.g. at the start of a training worker). Safe to call often.
+    Call it before building an optimiser or importing torchvision (e.g. at the start of a worker). Safe
+    and cheap to call often: after the first import of Triton it returns at once.
     """
     if not sys.platform.startswith("linux") or not hasattr(os, "RTLD_DEEPBIND"):
         return False

@@ -8,6 +8,7 @@ import numpy as np
 
 from ...family import Family, Instances, Maps
 from ...inference import choose_device
+from ...llvm_guard import prepare_torch_training
 from ...progress import CancelToken, Progress
 from .postprocess import MaskRCNNParams, postprocess, score_map
 from .tiling import Detections, detect_tiled
@@ -26,6 +27,7 @@ class MaskRCNNFamily(Family):
 
     def build_model(self, config: dict):
         """An untrained :class:`~.model.InstanceMaskRCNN` for an architecture dict (see ``MaskRCNNConfig``)."""
+        prepare_torch_training()  # torchvision imports Triton: see llvm_guard (napari's OpenGL LLVM)
         from .model import build_maskrcnn
 
         return build_maskrcnn(config)
@@ -52,6 +54,7 @@ class MaskRCNNFamily(Family):
             ``arrays["score_map"]`` float32 (H, W) in [0, 1] (max of mask probability x score);
             ``extra`` as :meth:`.tiling.Detections.to_extra`, boxes in pixels of the input image.
         """
+        prepare_torch_training()  # torchvision imports Triton: see llvm_guard (napari's OpenGL LLVM)
         import torch
 
         from .model import network_input
@@ -77,6 +80,7 @@ class MaskRCNNFamily(Family):
 
     def postprocess(self, maps: Maps, params: MaskRCNNParams) -> Instances:
         """See :func:`.postprocess.postprocess`."""
+        prepare_torch_training()  # torchvision imports Triton: see llvm_guard (napari's OpenGL LLVM)
         return postprocess(maps, params)
 
     # --- training hooks ---
@@ -93,6 +97,7 @@ class MaskRCNNFamily(Family):
     def train(self, train_samples, val_samples, meta, options, *, resume_path=None, cancel=None):
         """Train (see :func:`.train.train_maskrcnn`); ``options.family_options`` are
         :class:`.train.MaskRCNNTrainOptions` (MaskPlus biased training, initial weights)."""
+        prepare_torch_training()  # torchvision imports Triton: see llvm_guard (napari's OpenGL LLVM)
         from ...augment import AugmentConfig
         from .train import MaskRCNNTrainOptions, train_maskrcnn
 
@@ -109,6 +114,7 @@ class MaskRCNNFamily(Family):
 
         ``settings.freeze_encoder`` freezes the backbone's body (the FPN, RPN and heads still train).
         """
+        prepare_torch_training()  # torchvision imports Triton: see llvm_guard (napari's OpenGL LLVM)
         from .train import DetectionLoss, finetune_batches
 
         batches = finetune_batches(model, meta, pairs, settings)
