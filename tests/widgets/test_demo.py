@@ -18,7 +18,6 @@ def test_demo_writes_a_screenshot_and_the_labels(family, tmp_path):
     crashed the Mask R-CNN family when torchvision imported Triton's LLVM (see core/llvm_guard.py)."""
     import imageio.v3 as iio
     import tifffile
-
     from conftest import tiny_loaded
 
     checkpoint = tiny_loaded(family, tmp_path).path
