@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--train-encoder", action="store_true", default=True)
+    parser.add_argument("--freeze-encoder", action="store_true", help="train only the decoders (default: all)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -103,7 +103,7 @@ def main() -> None:
         family, maps_before, refs, tuned_params)
 
     settings = FinetuneSettings(steps=100_000, lr=args.lr, batch_size=4, crop=128, augment=True,
-                                freeze_encoder=not args.train_encoder, seed=args.seed)
+                                freeze_encoder=args.freeze_encoder, seed=args.seed)
     token = CancelToken()
     gen = finetune(loaded, [CorrectedImage(corrected.image, corrected.labels)], settings, cancel=token)
     start = time.monotonic()
@@ -118,7 +118,7 @@ def main() -> None:
     table[f"fine-tuned {seconds:.0f} s ({len(result.history)} steps), post-processing tuned on it"] = scores(
         family, all_maps(model), refs, ft_params)
 
-    print(f"fine-tuning: lr {args.lr}, batch 4, crop 128, encoder {'trained' if args.train_encoder else 'frozen'}, "
+    print(f"fine-tuning: lr {args.lr}, batch 4, crop 128, encoder {'frozen' if args.freeze_encoder else 'trained'}, "
           f"loss {result.history[0]['loss']:.3f} -> {result.history[-1]['loss']:.3f}")
     print(f"{'setting':<72}" + "".join(f"{k:>13}" for k in KEYS))
     for name, row in table.items():

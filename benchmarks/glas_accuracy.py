@@ -28,14 +28,13 @@ from napari_instance_tuner.core.progress import run
 def tune_on_validation(loaded, val_data: str, params):
     """Tune the foreground-only post-processing on the model's own validation images (never on the test split)."""
     from napari_instance_tuner.core.autotune import autotune
-    from napari_instance_tuner.core.jobs import validation_score
 
     names = loaded.meta.get("training", {}).get("val_images", [])
     samples = load_split(val_data, names=names)
     maps = [run(loaded.family.predict_maps(loaded.model, s.image, loaded.meta)) for s in samples]
     tunable = ["fg_threshold", "close_radius", "open_radius", "min_size"]
     best, before, after = run(autotune(loaded.family.postprocess, maps, [s.labels for s in samples], params,
-                                       validation_score, names=tunable))
+                                       loaded.family.score, names=tunable))
     print(f"foreground-only post-processing tuned on {len(samples)} validation images: {before:.3f} -> {after:.3f}")
     return best
 

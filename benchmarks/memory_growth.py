@@ -71,14 +71,6 @@ def main() -> None:
     _settle(200)
     gc.collect()
     released = maps_ref() is None
-    if not released and os.environ.get("DEBUG_REFS"):
-        for ref in gc.get_referrers(maps_ref()):
-            print("referrer:", type(ref), str(ref)[:300])
-            for r2 in gc.get_referrers(ref):
-                if r2 is not globals():
-                    print("   held by:", type(r2), str(r2)[:200])
-                    for r3 in gc.get_referrers(r2):
-                        print("      held by:", type(r3), str(r3)[:150])
     base, last = samples[args.warmup - 1], samples[-1]
     slope = np.polyfit(np.arange(args.warmup, len(samples)), samples[args.warmup:], 1)[0]
     print(f"model {args.model} ({family}), {args.size}x{args.size} image, {args.cycles} cycles (Run + slider)")

@@ -15,7 +15,6 @@ import time
 from napari_instance_tuner.core.autotune import autotune
 from napari_instance_tuner.core.checkpoint import load_model, read_checkpoint, save_checkpoint
 from napari_instance_tuner.core.data import load_split
-from napari_instance_tuner.core.jobs import validation_score
 from napari_instance_tuner.core.params import params_to_dict
 from napari_instance_tuner.core.progress import run
 
@@ -37,7 +36,7 @@ def main() -> None:
         maps = [run(loaded.family.predict_maps(loaded.model, s.image, meta)) for s in samples]
         seconds = (time.perf_counter() - t0) / len(samples)
         best, before, after = run(autotune(loaded.family.postprocess, maps, [s.labels for s in samples], start,
-                                           validation_score))
+                                           loaded.family.score))
         results[flips] = (after, best)
         print(f"{flips:>6}{seconds:>15.2f}{before:>22.4f}{after:>18.4f}")
     flips = max(results, key=lambda k: results[k][0])

@@ -222,7 +222,7 @@ def cmd_autotune(args) -> int:
     samples = load_split(args.data)
     maps = [run(loaded.family.predict_maps(loaded.model, s.image, loaded.meta, device=args.device)) for s in samples]
     score = score_function(args.metric)
-    refs = [s.masks if s.masks is not None else s.labels for s in samples]
+    refs = [s.reference for s in samples]
     best, before, after = run(autotune(loaded.family.postprocess, maps, refs, params, score))
     write_text(args.out, json.dumps({"postprocess": params_to_dict(best)}, indent=1) + "\n", overwrite=args.overwrite)
     print(f"{args.metric}: {before:.4f} -> {after:.4f} on {len(samples)} images; parameters written to {args.out}")

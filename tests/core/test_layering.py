@@ -173,9 +173,13 @@ def test_batches_carry_exact_masks_and_the_adjacency_of_the_objects_in_the_crop(
     assert x.shape == (3, 1, 64, 64) and valid.shape == (3, 1, 64, 64)
     assert targets.objects.dtype == torch.bool and targets.objects.shape[:2] == targets.adjacency.shape[:2]
     assert torch.equal(targets.adjacency, targets.adjacency.transpose(1, 2))
-    # Every kept object is inside its crop; padding objects are empty.
-    sizes = targets.objects.sum(dim=(2, 3))
-    assert (sizes >= 0).all() and sizes.sum() > 0
+    # The objects present in a crop come first; the padding after them is empty and adjacent to nothing.
+    present = targets.objects.any(dim=(2, 3))
+    assert present.any()
+    for b in range(3):
+        k = int(present[b].sum())
+        assert present[b, :k].all() and not present[b, k:].any()
+        assert not targets.adjacency[b, k:].any() and not targets.adjacency[b, :, k:].any()
 
 
 def test_predict_maps_returns_foreground_and_n_layers_at_the_image_size(tmp_path):

@@ -37,6 +37,11 @@ class Sample:
     labels: np.ndarray
     masks: np.ndarray | None = None
 
+    @property
+    def reference(self) -> np.ndarray:
+        """The exact ground truth for metrics: the overlapping mask stack where present, else the labels."""
+        return self.masks if self.masks is not None else self.labels
+
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read a PNG/TIFF/JPEG/BMP as stored (TIFF through tifffile, others through imageio)."""

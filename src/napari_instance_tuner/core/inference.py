@@ -180,3 +180,54 @@ def predict_flips(model, image: np.ndarray, *, flips: int = 1, **kwargs) -> Gene
         probs = probs[:, :, ::-1] if left_right else probs
         total = probs.copy() if total is None else total + probs
     return total / flips
+
+
+def predict_image(
+    model,
+    image: np.ndarray,
+    meta: dict,
+    *,
+    out_channels: int,
+    device: str | None = None,
+    tile_size: int | None = None,
+    cancel: CancelToken | None = None,
+) -> Generator[Progress, None, np.ndarray]:
+    """Sigmoid maps of a dense-prediction network for one image, at the image's own size.
+
+    Normalises and rescales ``image`` as ``meta`` says (:func:`~.image.prepare_image`), runs
+    :func:`predict_flips` with ``meta``'s ``test_time_flips`` (default 1), ``tile_size`` (default
+    ``meta["tile_size"]`` or 512) and ``tile_overlap`` (default 64), and resizes the maps back.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Has ``size_divisor``; maps (1, C, h, w) to (1, out_channels, h, w) logits.
+    image : np.ndarray
+        (H, W) or (H, W, C), any real dtype.
+    meta : dict
+        Checkpoint metadata.
+    out_channels : int
+    device : str, optional
+        Requested device (see :func:`choose_device`).
+
+    Returns
+    -------
+    np.ndarray
+        float32 (out_channels, H, W) in [0, 1].
+    """
+    from .image import prepare_image, resize_to
+
+    prepared, shape = prepare_image(image, meta)
+    probs = yield from predict_flips(
+        model,
+        prepared,
+        flips=int(meta.get("test_time_flips", 1)),
+        out_channels=out_channels,
+        tile_size=tile_size or int(meta.get("tile_size", 512)),
+        overlap=int(meta.get("tile_overlap", 64)),
+        multiple=model.size_divisor,
+        device=choose_device(device),
+        cancel=cancel,
+    )
+    return np.stack([np.clip(resize_to(p, shape), 0.0, 1.0) for p in probs]).astype(np.float32, copy=False)
+

@@ -52,13 +52,6 @@ class TrainOptions:
     half: bool = True
 
 
-def validation_score(pred: np.ndarray, ref: np.ndarray) -> float:
-    """:func:`~.training.selection_score` of one prediction against its reference labels."""
-    from .metrics import object_dice, object_f1
-
-    return selection_score(object_f1(pred, ref)["f1"], object_dice(pred, ref))
-
-
 def evaluate_samples(
     loaded: LoadedModel, samples: list[Sample], params, *, device: str | None = None, cancel: CancelToken | None = None
 ) -> Generator[Progress, None, list[dict]]:
@@ -70,7 +63,7 @@ def evaluate_samples(
     for i, s in enumerate(samples):
         maps = yield from loaded.family.predict_maps(loaded.model, s.image, loaded.meta, device=device, cancel=cancel)
         pred = scorable(loaded.family.postprocess(maps, params))
-        rows.append({"name": s.name, **evaluate(pred, _reference(s))})
+        rows.append({"name": s.name, **evaluate(pred, s.reference)})
         yield Progress(i + 1, len(samples), f"evaluated {s.name}")
     return rows
 
@@ -146,7 +139,7 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
     out = save_checkpoint(options.out, model.state_dict(), meta, half=options.half)
     loaded = load_model(out)
     params = family.default_params(meta)
-    references = [_reference(s) for s in val_samples]
+    references = [s.reference for s in val_samples]
     if options.autotune and val_samples:
         from .autotune import autotune
 
@@ -163,11 +156,6 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
         meta["metrics"] = {"validation": summarise(rows, groups)}
     meta["training"]["wall_seconds"] = round(time.time() - started, 1)
     return save_checkpoint(options.out, loaded.model.state_dict(), meta, half=options.half)
-
-
-def _reference(sample: Sample):
-    """The exact ground truth of a sample: its overlapping mask stack where present, else its labels."""
-    return sample.masks if sample.masks is not None else sample.labels
 
 
 def _count_objects(sample: Sample) -> int:
@@ -190,4 +178,4 @@ def load_params(loaded: LoadedModel, params_file: str | None):
     return params_from_dict(type(base), values, base)
 
 
-__all__ = ["TrainOptions", "evaluate_samples", "load_params", "summarise", "train_job", "validation_score"]
+__all__ = ["TrainOptions", "evaluate_samples", "load_params", "summarise", "train_job"]

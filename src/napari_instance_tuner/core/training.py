@@ -77,6 +77,53 @@ def selection_score(f1: float, dice: float) -> float:
     return 0.5 * (f1 + dice)
 
 
+def make_validator(
+    family,
+    samples: list,
+    meta: dict,
+    params,
+    metrics: dict[str, Callable[[Any, Any], float]],
+    score: str | Callable[[dict], float],
+    device: str = "cpu",
+) -> Callable[[Any], dict]:
+    """A ``validate(model) -> dict`` for :func:`fit`: per-image metrics averaged over ``samples``.
+
+    Parameters
+    ----------
+    family : Family
+    samples : list[Sample]
+        Validation images; each is scored against :attr:`~.data.Sample.reference`.
+    meta : dict
+        Checkpoint metadata (normalisation, pixel scale) for ``predict_maps``.
+    params : dataclass
+        Post-processing parameters.
+    metrics : dict
+        Name -> ``metric(pred, reference) -> float``; ``pred`` as :func:`~.family.scorable` gives it.
+    score : str or callable
+        The metric name whose mean is ``"score"`` (higher is better), or ``score(means) -> float``.
+    device : str
+
+    Returns
+    -------
+    callable
+        ``validate(model)`` returning ``{"score": ..., **mean of every metric}``.
+    """
+    from .family import scorable
+    from .progress import run
+
+    def validate(model) -> dict:
+        values: dict[str, list[float]] = {name: [] for name in metrics}
+        for s in samples:
+            maps = run(family.predict_maps(model, s.image, meta, device=device))
+            pred = scorable(family.postprocess(maps, params))
+            for name, metric in metrics.items():
+                values[name].append(float(metric(pred, s.reference)))
+        means = {name: float(np.mean(v)) for name, v in values.items()}
+        return {"score": float(means[score] if isinstance(score, str) else score(means)), **means}
+
+    return validate
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) and ask for deterministic algorithms where cheap."""
     import torch

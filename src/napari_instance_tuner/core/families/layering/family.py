@@ -7,8 +7,7 @@ from collections.abc import Generator
 import numpy as np
 
 from ...family import Family, Instances, Maps
-from ...image import prepare_image, resize_to
-from ...inference import choose_device, predict_flips
+from ...inference import predict_image
 from ...progress import CancelToken, Progress
 from .postprocess import LayeringParams, postprocess
 
@@ -44,22 +43,11 @@ class LayeringFamily(Family):
             ``arrays``: ``"foreground"`` and ``"layer_1"`` ... ``"layer_N"``, float32 (H, W) in [0, 1] at the
             input image's size; ``extra["layers"]`` is the same layers as one (N, H, W) array.
         """
-        prepared, shape = prepare_image(image, meta)
         n_layers = int(model.config.n_layers)
-        probs = yield from predict_flips(
-            model,
-            prepared,
-            # Mirroring is off by default: a layer may encode orientation (the paper's figure 5), so
-            # averaging mirrored predictions can mix layers.
-            flips=int(meta.get("test_time_flips", 1)),
-            out_channels=1 + n_layers,
-            tile_size=tile_size or int(meta.get("tile_size", 512)),
-            overlap=int(meta.get("tile_overlap", 64)),
-            multiple=model.size_divisor,
-            device=choose_device(device),
-            cancel=cancel,
-        )
-        stack = np.stack([np.clip(resize_to(p, shape), 0.0, 1.0) for p in probs]).astype(np.float32, copy=False)
+        # Mirroring is off unless the checkpoint asks for it: a layer may encode orientation (the paper's
+        # figure 5), so averaging mirrored predictions can mix layers.
+        stack = yield from predict_image(model, image, meta, out_channels=1 + n_layers, device=device,
+                                         tile_size=tile_size, cancel=cancel)
         arrays = {"foreground": stack[0]}
         arrays.update({f"layer_{k + 1}": stack[k + 1] for k in range(n_layers)})
         return Maps(arrays=arrays, extra={"layers": stack[1:]})

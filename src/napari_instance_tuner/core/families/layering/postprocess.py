@@ -76,7 +76,7 @@ def postprocess(maps: Maps, params: LayeringParams) -> Instances:
         best = _argmax(maps, layers)
         # Lines 1-2. Every object of a layer lies inside one foreground component, so lines 3-11 run on
         # each component's bounding box only (the foreground is a small part of most images).
-        n, comp, stats, _ = cv2.connectedComponentsWithStats((fg > tau).view(np.uint8), connectivity=8,
+        _, comp, stats, _ = cv2.connectedComponentsWithStats((fg > tau).view(np.uint8), connectivity=8,
                                                              ltype=cv2.CV_32S)
         ks = np.arange(n_layers, dtype=np.uint8)[:, None, None]
         for c in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= max(min_size, 1)) + 1:

@@ -23,8 +23,8 @@ import numpy as np
 from ...augment import AugmentConfig, photometric, random_corner, random_scale, random_symmetry
 from ...data import Sample
 from ...image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
-from ...progress import CancelToken, Progress, run
-from ...training import TrainConfig, TrainResult, fit, seed_everything
+from ...progress import CancelToken, Progress
+from ...training import TrainConfig, TrainResult, fit, make_validator, seed_everything
 
 #: The paper's adjacency distance t, in pixels of the data.
 ADJACENCY_DISTANCE = 15.0
@@ -204,23 +204,6 @@ class BatchMaker:
         return x, LayeringTargets(torch.from_numpy(objects), torch.from_numpy(adj)), valid
 
 
-def make_validator(family, samples: list[Sample], meta: dict, params, device: str = "cpu"):
-    """A ``validate(model) -> dict`` with the mean AP (score) and AJI at native resolution."""
-    from ...metrics import aggregated_jaccard_index, average_precision
-
-    def validate(model) -> dict:
-        aps, ajis = [], []
-        for s in samples:
-            maps = run(family.predict_maps(model, s.image, meta, device=device))
-            pred = family.postprocess(maps, params).masks
-            ref = object_masks(s)
-            aps.append(average_precision(pred, ref)["mean_ap"])
-            ajis.append(aggregated_jaccard_index(pred, ref))
-        return {"score": float(np.mean(aps)), "mean_ap": float(np.mean(aps)), "aji": float(np.mean(ajis))}
-
-    return validate
-
-
 @dataclass(frozen=True)
 class PhaseEpochs:
     """Maximum epochs of the two phases (``TrainOptions.family_options`` keys ``phase1_epochs``, ``phase2_epochs``)."""
@@ -271,7 +254,11 @@ def train_layering(
                          augment=AugmentConfig(enabled=options.augment))
     validate = None
     if val_samples:
-        validate = make_validator(family, val_samples, meta, family.default_params(meta), options.device)
+        from ...metrics import aggregated_jaccard_index, average_precision
+
+        metrics = {"mean_ap": lambda p, r: average_precision(p, r)["mean_ap"], "aji": aggregated_jaccard_index}
+        validate = make_validator(family, val_samples, meta, family.default_params(meta), metrics, "mean_ap",
+                                  options.device)
     resume_path = Path(resume_path) if resume_path else None
     resume1 = resume2 = None
     if resume_path is not None:

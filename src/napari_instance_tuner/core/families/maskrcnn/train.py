@@ -28,8 +28,8 @@ import numpy as np
 from ...augment import AugmentConfig, photometric, random_scale, random_symmetry
 from ...data import Sample
 from ...image import resize_to
-from ...progress import CancelToken, Progress, run
-from ...training import TrainConfig, TrainResult, fit, seed_everything
+from ...progress import CancelToken, Progress
+from ...training import TrainConfig, TrainResult, fit, make_validator, seed_everything
 
 
 @dataclass(frozen=True)
@@ -231,23 +231,6 @@ def prepare_samples(samples: list[Sample], meta: dict, config) -> list[PreparedS
     return prepared
 
 
-def make_validator(family, samples: list[Sample], meta: dict, params, device: str = "cpu"):
-    """A ``validate(model) -> dict`` with the mean DSB score (``"score"``) of the validation images."""
-    from ...family import scorable
-    from ...metrics import dsb_score
-
-    def validate(model) -> dict:
-        scores = []
-        for s in samples:
-            maps = run(family.predict_maps(model, s.image, meta, device=device))
-            ref = s.masks if s.masks is not None else s.labels
-            scores.append(dsb_score(scorable(family.postprocess(maps, params)), ref))
-        score = float(np.mean(scores))
-        return {"score": score, "dsb_score": score}
-
-    return validate
-
-
 def _resumed_steps(resume_path, steps_per_epoch: int) -> int:
     """Optimiser steps already done according to a resume file of ``fit`` (0 without one)."""
     from pathlib import Path
@@ -311,7 +294,12 @@ def train_maskrcnn(
     biased = round(options.biased_fraction * total) if options.biased_training else 0
     done = _resumed_steps(resume_path, train_config.steps_per_epoch)
     loss_fn = DetectionLoss(model, options.mask_loss_alpha, biased, done)
-    validate = make_validator(family, val_samples, meta, family.default_params(meta), device) if val_samples else None
+    validate = None
+    if val_samples:
+        from ...metrics import dsb_score
+
+        validate = make_validator(family, val_samples, meta, family.default_params(meta), {"dsb_score": dsb_score},
+                                  "dsb_score", device)
     result = yield from fit(model, batches, loss_fn, validate, train_config, device=device, resume_path=resume_path,
                             cancel=cancel)
     return model, result

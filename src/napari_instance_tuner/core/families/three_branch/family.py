@@ -7,8 +7,7 @@ from collections.abc import Generator
 import numpy as np
 
 from ...family import Family, Instances, Maps
-from ...image import prepare_image, resize_to
-from ...inference import choose_device, predict_flips
+from ...inference import predict_image
 from ...progress import CancelToken, Progress
 from .postprocess import ThreeBranchParams, postprocess
 
@@ -45,20 +44,10 @@ class ThreeBranchFamily(Family):
         Maps
             float32 (H, W) maps named after the model's branches, at the input image's size.
         """
-        prepared, shape = prepare_image(image, meta)
         branches = list(model.config.branches)
-        probs = yield from predict_flips(
-            model,
-            prepared,
-            flips=int(meta.get("test_time_flips", 1)),
-            out_channels=len(branches),
-            tile_size=tile_size or int(meta.get("tile_size", 512)),
-            overlap=int(meta.get("tile_overlap", 64)),
-            multiple=model.size_divisor,
-            device=choose_device(device),
-            cancel=cancel,
-        )
-        arrays = {b: np.clip(resize_to(p, shape), 0.0, 1.0) for b, p in zip(branches, probs)}
+        probs = yield from predict_image(model, image, meta, out_channels=len(branches), device=device,
+                                         tile_size=tile_size, cancel=cancel)
+        arrays = dict(zip(branches, probs))
         return Maps(arrays=arrays)
 
     def architecture(self, options: dict, in_channels: int) -> dict:

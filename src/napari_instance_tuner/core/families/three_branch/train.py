@@ -10,8 +10,8 @@ import numpy as np
 from ...augment import AugmentConfig, photometric, random_corner, random_scale, random_symmetry
 from ...data import Sample
 from ...image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
-from ...progress import CancelToken, Progress, run
-from ...training import TrainConfig, TrainResult, fit, seed_everything, selection_score
+from ...progress import CancelToken, Progress
+from ...training import TrainConfig, TrainResult, fit, make_validator, seed_everything, selection_score
 from .targets import TargetConfig, make_targets
 
 
@@ -94,23 +94,6 @@ def prepare_samples(samples: list[Sample], in_channels: int, pixel_scale: float,
     return prepared
 
 
-def make_validator(family, samples: list[Sample], meta: dict, params, device: str = "cpu"):
-    """A ``validate(model) -> dict`` computing mean GlaS object F1 and Dice at native resolution."""
-    from ...metrics import object_dice, object_f1
-
-    def validate(model) -> dict:
-        f1s, dices = [], []
-        for s in samples:
-            maps = run(family.predict_maps(model, s.image, meta, device=device))
-            labels = family.postprocess(maps, params).labels
-            f1s.append(object_f1(labels, s.labels)["f1"])
-            dices.append(object_dice(labels, s.labels))
-        f1, dice = float(np.mean(f1s)), float(np.mean(dices))
-        return {"score": selection_score(f1, dice), "object_f1": f1, "object_dice": dice}
-
-    return validate
-
-
 def train_three_branch(
     train_samples: list[Sample],
     val_samples: list[Sample],
@@ -143,7 +126,13 @@ def train_three_branch(
     )
     from .loss import weighted_bce
 
-    validate = make_validator(family, val_samples, meta, family.default_params(meta), device) if val_samples else None
+    validate = None
+    if val_samples:
+        from ...metrics import object_dice, object_f1
+
+        metrics = {"object_f1": lambda p, r: object_f1(p, r)["f1"], "object_dice": object_dice}
+        validate = make_validator(family, val_samples, meta, family.default_params(meta), metrics,
+                                  lambda m: selection_score(m["object_f1"], m["object_dice"]), device)
     result = yield from fit(
         model, batches, weighted_bce, validate, train_config, device=device, resume_path=resume_path, cancel=cancel
     )
