@@ -50,6 +50,7 @@ def cmd_train(args) -> int:
     train = TrainConfig(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, patience=args.patience,
         validate_every=args.validate_every, seed=args.seed, max_minutes=args.max_minutes,
+        loader_workers=args.loader_workers,
     )
     arch = {"base_channels": args.base_channels, "depth": args.depth, "conv_type": args.conv_type, "norm": args.norm}
     family_options = {}
@@ -57,6 +58,10 @@ def cmd_train(args) -> int:
         arch = {"backbone": args.backbone, "base_channels": args.base_channels, "clahe": args.clahe}
         if args.anchor_sizes:
             arch["anchor_sizes"] = [int(v) for v in args.anchor_sizes.split(",")]
+        if args.aux_masks:
+            arch["aux_mask_sizes"] = [int(v) for v in args.aux_masks.split(",")]
+        if args.boundary_refinement:
+            arch["boundary_refinement"] = True
         family_options = {"biased_training": args.biased_training, "init_weights": args.init_weights,
                           "coco_pretrained": args.coco_pretrained}
     elif args.family == "layering":
@@ -301,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clahe", action="store_true", help="maskrcnn: CLAHE pre-processing (the nuclei paper)")
     t.add_argument("--biased-training", action="store_true",
                    help="maskrcnn: MaskPlus biased training (mask-loss weight 1.5 early, then 1)")
+    t.add_argument("--aux-masks", help="maskrcnn: MaskPlus quasi-multitask auxiliary mask sizes, e.g. 14,56")
+    t.add_argument("--boundary-refinement", action="store_true",
+                   help="maskrcnn: MaskPlus improved boundary refinement of the mask logits")
     t.add_argument("--init-weights", help="maskrcnn: start from a torchvision Mask R-CNN state_dict (.pth)")
     t.add_argument("--coco-pretrained", action="store_true",
                    help="maskrcnn (resnet50_fpn): start from torchvision's COCO weights (downloads; needs internet)")
@@ -320,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-minutes", type=float)
     t.add_argument("--threads", type=int)
+    t.add_argument("--loader-workers", type=int, default=0,
+                   help="processes that make training batches ahead of a GPU (0: in the training process)")
     t.add_argument("--workdir", default="checkpoints", help="folder for resume files (git-ignored)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--no-augment", action="store_true")

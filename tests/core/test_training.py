@@ -61,10 +61,11 @@ def test_augmentations_keep_image_and_targets_aligned():
     assert np.array_equal(photometric(rng, image, AugmentConfig(enabled=False)), image)
 
 
-def _train(tmp_path, epochs, resume=None, cancel=None):
+def _train(tmp_path, epochs, resume=None, cancel=None, workers=0):
     torch.manual_seed(3)
     model = get_family("three-branch").build_model(TINY_ARCH)
-    config = TrainConfig(epochs=epochs, steps_per_epoch=2, seed=3, checkpoint_every_s=0, patience=100)
+    config = TrainConfig(epochs=epochs, steps_per_epoch=2, seed=3, checkpoint_every_s=0, patience=100,
+                         loader_workers=workers)
     validate = lambda m: {"score": -float(sum(p.detach().abs().sum() for p in m.parameters()))}
     result = run(fit(model, batch_maker(), weighted_bce, validate, config, resume_path=resume, cancel=cancel))
     return model, result
@@ -93,3 +94,17 @@ def test_cancel_returns_best_weights_so_far(tmp_path):
     token.cancel()
     model, result = _train(tmp_path, 5, cancel=token)
     assert result.stopped == "cancelled" and result.history == []
+
+
+def test_loader_workers_make_the_same_batches_whatever_their_number(tmp_path):
+    _, one = _train(tmp_path, 3, workers=1)
+    m2, two = _train(tmp_path, 3, workers=2)
+    _, serial = _train(tmp_path, 3)
+    losses = [h["loss"] for h in two.history]
+    assert losses == [h["loss"] for h in one.history]
+    assert losses != [h["loss"] for h in serial.history]  # workers seed each batch by its index instead
+    resume = tmp_path / "workers.resume.pt"
+    _train(tmp_path, 2, resume=resume, workers=2)
+    m3, resumed = _train(tmp_path, 3, resume=resume, workers=2)
+    assert np.allclose([h["loss"] for h in resumed.history], losses, rtol=1e-5)
+    assert all(torch.allclose(a.float(), b.float(), atol=1e-5) for a, b in zip(m2.state_dict().values(), m3.state_dict().values()))

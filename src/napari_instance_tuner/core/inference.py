@@ -121,7 +121,7 @@ def predict_tiled(
     acc = np.zeros((out_channels,) + padded.shape[:2], np.float32)
     weight = np.zeros(padded.shape[:2], np.float32)
     model = model.to(device).eval()
-    memory_format = torch.channels_last if device == "cpu" else torch.contiguous_format
+    memory_format = torch.channels_last  # fast for separable convolutions on CPUs and for float16 on GPUs
     model = model.to(memory_format=memory_format)
     for i, (y, x) in enumerate(corners):
         if cancel is not None:

@@ -43,6 +43,11 @@ class TrainConfig:
         Stop (keeping the best weights) after this wall time.
     freeze_batchnorm : bool
         Keep batch-norm statistics fixed (fine-tuning on a few small crops would corrupt them).
+    loader_workers : int
+        0: batches are made in this process from one running random generator. N > 0: N
+        ``torch.utils.data.DataLoader`` worker processes make them ahead of the GPU, batch ``i`` from a
+        generator seeded by ``(seed, i)``, so the batches do not depend on N (a GPU waits on one
+        CPU core otherwise).
     """
 
     epochs: int = 150
@@ -54,6 +59,7 @@ class TrainConfig:
     checkpoint_every_s: float = 180.0
     max_minutes: float | None = None
     freeze_batchnorm: bool = False
+    loader_workers: int = 0
 
     def to_dict(self) -> dict:
         """JSON-able dict."""
@@ -132,6 +138,47 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False  # autotuned kernels would make GPU runs differ
 
 
+class _IndexedBatches:
+    """Map-style dataset: item ``i`` is ``next_batch(default_rng((seed, i)))`` (one whole batch)."""
+
+    def __init__(self, next_batch: Callable, seed: int) -> None:
+        self.next_batch = next_batch
+        self.seed = seed
+
+    def __getitem__(self, index: int):
+        return self.next_batch(np.random.default_rng((self.seed, int(index))))
+
+
+def _as_made(batch):
+    """The batch exactly as ``next_batch`` made it (DataLoader would otherwise convert numpy arrays)."""
+    return batch
+
+
+def _batch_stream(next_batch: Callable, rng: np.random.Generator, config: TrainConfig, first_step: int):
+    """Batches for steps ``first_step, first_step + 1, ...``: from ``rng`` or from DataLoader workers."""
+    if config.loader_workers <= 0:
+        while True:
+            yield next_batch(rng)
+    from torch.utils.data import DataLoader
+
+    total = config.epochs * config.steps_per_epoch
+    loader = DataLoader(
+        _IndexedBatches(next_batch, config.seed), batch_size=None, sampler=range(first_step, total),
+        num_workers=config.loader_workers, prefetch_factor=4, collate_fn=_as_made,
+    )
+    import cv2
+
+    # OpenCV's thread pool does not survive fork (a worker's first cv2 call would wait forever on it):
+    # the workers are forked while this process's pool is single-threaded, and it is restored after.
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        iterator = iter(loader)
+    finally:
+        cv2.setNumThreads(previous)
+    yield from iterator
+
+
 def fit(
     model,
     next_batch: Callable[[np.random.Generator], tuple[Any, Any, Any]],
@@ -195,6 +242,7 @@ def fit(
     last_save = time.monotonic()
     total_steps = config.epochs * config.steps_per_epoch
     stopped = "max epochs"
+    batches = _batch_stream(next_batch, rng, config, state["epoch"] * config.steps_per_epoch)
     while state["epoch"] < config.epochs:
         model.train()
         if config.freeze_batchnorm:
@@ -206,7 +254,7 @@ def fit(
             if cancel is not None and cancel.cancelled:
                 stopped = "cancelled"
                 break
-            x, y, valid = next_batch(rng)
+            x, y, valid = next(batches)
             x = x.to(device).contiguous(memory_format=memory_format)
             logits = model(x)
             loss, parts = loss_fn(logits, y.to(device), valid.to(device))
@@ -244,6 +292,7 @@ def fit(
         if config.max_minutes is not None and state["elapsed"] > 60 * config.max_minutes:
             stopped = "time limit"
             break
+    batches.close()  # stops DataLoader workers
     state["elapsed"] = time.monotonic() - start
     save_resume()
     model.load_state_dict(best_state)

@@ -90,6 +90,11 @@ class MaskRCNNConfig:
     clahe : bool
         Contrast-limited adaptive histogram equalisation of the normalised image before the network
         (DSB report, section 2.4); a pre-processing step, stored here so that training and inference agree.
+    aux_mask_sizes : tuple of int
+        MaskPlus quasi-multitask learning: auxiliary mask sizes trained beside the 28 x 28 output, a
+        subset of (14, 56); empty turns it off (see :mod:`.maskplus`).
+    boundary_refinement : bool
+        MaskPlus improved boundary refinement of the mask logits (see :mod:`.maskplus`).
     """
 
     backbone: str = "tiny_fpn"
@@ -116,6 +121,8 @@ class MaskRCNNConfig:
     min_size: int = 0
     max_size: int = 1333
     clahe: bool = False
+    aux_mask_sizes: tuple[int, ...] = ()
+    boundary_refinement: bool = False
 
     @classmethod
     def from_dict(cls, values: dict) -> MaskRCNNConfig:
@@ -125,7 +132,7 @@ class MaskRCNNConfig:
             valid = sorted(cls.__dataclass_fields__)
             raise ValueError(f"unknown maskrcnn architecture keys {sorted(unknown)}; valid: {valid}")
         values = dict(values)
-        for key in ("anchor_sizes", "aspect_ratios"):
+        for key in ("anchor_sizes", "aspect_ratios", "aux_mask_sizes"):
             if key in values:
                 values[key] = tuple(values[key])
         cfg = cls(**values)
@@ -138,6 +145,7 @@ class MaskRCNNConfig:
             mask_head_channels=cfg.mask_head_channels or (256 if resnet else 64),
             anchor_sizes=tuple(int(s) for s in cfg.anchor_sizes),
             aspect_ratios=tuple(float(a) for a in cfg.aspect_ratios),
+            aux_mask_sizes=tuple(sorted({int(s) for s in cfg.aux_mask_sizes})),
         )
         checks = [
             (cfg.num_classes >= 2, "num_classes must be at least 2 (background + one class)"),
@@ -154,6 +162,7 @@ class MaskRCNNConfig:
                  cfg.box_batch_size_per_image) >= 1, "proposal, detection and sampling counts must be positive"),
             (1 <= cfg.mask_head_layers <= 8, "mask_head_layers must be 1..8"),
             (cfg.min_size >= 0 and cfg.max_size >= max(cfg.min_size, 1), "need 0 <= min_size <= max_size"),
+            (set(cfg.aux_mask_sizes) <= {14, 56}, "aux_mask_sizes must be a subset of (14, 56)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -165,6 +174,7 @@ class MaskRCNNConfig:
         d = asdict(self)
         d["anchor_sizes"] = list(self.anchor_sizes)
         d["aspect_ratios"] = list(self.aspect_ratios)
+        d["aux_mask_sizes"] = list(self.aux_mask_sizes)
         return d
 
 
@@ -267,6 +277,15 @@ class InstanceMaskRCNN(MaskRCNN):
             mask_head=MaskRCNNHeads(ch, (mask_ch,) * config.mask_head_layers, 1),
             mask_predictor=MaskRCNNPredictor(mask_ch, mask_ch, config.num_classes),
         )
+        if config.boundary_refinement:  # the predictor's last child: torchvision's keys stay as they are
+            from .maskplus import DenseBoundaryRefinement
+
+            self.roi_heads.mask_predictor.add_module("refine", DenseBoundaryRefinement(config.num_classes))
+        if config.aux_mask_sizes:
+            from .maskplus import AuxiliaryMaskHead, QuasiMultitaskRoIHeads
+
+            aux = AuxiliaryMaskHead(ch, mask_ch, config.num_classes, config.aux_mask_sizes)
+            self.roi_heads = QuasiMultitaskRoIHeads.from_heads(self.roi_heads, aux)
         if config.min_size == 0:
             t = self.transform
             self.transform = _NoResizeTransform(1, config.max_size, t.image_mean, t.image_std)

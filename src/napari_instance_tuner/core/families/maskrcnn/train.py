@@ -13,9 +13,10 @@ Deliberate differences from the papers:
 - the optimiser is the loop's Adam (MaskPlus and torchvision's reference recipe use SGD, lr 0.02,
   momentum 0.9), which trains small models from scratch with less tuning;
 - MaskPlus *biased training* is an option: the mask loss is weighted by alpha (1.5) for the first
-  ``biased_fraction`` of the steps, then by 1;
-- MaskPlus's quasi-multitask auxiliary masks (14 x 14 and 56 x 56 targets), contextual fusion,
-  deconvolutional pyramid and boundary-refinement head are **not implemented**.
+  ``biased_fraction`` of the steps, then by 1 (the paper does not say when it switches);
+- MaskPlus's quasi-multitask auxiliary masks (14 x 14 and 56 x 56) and its improved boundary refinement
+  are architecture options (:mod:`.maskplus`); their losses are summed with weight 1 and are not
+  weighted by alpha. Contextual fusion and the deconvolutional pyramid module are not implemented.
 """
 
 from __future__ import annotations

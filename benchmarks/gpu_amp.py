@@ -1,0 +1,116 @@
+"""GPU inference: float16 autocast (``--amp``) against float32, labels and throughput, for the shipped models.
+
+For each shipped model, real images of its domain are segmented twice on the GPU through the streaming path
+(:func:`~napari_instance_tuner.core.streaming.stream_segment`, channels_last, tiles of ``--tile`` px): in
+float32 and under ``torch.autocast(float16)``. The two label images are compared by object F1 (the AMP
+labels scored against the float32 ones; the goal is >= 0.99). Throughput (megapixels per second, the
+network, the post-processing and the stitching included, after one warm-up image) is measured on a
+synthetic H&E-like RGB image of ``--size`` px with the three-branch model, in both precisions.
+
+    python benchmarks/gpu_amp.py --glas DATA/glas/testA --bbbc DATA/bbbc010/train --dsb DATA/dsb2018/train
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _images(folder: str | None, limit: int) -> list[np.ndarray]:
+    if not folder:
+        return []
+    from napari_instance_tuner.core.data import read_image
+
+    paths = sorted(p for p in (Path(folder) / "images").iterdir() if p.is_file())[:limit]
+    return [read_image(p) for p in paths]
+
+
+def segment(loaded, image, params, device: str, amp: bool, tile: int) -> np.ndarray:
+    from napari_instance_tuner.core.progress import run
+    from napari_instance_tuner.core.streaming import StreamSettings, stream_segment
+
+    settings = StreamSettings(tile=tile, halo=min(256, tile // 4), amp=amp)
+    return np.asarray(run(stream_segment(loaded, image, params, settings=settings, device=device)).labels)
+
+
+def compare(name: str, images: list[np.ndarray], device: str, tile: int) -> dict:
+    """Object F1 of AMP labels against float32 labels, image by image."""
+    from napari_instance_tuner.core.checkpoint import load_model
+    from napari_instance_tuner.core.metrics import object_f1
+
+    loaded = load_model(name)
+    params = loaded.family.default_params(loaded.meta)
+    f1s, counts = [], []
+    for image in images:
+        full = segment(loaded, image, params, device, False, tile)
+        half = segment(loaded, image, params, device, True, tile)
+        f1s.append(1.0 if full.max() == 0 and half.max() == 0 else object_f1(half, full)["f1"])
+        counts.append(int(len(np.unique(full)) - 1))
+    return {"model": name, "images": len(images), "objects": int(sum(counts)),
+            "f1_min": float(min(f1s)), "f1_mean": float(np.mean(f1s))}
+
+
+def throughput(size: int, device: str, amp: bool, tile: int, repeats: int) -> float:
+    """Megapixels per second of the three-branch model on a synthetic (size, size, 3) image."""
+    import torch
+    from scale import synthetic_tile
+
+    from napari_instance_tuner.core.checkpoint import load_model
+
+    loaded = load_model("three-branch-glas")
+    params = loaded.family.default_params(loaded.meta)
+    image = np.zeros((size, size, 3), np.uint8)
+    for y in range(0, size, 512):
+        for x in range(0, size, 512):
+            image[y : y + 512, x : x + 512] = synthetic_tile(y, x, 512)
+    segment(loaded, image[:tile, :tile], params, device, amp, tile)  # warm-up (cuDNN, allocator)
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        segment(loaded, image, params, device, amp, tile)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return size * size / 1e6 / float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--glas", help="GlaS split folder (images/)")
+    parser.add_argument("--bbbc", help="BBBC010 split folder (images/)")
+    parser.add_argument("--dsb", help="DSB2018 split folder (images/)")
+    parser.add_argument("--limit", type=int, default=10, help="images per dataset")
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--tile", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import torch
+
+    device = args.device
+    print(f"device {device}: {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}, "
+          f"torch {torch.__version__}")
+    rows = []
+    for name, folder in (("three-branch-glas", args.glas), ("layering-bbbc010", args.bbbc),
+                         ("maskrcnn-dsb2018", args.dsb)):
+        images = _images(folder, args.limit)
+        if images:
+            rows.append(compare(name, images, device, args.tile))
+            print(json.dumps(rows[-1]), flush=True)
+    for amp in (False, True):
+        mps = throughput(args.size, device, amp, args.tile, args.repeats)
+        print(json.dumps({"size": args.size, "amp": amp, "tile": args.tile, "MP_per_s": round(mps, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
