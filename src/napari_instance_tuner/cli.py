@@ -67,7 +67,9 @@ def cmd_train(args) -> int:
     elif args.family == "layering":
         arch.update(n_layers=args.layers, head_channels=args.head_channels)
         family_options = {k: v for k, v in (("phase1_epochs", args.phase1_epochs),
-                                             ("phase2_epochs", args.phase2_epochs)) if v is not None}
+                                             ("phase2_epochs", args.phase2_epochs),
+                                             ("paste_probability", args.paste_crossings),
+                                             ("init_weights", args.init_weights)) if v is not None}
     if args.branches:
         arch["branches"] = args.branches.split(",")
     if args.arch_json:  # any other architecture key of the family's config, e.g. '{"mask_head_channels": 64}'
@@ -309,7 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--aux-masks", help="maskrcnn: MaskPlus quasi-multitask auxiliary mask sizes, e.g. 14,56")
     t.add_argument("--boundary-refinement", action="store_true",
                    help="maskrcnn: MaskPlus improved boundary refinement of the mask logits")
-    t.add_argument("--init-weights", help="maskrcnn: start from a torchvision Mask R-CNN state_dict (.pth)")
+    t.add_argument("--init-weights", help="maskrcnn: start from a torchvision Mask R-CNN state_dict (.pth); "
+                   "layering: from one of our checkpoints of the same architecture")
+    t.add_argument("--paste-crossings", type=float,
+                   help="layering: probability of pasting an object across another in a training crop")
     t.add_argument("--coco-pretrained", action="store_true",
                    help="maskrcnn (resnet50_fpn): start from torchvision's COCO weights (downloads; needs internet)")
     t.add_argument("--arch-json", help="JSON object of further architecture keys (see the family's config class)")

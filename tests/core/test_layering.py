@@ -234,3 +234,44 @@ def test_algorithm_1_per_component_equals_the_literal_whole_image_version(seed, 
         inst = postprocess(maps, LayeringParams(tau, s_min, overlaps))
         expected = _algorithm_1_reference(fg, layers, tau, s_min, overlaps)
         assert {m.tobytes() for m in inst.masks} == expected and inst.count == len(expected)
+
+
+def test_pasted_object_crosses_an_object_of_the_crop_and_adds_its_contrast_only_inside_its_mask():
+    from napari_instance_tuner.core.families.layering.train import paste_crossing
+
+    image = np.full((1, 40, 40), 0.8, np.float32)
+    masks = np.zeros((1, 40, 40), bool)
+    masks[0, 18:22, 5:35] = True  # a horizontal bar
+    image[0][masks[0]] = 0.3
+    donor_image = np.full((1, 30, 30), 0.9, np.float32)
+    donor_masks = np.zeros((2, 30, 30), bool)
+    donor_masks[0, 5:25, 13:16] = True  # a vertical bar, 0.4 darker than its surroundings
+    donor_masks[1, 0:3, 0:3] = True
+    donor_image[0][donor_masks[0]] = 0.5
+    for seed in range(6):
+        out, out_masks, out_adj = paste_crossing(np.random.default_rng(seed), image, masks, np.zeros((1, 1), bool),
+                                                 donor_image, donor_masks, 0, distance=3.0)
+        new = out_masks[-1]
+        assert out_masks.shape == (2, 40, 40) and (new & masks[0]).any()  # it crosses the bar
+        assert new.sum() <= donor_masks[0].sum() and np.array_equal(out_masks[0], masks[0])
+        assert np.allclose(out[0][new], image[0][new] - 0.4) and np.array_equal(out[0][~new], image[0][~new])
+        assert out_adj[0, 1] and out_adj[1, 0] and not out_adj[1, 1]
+    # Pasted objects go only where the crop has image.
+    valid = np.zeros((40, 40), bool)
+    _, none_masks, _ = paste_crossing(np.random.default_rng(0), image, np.zeros((0, 40, 40), bool),
+                                      np.zeros((0, 0), bool), donor_image, donor_masks, 0, 3.0, valid=valid)
+    assert none_masks.shape[0] == 0
+
+
+def test_batches_with_pasting_have_more_overlaps():
+    from napari_instance_tuner.core.data import Sample
+    from napari_instance_tuner.core.synthetic import synthetic_worms
+
+    image, labels, masks = synthetic_worms((96, 96), seed=3)
+    prepared = prepare_samples([Sample("w", image, labels, masks)], 1, 1.0)
+
+    def overlapping_pixels(p):
+        _, targets, _ = BatchMaker(prepared, crop=64, batch_size=8, p_paste=p)(np.random.default_rng(1))
+        return int((targets.objects.sum(1) > 1).sum())
+
+    assert overlapping_pixels(1.0) > overlapping_pixels(0.0) + 50

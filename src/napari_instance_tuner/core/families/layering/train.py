@@ -136,6 +136,98 @@ def _resize(a: np.ndarray, size: int, nearest: bool) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def paste_crossing(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    masks: np.ndarray,
+    adj: np.ndarray,
+    donor_image: np.ndarray,
+    donor_masks: np.ndarray,
+    index: int,
+    distance: float,
+    valid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paste object ``index`` of a donor image so that it crosses an object of ``image`` (copy-paste augmentation).
+
+    The donor object's contrast to its own surroundings (its pixels minus the median of a 6 px ring outside
+    it, away from other objects) is added to ``image`` inside its mask, after a random 90-degree rotation and
+    flip, placed so that a random pixel of it lands on a random pixel of a random object of the crop (or
+    anywhere in ``valid`` when the crop has none). Both masks are kept whole: where the objects cross, both
+    are ground truth, as in the dataset's overlap annotations. Not in the layering paper, which trains on
+    the dataset's own overlaps; added because those are rare (documented in the model card).
+
+    Parameters
+    ----------
+    rng : np.random.Generator
+    image : np.ndarray
+        float32 (C, c, c).
+    masks : np.ndarray
+        bool (k, c, c) objects of the crop.
+    adj : np.ndarray
+        bool (k, k) their adjacency.
+    donor_image : np.ndarray
+        float32 (C, H, W), same normalisation.
+    donor_masks : np.ndarray
+        bool (K, H, W).
+    index : int
+        The donor object.
+    distance : float
+        Adjacency threshold t in crop pixels.
+    valid : np.ndarray, optional
+        bool (c, c): where the crop has image (objects are not pasted onto padding).
+
+    Returns
+    -------
+    image, masks, adj
+        float32 (C, c, c); bool (k + 1, c, c); bool (k + 1, k + 1) -- unchanged inputs when the pasted
+        object would not land inside the crop.
+    """
+    from scipy import ndimage as ndi
+
+    mask = donor_masks[index]
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return image, masks, adj
+    margin = 7
+    y0, y1 = max(0, rows[0] - margin), min(mask.shape[0], rows[-1] + margin + 1)
+    x0, x1 = max(0, cols[0] - margin), min(mask.shape[1], cols[-1] + margin + 1)
+    obj = mask[y0:y1, x0:x1]
+    ring = ndi.binary_dilation(obj, iterations=6) & ~donor_masks[:, y0:y1, x0:x1].any(0)
+    patch = donor_image[:, y0:y1, x0:x1]
+    surround = np.median(patch[:, ring], axis=1) if ring.any() else np.median(patch.reshape(len(patch), -1), axis=1)
+    delta = (patch - surround[:, None, None].astype(np.float32)) * obj
+    turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+    obj, delta = np.rot90(obj, turns), np.rot90(delta, turns, axes=(1, 2))
+    if flip:
+        obj, delta = obj[:, ::-1], delta[:, :, ::-1]
+    size = image.shape[1:]
+    target = masks.any(0) if masks.shape[0] else (valid if valid is not None else np.ones(size, bool))
+    ty, tx = np.nonzero(target)
+    if ty.size == 0:
+        return image, masks, adj
+    pick = int(rng.integers(ty.size))
+    oy, ox = np.nonzero(obj)
+    own = int(rng.integers(oy.size))
+    dy, dx = ty[pick] - oy[own], tx[pick] - ox[own]  # patch origin in the crop
+    sy0, sx0 = max(0, -dy), max(0, -dx)
+    sy1, sx1 = min(obj.shape[0], size[0] - dy), min(obj.shape[1], size[1] - dx)
+    new = np.zeros(size, bool)
+    new[sy0 + dy : sy1 + dy, sx0 + dx : sx1 + dx] = obj[sy0:sy1, sx0:sx1]
+    if valid is not None:
+        new &= valid
+    if not new.any():
+        return image, masks, adj
+    image = image.copy()
+    image[:, sy0 + dy : sy1 + dy, sx0 + dx : sx1 + dx] += delta[:, sy0:sy1, sx0:sx1] * new[sy0 + dy : sy1 + dy,
+                                                                                          sx0 + dx : sx1 + dx]
+    masks = np.concatenate([masks, new[None]])
+    k = masks.shape[0]
+    grown = np.zeros((k, k), bool)
+    grown[: k - 1, : k - 1] = adj
+    grown[-1] = grown[:, -1] = adjacency(masks, distance)[-1]
+    return image, masks, grown
+
+
 @dataclass
 class BatchMaker:
     """Random augmented crops with their object masks and adjacency (a ``next_batch`` for ``fit``).
@@ -149,6 +241,11 @@ class BatchMaker:
     augment : AugmentConfig
     p_gamma : float
         Probability of a random gamma correction, gamma in (0.5, 2) (the paper's augmentation).
+    p_paste : float
+        Probability of pasting one more object (see :func:`paste_crossing`) so that it crosses an object of
+        the crop: BBBC010 has few overlapping worms, so overlaps are rare in training otherwise.
+    adjacency_distance : float
+        The adjacency threshold t at network scale (for pasted objects).
     """
 
     samples: list[PreparedSample]
@@ -156,6 +253,8 @@ class BatchMaker:
     batch_size: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     p_gamma: float = 0.5
+    p_paste: float = 0.0
+    adjacency_distance: float = ADJACENCY_DISTANCE
 
     def one(self, rng: np.random.Generator, index: int):
         """One crop: image float32 (C, c, c), masks bool (k, c, c), adjacency bool (k, k), valid float32 (1, c, c)."""
@@ -177,13 +276,21 @@ class BatchMaker:
         crop_image = _resize(image[(slice(None), *window)], c, nearest=False)
         crop_valid = _resize(valid[window][None], c, nearest=True)
         crop_image, crop_masks, crop_valid = random_symmetry(rng, crop_image, crop_masks, crop_valid)
+        present = crop_masks.any(axis=(1, 2))
+        keep, crop_masks = keep[present], crop_masks[present]
+        adj = s.adjacency[np.ix_(keep, keep)]
+        if self.p_paste > 0 and rng.random() < self.p_paste:
+            donor = self.samples[int(rng.integers(len(self.samples)))]
+            if donor.masks.shape[0]:
+                obj = int(rng.integers(donor.masks.shape[0]))
+                crop_image, crop_masks, adj = paste_crossing(
+                    rng, crop_image, crop_masks, adj, donor.image, donor.masks, obj,
+                    self.adjacency_distance * c / src, valid=crop_valid[0] > 0,
+                )
         crop_image = photometric(rng, crop_image, self.augment)
         if self.augment.enabled and rng.random() < self.p_gamma:
             crop_image = np.clip(crop_image, 0, None) ** np.float32(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
-        present = crop_masks.any(axis=(1, 2))
-        keep, crop_masks = keep[present], crop_masks[present]
-        return (crop_image.astype(np.float32), crop_masks, s.adjacency[np.ix_(keep, keep)],
-                crop_valid.astype(np.float32))
+        return crop_image.astype(np.float32), crop_masks, adj, crop_valid.astype(np.float32)
 
     def __call__(self, rng: np.random.Generator):
         """x float32 (B, C, c, c), :class:`~.loss.LayeringTargets`, valid float32 (B, 1, c, c) as tensors."""
@@ -225,7 +332,9 @@ def train_layering(
 
     ``options`` is a :class:`~...jobs.TrainOptions`; ``options.family_options`` may set
     ``phase1_epochs`` and ``phase2_epochs`` (default: ``options.train.epochs`` split 2:1 as the paper's
-    1000:500) and ``sparse_weight`` (lambda, default 0.1); ``options.train.max_minutes`` is shared
+    1000:500), ``sparse_weight`` (lambda, default 0.1), ``paste_probability`` (copy-paste crossings, see
+    :func:`paste_crossing`; default 0) and ``init_weights`` (a checkpoint of the same architecture to start
+    from, e.g. to continue a run on another machine); ``options.train.max_minutes`` is shared
     between the phases in the same proportion. Each phase has its own resume file; a
     finished phase 1 is not repeated when phase 2 resumes. The history records carry ``"phase"``.
     """
@@ -238,6 +347,8 @@ def train_layering(
     phase1 = int(extra.get("phase1_epochs", max(1, round(config.epochs * 2 / 3))))
     phase2 = int(extra.get("phase2_epochs", max(0, config.epochs - phase1)))
     sparse_weight = float(extra.get("sparse_weight", 0.1))
+    paste = float(extra.get("paste_probability", 0.0))
+    init = extra.get("init_weights")
     # A wall-time limit is shared between the phases in proportion to their epochs.
     minutes1 = minutes2 = None
     if config.max_minutes is not None:
@@ -246,12 +357,19 @@ def train_layering(
     meta["training"]["layering"] = {
         "phase1_epochs": phase1, "phase2_epochs": phase2, "sparse_weight": sparse_weight,
         "adjacency_distance_px": ADJACENCY_DISTANCE, "optimiser_note": "Adam (paper: RMSprop 1e-4)",
+        "paste_probability": paste, "init_weights": str(init) if init else None,
     }
     seed_everything(config.seed)
     model = family.build_model(meta["architecture"])
+    if init:
+        from ...checkpoint import read_checkpoint
+
+        state, _ = read_checkpoint(init)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     prepared = prepare_samples(train_samples, meta["in_channels"], meta["pixel_scale"], meta.get("normalisation"))
     batches = BatchMaker(prepared, crop=options.crop, batch_size=options.batch_size,
-                         augment=AugmentConfig(enabled=options.augment))
+                         augment=AugmentConfig(enabled=options.augment), p_paste=paste,
+                         adjacency_distance=ADJACENCY_DISTANCE * meta["pixel_scale"])
     validate = None
     if val_samples:
         from ...metrics import aggregated_jaccard_index, average_precision
