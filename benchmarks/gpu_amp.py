@@ -8,6 +8,7 @@ network, the post-processing and the stitching included, after one warm-up image
 synthetic H&E-like RGB image of ``--size`` px with the three-branch model, in both precisions.
 
     python benchmarks/gpu_amp.py --glas DATA/glas/testA --bbbc DATA/bbbc010/train --dsb DATA/dsb2018/train
+    python benchmarks/gpu_amp.py --network-only     # the network alone on a 2048 x 2048 tile
 """
 
 from __future__ import annotations
@@ -83,6 +84,30 @@ def throughput(size: int, device: str, amp: bool, tile: int, repeats: int) -> fl
     return size * size / 1e6 / float(np.median(times))
 
 
+def network_throughput(device: str, amp: bool, tile: int, repeats: int = 10) -> float:
+    """Megapixels per second of the three-branch network alone (one (1, 3, tile, tile) batch, channels_last)."""
+    import contextlib
+
+    import torch
+
+    from napari_instance_tuner.core.checkpoint import load_model
+
+    model = load_model("three-branch-glas").model.to(device).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, tile, tile, device=device).contiguous(memory_format=torch.channels_last)
+    cuda = device.startswith("cuda")
+    context = torch.autocast("cuda", dtype=torch.float16) if amp and cuda else contextlib.nullcontext()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    with torch.inference_mode(), context:
+        for _ in range(3):
+            model(x)
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(x)
+        sync()
+    return repeats * tile * tile / 1e6 / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -93,6 +118,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--tile", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--network-only", action="store_true", help="only the network's MP/s (float32, AMP)")
     args = parser.parse_args()
 
     import torch
@@ -100,6 +126,11 @@ def main() -> None:
     device = args.device
     print(f"device {device}: {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}, "
           f"torch {torch.__version__}")
+    if args.network_only:
+        for amp in (False, True):
+            mps = network_throughput(device, amp, args.tile)
+            print(json.dumps({"network_only": True, "amp": amp, "tile": args.tile, "MP_per_s": round(mps, 1)}))
+        return
     rows = []
     for name, folder in (("three-branch-glas", args.glas), ("layering-bbbc010", args.bbbc),
                          ("maskrcnn-dsb2018", args.dsb)):

@@ -91,3 +91,20 @@ def test_workers_load_the_model_once(batch_folder, tmp_path):
         loads = ex.client.run(model_loads)
     assert [r.status for r in reports] == ["done"] * 3
     assert sorted(loads.values()) in ([0, 1], [1, 1])  # 11 tasks, at most one load per worker
+
+
+def test_predict_with_a_recipe_streams_with_its_tiles_and_halo(batch_folder, tmp_path, capsys):
+    loaded, folder, params = batch_folder
+    first = tmp_path / "first"
+    assert _predict(loaded, folder, params, first, "--workers", "0") == 0
+    recipe = json.loads((first / "recipe.json").read_text())
+    assert recipe["streaming"]["tile"] == 64 and recipe["streaming"]["halo"] == 16
+    again = tmp_path / "again"  # no --tile / --halo: the recipe's are used, so the labels are the same
+    assert main(["predict", "--recipe", str(first / "recipe.json"), "--out", str(again), "--quiet", "--workers", "0",
+                 str(folder / "more" / "big.tif")]) == 0
+    assert json.loads((again / "recipe.json").read_text())["streaming"] == recipe["streaming"]
+    assert json.loads((again / "big.tuner.json").read_text())["tiles"] == 9
+    import zarr
+
+    assert np.array_equal(zarr.open_array(str(again / "big.zarr"), mode="r")[:],
+                          zarr.open_array(str(first / "big.zarr"), mode="r")[:])

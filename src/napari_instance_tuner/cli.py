@@ -106,6 +106,7 @@ def cmd_predict(args) -> int:
 
     device = args.device
     network_tile = args.network_tile
+    streamed: dict = {}
     if args.recipe:  # the recipe's weights (SHA-256 checked; --model names them if moved) and parameters
         from .core.recipe import load_recipe
 
@@ -115,6 +116,7 @@ def cmd_predict(args) -> int:
         loaded = recipe_model(recipe, args.model)
         params = recipe_params(recipe, loaded)
         network_tile = network_tile or (recipe.get("tiling") or {}).get("tile_size")
+        streamed = recipe.get("streaming") or {}  # the tiles and halo the recipe's labels were streamed with
         if device is None:  # the recorded device where this machine has it
             try:
                 device = choose_device(recipe.get("device") or "cpu")
@@ -127,8 +129,10 @@ def cmd_predict(args) -> int:
     else:
         raise InstanceTunerError("predict needs --model or --recipe")
     inputs = expand_inputs(args.inputs)
-    settings = StreamSettings(tile=args.tile if args.tile > 0 else 1 << 30, halo=args.halo,
-                              network_tile=network_tile, amp=args.amp)
+    tile = args.tile if args.tile is not None else int(streamed.get("tile", 2048))
+    halo = args.halo if args.halo is not None else int(streamed.get("halo", 256))
+    settings = StreamSettings(tile=tile if tile > 0 else 1 << 30, halo=halo, network_tile=network_tile,
+                              amp=args.amp or bool(streamed.get("amp", False)))
     recipe = {k: v for k, v in recipe.items() if not k.startswith("_")}
     recipe["image"] = {"name": "<batch>", "shape": []}
     recipe["streaming"] = settings.to_dict()
@@ -349,10 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help="recipe JSON written by an export: reproduce its labels exactly")
     p.add_argument("--out", required=True, help="output folder (labels, sidecars and recipe.json)")
     p.add_argument("--device", default=None)
-    p.add_argument("--tile", type=int, default=2048,
-                   help="images larger than this (px) are streamed tile by tile into <stem>.zarr; 0 = never")
-    p.add_argument("--halo", type=int, default=256,
-                   help="context around each tile (px); objects smaller than this are stitched exactly")
+    p.add_argument("--tile", type=int,
+                   help="images larger than this (px) are streamed tile by tile into <stem>.zarr; 0 = never "
+                   "(default: the recipe's, else 2048)")
+    p.add_argument("--halo", type=int,
+                   help="context around each tile (px); objects smaller than this are stitched exactly "
+                   "(default: the recipe's, else 256)")
     p.add_argument("--network-tile", type=int, help="tile size inside the network (default: the model's)")
     p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast) on CUDA")
     p.add_argument("--workers", type=int,

@@ -281,3 +281,106 @@ def test_unwritable_targets_give_clear_errors(tmp_path):
         locked.mkdir(mode=0o500)
         with pytest.raises(ex.ExportError, match="no permission"):
             ex.write_text(locked / "a.csv", "x")
+
+
+# -- labels larger than memory: tiled TIFF, written tile by tile ---------------------------------------------
+
+
+def _zarr_labels(path, labels, chunks=(32, 32)):
+    import zarr
+
+    z = zarr.open_array(str(path), mode="w", shape=labels.shape, chunks=chunks, dtype=labels.dtype, fill_value=0)
+    z[:] = labels
+    return z
+
+
+def _big_labels(shape=(150, 230), high=1000) -> np.ndarray:
+    """uint32 labels: random blocks of ids up to ``high``, with background."""
+    rng = np.random.default_rng(1)
+    labels = np.kron(rng.integers(0, high, (shape[0] // 10 + 1, shape[1] // 10 + 1)), np.ones((10, 10), np.int64))
+    return labels[: shape[0], : shape[1]].astype(np.uint32)
+
+
+def test_tiled_tiff_from_zarr_has_the_arrays_pixels_reading_a_tile_at_a_time(tmp_path, monkeypatch):
+    import zarr
+
+    labels = _big_labels(high=100_000)  # needs uint32
+    z = _zarr_labels(tmp_path / "labels.zarr", labels)
+    sizes = []
+    get = zarr.Array.__getitem__
+
+    def reading(self, key):
+        block = get(self, key)
+        sizes.append(np.size(block))
+        return block
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", reading)
+    path = ex.write_label_tiff_tiles(tmp_path / "big.tif", z, pixel_size=(0.5, 0.25), tile=32)
+    monkeypatch.undo()
+    assert sizes and max(sizes) <= 32 * 32  # never the whole array: one 32 x 32 tile at a time
+    assert len(sizes) == 2 * 5 * 8  # 5 x 8 tiles, read once for the dtype and once to write
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        assert page.is_tiled and (page.tilelength, page.tilewidth) == (32, 32) and page.dtype == np.uint32
+        assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert tif.is_ome and 'PhysicalSizeX="0.25"' in tif.ome_metadata and 'PhysicalSizeY="0.5"' in tif.ome_metadata
+        np.testing.assert_array_equal(tif.asarray(), labels)  # edge tiles (150 = 4.7 tiles) padded, then cut
+
+
+def test_tiled_tiff_is_uint16_when_the_labels_fit_and_takes_dask(tmp_path):
+    import dask.array as da
+
+    labels = _big_labels(high=60_000)
+    z = _zarr_labels(tmp_path / "labels.zarr", labels)
+    assert ex.lazy_label_dtype(z, tile=32) is np.uint16 and ex.label_dtype(labels) is np.uint16
+    for name, source in (("z.tif", z), ("d.tif", da.from_array(labels.astype(np.int64), chunks=40))):
+        path = ex.write_label_tiff_tiles(tmp_path / name, source, tile=48)
+        with tifffile.TiffFile(path) as tif:
+            assert tif.pages[0].dtype == np.uint16 and tif.pages[0].tilewidth == 48 and not tif.is_ome
+            np.testing.assert_array_equal(tif.asarray(), labels)
+    small = ex.write_label_tiff_tiles(tmp_path / "small.tif", z[:20, :30], tile=1024)
+    with tifffile.TiffFile(small) as tif:  # the tile shrinks to the image (a multiple of 16)
+        assert (tif.pages[0].tilelength, tif.pages[0].tilewidth) == (32, 32)
+        np.testing.assert_array_equal(tif.asarray(), labels[:20, :30])
+
+
+def test_tiled_tiff_refuses_what_it_cannot_write(tmp_path):
+    import dask.array as da
+
+    with pytest.raises(ex.ExportError, match="expected \\(H, W\\)"):
+        ex.write_label_tiff_tiles(tmp_path / "a.tif", da.zeros((2, 8, 8), np.uint32))
+    with pytest.raises(ex.ExportError, match="negative"):
+        ex.write_label_tiff_tiles(tmp_path / "a.tif", da.from_array(-np.ones((8, 8), np.int32)))
+    with pytest.raises(ex.ExportError, match="integers"):
+        ex.write_label_tiff_tiles(tmp_path / "a.tif", da.zeros((8, 8), np.float32))
+    with pytest.raises(ex.ExportError, match="empty"):
+        ex.write_label_tiff_tiles(tmp_path / "a.tif", da.zeros((0, 8), np.uint32))
+    (tmp_path / "b.tif").write_bytes(b"mine")
+    with pytest.raises(ex.OverwriteError):
+        ex.write_label_tiff_tiles(tmp_path / "b.tif", da.zeros((8, 8), np.uint32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tif"]
+
+
+def test_export_instances_writes_lazy_labels_tiled_and_loads_them_only_when_small(tmp_path, monkeypatch):
+    labels = _big_labels(high=40)
+    z = _zarr_labels(tmp_path / "labels.zarr", labels)
+    image = np.random.default_rng(0).integers(0, 255, labels.shape + (3,), dtype=np.uint8)
+    options = ex.ExportOptions(tmp_path, "lazy", ("tiff", "csv"))
+    written = ex.export_instances(z, options, image=image)
+    assert [p.name for p in written] == ["lazy.tif", "lazy.csv"]
+    with tifffile.TiffFile(tmp_path / "lazy.tif") as tif:  # tiled even though it would fit in memory
+        assert tif.pages[0].is_tiled
+        np.testing.assert_array_equal(tif.asarray(), labels)
+    ex.export_instances(labels, ex.ExportOptions(tmp_path, "eager", ("tiff", "csv")), image=image)
+    assert (tmp_path / "lazy.csv").read_text() == (tmp_path / "eager.csv").read_text()
+    with tifffile.TiffFile(tmp_path / "eager.tif") as tif:
+        assert not tif.pages[0].is_tiled  # NumPy labels: written as before
+
+    monkeypatch.setattr(ex, "MAX_IN_MEMORY_PIXELS", labels.size - 1)  # "too large to load"
+    for formats in (("tiff", "csv"), ("geojson",), ("png", "masks")):
+        with pytest.raises(ex.ExportError, match="whole label image in memory.*written tile by tile"):
+            ex.export_instances(z, ex.ExportOptions(tmp_path, "huge", formats))
+    assert not any(p.name.startswith("huge") for p in tmp_path.iterdir())  # refused before writing anything
+    written = ex.export_instances(z, ex.ExportOptions(tmp_path, "huge", ("tiff",)), recipe={"format": "x"})
+    assert [p.name for p in written] == ["huge.tif", "huge.recipe.json"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "huge.tif"), labels)

@@ -64,6 +64,18 @@ def test_recipe_records_weights_parameters_and_versions(loaded, sensitive, image
     assert {k: v for k, v in plain.items() if k != "created"} == {k: v for k, v in recipe.items() if k != "created"}
 
 
+def test_a_streamed_layers_recipe_keeps_its_streaming_settings(loaded):
+    info = {"weights_path": str(loaded.path), "weights_sha256": loaded.sha256, "family": "three-branch",
+            "params": params_to_dict(loaded.family.default_params(loaded.meta)), "device": "cpu", "tile_size": None,
+            "image_name": "slide", "image_shape": [9000, 7000, 3]}
+    assert "streaming" not in rc.recipe_from_metadata(info)  # labels segmented whole
+    streamed = rc.recipe_from_metadata({**info, "streaming": {"tile": 2048, "halo": 256, "amp": False}})
+    assert streamed["streaming"] == {"tile": 2048, "halo": 256, "amp": False}
+    assert {k: v for k, v in streamed.items() if k not in ("created", "streaming")} == {
+        k: v for k, v in rc.recipe_from_metadata(info).items() if k != "created"}
+    assert "streaming" not in rc.recipe_from_metadata({**info, "streaming": "2048"})  # not a record: ignored
+
+
 def test_replay_equals_the_direct_pipeline_pixel_for_pixel(loaded, sensitive, image, tmp_path):
     params, expected = sensitive
     path = rc.save_recipe(tmp_path / "run.recipe.json", rc.make_recipe(loaded, params, "img", image.shape, "cpu"))

@@ -118,6 +118,40 @@ def test_problems_become_notifications(tuner, segmented, viewer, qtbot, errors):
     assert len(errors) == 3 and tuner.tune_button.enabled and not tuner.busy
 
 
+def test_a_large_streamed_image_has_no_maps_to_tune(loaded, viewer, run, errors, monkeypatch, tmp_path):
+    """A large image is streamed tile by tile without cached maps: the message says so and suggests a crop."""
+    from napari_instance_tuner.core.streaming import StreamSettings
+    from napari_instance_tuner.widgets import _streamed
+    from napari_instance_tuner.widgets import segment as module
+    from napari_instance_tuner.widgets.autotune import STREAMED_MESSAGE, AutotuneWidget
+
+    monkeypatch.setattr(module, "STREAM_PIXELS", 32 * 32)  # 64 x 64 is "large"
+    monkeypatch.setattr(module, "STREAM_SETTINGS", StreamSettings(tile=32, halo=16))
+    monkeypatch.setattr(module, "PYRAMID_MIN_SIZE", 16)
+    monkeypatch.setattr(_streamed, "_DIR", tmp_path)
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    image = viewer.add_image(rgb, name="slide", rgb=True)
+    viewer.add_labels(disks_labels((64, 64)), name="truth")
+    loaded.image.value = image
+    tuner = AutotuneWidget(viewer, segment=loaded)
+    viewer.window.add_dock_widget(tuner, name="Auto-tune")
+    tuner.reference.value = viewer.layers["truth"]
+    params = loaded.params.params()
+
+    tuner.tune()  # not run yet, but Run would stream it: segmenting first would not help
+    assert errors == [STREAMED_MESSAGE.format(name="slide")]
+    assert run(loaded) == "ok", errors
+    assert image in loaded.streamed and loaded.current_result is None
+    tuner.tune()  # streamed: still no maps
+    assert len(errors) == 2 and errors[-1] == errors[0]
+    message = errors[-1]
+    assert "needs the network maps" in message and "tile by tile (streamed) without keeping them" in message
+    assert "cropped region or a smaller image" in message and "Run Segment again with the tuned parameters" in message
+    assert "segment the selected image first" not in message
+    assert not tuner.busy and tuner.result.value == "" and tuner.tune_button.enabled
+    assert loaded.params.params() == params
+
+
 def test_without_a_segment_widget(viewer, errors):
     from napari_instance_tuner.widgets.autotune import AutotuneWidget
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +185,109 @@ def test_segment_widget_result_equals_its_replayed_recipe(with_image, viewer, ru
     assert blocker.args[0] == "ok", errors
     recipe = load_recipe(tmp_path / "img instances.recipe.json")
     np.testing.assert_array_equal(replay(recipe, viewer.layers["img"].data), layer.data)
+
+
+# -- streamed labels (large images) ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def streamed(loaded, viewer, run, errors, monkeypatch, tmp_path):
+    """The Segment widget after a streamed run on a 96 x 80 RGB image (streaming limits made small)."""
+    from napari_instance_tuner.core.streaming import StreamSettings
+    from napari_instance_tuner.widgets import _streamed
+    from napari_instance_tuner.widgets import segment as module
+
+    monkeypatch.setattr(module, "STREAM_PIXELS", 32 * 32)
+    monkeypatch.setattr(module, "STREAM_SETTINGS", StreamSettings(tile=32, halo=16))
+    monkeypatch.setattr(module, "PYRAMID_MIN_SIZE", 16)
+    (tmp_path / "streams").mkdir()
+    monkeypatch.setattr(_streamed, "_DIR", tmp_path / "streams")
+    rgb = np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)
+    loaded.image.value = viewer.add_image(rgb, name="slide", rgb=True)
+    loaded.device.value = "cpu"
+    params = loaded.params.params()
+    loaded.params.set_values(replace(params, fg_threshold=float(np.median(_foreground(loaded, rgb))),
+                                     require_centroid=False, subtract_boundaries=False, min_size=3, open_radius=0,
+                                     close_radius=0))
+    assert run(loaded) == "ok", errors
+    assert viewer.layers["slide instances"].multiscale
+    return loaded
+
+
+def _foreground(segment, rgb) -> np.ndarray:
+    from napari_instance_tuner.core.progress import run
+
+    loaded = segment.models.loaded
+    return run(loaded.family.predict_maps(loaded.model, rgb, loaded.meta, device="cpu")).arrays["foreground"]
+
+
+def test_streamed_labels_export_tile_by_tile_with_the_streaming_recipe(streamed, viewer, export, press, errors,
+                                                                       tmp_path, monkeypatch):
+    import threading
+
+    import zarr
+
+    from napari_instance_tuner.core import export as core_export
+    from napari_instance_tuner.core.progress import run
+    from napari_instance_tuner.core.recipe import load_recipe, recipe_model, recipe_params
+    from napari_instance_tuner.core.streaming import StreamSettings, stream_segment
+    from napari_instance_tuner.widgets import export as export_widget
+
+    layer = viewer.layers["slide instances"]
+    level0 = zarr.open_group(layer.metadata[TAG]["zarr_path"], mode="r")["0"][:]
+    assert level0.max() >= 3  # some objects to export
+    export.labels.value = layer
+    _select(export, tiff=True)
+    # 16 px TIFF tiles, and every read of the labels in the export's worker is recorded.
+    monkeypatch.setattr(core_export, "write_label_tiff_tiles",
+                        partial(core_export.write_label_tiff_tiles, tile=16))
+    reads, get = [], zarr.Array.__getitem__
+
+    def reading(self, key):
+        block = get(self, key)
+        if threading.current_thread() is not threading.main_thread():
+            reads.append(np.size(block))
+        return block
+
+    handed = []  # what the widget gives the core export: level 0 itself, not a NumPy copy of it
+
+    def exporting(labels, options, **kwargs):
+        handed.append(labels)
+        return core_export.export_instances(labels, options, **kwargs)
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", reading)
+    monkeypatch.setattr(export_widget, "export_instances", exporting)
+    assert press(export) == "ok", errors
+    monkeypatch.undo()
+    assert len(handed) == 1 and isinstance(handed[0], zarr.Array) and handed[0].shape == level0.shape
+    assert reads and max(reads) <= 16 * 16  # tile by tile, never the whole array
+    with tifffile.TiffFile(tmp_path / "slide instances.tif") as tif:
+        assert tif.pages[0].is_tiled and (tif.pages[0].tilelength, tif.pages[0].tilewidth) == (16, 16)
+        np.testing.assert_array_equal(tif.asarray(), level0)
+    recipe = load_recipe(tmp_path / "slide instances.recipe.json")
+    assert recipe["streaming"] == {"tile": 32, "halo": 16, "amp": False}
+    assert recipe["image"] == {"name": "slide", "shape": [96, 80, 3]}
+    # The recorded settings are what it takes to make the same labels again, headless.
+    loaded = recipe_model(recipe)
+    again = run(stream_segment(loaded, viewer.layers["slide"].data, recipe_params(recipe, loaded),
+                               settings=StreamSettings(**recipe["streaming"]), device="cpu"))
+    np.testing.assert_array_equal(again.labels, level0)
+
+
+def test_streamed_labels_too_large_for_memory_refuse_other_formats(streamed, viewer, export, press, errors,
+                                                                   tmp_path, monkeypatch):
+    from napari_instance_tuner.core import export as core_export
+
+    monkeypatch.setattr(core_export, "MAX_IN_MEMORY_PIXELS", 96 * 80 - 1)
+    export.labels.value = viewer.layers["slide instances"]
+    _select(export, tiff=True, csv=True)
+    assert press(export) == "error"
+    assert errors[-1].startswith("export failed: measurements (CSV) needs the whole label image in memory")
+    assert "export the label image (TIFF), which is written tile by tile" in errors[-1]
+    assert not any(p.name.startswith("slide") for p in tmp_path.iterdir())  # nothing written
+    _select(export, tiff=True)
+    assert press(export) == "ok", errors
+    assert (tmp_path / "slide instances.tif").is_file()
 
 
 # -- npe2 writers --------------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ Every file is written to a temporary file beside its target and renamed into pla
 leaves a partial file, and an existing file is replaced only with ``overwrite=True``. Headless: numpy,
 scikit-image, tifffile and imageio only.
 
+Labels larger than memory (a zarr or dask array, e.g. level 0 of a streamed segmentation) are written as a
+tiled TIFF one tile at a time (:func:`write_label_tiff_tiles`); the other formats need the whole label image
+in memory and take such labels only up to :data:`MAX_IN_MEMORY_PIXELS`.
+
 Examples
 --------
 >>> import tempfile
@@ -31,7 +35,7 @@ __all__ = [
     "ExportError", "OverwriteError", "ExportOptions", "SUFFIXES", "OBJECT_TYPES", "check_target", "write_atomic",
     "write_text", "label_dtype", "write_label_tiff", "write_label_png", "labels_to_masks", "write_mask_stack",
     "measurements", "write_measurements_csv", "geojson_features", "write_geojson", "export_targets",
-    "export_instances",
+    "export_instances", "MAX_IN_MEMORY_PIXELS", "is_lazy", "lazy_label_dtype", "write_label_tiff_tiles",
 ]
 
 #: Export formats and the file name each gets from a base name.
@@ -39,6 +43,12 @@ SUFFIXES = {"tiff": ".tif", "png": ".png", "csv": ".csv", "geojson": ".geojson",
             "recipe": ".recipe.json"}
 OBJECT_TYPES = ("detection", "annotation")
 _MAX_MASK_BYTES = 2 << 30
+#: Largest lazy (zarr / dask) label image, in pixels (H * W, or Z * H * W), that formats other than a 2D TIFF
+#: read whole into memory.
+MAX_IN_MEMORY_PIXELS = 8192 * 8192
+#: What each format is called in messages.
+_FORMAT_NAMES = {"tiff": "TIFF", "png": "PNG", "csv": "measurements (CSV)", "geojson": "GeoJSON",
+                 "masks": "mask stack"}
 
 
 # -- label images ----------------------------------------------------------------------------------------
@@ -100,6 +110,148 @@ def write_label_tiff(
         tifffile.imwrite(fh, data, **kwargs)
 
     return write_atomic(path, write, overwrite)
+
+
+def is_lazy(array: Any) -> bool:
+    """Whether ``array`` is array-like but not NumPy (zarr, dask, ...): read block by block, not whole."""
+    return not isinstance(array, np.ndarray) and hasattr(array, "shape") and hasattr(array, "dtype")
+
+
+def _blocks(shape: tuple[int, int], tile: tuple[int, int]):
+    """(y0, y1, x0, x1) of the ``tile`` blocks of an (H, W) array in row-major order (edge blocks smaller)."""
+    for y0 in range(0, shape[0], tile[0]):
+        for x0 in range(0, shape[1], tile[1]):
+            yield y0, min(shape[0], y0 + tile[0]), x0, min(shape[1], x0 + tile[1])
+
+
+def _read(array: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """NumPy copy of rows y0:y1, columns x0:x1 of a NumPy, zarr or dask (H, W) array."""
+    block = array[y0:y1, x0:x1]
+    return np.asarray(block.compute() if hasattr(block, "compute") else block)
+
+
+def _tile_shape(shape: tuple[int, int], tile: int) -> tuple[int, int]:
+    """TIFF tile (th, tw): ``tile`` rounded up to a multiple of 16, no larger than needed for ``shape``."""
+    tile = max(16, -(-int(tile) // 16) * 16)
+    return min(tile, max(16, -(-shape[0] // 16) * 16)), min(tile, max(16, -(-shape[1] // 16) * 16))
+
+
+def lazy_label_dtype(labels: Any, tile: int = 1024) -> type:
+    """:func:`label_dtype` of an (H, W) array that may not fit in memory, reading ``tile`` x ``tile`` blocks.
+
+    Parameters
+    ----------
+    labels : zarr.Array, dask.array.Array or np.ndarray
+        Integer (or bool) labels of shape (H, W).
+    tile : int
+        Edge of the blocks read, one at a time, for the smallest and largest label (unsigned dtypes of at
+        most 16 bits need no reading).
+
+    Returns
+    -------
+    type
+        ``np.uint16`` when the largest label fits, else ``np.uint32``.
+
+    Raises
+    ------
+    ExportError
+        For non-integer, negative or larger-than-uint32 labels.
+    """
+    dtype = np.dtype(labels.dtype)
+    if dtype != bool and not np.issubdtype(dtype, np.integer):
+        raise ExportError(f"labels must be integers; got dtype {dtype}")
+    if dtype == bool or (dtype.kind == "u" and dtype.itemsize <= 2):
+        return np.uint16
+    low = high = 0
+    for y0, y1, x0, x1 in _blocks(tuple(labels.shape), (tile, tile)):
+        block = _read(labels, y0, y1, x0, x1)
+        if block.size:
+            low, high = min(low, int(block.min())), max(high, int(block.max()))
+    return label_dtype(np.array([low, high], np.int64))
+
+
+def write_label_tiff_tiles(
+    path: str | os.PathLike,
+    labels: Any,
+    pixel_size: tuple[float, float] | None = None,
+    unit: str = "µm",
+    overwrite: bool = False,
+    tile: int = 1024,
+) -> Path:
+    """Write a 2D label image of any size as a tiled, zlib-compressed TIFF, one tile in memory at a time.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.tif`` file (written to a temporary file beside it, then renamed into place).
+    labels : zarr.Array, dask.array.Array or np.ndarray
+        Integer (H, W) labels; read ``tile`` x ``tile`` pixels at a time (twice: once for the dtype, see
+        :func:`lazy_label_dtype`, once to write). Best aligned with the array's chunks.
+    pixel_size : (float, float), optional
+        (y, x) size of a pixel in ``unit``: the file is then an OME-TIFF with ``PhysicalSizeX/Y`` (ImageJ
+        hyperstacks cannot be tiled), with the standard resolution tags too.
+    unit : str
+        Unit of ``pixel_size``.
+    overwrite : bool
+        Replace an existing file.
+    tile : int
+        TIFF tile edge (pixels; rounded up to a multiple of 16, smaller for small images).
+
+    Returns
+    -------
+    Path
+        The file written: uint16 pixels when the largest label fits, else uint32, equal to ``labels``;
+        BigTIFF when the pixels take more than about 4 GB.
+
+    Raises
+    ------
+    ExportError
+        For labels that are not 2D, empty, negative, non-integer or above uint32; for unwritable targets.
+    OverwriteError
+        If the file exists and ``overwrite`` is False.
+    """
+    shape = tuple(int(n) for n in labels.shape)
+    if len(shape) != 2:
+        raise ExportError(f"labels of shape {shape} cannot be written tile by tile; expected (H, W)")
+    if 0 in shape:
+        raise ExportError(f"the labels are empty (shape {shape}); nothing to write")
+    check_target(path, overwrite)
+    tiles = _tile_shape(shape, tile)
+    dtype = np.dtype(lazy_label_dtype(labels, max(tiles)))
+    kwargs: dict[str, Any] = {"compression": "zlib", "photometric": "minisblack", "tile": tiles, "shape": shape,
+                              "dtype": dtype, "bigtiff": shape[0] * shape[1] * dtype.itemsize > 2**32 - 2**25}
+    if pixel_size is not None:
+        sy, sx = (float(v) for v in pixel_size)
+        kwargs.update(resolution=(1.0 / sx, 1.0 / sy), ome=True,
+                      metadata={"axes": "YX", "PhysicalSizeX": sx, "PhysicalSizeY": sy,
+                                "PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit})
+    else:
+        kwargs["metadata"] = {"axes": "YX"}
+
+    def blocks():
+        for y0, y1, x0, x1 in _blocks(shape, tiles):  # tifffile pads the edge tiles
+            yield np.ascontiguousarray(_read(labels, y0, y1, x0, x1), dtype=dtype)
+
+    def write(fh: IO[bytes]) -> None:
+        import tifffile
+
+        tifffile.imwrite(fh, blocks(), **kwargs)
+
+    return write_atomic(path, write, overwrite)
+
+
+def _whole(labels: Any, formats: list[str]) -> np.ndarray:
+    """Lazy ``labels`` read into memory for ``formats``, which need them whole; refused when too large."""
+    pixels = int(np.prod(labels.shape))
+    if pixels > MAX_IN_MEMORY_PIXELS:
+        names = " and ".join(_FORMAT_NAMES[f] for f in formats)
+        size = " x ".join(str(int(n)) for n in labels.shape)
+        raise ExportError(
+            f"{names} need{'s' if len(formats) == 1 else ''} the whole label image in memory, and these labels "
+            f"are {size} ({pixels / 1e6:.0f} megapixels, more than {MAX_IN_MEMORY_PIXELS / 1e6:.0f}): "
+            "export the label image (TIFF), which is written tile by tile"
+        )
+    return _read(labels, 0, labels.shape[0], 0, labels.shape[1]) if len(labels.shape) == 2 else np.asarray(labels)
 
 
 def write_label_png(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = False) -> Path:
@@ -286,10 +438,12 @@ def export_instances(
 
     Parameters
     ----------
-    labels : np.ndarray
-        Integer (H, W) label image, or (Z, H, W) for TIFF and CSV.
-    image : np.ndarray, optional
-        Source image for intensity columns.
+    labels : np.ndarray, zarr.Array or dask.array.Array
+        Integer (H, W) label image, or (Z, H, W) for TIFF and CSV. A lazy (zarr / dask) (H, W) array is never
+        read whole for TIFF: it is written by :func:`write_label_tiff_tiles`, tile by tile. Other formats
+        read it into memory, up to :data:`MAX_IN_MEMORY_PIXELS` pixels.
+    image : np.ndarray, zarr.Array or dask.array.Array, optional
+        Source image for intensity columns (read only when CSV or GeoJSON is written).
     masks : np.ndarray, optional
         bool (N, H, W) possibly overlapping objects; measurements, GeoJSON and the mask stack then use
         them, one object each.
@@ -303,17 +457,24 @@ def export_instances(
     OverwriteError
         Before anything is written, if any target exists and ``options.overwrite`` is False.
     ExportError
-        For unwritable targets and data a format cannot hold.
+        For unwritable targets and data a format cannot hold; before anything is written, for lazy labels
+        larger than :data:`MAX_IN_MEMORY_PIXELS` with a format other than TIFF.
     """
     targets = export_targets(options, recipe is not None)
     for path in targets.values():
         check_target(path, options.overwrite)
+    tiled = labels if is_lazy(labels) and len(labels.shape) == 2 else None
+    if is_lazy(labels):
+        whole = [fmt for fmt in targets if fmt not in (("tiff", "recipe") if tiled is not None else ("recipe",))]
+        labels = _whole(labels, whole) if whole else None
     written = []
     table = None
     if {"csv", "geojson"} & set(targets):
-        table = measurements(labels, image, masks, scores)
+        table = measurements(labels, None if image is None else np.asarray(image), masks, scores)
     for fmt, path in targets.items():
-        if fmt == "tiff":
+        if fmt == "tiff" and tiled is not None:
+            write_label_tiff_tiles(path, tiled, options.pixel_size, options.unit, options.overwrite)
+        elif fmt == "tiff":
             write_label_tiff(path, labels, options.pixel_size, options.unit, options.overwrite)
         elif fmt == "png":
             write_label_png(path, labels, options.overwrite)

@@ -71,16 +71,19 @@ def build_recipe(
     device: str = "cpu",
     tile_size: int | None = None,
     meta: dict | None = None,
+    streaming: dict | None = None,
 ) -> dict:
     """Assemble a recipe from plain values (what a Labels layer's metadata holds); no model is loaded.
 
     ``meta`` is the checkpoint metadata; when omitted it is read from the file's header (JSON only).
+    ``streaming`` (``tile``, ``halo``, ``amp``: :meth:`.streaming.StreamSettings.to_dict`) records how a large
+    image was cut into tiles; it becomes the recipe's ``"streaming"`` key, as ``predict`` writes it.
     """
     path = Path(weights_path)
     if meta is None:
         meta = checkpoint_meta(path)
     shipped = shipped_models().get(path.stem)
-    return {
+    recipe = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -103,6 +106,9 @@ def build_recipe(
         "image": {"name": str(image_name), "shape": [int(n) for n in image_shape]},
         "versions": library_versions(),
     }
+    if streaming:
+        recipe["streaming"] = dict(streaming)
+    return recipe
 
 
 #: Keys a Labels layer's ``metadata["napari_instance_tuner"]`` holds when the Segment widget made it.
@@ -112,9 +118,9 @@ LAYER_KEYS = ("weights_path", "weights_sha256", "family", "params", "device", "t
 def recipe_from_metadata(info: dict) -> dict | None:
     """The recipe of a Labels layer from its ``metadata["napari_instance_tuner"]`` dict, or None without one.
 
-    ``info`` holds :data:`LAYER_KEYS` (``tile_size`` may be None: the model's default). If the weights file
-    can no longer be read, the recipe is still made (its SHA-256 identifies the weights) without the
-    normalisation details.
+    ``info`` holds :data:`LAYER_KEYS` (``tile_size`` may be None: the model's default), and for labels of a
+    streamed run ``"streaming"`` (tile, halo, amp), which the recipe keeps. If the weights file can no longer be
+    read, the recipe is still made (its SHA-256 identifies the weights) without the normalisation details.
     """
     if not isinstance(info, dict) or any(key not in info for key in LAYER_KEYS if key != "tile_size"):
         return None
@@ -126,6 +132,7 @@ def recipe_from_metadata(info: dict) -> dict | None:
         weights_path=info["weights_path"], weights_sha256=info["weights_sha256"], family=info["family"],
         params=info["params"], image_name=info["image_name"], image_shape=tuple(info["image_shape"]),
         device=info["device"], tile_size=info.get("tile_size"), meta=meta,
+        streaming=info["streaming"] if isinstance(info.get("streaming"), dict) else None,
     )
 
 

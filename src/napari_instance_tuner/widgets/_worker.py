@@ -120,7 +120,8 @@ class Job:
             return
         if item.total and bar.total != item.total:
             bar.total = item.total
-        if item.done > bar.n:
+            bar.update(item.done - bar.n)  # a new stage with its own count (e.g. tiles, then pyramid chunks)
+        elif item.done > bar.n:
             bar.update(item.done - bar.n)
         if item.message:
             bar.set_description(f"{self._progress}: {item.message}")

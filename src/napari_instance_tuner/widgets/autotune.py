@@ -1,6 +1,7 @@
 """The Auto-tune dock widget: search the post-processing parameters against corrected labels.
 
-It works on the Segment widget's cached maps of its selected image (see :mod:`._link`): one core call,
+It works on the Segment widget's cached maps of its selected image (see :mod:`._link`); a large image that
+Segment streams tile by tile has none, and the widget says to tune on a crop instead. One core call,
 :func:`..core.autotune.autotune` (a coarse pass, then coordinate line searches), runs in a thread worker
 with progress and Cancel; only post-processing runs, never the network. The widget shows the metric
 before → after and hands the best parameters to the Segment widget, whose sliders move and whose
@@ -24,6 +25,13 @@ from ._worker import Job, error_message, notify_error
 
 #: Metric choices: (display name, key of :data:`..core.evaluation.TUNABLE`).
 METRICS = [("object F1", "object_f1"), ("mean AP", "mean_ap"), ("AJI", "aji"), ("object Dice", "object_dice")]
+#: Why a large image cannot be tuned: it is streamed tile by tile and keeps no network maps.
+STREAMED_MESSAGE = (
+    "auto-tune needs the network maps that Segment caches for an image, and large images such as “{name}” "
+    "are segmented tile by tile (streamed) without keeping them: auto-tune on a cropped region or a smaller "
+    "image (segment it, correct its labels, tune), then select “{name}” and Run Segment again with the tuned "
+    "parameters."
+)
 
 
 class AutotuneWidget(QWidget):
@@ -86,6 +94,9 @@ class AutotuneWidget(QWidget):
             notify_error("auto-tune works on the Segment widget's results: open it and segment an image first")
             return
         image, result = segment.image.value, segment.current_result
+        if result is None and segment.keeps_no_maps(image):
+            notify_error(STREAMED_MESSAGE.format(name=image.name))
+            return
         if result is None:
             notify_error("segment the selected image first: auto-tune re-uses its cached network maps")
             return

@@ -9,6 +9,10 @@ For families whose objects may overlap (layering, Mask R-CNN) the metadata also 
 ``"masks"`` and ``"scores"`` behind the labels: the CSV and GeoJSON then have one object per mask and the
 NPZ mask stack keeps the overlaps. Once the labels were edited after the run (their digest differs from
 ``"labels_digest"``) those masks no longer describe them, and everything is exported from the labels.
+
+A multiscale Labels layer (the labels of a large, streamed image: a zarr array that may not fit in memory)
+is handed to the core as it is, never copied: its TIFF is written tile by tile, and the recipe records the
+streaming settings (``"streaming"``: tile, halo) of the run.
 """
 
 from __future__ import annotations
@@ -187,13 +191,21 @@ class ExportWidget(QWidget):
             recipe["labels_edited"] = edited
         return recipe
 
-    def _data(self, layer: Any, info: dict, edited: bool | None) -> tuple[np.ndarray, np.ndarray | None, dict]:
-        """(labels copy, intensity image or None, ``masks``/``scores`` keywords for the core export)."""
-        labels = np.array(layer.data[0] if layer.multiscale else layer.data)  # a copy: painting may go on
+    def _data(self, layer: Any, info: dict, edited: bool | None) -> tuple[Any, Any, dict]:
+        """(labels, intensity image or None, ``masks``/``scores`` keywords for the core export).
+
+        The labels of an ordinary layer are a NumPy copy (painting may go on) and the image a NumPy array. A
+        multiscale layer, which nobody can paint, gives its level 0 as it is (a zarr array for streamed labels)
+        and the image's level 0 too: the core reads them block by block, or whole only for the formats that
+        need it.
+        """
         source = self.image.value
-        image = None
-        if source is not None:
-            image = np.asarray(source.data[0] if source.multiscale else source.data)
+        if layer.multiscale:
+            labels = layer.data[0]
+            image = None if source is None else (source.data[0] if source.multiscale else source.data)
+        else:
+            labels = np.array(layer.data)  # a copy: painting may go on
+            image = None if source is None else np.asarray(source.data[0] if source.multiscale else source.data)
         extra = {}
         masks = info.get("masks")
         # Masks describe the labels as Segment wrote them: unusable once the labels were edited.

@@ -5,6 +5,13 @@ change of a post-processing control re-runs only ``family.postprocess`` on the c
 a time with the latest values (:class:`._params.ParamsPanel` coalesces rapid changes). The widget
 holds no array maths: it reads values, starts one core call, and writes layers through
 :mod:`._layers`.
+
+Large images: a 2D image of more than :data:`STREAM_PIXELS` pixels, or any multiscale (pyramid) image, is
+streamed instead (:func:`..core.streaming.stream_segment`: tile by tile, objects stitched across tile
+borders, labels written to a zarr group in a temporary folder, whose smaller pyramid levels the same worker
+then writes chunk by chunk: :func:`..core.pyramid.write_label_pyramid`); the result is a multiscale Labels
+layer of those stored levels (written through :mod:`._streamed`). No maps are cached for such an image, so
+the controls change nothing until the next Run; the widget says so.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..core.errors import InstanceTunerError
+from ..core.pyramid import LEVEL0, needs_streaming, write_label_pyramid
 from ..core.registry import get_family
 from ..core.stack import postprocess_stack, predict_stack, slice_count
+from ..core.streaming import StreamSettings
 from ._layers import (
     SegmentResult,
     adopt,
@@ -32,10 +41,17 @@ from ._layers import (
 )
 from ._models import ModelPicker
 from ._params import ParamsPanel
+from ._streamed import StreamedResult, discard, forget_streamed, stream_target, write_streamed_labels
 from ._worker import Job, as_work, error_message, notify_error
 
 #: (label, torch device) choices; "auto" picks CUDA, then Apple MPS, then the CPU.
 DEVICES = [("auto", "auto"), ("CPU", "cpu"), ("CUDA", "cuda"), ("MPS", "mps")]
+#: 2D images with more pixels (H * W) than this are streamed tile by tile, as are all multiscale images.
+STREAM_PIXELS = 4096 * 4096
+#: How a streamed image is cut: the CLI's defaults (2048 px tiles, 256 px halo).
+STREAM_SETTINGS = StreamSettings()
+#: The smallest level of a streamed Labels layer has no side longer than this (pixels).
+PYRAMID_MIN_SIZE = 512
 
 
 def _disconnect(events: Any, *callbacks: Any) -> None:
@@ -57,6 +73,8 @@ class SegmentWidget(QWidget):
     results : dict[int, SegmentResult]
         image layer -> cached maps and the layers written for it. Layers are compared with ``==``, never
         ``is``: napari may hand a plugin proxies of its layers.
+    streamed : dict[int, StreamedResult]
+        image layer -> its last streamed run (large and multiscale images; no maps).
     """
 
     #: Emitted when a run ends, with "ok", "cancelled" or "error".
@@ -68,6 +86,7 @@ class SegmentWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.results: dict[Any, SegmentResult] = {}
+        self.streamed: dict[Any, StreamedResult] = {}
         self._run_job: Job | None = None
         self._pp_job: Job | None = None
         self._pp_again = False
@@ -93,13 +112,17 @@ class SegmentWidget(QWidget):
         self.cancel_button = PushButton(text="Cancel")
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         self.count = Label(value="–")
+        self.note = Label(value="")  # large images: what the controls do
+        if hasattr(self.note.native, "setWordWrap"):
+            self.note.native.setWordWrap(True)
         self.params = ParamsPanel(on_change=self._params_changed, on_reset=self.reset_params)
 
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         device = Container(widgets=[self.device], labels=True)
         image = Container(widgets=[self.image, self.count], labels=True)
         self.count.label = "instances"
-        parts = (self.models.widget, device, self.device_used, image, self.show_maps, buttons, self.params.widget)
+        parts = (self.models.widget, device, self.device_used, image, self.note, self.show_maps, buttons,
+                 self.params.widget)
         layout = QVBoxLayout(self)
         for part in parts:
             layout.addWidget(part.native)
@@ -133,6 +156,19 @@ class SegmentWidget(QWidget):
         """Cached maps and layers of the selected image layer, or None if it was not segmented."""
         return self.results.get(self.image.value)
 
+    def keeps_no_maps(self, layer: Any) -> bool:
+        """Whether ``layer`` was, or would be, streamed tile by tile: such an image has no cached maps."""
+        if layer in self.streamed:
+            return True
+        return layer is not None and layer not in self.results and self.will_stream(layer)
+
+    def will_stream(self, layer: Any) -> bool:
+        """Whether Run streams ``layer`` (a large or multiscale 2D image); False for unsupported shapes too."""
+        try:
+            return self._streams(layer)
+        except InstanceTunerError:
+            return False
+
     def apply_params(self, params: Any) -> None:
         """Show ``params`` (of the current family) on the controls and re-run post-processing."""
         self.params.set_values(params)
@@ -145,6 +181,14 @@ class SegmentWidget(QWidget):
         The next run or parameter change writes a new layer; the kept one keeps its record of the run.
         A layer the user edited is left to the usual "(edited)" rule (None is returned).
         """
+        streamed = self.streamed.get(image)
+        if streamed is not None:
+            layer, track = streamed.labels_layer, streamed.labels
+            if layer is None or layer not in self.viewer.layers or track.edited:
+                return None
+            layer.name = f"{layer.name} ({suffix})"
+            streamed.labels = None
+            return layer
         result = self.results.get(image)
         layer = None if result is None else result.labels_layer
         if layer is None or layer not in self.viewer.layers or labels_edited(self.viewer, result):
@@ -199,7 +243,11 @@ class SegmentWidget(QWidget):
         self.refresh_labels()
 
     def refresh_labels(self) -> None:
-        """Re-run post-processing on the cached maps of the selected image with the controls' values."""
+        """Re-run post-processing on the cached maps of the selected image with the controls' values.
+
+        A streamed image has no cached maps: only the note saying that the next Run applies the values changes.
+        """
+        self._show_note()
         result = self.results.get(self.image.value)
         if result is None or result.family.name != self._params_family:
             return
@@ -227,6 +275,15 @@ class SegmentWidget(QWidget):
         except InstanceTunerError as exc:
             notify_error(error_message(exc))
             self._finish_run("error")
+            return
+        try:
+            streaming = self._streams(layer)
+        except InstanceTunerError as exc:
+            notify_error(error_message(exc))
+            self._finish_run("error")
+            return
+        if streaming:
+            self._start_stream(layer, loaded, params)
             return
         data = layer.data[0] if layer.multiscale else layer.data
         rgb, device = layer.rgb, self.device.value
@@ -263,11 +320,66 @@ class SegmentWidget(QWidget):
         write_maps(self.viewer, result, self.show_maps.value)
         write_labels(self.viewer, result, instances.labels)
         self.results[layer] = result
+        self.streamed.pop(layer, None)  # an earlier streamed run of this layer (its data changed since)
         self.device_used.value = f"ran on {described}"
         self._show_count()
+        self._show_note()
         self.labels_updated.emit()
         if self._params_family == loaded.family.name and self._current_params() != params:
             self.refresh_labels()  # the controls moved while the network ran
+
+    def _start_stream(self, layer: Any, loaded: Any, params: Any) -> None:
+        """Stream ``layer`` tile by tile into a new zarr group, then write its pyramid levels (no maps are kept)."""
+        source = list(layer.data) if layer.multiscale else layer.data  # stream_segment reads level 0 lazily
+        out, settings, device = stream_target(layer.name), STREAM_SETTINGS, self.device.value
+        min_size = PYRAMID_MIN_SIZE
+
+        def work(cancel):
+            from ..core.inference import choose_device, device_description
+            from ..core.streaming import stream_segment
+
+            used = choose_device(device)
+            result = yield from stream_segment(loaded, source, params, out=out / LEVEL0, settings=settings,
+                                               device=used, cancel=cancel)
+            # napari needs 2 levels; written here once, so drawing never reads all of level 0
+            levels = yield from write_label_pyramid(out, min_size, min_levels=2, cancel=cancel)
+            return used, device_description(used), result, levels
+
+        def cancelled() -> None:
+            self._status = "cancelled"
+            discard(out)
+
+        def failed(exc: BaseException) -> None:
+            discard(out)
+            self._run_failed(exc)
+
+        self._run_job = Job(
+            work,
+            on_result=partial(self._stream_done, layer, loaded, params, out, settings),
+            on_error=failed,
+            on_cancelled=cancelled,
+            on_finished=lambda: self._finish_run(self._status),
+            progress=f"Segmenting {layer.name} (streamed)",
+        )
+        self._run_job.start()
+        self._update_controls()
+
+    def _stream_done(self, layer: Any, loaded: Any, params: Any, out: Any, settings: Any, value: tuple) -> None:
+        device, described, stream, levels = value
+        if layer not in self.viewer.layers:
+            self._status = "cancelled"  # the image was closed during the run
+            discard(out)
+            return
+        shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
+        result = StreamedResult(layer, loaded, params, count=stream.count, tiles=stream.tiles, path=out,
+                                settings=settings, device=device, image_shape=shape)
+        write_streamed_labels(self.viewer, result, self.streamed.get(layer), levels)
+        self.streamed[layer] = result
+        self.results.pop(layer, None)  # cached maps of an earlier, smaller version of this layer
+        self.device_used.value = f"ran on {described}"
+        self._show_count()
+        self._show_note()
+        self.labels_updated.emit()
 
     def _run_failed(self, exc: BaseException) -> None:
         self._status = "error"
@@ -298,6 +410,26 @@ class SegmentWidget(QWidget):
         if self._pp_again:
             self._pp_again = False
             self.refresh_labels()
+
+    def _streams(self, layer: Any) -> bool:
+        """Whether Run streams ``layer`` (large or multiscale 2D image); raises InstanceTunerError for bad shapes."""
+        shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
+        return needs_streaming(shape, layer.multiscale, STREAM_PIXELS, rgb=layer.rgb)
+
+    def _show_note(self) -> None:
+        """Say, for a large (streamed) image, that the controls apply on the next Run; empty otherwise."""
+        layer = self.image.value
+        streamed = self.streamed.get(layer)
+        if streamed is not None:
+            tiles = f"{streamed.tiles} tile{'s' if streamed.tiles != 1 else ''}"
+            note = f"large image: streamed in {tiles}; parameter changes apply on the next Run"
+            if self._params_family == streamed.model.family.name and self._current_params() != streamed.params:
+                note += " (the labels shown were made with other values)"
+        elif layer is not None and layer not in self.results and self.will_stream(layer):
+            note = "large image: Run streams it tile by tile (no cached maps); parameter changes apply on the next Run"
+        else:
+            note = ""
+        self.note.value = note
 
     def _current_params(self) -> Any:
         try:
@@ -352,14 +484,17 @@ class SegmentWidget(QWidget):
     def _layer_removed(self, event: Any) -> None:
         event.value.events.name.disconnect(self._refresh_images)
         forget_layer(self.results, event.value)  # a closed image's cached maps are released here
+        forget_streamed(self.streamed, event.value)
         self._refresh_images()
         self._show_count()
+        self._show_note()
 
     def _image_selected(self, *_: Any) -> None:
-        result = self.results.get(self.image.value)
-        if result is not None and result.family.name == self._params_family:
+        result = self.results.get(self.image.value) or self.streamed.get(self.image.value)
+        if result is not None and result.model.family.name == self._params_family:
             self.params.set_values(result.params)
         self._show_count()
+        self._show_note()
         self._update_controls()
 
     def _toggle_maps(self, visible: bool) -> None:
@@ -367,7 +502,7 @@ class SegmentWidget(QWidget):
             set_maps_visible(result, visible)
 
     def _show_count(self) -> None:
-        result = self.results.get(self.image.value)
+        result = self.results.get(self.image.value) or self.streamed.get(self.image.value)
         self.count.value = "–" if result is None else str(result.count)
 
     def _update_controls(self) -> None:

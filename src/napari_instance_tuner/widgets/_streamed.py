@@ -1,0 +1,176 @@
+"""Layer bookkeeping for streamed runs: images too large to keep their network maps in memory.
+
+A streamed run (:func:`..core.streaming.stream_segment`) writes its labels to array "0" of a zarr group in a
+temporary folder of this session (:func:`stream_target`; the folder is removed when Python exits), and its
+worker then writes the smaller levels "1", "2", ... (:func:`..core.pyramid.write_label_pyramid`). The Labels
+layer "<image> instances" shows those stored levels as a multiscale layer (chunks are read only when napari
+draws them). No maps are cached, so the sliders cannot update these labels: a new Run does.
+
+The rules of :mod:`._layers` hold: the plugin replaces only its own, unedited Labels layer (napari does not
+let anyone paint on a multiscale layer; replacing its ``data`` counts as an edit); an edited layer is
+renamed "<name> (edited)" and kept. Each run writes a new zarr group, so a cancelled or failed run leaves
+the layer shown before it intact; the group of a run that made no layer is deleted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._layers import TAG, LabelsTrack, _spatial, _watch_edits, is_plugin_layer
+
+_DIR: Path | None = None
+
+
+def stream_dir() -> Path:
+    """This session's folder for streamed labels (made on first use, removed when Python exits)."""
+    global _DIR
+    if _DIR is None or not _DIR.is_dir():
+        _DIR = Path(tempfile.mkdtemp(prefix="napari-instance-tuner-"))
+        atexit.register(shutil.rmtree, _DIR, True)
+    return _DIR
+
+
+def safe_name(name: str) -> str:
+    """``name`` reduced to letters, digits, ``.``, ``_`` and ``-`` (for a file name); "image" if nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "image"
+
+
+def stream_target(name: str) -> Path:
+    """A zarr group path that does not exist yet: "<dir>/<safe name>.zarr", else "<safe name>-2.zarr", ..."""
+    folder, stem = stream_dir(), safe_name(name)
+    path, n = folder / f"{stem}.zarr", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}.zarr"
+    return path
+
+
+def discard(path: Path | None) -> None:
+    """Delete the zarr group of a run that made no layer (nothing shows it)."""
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class StreamedResult:
+    """What the Segment widget keeps about one streamed image layer (no maps: there are none).
+
+    Attributes
+    ----------
+    image : napari.layers.Image
+    model : LoadedModel
+    params : Any
+        Post-processing parameters of the labels shown.
+    count : int
+        Number of instances.
+    tiles : int
+        Number of tiles the run took.
+    path : Path
+        The zarr group behind the Labels layer: level k of the pyramid, uint32 of shape
+        (ceil(H / 2**k), ceil(W / 2**k)), is its array "k" (level 0: the labels at full resolution).
+    settings : StreamSettings
+        How the image was cut (tile, halo).
+    device : str
+    image_shape : tuple of int
+        Shape of the image data segmented (level 0 of a multiscale layer).
+    labels : LabelsTrack or None
+        The plugin's Labels layer of this image.
+    """
+
+    image: Any
+    model: Any
+    params: Any
+    count: int
+    tiles: int
+    path: Path
+    settings: Any
+    device: str = "cpu"
+    image_shape: tuple = ()
+    labels: LabelsTrack | None = None
+
+    @property
+    def labels_layer(self) -> Any:
+        """The plugin's Labels layer for this image, or None."""
+        return self.labels.layer if self.labels is not None else None
+
+
+def streamed_metadata(result: StreamedResult) -> dict:
+    """``metadata[TAG]`` of a streamed Labels layer.
+
+    The keys of :data:`~..core.recipe.LAYER_KEYS` (so Export can write a recipe) plus ``"role"``,
+    ``"streamed"`` (True), ``"zarr_path"`` (the pyramid's zarr group), ``"model"`` (its name), ``"streaming"``
+    (tile, halo and amp: :meth:`~..core.streaming.StreamSettings.to_dict`),
+    ``"tiles"``, ``"count"`` and ``"labels_digest"`` (None: the labels are not hashed, they may be huge).
+    """
+    from ..core.params import params_to_dict
+
+    model = result.model
+    return {
+        "role": "instances",
+        "streamed": True,
+        "zarr_path": str(result.path),
+        "model": model.name,
+        "weights_path": str(model.path),
+        "weights_sha256": model.sha256,
+        "family": model.family.name,
+        "params": params_to_dict(result.params),
+        "device": result.device,
+        "tile_size": result.settings.network_tile,
+        "streaming": result.settings.to_dict(),
+        "tiles": int(result.tiles),
+        "count": int(result.count),
+        "image_name": result.image.name,
+        "image_shape": list(result.image_shape),
+        "labels_digest": None,
+    }
+
+
+def _edited(viewer: Any, track: LabelsTrack | None) -> bool:
+    return track is not None and track.edited and track.layer in viewer.layers and is_plugin_layer(track.layer)
+
+
+def write_streamed_labels(viewer: Any, result: StreamedResult, previous: Any, levels: list) -> Any:
+    """Show ``levels`` (a label pyramid, largest first) as the multiscale Labels layer "<image> instances".
+
+    ``previous`` is the :class:`StreamedResult` of the image's last streamed run, or None: its layer is
+    updated in place if it is still the plugin's and unedited; an edited one is renamed "<name> (edited)",
+    untagged and kept, and a new layer is added. The new layer takes the image's scale and translate.
+    Returns the layer.
+    """
+    track = getattr(previous, "labels", None)
+    if _edited(viewer, track):
+        track.layer.name = f"{track.layer.name} (edited)"
+        track.layer.metadata = {k: v for k, v in track.layer.metadata.items() if k != TAG}
+        track = None
+    info = streamed_metadata(result)
+    if track is not None and track.layer in viewer.layers and is_plugin_layer(track.layer) and track.layer.multiscale:
+        track.writing = True
+        try:
+            track.layer.data = levels
+            track.layer.metadata = {**track.layer.metadata, TAG: info}
+        finally:
+            track.writing = False
+        track.edited = False
+    else:
+        layer = viewer.add_labels(
+            levels, multiscale=True, name=f"{result.image.name} instances", metadata={TAG: info},
+            **_spatial(result.image),
+        )
+        track = LabelsTrack(layer=layer, digest="")
+        _watch_edits(track)
+    result.labels = track
+    return track.layer
+
+
+def forget_streamed(streamed: dict, layer: Any) -> None:
+    """Drop what ``streamed`` (image layer -> :class:`StreamedResult`) knows about a removed layer."""
+    streamed.pop(layer, None)
+    for result in streamed.values():
+        if result.labels_layer == layer:
+            result.labels = None
