@@ -108,3 +108,29 @@ def test_loader_workers_make_the_same_batches_whatever_their_number(tmp_path):
     m3, resumed = _train(tmp_path, 3, resume=resume, workers=2)
     assert np.allclose([h["loss"] for h in resumed.history], losses, rtol=1e-5)
     assert all(torch.allclose(a.float(), b.float(), atol=1e-5) for a, b in zip(m2.state_dict().values(), m3.state_dict().values()))
+
+
+@pytest.mark.parametrize("name, kind", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
+def test_optimizer_choice(name, kind):
+    from napari_instance_tuner.core.training import make_optimizer
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimiser = make_optimizer(TrainConfig(lr=0.1, optimizer=name, weight_decay=0.01), [weight])
+    assert type(optimiser) is kind and optimiser.param_groups[0]["weight_decay"] == 0.01
+    (weight ** 2).sum().backward()
+    optimiser.step()
+    assert torch.all(weight < 1)  # a step downhill
+    if name == "sgd":
+        assert optimiser.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")
+
+
+def test_sgd_training_runs_and_is_recorded(tmp_path):
+    model = get_family("three-branch").build_model(TINY_ARCH)
+    config = TrainConfig(epochs=2, steps_per_epoch=2, lr=0.01, optimizer="sgd", checkpoint_every_s=0, patience=100)
+    resume = tmp_path / "sgd.resume.pt"
+    result = run(fit(model, batch_maker(), weighted_bce, None, config, resume_path=resume))
+    assert len(result.history) == 2 and np.isfinite([h["loss"] for h in result.history]).all()
+    saved = torch.load(resume, weights_only=True)
+    assert "momentum_buffer" in next(iter(saved["optimiser"]["state"].values()))

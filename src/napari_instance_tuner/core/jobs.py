@@ -121,7 +121,7 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
             "val_images": val_names,
             "n_train_objects": int(sum(_count_objects(s) for s in train_samples)),
             "augment": AugmentConfig(enabled=options.augment).to_dict(),
-            "optimiser": {"name": "Adam", **options.train.to_dict()},
+            "optimiser": {"name": options.train.optimizer, **options.train.to_dict()},
             "crop": options.crop,
             "batch_size": options.batch_size,
             "command": " ".join(sys.argv),

@@ -356,7 +356,7 @@ def train_layering(
         minutes2 = config.max_minutes - minutes1
     meta["training"]["layering"] = {
         "phase1_epochs": phase1, "phase2_epochs": phase2, "sparse_weight": sparse_weight,
-        "adjacency_distance_px": ADJACENCY_DISTANCE, "optimiser_note": "Adam (paper: RMSprop 1e-4)",
+        "adjacency_distance_px": ADJACENCY_DISTANCE, "optimiser_note": f"{config.optimizer} (paper: RMSprop 1e-4)",
         "paste_probability": paste, "init_weights": str(init) if init else None,
     }
     seed_everything(config.seed)

@@ -10,8 +10,9 @@ stopping, cancellation, progress) for every family; the model's state-dict keys 
 
 Deliberate differences from the papers:
 
-- the optimiser is the loop's Adam (MaskPlus and torchvision's reference recipe use SGD, lr 0.02,
-  momentum 0.9), which trains small models from scratch with less tuning;
+- the optimiser defaults to the loop's Adam, which trains small models from scratch with less tuning;
+  ``--optimizer sgd`` (momentum 0.9) or ``adamw`` are there (MaskPlus and torchvision's reference recipe use
+  SGD, lr 0.02);
 - MaskPlus *biased training* is an option: the mask loss is weighted by alpha (1.5) for the first
   ``biased_fraction`` of the steps, then by 1 (the paper does not say when it switches);
 - MaskPlus's quasi-multitask auxiliary masks (14 x 14 and 56 x 56) and its improved boundary refinement
