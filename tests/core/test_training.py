@@ -134,3 +134,29 @@ def test_sgd_training_runs_and_is_recorded(tmp_path):
     assert len(result.history) == 2 and np.isfinite([h["loss"] for h in result.history]).all()
     saved = torch.load(resume, weights_only=True)
     assert "momentum_buffer" in next(iter(saved["optimiser"]["state"].values()))
+
+
+def test_loader_workers_start_after_opencv_used_its_thread_pool():
+    """Regression: workers forked after OpenCV ran its thread pool must run cv2 (setNumThreads in them hung)."""
+    import subprocess
+    import sys
+
+    code = """
+import cv2, numpy as np, torch
+from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.training import TrainConfig, fit
+cv2.setNumThreads(2)
+cv2.resize(np.zeros((3000, 3000), np.float32), (1500, 1500))  # the pool's threads now exist
+
+def batch(rng):
+    x = cv2.resize(rng.random((64, 64)).astype(np.float32), (32, 32))
+    return torch.from_numpy(x)[None, None], torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32)
+
+model = torch.nn.Conv2d(1, 1, 3, padding=1)
+loss = lambda out, y, valid: (((out - y) ** 2).mean(), {})
+result = run(fit(model, batch, loss, None, TrainConfig(epochs=2, steps_per_epoch=2, loader_workers=2)))
+print("steps", len(result.history) * 2, "threads", cv2.getNumThreads())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "steps 4 threads 2" in done.stdout  # trained; this process's OpenCV settings are untouched

@@ -183,17 +183,9 @@ def _batch_stream(next_batch: Callable, rng: np.random.Generator, config: TrainC
         _IndexedBatches(next_batch, config.seed), batch_size=None, sampler=range(first_step, total),
         num_workers=config.loader_workers, prefetch_factor=4, collate_fn=_as_made,
     )
-    import cv2
-
-    # OpenCV's thread pool does not survive fork (a worker's first cv2 call would wait forever on it):
-    # the workers are forked while this process's pool is single-threaded, and it is restored after.
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        iterator = iter(loader)
-    finally:
-        cv2.setNumThreads(previous)
-    yield from iterator
+    # No worker_init_fn calling cv2.setNumThreads: after fork, reconfiguring OpenCV's thread pool waits
+    # forever on threads that were not copied (found on a GPU run; tests/core/test_training.py).
+    yield from loader
 
 
 def make_optimizer(config: TrainConfig, params):
