@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_instance_tuner.core.errors import InputImageError
-from napari_instance_tuner.core.pyramid import label_pyramid, needs_streaming
+from napari_instance_tuner.core.pyramid import needs_streaming, pyramid_shapes
 
 
 def _labels(shape=(300, 200)) -> np.ndarray:
@@ -14,62 +14,20 @@ def _labels(shape=(300, 200)) -> np.ndarray:
 
 
 def test_levels_halve_until_the_longest_side_fits():
-    labels = _labels((300, 200))
-    levels = label_pyramid(labels, min_size=40)
-    assert [level.shape for level in levels] == [(300, 200), (150, 100), (75, 50), (38, 25)]
-    assert levels[0] is labels  # level 0 is the array itself
-    assert all(level.dtype == np.uint32 for level in levels)
+    assert pyramid_shapes((300, 200), min_size=40) == [(300, 200), (150, 100), (75, 50), (38, 25)]
+    assert pyramid_shapes((301, 203), min_size=30)[1] == (151, 102)  # odd sides: ceil, as [::2] keeps
+    assert pyramid_shapes((64, 80), min_size=80) == [(64, 80)]  # a small image is its own only level
+    assert pyramid_shapes((64, 80), min_size=79) == [(64, 80), (32, 40)]
+    assert pyramid_shapes((64, 80), min_size=512, min_levels=3) == [(64, 80), (32, 40), (16, 20)]
 
 
-def test_levels_are_exact_nearest_neighbour_subsamples():
-    labels = _labels((301, 203))  # odd sides: the last row and column are kept (ceil)
-    levels = label_pyramid(labels, min_size=30)
-    for k, level in enumerate(levels):
-        np.testing.assert_array_equal(np.asarray(level), labels[:: 2**k, :: 2**k])
-        assert np.shares_memory(level, labels)  # views, no copies
-    assert set(np.unique(levels[-1])) <= set(np.unique(labels))
-
-
-def test_a_small_image_is_its_own_only_level():
-    labels = _labels((64, 80))
-    assert len(label_pyramid(labels, min_size=80)) == 1
-    assert [lv.shape for lv in label_pyramid(labels, min_size=79)] == [(64, 80), (32, 40)]
-    assert [lv.shape for lv in label_pyramid(labels, min_size=512, min_levels=3)] == [(64, 80), (32, 40), (16, 20)]
-
-
-def test_zarr_input_stays_lazy(tmp_path):
-    import dask.array as da
-    import zarr
-
-    labels = _labels((260, 130))
-    z = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=labels.shape, chunks=(64, 64),
-                        dtype=np.uint32)
-    z[:] = labels
-    levels = label_pyramid(z, min_size=50)
-    assert [lv.shape for lv in levels] == [(260, 130), (130, 65), (65, 33), (33, 17)]
-    assert all(isinstance(level, da.Array) for level in levels)
-    assert levels[0].chunksize == (64, 64)  # the zarr chunks, read only when a view needs them
-    for k, level in enumerate(levels):
-        np.testing.assert_array_equal(level.compute(), labels[:: 2**k, :: 2**k])
-
-
-def test_dask_input_is_kept_lazy():
-    import dask.array as da
-
-    labels = _labels((128, 128))
-    lazy = da.from_array(labels, chunks=32)
-    levels = label_pyramid(lazy, min_size=32)
-    assert levels[0] is lazy and all(isinstance(level, da.Array) for level in levels)
-    np.testing.assert_array_equal(levels[2].compute(), labels[::4, ::4])
-
-
-def test_bad_inputs_are_refused():
+def test_bad_shapes_and_sizes_are_refused():
     with pytest.raises(InputImageError, match="H, W"):
-        label_pyramid(np.zeros((2, 8, 8), np.uint32))
+        pyramid_shapes((2, 8, 8))
     with pytest.raises(ValueError, match="min_size"):
-        label_pyramid(np.zeros((8, 8), np.uint32), min_size=0)
+        pyramid_shapes((8, 8), min_size=0)
     with pytest.raises(ValueError, match="min_levels"):
-        label_pyramid(np.zeros((8, 8), np.uint32), min_levels=0)
+        pyramid_shapes((8, 8), min_levels=0)
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,7 @@ and column of level 0 (nearest neighbour, so the ids stay exact):
 * :func:`write_label_pyramid` writes levels 1, 2, ... once, chunk by chunk, as arrays "1", "2", ... of the
   zarr group whose array "0" is level 0 (the OME-NGFF layout: ``out=<group>/0`` for ``stream_segment``).
   Drawing the smallest level then reads only that small array, not every chunk of level 0.
-* :func:`label_pyramid` builds the same levels as views without writing or reading anything (NumPy views of
-  small arrays; lazy dask views of others, which read level 0 whenever they are drawn).
+* :func:`pyramid_shapes` gives the levels' shapes.
 
 :func:`needs_streaming` is the rule that decides between a whole-image run with cached maps and a streamed,
 tile-by-tile run.
@@ -17,9 +16,7 @@ Headless: numpy, zarr and (lazily) dask; no Qt, magicgui or napari.
 
 Example
 -------
->>> import numpy as np
->>> levels = label_pyramid(np.zeros((2000, 1200), np.uint32), min_size=512)
->>> [level.shape for level in levels]
+>>> pyramid_shapes((2000, 1200), min_size=512)
 [(2000, 1200), (1000, 600), (500, 300)]
 >>> from napari_instance_tuner.core.progress import run
 >>> levels = run(write_label_pyramid("slide_labels.zarr", min_size=512))  # doctest: +SKIP
@@ -33,65 +30,12 @@ import os
 from collections.abc import Generator
 from typing import Any
 
-import numpy as np
-
 from .errors import InputImageError
 from .progress import CancelToken, Progress
 from .stack import slice_count
 
 #: Name of level 0's array in a pyramid group; level k is the array ``str(k)`` (as in OME-NGFF).
 LEVEL0 = "0"
-
-
-def _lazy(labels: Any) -> Any:
-    """``labels`` as an array that slices without reading: NumPy and dask as they are, others through dask."""
-    if isinstance(labels, np.ndarray):
-        return labels
-    import dask.array as da
-
-    if isinstance(labels, da.Array):
-        return labels
-    try:
-        import zarr
-    except ImportError:  # pragma: no cover - zarr is a dependency
-        zarr = None
-    if zarr is not None and isinstance(labels, zarr.Array):
-        return da.from_zarr(labels)
-    return da.from_array(labels, chunks="auto")
-
-
-def label_pyramid(labels: Any, min_size: int = 512, min_levels: int = 1) -> list:
-    """The levels of a multiscale view of an (H, W) label array, largest first; nothing is read.
-
-    Parameters
-    ----------
-    labels : np.ndarray, zarr.Array, dask.array.Array or array-like
-        Integer labels of shape (H, W) (any integer dtype; the levels keep it). A zarr array (or any other
-        array-like that is not NumPy or dask) is wrapped with dask (``dask.array.from_zarr``), so building the
-        pyramid reads no chunk.
-    min_size : int
-        Levels are added while the longest side of the last one is larger than this; the last level's
-        longest side is at most ``min_size`` (or level 0 is the only level when it is already that small).
-    min_levels : int
-        Fewest levels returned, even when that goes below ``min_size`` (napari's multiscale layers need 2).
-
-    Returns
-    -------
-    list
-        ``levels[k]`` is ``level0[::2**k, ::2**k]`` of shape ``(ceil(H / 2**k), ceil(W / 2**k))``: a NumPy view
-        for NumPy input, a lazy dask array otherwise. The values are exact subsamples (nearest neighbour),
-        never averages, so every id shown exists in the labels.
-
-    Raises
-    ------
-    InputImageError
-        If ``labels`` is not 2D.
-    ValueError
-        If ``min_size`` or ``min_levels`` is smaller than 1.
-    """
-    base = _lazy(labels)
-    shapes = pyramid_shapes(tuple(base.shape), min_size, min_levels)
-    return [base] + [base[:: 2**k, :: 2**k] for k in range(1, len(shapes))]
 
 
 def pyramid_shapes(shape: tuple[int, ...], min_size: int = 512, min_levels: int = 1) -> list[tuple[int, int]]:
@@ -101,8 +45,10 @@ def pyramid_shapes(shape: tuple[int, ...], min_size: int = 512, min_levels: int 
     ----------
     shape : tuple of int
         (H, W) of level 0.
-    min_size, min_levels : int
-        As for :func:`label_pyramid`.
+    min_size : int
+        Levels are added while the longest side of the last one is larger than this.
+    min_levels : int
+        Fewest levels, even when that goes below ``min_size`` (napari's multiscale layers need 2).
 
     Returns
     -------
