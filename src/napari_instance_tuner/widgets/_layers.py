@@ -205,6 +205,23 @@ def labels_edited(viewer: Any, result: SegmentResult) -> bool:
     return track.edited or digest(track.layer.data) != track.digest
 
 
+def run_record(model: Any, params: Any, device: str, tile_size: int | None, image: Any, image_shape: tuple) -> dict:
+    """The keys of :data:`~..core.recipe.LAYER_KEYS` (and ``"role"``) for a run: enough to replay it."""
+    from ..core.params import params_to_dict
+
+    return {
+        "role": "instances",
+        "weights_path": str(model.path),
+        "weights_sha256": model.sha256,
+        "family": model.family.name,
+        "params": params_to_dict(params),
+        "device": device,
+        "tile_size": tile_size,
+        "image_name": image.name,
+        "image_shape": list(image_shape),
+    }
+
+
 def labels_metadata(result: SegmentResult, labels_digest: str | None = None) -> dict:
     """What the plugin records on its Labels layer: enough to replay the run, and the overlapping masks.
 
@@ -213,57 +230,52 @@ def labels_metadata(result: SegmentResult, labels_digest: str | None = None) -> 
     the labels headlessly. Where ``result.masks`` is set (families whose objects may overlap), ``"masks"``
     and ``"scores"`` hold the arrays themselves, not copies; other families' layers have neither key.
     """
-    from ..core.params import params_to_dict
-
-    model = result.model
     extra = {} if result.masks is None else {"masks": result.masks, "scores": result.scores}
-    return {
-        "role": "instances",
-        "weights_path": str(model.path),
-        "weights_sha256": model.sha256,
-        "family": model.family.name,
-        "params": params_to_dict(result.params),
-        "device": result.device,
-        "tile_size": None,
-        "image_name": result.image.name,
-        "image_shape": list(result.image_shape),
-        "labels_digest": labels_digest,
-        **extra,
-    }
+    record = run_record(result.model, result.params, result.device, None, result.image, result.image_shape)
+    return {**record, "labels_digest": labels_digest, **extra}
+
+
+def place_labels(
+    viewer: Any, track: LabelsTrack | None, data: Any, info: dict, image: Any, *, edited: bool, digest: str = "",
+    multiscale: bool = False,
+) -> LabelsTrack:
+    """Write ``data`` into the plugin's Labels layer of ``track``, or a new layer "<image> instances".
+
+    An ``edited`` layer is kept: renamed "<name> (edited)" and untagged (which drops its masks), and a new
+    layer is added. Otherwise the plugin's own layer (of the same kind, single- or multiscale) is updated in
+    place. ``info`` becomes ``metadata[TAG]``; the new layer takes the image's scale and translate.
+    """
+    if track is not None and edited:
+        track.layer.name = f"{track.layer.name} (edited)"
+        track.layer.metadata = {k: v for k, v in track.layer.metadata.items() if k != TAG}
+        track = None
+    if (track is not None and track.layer in viewer.layers and is_plugin_layer(track.layer)
+            and bool(track.layer.multiscale) == multiscale):
+        track.writing = True
+        try:
+            track.layer.data = data
+            track.layer.metadata = {**track.layer.metadata, TAG: info}
+        finally:
+            track.writing = False
+        track.digest, track.edited = digest, False
+        return track
+    extra = {"multiscale": True} if multiscale else {}
+    layer = viewer.add_labels(data, name=f"{image.name} instances", metadata={TAG: info}, **extra, **_spatial(image))
+    track = LabelsTrack(layer=layer, digest=digest)
+    _watch_edits(track)
+    return track
 
 
 def write_labels(viewer: Any, result: SegmentResult, labels: np.ndarray) -> Any:
     """Show ``labels`` (made with ``result.params``) in the plugin's Labels layer "<image> instances".
 
-    Returns the layer written. An edited layer is kept: it is renamed "<name> (edited)", untagged (which
-    drops its masks), and a new layer is added. The layer's ``metadata[TAG]`` records the run and the
-    masks of ``result`` (:func:`labels_metadata`), which must be those of ``labels``.
+    Returns the layer written (see :func:`place_labels`). The layer's ``metadata[TAG]`` records the run and
+    the masks of ``result`` (:func:`labels_metadata`), which must be those of ``labels``.
     """
     written = digest(labels)
-    track = result.labels
-    if track is not None and labels_edited(viewer, result):
-        track.layer.name = f"{track.layer.name} (edited)"
-        track.layer.metadata = {k: v for k, v in track.layer.metadata.items() if k != TAG}
-        track = None
-    if track is not None and track.layer in viewer.layers and is_plugin_layer(track.layer):
-        track.writing = True
-        try:
-            track.layer.data = labels
-            track.layer.metadata = {**track.layer.metadata, TAG: labels_metadata(result, written)}
-        finally:
-            track.writing = False
-        track.digest, track.edited = written, False
-    else:
-        layer = viewer.add_labels(
-            labels,
-            name=f"{result.image.name} instances",
-            metadata={TAG: labels_metadata(result, written)},
-            **_spatial(result.image),
-        )
-        track = LabelsTrack(layer=layer, digest=written)
-        _watch_edits(track)
-    result.labels = track
-    return track.layer
+    result.labels = place_labels(viewer, result.labels, labels, labels_metadata(result, written), result.image,
+                                 edited=labels_edited(viewer, result), digest=written)
+    return result.labels.layer
 
 
 def _watch_edits(track: LabelsTrack) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._layers import TAG, LabelsTrack, _spatial, _watch_edits, is_plugin_layer
+from ._layers import LabelsTrack, is_plugin_layer, place_labels, run_record
 
 _DIR: Path | None = None
 
@@ -103,69 +103,38 @@ class StreamedResult:
 def streamed_metadata(result: StreamedResult) -> dict:
     """``metadata[TAG]`` of a streamed Labels layer.
 
-    The keys of :data:`~..core.recipe.LAYER_KEYS` (so Export can write a recipe) plus ``"role"``,
-    ``"streamed"`` (True), ``"zarr_path"`` (the pyramid's zarr group), ``"model"`` (its name), ``"streaming"``
-    (tile, halo and amp: :meth:`~..core.streaming.StreamSettings.to_dict`),
-    ``"tiles"``, ``"count"`` and ``"labels_digest"`` (None: the labels are not hashed, they may be huge).
+    The run record of :func:`._layers.run_record` (so Export can write a recipe) plus ``"streamed"`` (True),
+    ``"zarr_path"`` (the pyramid's zarr group), ``"model"`` (its name), ``"streaming"`` (tile, halo and amp:
+    :meth:`~..core.streaming.StreamSettings.to_dict`), ``"tiles"``, ``"count"`` and ``"labels_digest"``
+    (None: the labels are not hashed, they may be huge).
     """
-    from ..core.params import params_to_dict
-
-    model = result.model
+    record = run_record(result.model, result.params, result.device, result.settings.network_tile, result.image,
+                        result.image_shape)
     return {
-        "role": "instances",
+        **record,
         "streamed": True,
         "zarr_path": str(result.path),
-        "model": model.name,
-        "weights_path": str(model.path),
-        "weights_sha256": model.sha256,
-        "family": model.family.name,
-        "params": params_to_dict(result.params),
-        "device": result.device,
-        "tile_size": result.settings.network_tile,
+        "model": result.model.name,
         "streaming": result.settings.to_dict(),
         "tiles": int(result.tiles),
         "count": int(result.count),
-        "image_name": result.image.name,
-        "image_shape": list(result.image_shape),
         "labels_digest": None,
     }
-
-
-def _edited(viewer: Any, track: LabelsTrack | None) -> bool:
-    return track is not None and track.edited and track.layer in viewer.layers and is_plugin_layer(track.layer)
 
 
 def write_streamed_labels(viewer: Any, result: StreamedResult, previous: Any, levels: list) -> Any:
     """Show ``levels`` (a label pyramid, largest first) as the multiscale Labels layer "<image> instances".
 
     ``previous`` is the :class:`StreamedResult` of the image's last streamed run, or None: its layer is
-    updated in place if it is still the plugin's and unedited; an edited one is renamed "<name> (edited)",
-    untagged and kept, and a new layer is added. The new layer takes the image's scale and translate.
-    Returns the layer.
+    updated in place if it is still the plugin's and unedited, else kept as "(edited)" and a new layer added
+    (:func:`._layers.place_labels`). Returns the layer.
     """
     track = getattr(previous, "labels", None)
-    if _edited(viewer, track):
-        track.layer.name = f"{track.layer.name} (edited)"
-        track.layer.metadata = {k: v for k, v in track.layer.metadata.items() if k != TAG}
-        track = None
-    info = streamed_metadata(result)
-    if track is not None and track.layer in viewer.layers and is_plugin_layer(track.layer) and track.layer.multiscale:
-        track.writing = True
-        try:
-            track.layer.data = levels
-            track.layer.metadata = {**track.layer.metadata, TAG: info}
-        finally:
-            track.writing = False
-        track.edited = False
-    else:
-        layer = viewer.add_labels(
-            levels, multiscale=True, name=f"{result.image.name} instances", metadata={TAG: info},
-            **_spatial(result.image),
-        )
-        track = LabelsTrack(layer=layer, digest="")
-        _watch_edits(track)
-    result.labels = track
-    return track.layer
+    edited = (track is not None and track.edited and track.layer in viewer.layers
+              and is_plugin_layer(track.layer))
+    result.labels = place_labels(viewer, track, levels, streamed_metadata(result), result.image, edited=edited,
+                                 multiscale=True)
+    return result.labels.layer
 
 
 def forget_streamed(streamed: dict, layer: Any) -> None:
