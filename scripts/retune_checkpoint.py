@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from napari_instance_tuner.core.autotune import autotune
 from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
 from napari_instance_tuner.core.data import load_split, read_groups
-from napari_instance_tuner.core.jobs import evaluate_samples, summarise
-from napari_instance_tuner.core.params import params_to_dict
+from napari_instance_tuner.core.jobs import tune_and_evaluate
 from napari_instance_tuner.core.progress import run
 
 
@@ -30,18 +28,13 @@ def main() -> None:
     parser.add_argument("--name", help="new model name (default: keep)")
     args = parser.parse_args()
     loaded = load_model(args.checkpoint)
-    meta, family = dict(loaded.meta), loaded.family
+    meta = dict(loaded.meta)
     names = set(meta["training"]["val_images"])
     samples = [s for s in load_split(args.data) if s.name in names]
     if len(samples) != len(names):
         raise SystemExit(f"found {len(samples)} of the {len(names)} validation images in {args.data}")
-    maps = [run(family.predict_maps(loaded.model, s.image, meta)) for s in samples]
-    params, before, after = run(autotune(family.postprocess, maps, [s.reference for s in samples],
-                                         family.default_params(meta), family.score))
-    meta["postprocess"] = params_to_dict(params)
-    meta["training"]["autotune"] = {"score_before": before, "score_after": after, "on": "validation split"}
-    rows = run(evaluate_samples(loaded, samples, params))
-    meta["metrics"] = {"validation": summarise(rows, read_groups(args.data))}
+    run(tune_and_evaluate(loaded, meta, samples, read_groups(args.data)))
+    before, after = meta["training"]["autotune"]["score_before"], meta["training"]["autotune"]["score_after"]
     if args.name:
         meta["name"] = args.name
     save_checkpoint(args.out, loaded.model.state_dict(), meta, half=True)

@@ -22,7 +22,7 @@ from .errors import InstanceTunerError
 from .image import DEFAULT_NORMALISATION
 from .params import params_from_dict, params_to_dict
 from .progress import CancelToken, Progress
-from .training import TrainConfig, selection_score
+from .training import TrainConfig
 
 
 @dataclass
@@ -138,24 +138,43 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
     )
     out = save_checkpoint(options.out, model.state_dict(), meta, half=options.half)
     loaded = load_model(out)
+    if val_samples:
+        yield from tune_and_evaluate(loaded, meta, val_samples, groups, autotune=options.autotune,
+                                     device=options.device, cancel=cancel)
+    meta["training"]["wall_seconds"] = round(time.time() - started, 1)
+    return save_checkpoint(options.out, loaded.model.state_dict(), meta, half=options.half)
+
+
+def tune_and_evaluate(
+    loaded: LoadedModel,
+    meta: dict,
+    samples: list[Sample],
+    groups: dict | None = None,
+    *,
+    autotune: bool = True,
+    device: str | None = None,
+    cancel: CancelToken | None = None,
+) -> Generator[Progress, None, None]:
+    """Auto-tune the post-processing on validation ``samples`` (the family's score), then record metrics.
+
+    Updates ``meta`` in place: ``postprocess`` and ``training.autotune`` (when ``autotune``) and
+    ``metrics.validation`` (:func:`summarise` of :func:`evaluate_samples`, per GlaS grade with ``groups``).
+    """
+    family = loaded.family
     params = family.default_params(meta)
-    references = [s.reference for s in val_samples]
-    if options.autotune and val_samples:
-        from .autotune import autotune
+    if autotune:
+        from .autotune import autotune as search
 
         maps = []
-        for s in val_samples:
-            maps.append((yield from family.predict_maps(loaded.model, s.image, meta, device=options.device)))
-        params, before, after = yield from autotune(
-            family.postprocess, maps, references, params, family.score, cancel=cancel
+        for s in samples:
+            maps.append((yield from family.predict_maps(loaded.model, s.image, meta, device=device)))
+        params, before, after = yield from search(
+            family.postprocess, maps, [s.reference for s in samples], params, family.score, cancel=cancel
         )
         meta["postprocess"] = params_to_dict(params)
         meta["training"]["autotune"] = {"score_before": before, "score_after": after, "on": "validation split"}
-    if val_samples:
-        rows = yield from evaluate_samples(loaded, val_samples, params, device=options.device)
-        meta["metrics"] = {"validation": summarise(rows, groups)}
-    meta["training"]["wall_seconds"] = round(time.time() - started, 1)
-    return save_checkpoint(options.out, loaded.model.state_dict(), meta, half=options.half)
+    rows = yield from evaluate_samples(loaded, samples, params, device=device)
+    meta["metrics"] = {"validation": summarise(rows, groups)}
 
 
 def _count_objects(sample: Sample) -> int:
