@@ -70,6 +70,7 @@ def cmd_train(args) -> int:
                                              ("phase2_epochs", args.phase2_epochs),
                                              ("paste_probability", args.paste_crossings),
                                              ("init_weights", args.init_weights)) if v is not None}
+        family_options["separate_targets"] = args.overlap_targets == "separated"
     if args.branches:
         arch["branches"] = args.branches.split(",")
     if args.arch_json:  # any other architecture key of the family's config, e.g. '{"mask_head_channels": 64}'
@@ -319,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "layering: from one of our checkpoints of the same architecture")
     t.add_argument("--paste-crossings", type=float,
                    help="layering: probability of pasting an object across another in a training crop")
+    t.add_argument("--overlap-targets", choices=("separated", "argmax"), default="separated",
+                   help="layering, phase 2: adjacent objects get different layers in the target stack S "
+                   "(separated), or each object its arg-max layer as in the paper (argmax)")
     t.add_argument("--coco-pretrained", action="store_true",
                    help="maskrcnn (resnet50_fpn): start from torchvision's COCO weights (downloads; needs internet)")
     t.add_argument("--arch-json", help="JSON object of further architecture keys (see the family's config class)")

@@ -81,6 +81,48 @@ def test_target_stack_puts_each_whole_object_into_the_layer_of_its_overlap_free_
     assert torch.equal(s.sum(1)[0], objects.sum(1)[0].float())  # overlap pixels are in two layers
 
 
+def test_layer_assignment_keeps_adjacent_objects_apart_and_leaves_the_rest_at_their_arg_max():
+    # Objects 0, 1, 2 touch one another (a triangle); 3 is far away. All four live in layer 1.
+    u = torch.tensor([[[0.0, 0.9, 0.1, 0.0], [0.0, 0.8, 0.0, 0.3], [0.0, 0.7, 0.0, 0.0], [0.0, 0.9, 0.0, 0.0]]])
+    adj = torch.tensor([[[0, 1, 1, 0], [1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]]], dtype=torch.bool)
+    present = torch.ones(1, 4, dtype=torch.bool)
+    assert L.layer_assignment(u, present).tolist() == [[1, 1, 1, 1]]  # the paper's arg-max
+    # Object 2 lives most clearly in layer 1 (u is one-hot there) and keeps it; 0 moves to its next
+    # best layer 2, 1 to its next best free one, 3; the far object 3 keeps layer 1.
+    assert L.layer_assignment(u, present, adj).tolist() == [[2, 3, 1, 1]]
+    # An absent object holds no layer: with object 2 absent, 0 and 1 only need to differ from each other.
+    present[0, 2] = False
+    layers = L.layer_assignment(u, present, adj)[0].tolist()
+    assert layers[0] != layers[1] and 1 in layers[:2] and layers[3] == 1
+
+
+def test_separated_target_stack_gives_touching_objects_of_one_layer_different_layers():
+    objects = torch.zeros(1, 2, 4, 8, dtype=torch.bool)
+    objects[0, 0, :, :4] = True
+    objects[0, 1, :, 4:] = True  # touches object 0
+    u = torch.tensor([[[0.0, 1.0, 0.0, 0.0], [0.0, 0.9, 0.2, 0.0]]])
+    adj = torch.tensor([[[0, 1], [1, 0]]], dtype=torch.bool)
+    present = torch.ones(1, 2, dtype=torch.bool)
+    plain = L.target_stack(objects, u, present)
+    assert plain[0, 1].sum() == 32 and plain[0, 2].sum() == 0  # both in layer 1: one object to Algorithm 1
+    s = L.target_stack(objects, u, present, adj)
+    assert torch.equal(s[0, 1].bool(), objects[0, 0]) and torch.equal(s[0, 2].bool(), objects[0, 1])
+    # The loss: a prediction that merges the two objects in layer 1 (object 1 a little in layer 2 too).
+    logits = torch.full((1, 1 + N, 4, 8), -12.0)
+    logits[0, 0] = 12.0
+    logits[0, 2] = 12.0  # layer 1 on both objects
+    logits[0, 3][objects[0, 1]] = 0.0  # layer 2 at 0.5 on object 1
+    logits.requires_grad_(True)
+    targets = L.LayeringTargets(objects, adj)
+    valid = torch.ones(1, 1, 4, 8)
+    _, paper = L.LayeringLoss(phase=2, separate_targets=False)(logits, targets, valid)
+    loss, separated = L.LayeringLoss(phase=2)(logits, targets, valid)  # separated is the default
+    assert separated["overlap"] > 0.3 and paper["overlap"] < 0.2  # the paper's S accepts the merge
+    loss.backward()
+    # Descending the separated loss raises layer 2 and lowers layer 1 on object 1.
+    assert (logits.grad[0, 3][objects[0, 1]] < 0).all() and (logits.grad[0, 2][objects[0, 1]] > 0).all()
+
+
 def test_full_loss_is_near_its_minimum_for_perfect_logits():
     objects = torch.zeros(1, 3, 16, 16, dtype=torch.bool)
     objects[0, 0, 2:6, 1:12] = True

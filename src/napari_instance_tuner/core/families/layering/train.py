@@ -333,7 +333,8 @@ def train_layering(
     ``options`` is a :class:`~...jobs.TrainOptions`; ``options.family_options`` may set
     ``phase1_epochs`` and ``phase2_epochs`` (default: ``options.train.epochs`` split 2:1 as the paper's
     1000:500), ``sparse_weight`` (lambda, default 0.1), ``paste_probability`` (copy-paste crossings, see
-    :func:`paste_crossing`; default 0) and ``init_weights`` (a checkpoint of the same architecture to start
+    :func:`paste_crossing`; default 0), ``separate_targets`` (phase 2's S keeps adjacent objects in different
+    layers, see :func:`~.loss.layer_assignment`; default True) and ``init_weights`` (a checkpoint of the same architecture to start
     from, e.g. to continue a run on another machine); ``options.train.max_minutes`` is shared
     between the phases in the same proportion. Each phase has its own resume file; a
     finished phase 1 is not repeated when phase 2 resumes. The history records carry ``"phase"``.
@@ -348,6 +349,7 @@ def train_layering(
     phase2 = int(extra.get("phase2_epochs", max(0, config.epochs - phase1)))
     sparse_weight = float(extra.get("sparse_weight", 0.1))
     paste = float(extra.get("paste_probability", 0.0))
+    separate = bool(extra.get("separate_targets", True))
     init = extra.get("init_weights")
     # A wall-time limit is shared between the phases in proportion to their epochs.
     minutes1 = minutes2 = None
@@ -357,7 +359,7 @@ def train_layering(
     meta["training"]["layering"] = {
         "phase1_epochs": phase1, "phase2_epochs": phase2, "sparse_weight": sparse_weight,
         "adjacency_distance_px": ADJACENCY_DISTANCE, "optimiser_note": f"{config.optimizer} (paper: RMSprop 1e-4)",
-        "paste_probability": paste, "init_weights": str(init) if init else None,
+        "paste_probability": paste, "separate_targets": separate, "init_weights": str(init) if init else None,
     }
     seed_everything(config.seed)
     model = family.build_model(meta["architecture"])
@@ -400,7 +402,7 @@ def train_layering(
             history += [{**r, "phase": 1} for r in saved["state"]["history"]]
             wall += saved["state"]["elapsed"]
     # Phase 2 starts from the best phase-1 weights (fit leaves them in the model) with fresh optimiser state.
-    result2 = yield from fit(model, batches, LayeringLoss(2, sparse_weight), validate,
+    result2 = yield from fit(model, batches, LayeringLoss(2, sparse_weight, separate), validate,
                              replace(config, epochs=phase2, seed=config.seed + 1, max_minutes=minutes2), device=options.device,
                              resume_path=resume2, cancel=cancel)
     history += [{**r, "phase": 2} for r in result2.history]
