@@ -22,7 +22,8 @@ equals the paper's S at the start of phase 2 and stays consistent under the rota
 (a layer may encode orientation, the paper's figure 5). Second deliberate difference (on by default,
 ``separate_targets``): where two adjacent objects have the same arg-max layer, S puts the one that lives
 less clearly in that layer into its best free layer (:func:`layer_assignment`). With the plain arg-max, such
-a pair stays merged for good: the shipped BBBC010 model had collapsed onto 2-3 of its 8 layers, L_rep has
+a pair gets little or no push apart: a BBBC010 model trained that way had collapsed onto 3 of its 8 layers
+(docs/benchmarks.md, run 2) with a third of adjacent worm pairs sharing a layer; L_rep has
 no gradient between identical embeddings (cos = 1 is its maximum) and none into layers whose sigmoid is
 saturated at 0, and L_overlap with the arg-max S pushes every unused layer further towards 0.
 """
