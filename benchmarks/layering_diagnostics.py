@@ -7,8 +7,8 @@ Runs the model on its own validation images (the names in its metadata; ``--all`
 
 - the share of the ground-truth foreground whose arg-max layer is each of the N layers, and how many layers
   hold at least 1 % of it ("layers used");
-- how many layers the image needs: a greedy colouring of its adjacency graph (objects closer than the
-  paper's adjacency distance t = 15 px must lie in different layers);
+- how many layers suffice for the image: a greedy colouring of its adjacency graph (objects closer than the
+  paper's adjacency distance t = 15 px must lie in different layers), an upper bound of the fewest needed;
 - how many adjacent pairs of objects share their arg-max layer (Algorithm 1 can only return such a pair as
   one object where they touch);
 - every ground-truth object not matched at IoU 0.5, with its cause: "merged" (the prediction that covers
@@ -30,8 +30,11 @@ from napari_instance_tuner.core.families.layering.train import ADJACENCY_DISTANC
 from napari_instance_tuner.core.progress import run
 
 
-def colours_needed(adj: np.ndarray) -> int:
-    """Layers a greedy colouring of the adjacency graph uses (largest degree first); 0 without objects."""
+def greedy_colours(adj: np.ndarray) -> int:
+    """Layers a greedy colouring of the adjacency graph uses (largest degree first; an upper bound of the fewest).
+
+    0 without objects.
+    """
     layer_of: dict[int, int] = {}
     for i in np.argsort(-adj.sum(1), kind="stable"):
         used = {layer_of[j] for j in np.flatnonzero(adj[i]) if j in layer_of}
@@ -106,7 +109,7 @@ def main() -> None:
         causes.update(c for _, _, c in misses)
         total += len(truth)
         print(f"{s.name}: {len(truth)} objects, {inst.count} predicted; layers used {(share >= 0.01).sum()} "
-              f"(needed {colours_needed(adj)}); adjacent pairs in one layer {same}/{len(iu)}; "
+              f"(a colouring with {greedy_colours(adj)} suffices); adjacent pairs in one layer {same}/{len(iu)}; "
               f"missed {len(misses)}: " + ", ".join(f"#{j} {c} (IoU {b:.2f})" for j, b, c in misses))
     share = np.sum(shares_all, 0) / max(np.sum(shares_all), 1)
     print("foreground share per layer (arg-max): " + " ".join(f"{v:.3f}" for v in share))
