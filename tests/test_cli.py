@@ -68,16 +68,16 @@ def worm_split(tmp_path):
     return split
 
 
-def test_layering_train_with_the_papers_argmax_targets_records_the_choice(worm_split, tmp_path):
+def test_layering_train_with_separated_targets_records_the_choice(worm_split, tmp_path):
     ckpt = tmp_path / "argmax.safetensors"
     args = ["train", "--family", "layering", "--data", str(worm_split), "--out", str(ckpt), "--epochs", "1",
             "--phase1-epochs", "0", "--phase2-epochs", "1", "--steps-per-epoch", "1", "--base-channels", "4",
             "--depth", "2", "--layers", "4", "--head-channels", "4", "--crop", "32", "--batch-size", "2",
-            "--pixel-scale", "1", "--val-fraction", "0.34", "--overlap-targets", "argmax", "--no-autotune",
+            "--pixel-scale", "1", "--val-fraction", "0.34", "--overlap-targets", "separated", "--no-autotune",
             "--workdir", str(tmp_path / "work"), "--quiet"]
     assert main(args) == 0
     meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
-    assert meta["training"]["layering"]["separate_targets"] is False
+    assert meta["training"]["layering"]["separate_targets"] is True
     assert [r["phase"] for r in meta["training"]["history"]] == [2]
 
 
@@ -92,7 +92,7 @@ def test_layering_train_predict_evaluate(worm_split, tmp_path, capsys):
     meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
     assert meta["family"] == "layering" and meta["architecture"]["n_layers"] == 4
     assert [r["phase"] for r in meta["training"]["history"]] == [1, 1, 2]
-    assert meta["training"]["layering"]["separate_targets"] is True  # the default target stack of phase 2
+    assert meta["training"]["layering"]["separate_targets"] is False  # the paper's target stack by default
     assert "mean_ap" in meta["metrics"]["validation"]["all"] and "autotune" in meta["training"]
     assert (tmp_path / "work" / "layers.resume.phase1.pt").is_file()
     assert (tmp_path / "work" / "layers.resume.phase2.pt").is_file()

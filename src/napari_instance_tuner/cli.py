@@ -320,9 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "layering: from one of our checkpoints of the same architecture")
     t.add_argument("--paste-crossings", type=float,
                    help="layering: probability of pasting an object across another in a training crop")
-    t.add_argument("--overlap-targets", choices=("separated", "argmax"), default="separated",
-                   help="layering, phase 2: adjacent objects get different layers in the target stack S "
-                   "(separated), or each object its arg-max layer as in the paper (argmax)")
+    t.add_argument("--overlap-targets", choices=("argmax", "separated"), default="argmax",
+                   help="layering, phase 2: each object's target layer is its arg-max layer as in the paper "
+                   "(argmax), or adjacent objects get different layers (separated)")
     t.add_argument("--coco-pretrained", action="store_true",
                    help="maskrcnn (resnet50_fpn): start from torchvision's COCO weights (downloads; needs internet)")
     t.add_argument("--arch-json", help="JSON object of further architecture keys (see the family's config class)")

@@ -116,7 +116,8 @@ def test_separated_target_stack_gives_touching_objects_of_one_layer_different_la
     targets = L.LayeringTargets(objects, adj)
     valid = torch.ones(1, 1, 4, 8)
     _, paper = L.LayeringLoss(phase=2, separate_targets=False)(logits, targets, valid)
-    loss, separated = L.LayeringLoss(phase=2)(logits, targets, valid)  # separated is the default
+    assert L.LayeringLoss(phase=2).separate_targets is False  # the paper's S is the default
+    loss, separated = L.LayeringLoss(phase=2, separate_targets=True)(logits, targets, valid)
     assert separated["overlap"] > 0.3 and paper["overlap"] < 0.2  # the paper's S accepts the merge
     loss.backward()
     # Descending the separated loss raises layer 2 and lowers layer 1 on object 1.

@@ -19,13 +19,15 @@ The target stack S of phase 2 puts each object's whole silhouette into the layer
 overlap-free part lives (argmax of u_i). Deliberate difference: the paper derives S once from the best
 phase-1 model; here it is derived on every batch from the current model's own u_i (detached), which
 equals the paper's S at the start of phase 2 and stays consistent under the rotations of augmentation
-(a layer may encode orientation, the paper's figure 5). Second deliberate difference (on by default,
+(a layer may encode orientation, the paper's figure 5). Optional difference (off by default,
 ``separate_targets``): where two adjacent objects have the same arg-max layer, S puts the one that lives
 less clearly in that layer into its best free layer (:func:`layer_assignment`). With the plain arg-max, such
 a pair gets little or no push apart: a BBBC010 model trained that way had collapsed onto 3 of its 8 layers
 (docs/benchmarks.md, run 2) with a third of adjacent worm pairs sharing a layer; L_rep has
 no gradient between identical embeddings (cos = 1 is its maximum) and none into layers whose sigmoid is
 saturated at 0, and L_overlap with the arg-max S pushes every unused layer further towards 0.
+It reduced merged worms, but over equal training time it did not raise the validation score
+(docs/benchmarks.md), so it is off by default.
 """
 
 from __future__ import annotations
@@ -192,13 +194,13 @@ class LayeringLoss:
     sparse_weight : float
         lambda of equation (5) (paper: 0.1).
     separate_targets : bool
-        Phase 2: adjacent objects never share a layer of S (:func:`layer_assignment`); False = the
-        paper's plain arg-max.
+        Phase 2: adjacent objects never share a layer of S (:func:`layer_assignment`); False (default) =
+        the paper's plain arg-max.
     """
 
     phase: int = 1
     sparse_weight: float = 0.1
-    separate_targets: bool = True
+    separate_targets: bool = False
 
     def __call__(self, logits: torch.Tensor, targets: LayeringTargets, valid: torch.Tensor):
         valid = valid[:, 0] > 0

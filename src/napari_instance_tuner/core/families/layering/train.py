@@ -334,7 +334,7 @@ def train_layering(
     ``phase1_epochs`` and ``phase2_epochs`` (default: ``options.train.epochs`` split 2:1 as the paper's
     1000:500), ``sparse_weight`` (lambda, default 0.1), ``paste_probability`` (copy-paste crossings, see
     :func:`paste_crossing`; default 0), ``separate_targets`` (phase 2's S keeps adjacent objects in different
-    layers, see :func:`~.loss.layer_assignment`; default True) and ``init_weights`` (a checkpoint of the same architecture to start
+    layers, see :func:`~.loss.layer_assignment`; default False, the paper's) and ``init_weights`` (a checkpoint of the same architecture to start
     from, e.g. to continue a run on another machine); ``options.train.max_minutes`` is shared
     between the phases in the same proportion. Each phase has its own resume file; a
     finished phase 1 is not repeated when phase 2 resumes. The history records carry ``"phase"``.
@@ -349,7 +349,7 @@ def train_layering(
     phase2 = int(extra.get("phase2_epochs", max(0, config.epochs - phase1)))
     sparse_weight = float(extra.get("sparse_weight", 0.1))
     paste = float(extra.get("paste_probability", 0.0))
-    separate = bool(extra.get("separate_targets", True))
+    separate = bool(extra.get("separate_targets", False))
     init = extra.get("init_weights")
     # A wall-time limit is shared between the phases in proportion to their epochs.
     minutes1 = minutes2 = None
