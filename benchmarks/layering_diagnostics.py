@@ -27,6 +27,7 @@ from napari_instance_tuner.core.checkpoint import load_model
 from napari_instance_tuner.core.data import load_split
 from napari_instance_tuner.core.families.layering.postprocess import layer_stack
 from napari_instance_tuner.core.families.layering.train import ADJACENCY_DISTANCE, adjacency, object_masks
+from napari_instance_tuner.core.metrics import intersection_matrix
 from napari_instance_tuner.core.progress import run
 
 
@@ -52,10 +53,8 @@ def miss_causes(pred: np.ndarray, truth: np.ndarray, foreground: np.ndarray) -> 
     foreground : np.ndarray
         bool (H, W): the thresholded foreground map.
     """
-    p = pred.reshape(len(pred), -1).astype(np.float32)
-    g = truth.reshape(len(truth), -1).astype(np.float32)
-    inter = p @ g.T
-    areas_p, areas_g = p.sum(1), g.sum(1)
+    areas_p, areas_g = pred.sum(axis=(1, 2)).astype(float), truth.sum(axis=(1, 2)).astype(float)
+    inter = intersection_matrix(pred, truth).toarray() if len(pred) else np.zeros((0, len(truth)))
     iou = inter / np.maximum(areas_p[:, None] + areas_g[None] - inter, 1)
     out = []
     for j in range(len(truth)):
