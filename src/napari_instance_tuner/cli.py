@@ -51,6 +51,7 @@ def cmd_train(args) -> int:
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, patience=args.patience,
         validate_every=args.validate_every, seed=args.seed, max_minutes=args.max_minutes,
         loader_workers=args.loader_workers, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        ema_decay=args.ema,
     )
     arch = {"base_channels": args.base_channels, "depth": args.depth, "conv_type": args.conv_type, "norm": args.norm}
     family_options = {}
@@ -338,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam",
                    help="sgd: momentum 0.9 (torchvision's detection recipe; give it a larger --lr, e.g. 0.02)")
     t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate, select and ship an exponential moving average of the weights (e.g. 0.99; 0: off)")
     t.add_argument("--patience", type=int, default=20)
     t.add_argument("--validate-every", type=int, default=2)
     t.add_argument("--val-fraction", type=float, default=0.18)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -196,6 +198,28 @@ def test_algorithm_1_min_size_and_threshold():
     maps.arrays["foreground"][0:3, 0:3] = 0.9  # a 9-pixel speck
     assert postprocess(maps, LayeringParams(0.5, min_size=10, allow_overlaps=True)).count == 2
     assert postprocess(maps, LayeringParams(0.5, min_size=5, allow_overlaps=True)).count == 3
+
+
+def test_fill_gaps_gives_dropped_layer_fragments_to_the_nearest_object_within_the_distance():
+    maps, bar_h, bar_v = _crossing_maps()
+    fragment = np.zeros_like(bar_h)
+    fragment[18:23, 30:32] = True  # 10 pixels of the horizontal bar flip to layer 3: below S_min
+    maps.arrays["layer_3"][fragment] = 0.99
+    maps.arrays["layer_1"][fragment] = 0.3
+    params = LayeringParams(0.5, min_size=20, allow_overlaps=True)
+    published = postprocess(maps, params)
+    assert published.count == 3  # the bar falls into two pieces around the dropped fragment, plus bar_v
+    assert not published.masks.any(0)[fragment].any()
+    filled = postprocess(maps, replace(params, fill_gaps=3))
+    assert filled.count == 3 and np.array_equal(filled.masks.any(0), bar_h | bar_v)
+    left = next(m for m in filled.masks if m[20, 5])
+    right = next(m for m in filled.masks if m[20, 36])
+    # each fragment pixel joins the nearer piece: column 30 the left one, column 31 the right one
+    assert left[18:23, 30].all() and not left[18:23, 31].any() and right[18:23, 31].all() and not right[:, 30].any()
+    assert not (left & ~bar_h).any() and not (right & ~bar_h).any()
+    assert np.array_equal(filled.scores, published.scores)
+    too_far = postprocess(maps, replace(params, fill_gaps=0.5))
+    assert not too_far.masks.any(0)[fragment].any()
 
 
 def test_algorithm_1_on_empty_maps():

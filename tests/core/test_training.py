@@ -160,3 +160,58 @@ print("steps", len(result.history) * 2, "threads", cv2.getNumThreads())
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "steps 4 threads 2" in done.stdout  # trained; this process's OpenCV settings are untouched
+
+
+
+def _fit_tiny(epochs, decay, resume=None, score_offset=0.0):
+    """A 1x1 convolution fitted to a fixed target; returns (result, weights seen, models validated)."""
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 1, 1)
+    seen = []  # the weight before every step
+    validated = []  # (weight, bias) of every model validate() is given, in call order
+
+    def next_batch(rng):
+        x = torch.from_numpy(rng.normal(size=(2, 1, 4, 4)).astype(np.float32))
+        return x, 3 * x + 1, torch.ones(2, 1, 4, 4)
+
+    def loss_fn(out, y, valid):
+        seen.append(model.weight.detach().clone())
+        return ((out - y) ** 2).mean(), {}
+
+    def validate(m):
+        validated.append(m.weight.detach().clone())
+        return {"score": score_offset + len(validated)}  # each validation beats the last: the last one is kept
+
+    config = TrainConfig(epochs=epochs, steps_per_epoch=3, lr=0.1, seed=1, checkpoint_every_s=0, patience=100,
+                         ema_decay=decay)
+    result = run(fit(model, next_batch, loss_fn, validate, config, resume_path=resume))
+    return result, seen, validated
+
+
+def test_ema_selects_and_returns_the_moving_average_and_records_the_raw_score():
+    decay = 0.6
+    result, seen, validated = _fit_tiny(2, decay)
+    assert len(validated) == 4  # per validation: the average, then the raw weights
+    raw_after = seen[1:] + [validated[3]]  # the raw weights after steps 1..6
+    average = raw_after[0]  # the first update copies the weights
+    for w in raw_after[1:]:
+        average = decay * average + (1 - decay) * w
+    assert torch.allclose(validated[2], average, atol=1e-6)
+    assert torch.allclose(result.best_state["weight"], average, atol=1e-6)
+    assert not torch.allclose(average, validated[3], atol=1e-3)  # the raw weights differ from their average
+    assert all("val_raw_score" in h for h in result.history)
+    assert result.history[-1]["val_score"] == 3.0 and result.history[-1]["val_raw_score"] == 4.0
+
+
+def test_ema_is_resumed_with_the_run(tmp_path):
+    straight, _, _ = _fit_tiny(4, 0.6)
+    resume = tmp_path / "ema.resume.pt"
+    _fit_tiny(2, 0.6, resume=resume)
+    resumed, _, _ = _fit_tiny(4, 0.6, resume=resume, score_offset=100)
+    assert torch.allclose(resumed.best_state["weight"], straight.best_state["weight"], atol=1e-6)
+    assert torch.allclose(resumed.best_state["bias"], straight.best_state["bias"], atol=1e-6)
+
+
+def test_ema_decay_must_be_below_one():
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)

@@ -121,7 +121,7 @@ def test_layering_maps_show_foreground_and_add_layers_hidden(layering, worms, vi
 
     widget = layering
     controls = {c.name: type(c) for c in widget.params.controls}
-    assert controls == {"threshold": FloatSlider, "min_size": Slider, "allow_overlaps": CheckBox}
+    assert controls == {"threshold": FloatSlider, "min_size": Slider, "allow_overlaps": CheckBox, "fill_gaps": FloatSlider}
     widget.image.value = worms
     widget.show_maps.value = True
     assert run(widget) == "ok", errors
@@ -186,7 +186,7 @@ def test_parameter_changes_update_labels_and_masks_without_the_network(
     masks = _assert_masks_match_labels(widget, labels)
     assert masks is not before  # the cached masks follow the labels shown
     assert (masks.sum(0) > 1).any() == overlap
-    recorded = {"threshold": 0.5, "min_size": 250, "allow_overlaps": True, **values}
+    recorded = {"threshold": 0.5, "min_size": 250, "allow_overlaps": True, "fill_gaps": 0.0, **values}
     assert labels.metadata[TAG]["params"] == pytest.approx(recorded)
     assert crossing == [SHAPE]  # post-processing only: the network ran once, for Run
 

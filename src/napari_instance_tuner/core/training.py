@@ -1,5 +1,9 @@
 """A resumable training loop as a progress generator (Adam, AdamW or SGD; early stopping on a validation score).
 
+Optionally the loop keeps an exponential moving average (EMA) of the weights and batch-norm statistics
+(``torch.optim.swa_utils.AveragedModel``); then the averaged weights are validated, selected and returned,
+and the raw weights' validation is recorded beside them (``val_raw_score``).
+
 The family supplies ``next_batch(rng) -> (x, y, valid)`` tensors, ``loss_fn(logits, y, valid) ->
 (loss, parts)`` and ``validate(model) -> dict`` with a ``"score"`` (higher is better). The loop saves a
 resume file every ``checkpoint_every_s`` seconds (model, optimiser, RNG states, history, best weights);
@@ -52,6 +56,10 @@ class TrainConfig:
         weight decay) or ``"sgd"`` (momentum 0.9, as torchvision's detection recipe and the Mask R-CNN papers).
     weight_decay : float
         L2 (SGD, Adam) or decoupled (AdamW) weight decay.
+    ema_decay : float
+        0 (default): no averaging. In (0, 1): after every step the averaged weights become
+        ``decay * average + (1 - decay) * weights`` (buffers too); validation, model selection and the
+        returned weights use the average. 0.99 averages over about the last 100 steps.
     loader_workers : int
         0: batches are made in this process from one running random generator. N > 0: N
         ``torch.utils.data.DataLoader`` worker processes make them ahead of the GPU, batch ``i`` from a
@@ -71,10 +79,13 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     loader_workers: int = 0
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
@@ -199,6 +210,13 @@ def make_optimizer(config: TrainConfig, params):
     return torch.optim.Adam(params, lr=config.lr, eps=1e-7, weight_decay=config.weight_decay)
 
 
+def make_ema(model, decay: float):
+    """An ``AveragedModel`` of ``model`` keeping an exponential moving average of weights and buffers."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def fit(
     model,
     next_batch: Callable[[np.random.Generator], tuple[Any, Any, Any]],
@@ -229,6 +247,7 @@ def fit(
     state = {"epoch": 0, "history": [], "best_score": -np.inf, "best_epoch": -1, "elapsed": 0.0}
     best_state = copy.deepcopy(model.state_dict())
     resume_path = Path(resume_path) if resume_path else None
+    saved: dict = {}
     if resume_path is not None and resume_path.is_file():
         saved = torch.load(resume_path, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
@@ -239,6 +258,11 @@ def fit(
         state = saved["state"]
         rng.bit_generator.state = saved["numpy_rng"]
         torch.set_rng_state(saved["torch_rng"])
+    # Made after a resume file is read: a run that did not average before starts its average there.
+    ema = make_ema(model, config.ema_decay) if config.ema_decay > 0 else None
+    if ema is not None and "ema" in saved:
+        ema.load_state_dict(saved["ema"])
+    selected = ema.module if ema is not None else model  # the weights validated, selected and returned
 
     def save_resume() -> None:
         if resume_path is None:
@@ -253,6 +277,7 @@ def fit(
                 "state": state,
                 "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
+                **({"ema": ema.state_dict()} if ema is not None else {}),
             },
             tmp,
         )
@@ -281,6 +306,8 @@ def fit(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(float(loss.detach()))
             done = state["epoch"] * config.steps_per_epoch + step + 1
             yield Progress(done, total_steps, f"epoch {state['epoch'] + 1}", {"loss": losses[-1], "parts": parts})
@@ -290,15 +317,18 @@ def fit(
         record = {"epoch": state["epoch"], "loss": float(np.mean(losses)), "time": time.monotonic() - start}
         if validate is not None and state["epoch"] % config.validate_every == 0:
             model.eval()
+            selected.eval()
             with torch.no_grad():
-                metrics = validate(model)
+                metrics = validate(selected)
+                if ema is not None:
+                    record["val_raw_score"] = float(validate(model)["score"])
             record.update({f"val_{k}": v for k, v in metrics.items()})
             if metrics["score"] > state["best_score"]:
                 state["best_score"] = float(metrics["score"])
                 state["best_epoch"] = state["epoch"]
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(selected.state_dict())
         elif validate is None:
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(selected.state_dict())
             state["best_epoch"] = state["epoch"]
         state["history"].append(record)
         state["elapsed"] = time.monotonic() - start
