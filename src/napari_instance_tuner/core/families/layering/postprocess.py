@@ -42,30 +42,49 @@ class LayeringParams:
                              "this many pixels (0: Algorithm 1 as published)", 0.5)
 
 
-def _fill_gaps(masks: list[np.ndarray], inside: np.ndarray, distance: float) -> None:
-    """Give the foreground pixels of ``inside`` that no mask holds to the nearest mask within ``distance``.
+def _fill_gaps(pieces: list[tuple[int, int, np.ndarray]], inside: np.ndarray, distance: float) -> list:
+    """Give the pixels of ``inside`` that no object holds to the nearest object within ``distance``.
 
     Parameters
     ----------
-    masks : list of np.ndarray
-        bool (h, w) object masks of one foreground component, in its bounding box; grown in place.
+    pieces : list of (int, int, np.ndarray)
+        The objects of one foreground component: (row, column) of each one's box in the component's
+        bounding box, and its bool mask in that box.
     inside : np.ndarray
-        bool (h, w): the component.
+        bool (h, w): the component, in its bounding box.
     distance : float
         Largest Euclidean distance in pixels from a pixel to the object it joins.
+
+    Returns
+    -------
+    list of (int, int, np.ndarray)
+        ``pieces`` with the grown objects' boxes and masks replaced.
     """
     from scipy import ndimage as ndi
 
     owner = np.zeros(inside.shape, np.int32)  # 1 + index of an object holding the pixel (the smallest wins)
-    for i in sorted(range(len(masks)), key=lambda i: -int(masks[i].sum())):
-        owner[masks[i]] = i + 1
+    for i in sorted(range(len(pieces)), key=lambda i: -int(pieces[i][2].sum())):
+        r0, c0, mask = pieces[i]
+        owner[r0 : r0 + mask.shape[0], c0 : c0 + mask.shape[1]][mask] = i + 1
     orphan = inside & (owner == 0)
     if not orphan.any():
-        return
+        return pieces
     dist, (iy, ix) = ndi.distance_transform_edt(owner == 0, return_indices=True)
-    nearest = np.where(orphan & (dist <= distance), owner[iy, ix], 0)
-    for i, mask in enumerate(masks):
-        mask |= nearest == i + 1
+    rows, cols = np.nonzero(orphan & (dist <= distance))
+    gainer = owner[iy[rows, cols], ix[rows, cols]] - 1
+    out = list(pieces)
+    order = np.argsort(gainer, kind="stable")
+    for i, start, count in zip(*np.unique(gainer[order], return_index=True, return_counts=True)):
+        take = order[start : start + count]
+        r0, c0, mask = pieces[i]
+        new_r0, new_c0 = min(r0, int(rows[take].min())), min(c0, int(cols[take].min()))
+        new_r1 = max(r0 + mask.shape[0], int(rows[take].max()) + 1)
+        new_c1 = max(c0 + mask.shape[1], int(cols[take].max()) + 1)
+        grown = np.zeros((new_r1 - new_r0, new_c1 - new_c0), bool)
+        grown[r0 - new_r0 : r0 - new_r0 + mask.shape[0], c0 - new_c0 : c0 - new_c0 + mask.shape[1]] = mask
+        grown[rows[take] - new_r0, cols[take] - new_c0] = True
+        out[i] = (new_r0, new_c0, grown)
+    return out
 
 
 def layer_stack(maps: Maps) -> np.ndarray:
@@ -121,23 +140,25 @@ def postprocess(maps: Maps, params: LayeringParams) -> Instances:
             if params.allow_overlaps:  # lines 7-8
                 member |= layers[(slice(None), *box)] > tau
             member &= inside[None]
-            found: dict[bytes, tuple[np.ndarray, float]] = {}  # the component's objects, in its box
+            found: dict[tuple, list] = {}  # the component's objects: key -> [row, column, mask, score]
             for k in np.flatnonzero(member.any(axis=(1, 2))):
                 _, sub, sub_stats, _ = cv2.connectedComponentsWithStats(member[k].view(np.uint8), connectivity=8,
                                                                         ltype=cv2.CV_32S)
                 for j in np.flatnonzero(sub_stats[1:, cv2.CC_STAT_AREA] >= min_size) + 1:  # line 11
-                    mask = sub == j
-                    score = float(layers[k][box][mask].mean())
-                    key = mask.tobytes()  # the same pixels found in another layer are the same object
-                    found[key] = (mask, max(score, found[key][1]) if key in found else score)
-            masks = [m for m, _ in found.values()]
-            if fill > 0 and masks:
-                _fill_gaps(masks, inside, fill)
-            for mask, (_, score) in zip(masks, found.values()):
-                rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-                r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-                obj_box = (slice(y0 + r0, y0 + r1), slice(x0 + c0, x0 + c1))
-                objects.append((int(mask.sum()), obj_box, mask[r0:r1, c0:c1], score))
+                    sx, sy, sw, sh, _ = sub_stats[j]
+                    mask = sub[sy : sy + sh, sx : sx + sw] == j
+                    score = float(layers[k][y0 + sy : y0 + sy + sh, x0 + sx : x0 + sx + sw][mask].mean())
+                    key = (sy, sx, mask.tobytes())  # the same pixels found in another layer are the same object
+                    if key in found:
+                        found[key][3] = max(found[key][3], score)
+                    else:
+                        found[key] = [int(sy), int(sx), mask, score]
+            pieces = [(r, c, m) for r, c, m, _ in found.values()]
+            if fill > 0 and pieces:
+                pieces = _fill_gaps(pieces, inside, fill)
+            for (r, c, mask), (*_, score) in zip(pieces, found.values()):
+                obj_box = (slice(y0 + r, y0 + r + mask.shape[0]), slice(x0 + c, x0 + c + mask.shape[1]))
+                objects.append((int(mask.sum()), obj_box, mask, score))
     objects.sort(key=lambda o: -o[0])
     masks = np.zeros((len(objects), height, width), bool)
     labels = np.zeros((height, width), np.uint32)
