@@ -69,7 +69,7 @@ def worm_split(tmp_path):
 
 
 def test_layering_train_with_separated_targets_records_the_choice(worm_split, tmp_path):
-    ckpt = tmp_path / "argmax.safetensors"
+    ckpt = tmp_path / "separated.safetensors"
     args = ["train", "--family", "layering", "--data", str(worm_split), "--out", str(ckpt), "--epochs", "1",
             "--phase1-epochs", "0", "--phase2-epochs", "1", "--steps-per-epoch", "1", "--base-channels", "4",
             "--depth", "2", "--layers", "4", "--head-channels", "4", "--crop", "32", "--batch-size", "2",

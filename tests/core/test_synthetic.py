@@ -120,7 +120,7 @@ def test_worms_count_and_bbbc_like_well():
 def test_shipped_layering_model_returns_crossing_worms_as_two_overlapping_objects():
     """Issue 3's acceptance: two crossing worms come out as two whole objects whose masks overlap.
 
-    ``benchmarks/layering_crossing.py`` measures the rate (the shipped model: 3 of 8 seeds, with extra
+    ``benchmarks/layering_crossing.py`` measures the rate (the shipped model: 4 of 8 seeds, with extra
     objects on the synthetic well's rim); this pins one of those images as a regression test of the
     ability, not of the rate.
     """

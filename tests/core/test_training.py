@@ -161,14 +161,12 @@ print("steps", len(result.history) * 2, "threads", cv2.getNumThreads())
     assert done.returncode == 0, done.stderr[-2000:]
     assert "steps 4 threads 2" in done.stdout  # trained; this process's OpenCV settings are untouched
 
-
-
 def _fit_tiny(epochs, decay, resume=None, score_offset=0.0):
     """A 1x1 convolution fitted to a fixed target; returns (result, weights seen, models validated)."""
     torch.manual_seed(0)
     model = torch.nn.Conv2d(1, 1, 1)
     seen = []  # the weight before every step
-    validated = []  # (weight, bias) of every model validate() is given, in call order
+    validated = []  # the weight of every model validate() is given, in call order
 
     def next_batch(rng):
         x = torch.from_numpy(rng.normal(size=(2, 1, 4, 4)).astype(np.float32))

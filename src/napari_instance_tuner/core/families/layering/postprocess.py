@@ -154,9 +154,10 @@ def postprocess(maps: Maps, params: LayeringParams) -> Instances:
                     else:
                         found[key] = [int(sy), int(sx), mask, score]
             pieces = [(r, c, m) for r, c, m, _ in found.values()]
+            scores = [score for *_, score in found.values()]
             if fill > 0 and pieces:
                 pieces = _fill_gaps(pieces, inside, fill)
-            for (r, c, mask), (*_, score) in zip(pieces, found.values()):
+            for (r, c, mask), score in zip(pieces, scores):
                 obj_box = (slice(y0 + r, y0 + r + mask.shape[0]), slice(x0 + c, x0 + c + mask.shape[1]))
                 objects.append((int(mask.sum()), obj_box, mask, score))
     objects.sort(key=lambda o: -o[0])
