@@ -161,6 +161,7 @@ print("steps", len(result.history) * 2, "threads", cv2.getNumThreads())
     assert done.returncode == 0, done.stderr[-2000:]
     assert "steps 4 threads 2" in done.stdout  # trained; this process's OpenCV settings are untouched
 
+
 def _fit_tiny(epochs, decay, resume=None, score_offset=0.0):
     """A 1x1 convolution fitted to a fixed target; returns (result, weights seen, models validated)."""
     torch.manual_seed(0)
