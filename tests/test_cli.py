@@ -74,11 +74,23 @@ def test_layering_train_with_separated_targets_records_the_choice(worm_split, tm
             "--phase1-epochs", "0", "--phase2-epochs", "1", "--steps-per-epoch", "1", "--base-channels", "4",
             "--depth", "2", "--layers", "4", "--head-channels", "4", "--crop", "32", "--batch-size", "2",
             "--pixel-scale", "1", "--val-fraction", "0.34", "--overlap-targets", "separated", "--no-autotune",
-            "--workdir", str(tmp_path / "work"), "--quiet"]
+            "--layer-bce", "0.5", "--workdir", str(tmp_path / "work"), "--quiet"]
     assert main(args) == 0
     meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
     assert meta["training"]["layering"]["separate_targets"] is True
+    assert meta["training"]["layering"]["layer_bce_weight"] == 0.5
     assert [r["phase"] for r in meta["training"]["history"]] == [2]
+
+
+@pytest.mark.parametrize("option, value, message", [("--layer-bce", "-1", "--layer-bce must be"),
+                                                    ("--layer-bce", "nan", "--layer-bce must be"),
+                                                    ("--ema", "1.5", "ema_decay must be in [0, 1)")])
+def test_train_rejects_bad_option_values_with_a_message(worm_split, tmp_path, capsys, option, value, message):
+    out = tmp_path / "never.safetensors"
+    args = ["train", "--family", "layering", "--data", str(worm_split), "--out", str(out), option, value]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_layering_train_predict_evaluate(worm_split, tmp_path, capsys):
@@ -93,6 +105,7 @@ def test_layering_train_predict_evaluate(worm_split, tmp_path, capsys):
     assert meta["family"] == "layering" and meta["architecture"]["n_layers"] == 4
     assert [r["phase"] for r in meta["training"]["history"]] == [1, 1, 2]
     assert meta["training"]["layering"]["separate_targets"] is False  # the paper's target stack by default
+    assert meta["training"]["layering"]["layer_bce_weight"] == 0.0  # and the paper's loss
     assert "mean_ap" in meta["metrics"]["validation"]["all"] and "autotune" in meta["training"]
     assert (tmp_path / "work" / "layers.resume.phase1.pt").is_file()
     assert (tmp_path / "work" / "layers.resume.phase2.pt").is_file()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -47,12 +48,15 @@ def cmd_train(args) -> int:
     from .core.progress import run
     from .core.training import TrainConfig
 
-    train = TrainConfig(
-        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, patience=args.patience,
-        validate_every=args.validate_every, seed=args.seed, max_minutes=args.max_minutes,
-        loader_workers=args.loader_workers, optimizer=args.optimizer, weight_decay=args.weight_decay,
-        ema_decay=args.ema,
-    )
+    try:  # TrainConfig checks its values (ValueError): an error message, not a traceback
+        train = TrainConfig(
+            epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, patience=args.patience,
+            validate_every=args.validate_every, seed=args.seed, max_minutes=args.max_minutes,
+            loader_workers=args.loader_workers, optimizer=args.optimizer, weight_decay=args.weight_decay,
+            ema_decay=args.ema,
+        )
+    except ValueError as exc:
+        raise InstanceTunerError(f"train: {exc}") from exc
     arch = {"base_channels": args.base_channels, "depth": args.depth, "conv_type": args.conv_type, "norm": args.norm}
     family_options = {}
     if args.family == "maskrcnn":
@@ -72,6 +76,9 @@ def cmd_train(args) -> int:
                                              ("paste_probability", args.paste_crossings),
                                              ("init_weights", args.init_weights)) if v is not None}
         family_options["separate_targets"] = args.overlap_targets == "separated"
+        if not (math.isfinite(args.layer_bce) and args.layer_bce >= 0):
+            raise InstanceTunerError(f"--layer-bce must be a finite number >= 0, got {args.layer_bce}")
+        family_options["layer_bce_weight"] = args.layer_bce
     if args.branches:
         arch["branches"] = args.branches.split(",")
     if args.arch_json:  # any other architecture key of the family's config, e.g. '{"mask_head_channels": 64}'
@@ -324,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overlap-targets", choices=("argmax", "separated"), default="argmax",
                    help="layering, phase 2: each object's target layer is its arg-max layer as in the paper "
                    "(argmax), or adjacent objects get different layers (separated)")
+    t.add_argument("--layer-bce", type=float, default=0.0, metavar="WEIGHT",
+                   help="layering, phase 2: add WEIGHT x cross-entropy between the layering logits and the target "
+                   "stack S (default 0: the paper's loss only)")
     t.add_argument("--coco-pretrained", action="store_true",
                    help="maskrcnn (resnet50_fpn): start from torchvision's COCO weights (downloads; needs internet)")
     t.add_argument("--arch-json", help="JSON object of further architecture keys (see the family's config class)")

@@ -126,6 +126,39 @@ def test_separated_target_stack_gives_touching_objects_of_one_layer_different_la
     assert (logits.grad[0, 3][objects[0, 1]] < 0).all() and (logits.grad[0, 2][objects[0, 1]] > 0).all()
 
 
+def test_layer_cross_entropy_raises_a_saturated_target_layer_where_the_overlap_loss_cannot():
+    objects = torch.zeros(1, 2, 4, 8, dtype=torch.bool)
+    objects[0, 0, :, :4] = True
+    objects[0, 1, :, 4:] = True  # touches object 0
+    adj = torch.tensor([[[0, 1], [1, 0]]], dtype=torch.bool)
+    # Both objects in layer 1; object 1 a little more in layer 2 than elsewhere, but saturated there (1e-7).
+    logits = torch.full((1, 1 + N, 4, 8), -20.0)
+    logits[0, 0] = 12.0
+    logits[0, 2] = 12.0
+    logits[0, 3][objects[0, 1]] = -16.0
+    targets = L.LayeringTargets(objects, adj)
+    valid = torch.ones(1, 1, 4, 8)
+    grads = {}
+    for weight in (0.0, 1.0):
+        x = logits.clone().requires_grad_(True)
+        loss, parts = L.LayeringLoss(phase=2, separate_targets=True, layer_bce_weight=weight)(x, targets, valid)
+        loss.backward()
+        grads[weight] = x.grad[0, 3][objects[0, 1]]
+        assert ("layer_bce" in parts) == (weight > 0)
+    assert L.LayeringLoss(phase=2).layer_bce_weight == 0.0  # the paper's loss by default
+    assert grads[0.0].abs().max() < 1e-6  # L_overlap's push into the saturated layer vanishes
+    assert (grads[1.0] < -1e-3).all()  # the cross-entropy's does not: descending raises layer 2 on object 1
+    # Its value: on the 32 foreground pixels, layer 1 right on object 0; on object 1, layer 1 (target 0) at
+    # logit 12 and layer 2 (target 1) at -16 dominate: (softplus(12) + softplus(16)) / 2 over the image.
+    stack = L.target_stack(objects, torch.tensor([[[0.0, 1.0, 0.0, 0.0],
+                                                   [0.0, 0.9, 0.2, 0.0]]]),
+                           torch.ones(1, 2, dtype=torch.bool), adj)
+    value = float(L.layer_cross_entropy(logits[:, 1:], stack, objects.any(1)))
+    expected = (float(torch.nn.functional.softplus(torch.tensor(12.0)) + torch.nn.functional.softplus(
+        torch.tensor(16.0))) / 2)
+    assert abs(value - expected) < 0.01
+
+
 def test_full_loss_is_near_its_minimum_for_perfect_logits():
     objects = torch.zeros(1, 3, 16, 16, dtype=torch.bool)
     objects[0, 0, 2:6, 1:12] = True

@@ -28,6 +28,15 @@ no gradient between identical embeddings (cos = 1 is its maximum) and none into 
 saturated at 0, and L_overlap with the arg-max S pushes every unused layer further towards 0.
 It reduced merged worms, but over equal training time it did not raise the validation score
 (docs/benchmarks.md), so it is off by default.
+
+A second optional addition to phase 2 (``layer_bce_weight`` > 0, default 0 = the paper's): binary
+cross-entropy between the layering logits and S on the foreground (summed over the N layers, averaged
+over the foreground pixels). L_overlap acts on ``e = sigmoid(logit)``, so its gradient to a layer carries
+the factor ``e (1 - e)``: a layer saturated at 0 (1e-8 on the BBBC010 model's five unused layers) cannot
+be raised by it, even when the separated S asks for it. The cross-entropy's gradient to the logit is
+``e - S``, which does not vanish there. In 52 CPU minutes from the shipped BBBC010 weights (with the
+separated S) it cut the adjacent worm pairs sharing a layer from 26 to 18 of 91, but split more worms along
+their length (2 -> 10) and did not raise the validation score (docs/benchmarks.md), so it is off by default.
 """
 
 from __future__ import annotations
@@ -133,6 +142,29 @@ def overlap_loss(emb: torch.Tensor, stack: torch.Tensor, weight: torch.Tensor) -
     return _per_image_mean(values, w.sum(dim=(1, 2)) > 0)
 
 
+def layer_cross_entropy(logits: torch.Tensor, stack: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the layering logits against S, summed over layers, mean over ``foreground``.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        float (B, N, H, W) layering logits (before the sigmoid).
+    stack : torch.Tensor
+        float (B, N, H, W) target stack S in {0, 1}.
+    foreground : torch.Tensor
+        bool (B, H, W): the pixels that count (S_f).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar: per-image mean over the foreground pixels, averaged over images with foreground.
+    """
+    f = foreground.to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, stack, reduction="none").sum(1)
+    n = f.sum(dim=(1, 2))
+    return _per_image_mean((bce * f).sum(dim=(1, 2)) / n.clamp(min=1), n > 0)
+
+
 def layer_assignment(u: torch.Tensor, present: torch.Tensor, adjacency: torch.Tensor | None = None) -> torch.Tensor:
     """Each object's layer for the target stack S: ``argmax(u_i)``, made conflict-free when ``adjacency`` is given.
 
@@ -196,11 +228,15 @@ class LayeringLoss:
     separate_targets : bool
         Phase 2: adjacent objects never share a layer of S (:func:`layer_assignment`); False (default) =
         the paper's plain arg-max.
+    layer_bce_weight : float
+        Phase 2: weight of :func:`layer_cross_entropy` between the layering logits and S (default 0, the
+        paper's loss).
     """
 
     phase: int = 1
     sparse_weight: float = 0.1
     separate_targets: bool = False
+    layer_bce_weight: float = 0.0
 
     def __call__(self, logits: torch.Tensor, targets: LayeringTargets, valid: torch.Tensor):
         valid = valid[:, 0] > 0
@@ -225,4 +261,8 @@ class LayeringLoss:
             l_overlap = overlap_loss(emb, stack, cover)
             loss = loss + l_overlap
             parts["overlap"] = float(l_overlap.detach())
+            if self.layer_bce_weight > 0:
+                l_bce = layer_cross_entropy(logits[:, 1:].float(), stack, cover > 0)
+                loss = loss + self.layer_bce_weight * l_bce
+                parts["layer_bce"] = float(l_bce.detach())
         return loss, parts

@@ -334,7 +334,9 @@ def train_layering(
     ``phase1_epochs`` and ``phase2_epochs`` (default: ``options.train.epochs`` split 2:1 as the paper's
     1000:500), ``sparse_weight`` (lambda, default 0.1), ``paste_probability`` (copy-paste crossings, see
     :func:`paste_crossing`; default 0), ``separate_targets`` (phase 2's S keeps adjacent objects in different
-    layers, see :func:`~.loss.layer_assignment`; default False, the paper's) and ``init_weights`` (a checkpoint of the same architecture to start
+    layers, see :func:`~.loss.layer_assignment`; default False, the paper's), ``layer_bce_weight`` (phase 2:
+    weight of a cross-entropy between the layering logits and S, see :func:`~.loss.layer_cross_entropy`;
+    default 0, the paper's) and ``init_weights`` (a checkpoint of the same architecture to start
     from, e.g. to continue a run on another machine); ``options.train.max_minutes`` is shared
     between the phases in the same proportion. Each phase has its own resume file; a
     finished phase 1 is not repeated when phase 2 resumes. The history records carry ``"phase"``.
@@ -350,6 +352,9 @@ def train_layering(
     sparse_weight = float(extra.get("sparse_weight", 0.1))
     paste = float(extra.get("paste_probability", 0.0))
     separate = bool(extra.get("separate_targets", False))
+    layer_bce = float(extra.get("layer_bce_weight", 0.0))
+    if not (np.isfinite(layer_bce) and layer_bce >= 0):
+        raise ValueError(f"layer_bce_weight must be a finite number >= 0, got {layer_bce}")
     init = extra.get("init_weights")
     # A wall-time limit is shared between the phases in proportion to their epochs.
     minutes1 = minutes2 = None
@@ -359,7 +364,8 @@ def train_layering(
     meta["training"]["layering"] = {
         "phase1_epochs": phase1, "phase2_epochs": phase2, "sparse_weight": sparse_weight,
         "adjacency_distance_px": ADJACENCY_DISTANCE, "optimiser_note": f"{config.optimizer} (paper: RMSprop 1e-4)",
-        "paste_probability": paste, "separate_targets": separate, "init_weights": str(init) if init else None,
+        "paste_probability": paste, "separate_targets": separate, "layer_bce_weight": layer_bce,
+        "init_weights": str(init) if init else None,
     }
     seed_everything(config.seed)
     model = family.build_model(meta["architecture"])
@@ -402,7 +408,7 @@ def train_layering(
             history += [{**r, "phase": 1} for r in saved["state"]["history"]]
             wall += saved["state"]["elapsed"]
     # Phase 2 starts from the best phase-1 weights (fit leaves them in the model) with fresh optimiser state.
-    result2 = yield from fit(model, batches, LayeringLoss(2, sparse_weight, separate), validate,
+    result2 = yield from fit(model, batches, LayeringLoss(2, sparse_weight, separate, layer_bce), validate,
                              replace(config, epochs=phase2, seed=config.seed + 1, max_minutes=minutes2), device=options.device,
                              resume_path=resume2, cancel=cancel)
     history += [{**r, "phase": 2} for r in result2.history]
