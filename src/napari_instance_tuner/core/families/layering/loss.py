@@ -35,8 +35,9 @@ over the foreground pixels). L_overlap acts on ``e = sigmoid(logit)``, so its gr
 the factor ``e (1 - e)``: a layer saturated at 0 (1e-8 on the BBBC010 model's five unused layers) cannot
 be raised by it, even when the separated S asks for it. The cross-entropy's gradient to the logit is
 ``e - S``, which does not vanish there. In 52 CPU minutes from the shipped BBBC010 weights (with the
-separated S) it cut the adjacent worm pairs sharing a layer from 26 to 18 of 91, but split more worms along
-their length (2 -> 10) and did not raise the validation score (docs/benchmarks.md), so it is off by default.
+separated S) it cut the adjacent worm pairs sharing a layer to 18 of 91 (a control without it: 24), but
+split more worms along their length (10; the control: 4) and did not raise the validation score
+(docs/benchmarks.md), so it is off by default.
 """
 
 from __future__ import annotations
