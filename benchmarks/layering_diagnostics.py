@@ -14,6 +14,12 @@ Runs the model on its own validation images (the names in its metadata; ``--all`
 - every ground-truth object not matched at IoU 0.5, with its cause: "merged" (the prediction that covers
   most of it also covers > 30 % of another object), "split" (several predictions cover > 10 % of it each),
   "foreground" (less than 60 % of it is foreground at tau), else "other".
+
+With ``--orientation`` it also runs the model on the image rotated by 90 degrees and flipped up-down and
+left-right, maps the layers back, and counts the objects whose layer (the arg-max layer of most of their
+overlap-free pixels) changes: a model whose layers encode the orientation of an object (the paper's
+figure 5) changes many, and then a fixed per-object target layer (``--target-layers fixed``) conflicts with
+rotated training crops.
 """
 
 from __future__ import annotations
@@ -74,11 +80,35 @@ def miss_causes(pred: np.ndarray, truth: np.ndarray, foreground: np.ndarray) -> 
     return out
 
 
+#: Image transforms (H, W[, C] arrays) and the inverse for (N, H, W) layer stacks.
+TRANSFORMS = {
+    "rot90": (lambda a: np.rot90(a, 1, axes=(0, 1)), lambda a: np.rot90(a, -1, axes=(1, 2))),
+    "flip-ud": (lambda a: a[::-1], lambda a: a[:, ::-1]),
+    "flip-lr": (lambda a: a[:, ::-1], lambda a: a[:, :, ::-1]),
+}
+
+
+def object_layers(layers: np.ndarray, free: np.ndarray) -> list[int]:
+    """Each object's layer: the arg-max layer of most of its overlap-free pixels (-1 without any).
+
+    Parameters
+    ----------
+    layers : np.ndarray
+        float (N, H, W) layer maps.
+    free : np.ndarray
+        bool (K, H, W) overlap-free parts of the objects.
+    """
+    best = layers.argmax(0)
+    return [int(np.bincount(best[m], minlength=len(layers)).argmax()) if m.any() else -1 for m in free]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="layering-bbbc010")
     parser.add_argument("--data", required=True, help="the split the model was trained on (or any split with --all)")
     parser.add_argument("--all", action="store_true", help="every image of --data, not the validation images")
+    parser.add_argument("--orientation", action="store_true",
+                        help="also count objects whose layer changes when the image is rotated or flipped")
     args = parser.parse_args()
     loaded = load_model(args.model)
     meta = loaded.meta
@@ -88,6 +118,7 @@ def main() -> None:
     print(f"model {loaded.name}, parameters {params}, {len(samples)} images, adjacency t = {ADJACENCY_DISTANCE:g} px")
     causes: Counter = Counter()
     shares_all, total, same_layer_pairs, pairs = [], 0, 0, 0
+    changed: Counter = Counter()
     for s in samples:
         maps = run(loaded.family.predict_maps(loaded.model, s.image, meta))
         layers = layer_stack(maps)
@@ -99,7 +130,12 @@ def main() -> None:
         shares_all.append(share * best.size)
         adj = adjacency(truth, ADJACENCY_DISTANCE)  # the paper's t, in pixels of the data
         free = truth & (truth.sum(0) == 1)[None]
-        layer_of = [np.bincount(layers.argmax(0)[m], minlength=len(layers)).argmax() if m.any() else -1 for m in free]
+        layer_of = object_layers(layers, free)
+        if args.orientation:
+            for name, (forward, back) in TRANSFORMS.items():
+                moved = run(loaded.family.predict_maps(loaded.model, np.ascontiguousarray(forward(s.image)), meta))
+                other = object_layers(np.ascontiguousarray(back(layer_stack(moved))), free)
+                changed[name] += sum(a != b for a, b in zip(layer_of, other) if a >= 0)
         iu = np.argwhere(np.triu(adj))
         same = sum(layer_of[a] == layer_of[b] >= 0 for a, b in iu)
         same_layer_pairs += same
@@ -113,6 +149,9 @@ def main() -> None:
     share = np.sum(shares_all, 0) / max(np.sum(shares_all), 1)
     print("foreground share per layer (arg-max): " + " ".join(f"{v:.3f}" for v in share))
     print(f"adjacent pairs sharing a layer: {same_layer_pairs} of {pairs}")
+    if args.orientation:
+        print(f"objects whose layer changes (of {total}): "
+              + ", ".join(f"{k} {v} ({v / max(total, 1):.0%})" for k, v in changed.items()))
     missed = sum(causes.values())
     print(f"missed {missed} of {total} objects at IoU 0.5: " + ", ".join(f"{k} {v}" for k, v in causes.most_common()))
 

@@ -74,11 +74,14 @@ def test_layering_train_with_separated_targets_records_the_choice(worm_split, tm
             "--phase1-epochs", "0", "--phase2-epochs", "1", "--steps-per-epoch", "1", "--base-channels", "4",
             "--depth", "2", "--layers", "4", "--head-channels", "4", "--crop", "32", "--batch-size", "2",
             "--pixel-scale", "1", "--val-fraction", "0.34", "--overlap-targets", "separated", "--no-autotune",
-            "--layer-bce", "0.5", "--workdir", str(tmp_path / "work"), "--quiet"]
+            "--layer-bce", "0.5", "--target-layers", "fixed", "--workdir", str(tmp_path / "work"), "--quiet"]
     assert main(args) == 0
     meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
     assert meta["training"]["layering"]["separate_targets"] is True
     assert meta["training"]["layering"]["layer_bce_weight"] == 0.5
+    assert meta["training"]["layering"]["fixed_targets"] is True
+    with np.load(tmp_path / "work" / "separated.resume.phase2-layers.npz") as saved:  # kept for a resumed phase 2
+        assert len(saved.files) == 2 and all(saved[k].dtype == np.int64 for k in saved.files)
     assert [r["phase"] for r in meta["training"]["history"]] == [2]
 
 
@@ -106,6 +109,7 @@ def test_layering_train_predict_evaluate(worm_split, tmp_path, capsys):
     assert [r["phase"] for r in meta["training"]["history"]] == [1, 1, 2]
     assert meta["training"]["layering"]["separate_targets"] is False  # the paper's target stack by default
     assert meta["training"]["layering"]["layer_bce_weight"] == 0.0  # and the paper's loss
+    assert meta["training"]["layering"]["fixed_targets"] is False
     assert "mean_ap" in meta["metrics"]["validation"]["all"] and "autotune" in meta["training"]
     assert (tmp_path / "work" / "layers.resume.phase1.pt").is_file()
     assert (tmp_path / "work" / "layers.resume.phase2.pt").is_file()

@@ -76,6 +76,7 @@ def cmd_train(args) -> int:
                                              ("paste_probability", args.paste_crossings),
                                              ("init_weights", args.init_weights)) if v is not None}
         family_options["separate_targets"] = args.overlap_targets == "separated"
+        family_options["fixed_targets"] = args.target_layers == "fixed"
         if not (math.isfinite(args.layer_bce) and args.layer_bce >= 0):
             raise InstanceTunerError(f"--layer-bce must be a finite number >= 0, got {args.layer_bce}")
         family_options["layer_bce_weight"] = args.layer_bce
@@ -331,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overlap-targets", choices=("argmax", "separated"), default="argmax",
                    help="layering, phase 2: each object's target layer is its arg-max layer as in the paper "
                    "(argmax), or adjacent objects get different layers (separated)")
+    t.add_argument("--target-layers", choices=("per-batch", "fixed"), default="per-batch",
+                   help="layering, phase 2: derive each object's target layer from the current model on every "
+                   "batch (per-batch), or once per whole training image from the model that starts phase 2, "
+                   "kept for all of phase 2 as in the paper (fixed)")
     t.add_argument("--layer-bce", type=float, default=0.0, metavar="WEIGHT",
                    help="layering, phase 2: add WEIGHT x cross-entropy between the layering logits and the target "
                    "stack S (default 0: the paper's loss only)")

@@ -375,3 +375,134 @@ def test_batches_with_pasting_have_more_overlaps():
         return int((targets.objects.sum(1) > 1).sum())
 
     assert overlapping_pixels(1.0) > overlapping_pixels(0.0) + 50
+
+
+def test_fixed_layers_are_kept_and_free_objects_are_assigned_around_them():
+    # The triangle of touching objects 0, 1, 2 and the far object 3, all living in layer 1 (as above).
+    u = torch.tensor([[[0.0, 0.9, 0.1, 0.0], [0.0, 0.8, 0.0, 0.3], [0.0, 0.7, 0.0, 0.0], [0.0, 0.9, 0.0, 0.0]]])
+    adj = torch.tensor([[[0, 1, 1, 0], [1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]]], dtype=torch.bool)
+    present = torch.ones(1, 4, dtype=torch.bool)
+    fixed = torch.tensor([[3, -1, -1, -1]])
+    assert L.layer_assignment(u, present, fixed=fixed).tolist() == [[3, 1, 1, 1]]
+    # Object 0 holds layer 3 first; 2 keeps its arg-max 1; 1 (neighbour of both) takes its best free layer, 0.
+    assert L.layer_assignment(u, present, adj, fixed).tolist() == [[3, 0, 1, 1]]
+    # Fixed layers are never changed, even where two fixed neighbours share one.
+    assert L.layer_assignment(u, present, adj, torch.tensor([[1, 1, -1, -1]])).tolist() == [[1, 1, 0, 1]]
+
+
+def test_phase_2_loss_uses_the_fixed_layers_instead_of_the_current_arg_max():
+    objects = torch.zeros(1, 2, 4, 8, dtype=torch.bool)
+    objects[0, 0, :, :4] = True
+    objects[0, 1, :, 4:] = True
+    adj = torch.tensor([[[0, 1], [1, 0]]], dtype=torch.bool)
+    logits = torch.full((1, 1 + N, 4, 8), -12.0)
+    logits[0, 0] = 12.0
+    logits[0, 2] = 12.0  # the model merges both objects in layer 1
+    valid = torch.ones(1, 1, 4, 8)
+    _, per_batch = L.LayeringLoss(phase=2)(logits, L.LayeringTargets(objects, adj), valid)
+    _, fixed = L.LayeringLoss(phase=2)(logits, L.LayeringTargets(objects, adj, torch.tensor([[1, 2]])), valid)
+    assert per_batch["overlap"] < 1e-4  # S follows the model's own merge
+    assert fixed["overlap"] == pytest.approx(0.5, abs=1e-3)  # object 1 belongs in layer 2: half of S is missed
+
+
+class _ConstantLayers(torch.nn.Module):
+    """A stand-in network whose logits are fixed maps (cropped to the input size)."""
+
+    size_divisor = 4
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+        self.inputs: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(tuple(x.shape))
+        return self.logits[None, :, : x.shape[2], : x.shape[3]].expand(x.shape[0], -1, -1, -1)
+
+
+def _two_touching_objects() -> tuple[list, torch.Tensor]:
+    """A 10 x 14 training image with objects left (columns 0-6) and right (7-13), both living in layer 1,
+    the right one a little in layer 3; and the logits (1 + N, 12, 16) of a network that sees them so."""
+    from napari_instance_tuner.core.families.layering.train import PreparedSample
+
+    masks = np.zeros((2, 10, 14), bool)
+    masks[0, :, :7] = True
+    masks[1, :, 7:] = True
+    logits = torch.full((1 + N, 12, 16), -10.0)
+    logits[2, :, :] = 5.0
+    logits[4, :, 7:14] = 0.0
+    sample = PreparedSample(np.zeros((1, 10, 14), np.float32), masks, adjacency(masks, 15.0))
+    return [sample], logits
+
+
+def test_fixed_layers_come_from_the_whole_training_image():
+    from napari_instance_tuner.core.families.layering.train import fixed_layers
+
+    samples, logits = _two_touching_objects()
+    model = _ConstantLayers(logits).train()
+    assert [a.tolist() for a in fixed_layers(model, samples, separate=False)] == [[1, 1]]  # the paper's arg-max
+    assert [a.tolist() for a in fixed_layers(model, samples, separate=True)] == [[1, 3]]
+    assert model.inputs[-1] == (1, 1, 12, 16)  # the whole image, padded to the size divisor
+    assert model.training  # the mode is restored for training
+    # An object overlapped everywhere has no overlap-free part to take its layer from: -1 (assigned per batch).
+    s = samples[0]
+    inner = np.zeros((1, 10, 14), bool)
+    inner[0, :4, :4] = True
+    s.masks = np.concatenate([s.masks, inner])
+    s.adjacency = adjacency(s.masks, 15.0)
+    assert [a.tolist() for a in fixed_layers(model, samples, separate=True)] == [[1, 3, -1]]
+
+
+def test_fixed_layers_are_reloaded_only_when_phase_2_resumes(tmp_path):
+    from napari_instance_tuner.core.families.layering.train import _load_or_assign_layers
+
+    samples, logits = _two_touching_objects()
+    path = tmp_path / "run.phase2-layers.npz"
+    first = _load_or_assign_layers(_ConstantLayers(logits), samples, True, "cpu", path, resuming=False)
+    assert [a.tolist() for a in first] == [[1, 3]] and path.is_file()
+    other = logits.clone()
+    other[2] = -10.0
+    other[1] = 5.0  # a network that now prefers layer 0
+    model = _ConstantLayers(other)
+    assert [a.tolist() for a in _load_or_assign_layers(model, samples, True, "cpu", path, True)] == [[1, 3]]
+    assert model.inputs == []  # resumed: the saved S, no inference
+    assert [a.tolist() for a in _load_or_assign_layers(model, samples, True, "cpu", path, False)] == [[0, 3]]
+
+
+def test_batches_carry_each_objects_fixed_layer_through_crops_flips_and_pastes():
+    from napari_instance_tuner.core.augment import AugmentConfig
+    from napari_instance_tuner.core.data import Sample
+    from napari_instance_tuner.core.synthetic import synthetic_worms
+
+    image, labels, masks = synthetic_worms((96, 96), seed=3)
+    prepared = prepare_samples([Sample("w", image, labels, masks)], 1, 1.0)
+    s = prepared[0]
+    k = s.masks.shape[0]
+    assert BatchMaker(prepared, crop=64, batch_size=2)(np.random.default_rng(0))[1].layers is None
+    s.layers = np.arange(k, dtype=np.int64)[::-1].copy()
+    # The image codes each object: its overlap-free pixels hold (its fixed layer + 1), so a crop can be checked.
+    free = s.masks.sum(0) == 1
+    code = np.zeros(s.image.shape[1:], np.float32)
+    for i in range(k):
+        code[s.masks[i] & free] = s.layers[i] + 1
+    s.image = code[None]
+    x, targets, _ = BatchMaker(prepared, crop=64, batch_size=6, augment=AugmentConfig(enabled=False))(
+        np.random.default_rng(2))
+    assert targets.layers.shape == targets.objects.shape[:2] and targets.layers.dtype == torch.int64
+    present = targets.objects.any(dim=(2, 3))
+    checked = 0
+    for b in range(6):
+        own = targets.objects[b] & (targets.objects[b].sum(0) == 1)
+        for j in np.flatnonzero(present[b].numpy()):
+            if own[j].sum() >= 5:
+                assert int(x[b, 0][own[j]].median()) == int(targets.layers[b, j]) + 1
+                checked += 1
+        assert (targets.layers[b][~present[b]] == -1).all()  # padding has no layer
+    assert checked >= 6
+    # A pasted object has no fixed layer (-1): it is assigned per batch around the fixed ones.
+    _, pasted, _ = BatchMaker(prepared, crop=64, batch_size=6, p_paste=1.0,
+                              augment=AugmentConfig(enabled=False))(np.random.default_rng(2))
+    present = pasted.objects.any(dim=(2, 3))
+    unfixed = [(pasted.layers[b][present[b]] == -1).nonzero().flatten().tolist() for b in range(6)]
+    counts = [int(present[b].sum()) for b in range(6)]
+    assert any(unfixed) and all(u in ([], [n - 1]) for u, n in zip(unfixed, counts))  # only the last, pasted one

@@ -27,7 +27,10 @@ a pair gets little or no push apart: a BBBC010 model trained that way had collap
 no gradient between identical embeddings (cos = 1 is its maximum) and none into layers whose sigmoid is
 saturated at 0, and L_overlap with the arg-max S pushes every unused layer further towards 0.
 It reduced merged worms, but over equal training time it did not raise the validation score
-(docs/benchmarks.md), so it is off by default.
+(docs/benchmarks.md), so it is off by default. A third option (``fixed_targets``, the paper's own S): each
+object's layer is assigned once, on its whole training image, by the model that starts phase 2, and kept
+for every crop of phase 2 (:func:`~.train.fixed_layers`; pasted objects, which have no fixed layer, are
+assigned per batch around the fixed ones).
 
 A second optional addition to phase 2 (``layer_bce_weight`` > 0, default 0 = the paper's): binary
 cross-entropy between the layering logits and S on the foreground (summed over the N layers, averaged
@@ -61,14 +64,20 @@ class LayeringTargets:
         bool (B, K, H, W): each object's exact mask (overlaps kept); padded with empty masks.
     adjacency : torch.Tensor
         bool (B, K, K): objects closer than the adjacency distance t (symmetric, False on the diagonal).
+    layers : torch.Tensor or None
+        int64 (B, K): each object's fixed layer in the target stack S of phase 2 (the paper's S, assigned
+        once per training image, see :func:`~.train.fixed_layers`); -1 where none is fixed (padding, pasted
+        objects), and None when S is derived from the current model on every batch.
     """
 
     objects: torch.Tensor
     adjacency: torch.Tensor
+    layers: torch.Tensor | None = None
 
     def to(self, device) -> LayeringTargets:
         """The same targets on ``device``."""
-        return LayeringTargets(self.objects.to(device), self.adjacency.to(device))
+        return LayeringTargets(self.objects.to(device), self.adjacency.to(device),
+                               None if self.layers is None else self.layers.to(device))
 
 
 def _unit(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -166,7 +175,8 @@ def layer_cross_entropy(logits: torch.Tensor, stack: torch.Tensor, foreground: t
     return _per_image_mean((bce * f).sum(dim=(1, 2)) / n.clamp(min=1), n > 0)
 
 
-def layer_assignment(u: torch.Tensor, present: torch.Tensor, adjacency: torch.Tensor | None = None) -> torch.Tensor:
+def layer_assignment(u: torch.Tensor, present: torch.Tensor, adjacency: torch.Tensor | None = None,
+                     fixed: torch.Tensor | None = None) -> torch.Tensor:
     """Each object's layer for the target stack S: ``argmax(u_i)``, made conflict-free when ``adjacency`` is given.
 
     Parameters
@@ -181,6 +191,9 @@ def layer_assignment(u: torch.Tensor, present: torch.Tensor, adjacency: torch.Te
         takes its largest-activation layer among those no already visited neighbour holds (a greedy
         colouring; with N layers it always succeeds for objects with fewer than N neighbours, else the
         object keeps its arg-max).
+    fixed : torch.Tensor, optional
+        int64 (B, K): layers already assigned (kept as they are), -1 where the object is assigned here. With
+        ``adjacency``, the fixed objects are visited first.
 
     Returns
     -------
@@ -188,9 +201,13 @@ def layer_assignment(u: torch.Tensor, present: torch.Tensor, adjacency: torch.Te
         int64 (B, K) layer indices (meaningless where not ``present``).
     """
     layer = u.argmax(-1)
+    if fixed is not None:
+        layer = torch.where(fixed >= 0, fixed.to(layer.device), layer)
     if adjacency is None:
         return layer
     peak = (u / (u.norm(dim=-1, keepdim=True) + EPS)).amax(-1).cpu().numpy()
+    if fixed is not None:
+        peak = np.where(fixed.cpu().numpy() >= 0, np.inf, peak)  # fixed objects first, and they keep their layer
     u_np, adj_np, present_np = u.cpu().numpy(), adjacency.cpu().numpy(), present.cpu().numpy()
     layer = layer.cpu().clone()
     for b in range(u_np.shape[0]):
@@ -200,6 +217,9 @@ def layer_assignment(u: torch.Tensor, present: torch.Tensor, adjacency: torch.Te
         for i in np.argsort(-peak[b], kind="stable"):
             if not present_np[b, i]:
                 continue
+            if peak[b, i] == np.inf:
+                taken[i] = int(layer[b, i])
+                continue
             used = {taken[j] for j in np.flatnonzero(adj_np[b, i]) if j in taken}
             free = [k for k in np.argsort(-u_np[b, i], kind="stable") if k not in used]
             taken[i] = int(free[0]) if free else int(layer[b, i])
@@ -208,10 +228,10 @@ def layer_assignment(u: torch.Tensor, present: torch.Tensor, adjacency: torch.Te
 
 
 def target_stack(objects: torch.Tensor, u: torch.Tensor, present: torch.Tensor,
-                 adjacency: torch.Tensor | None = None) -> torch.Tensor:
+                 adjacency: torch.Tensor | None = None, fixed: torch.Tensor | None = None) -> torch.Tensor:
     """S (B, N, H, W) float: every object's silhouette in its layer (:func:`layer_assignment`)."""
     n_layers = u.shape[-1]
-    layer = layer_assignment(u, present, adjacency)
+    layer = layer_assignment(u, present, adjacency, fixed)
     onehot = F.one_hot(layer, n_layers).to(u.dtype) * present[..., None].to(u.dtype)
     return torch.einsum("bkhw,bkn->bnhw", objects.to(u.dtype), onehot).clamp(max=1)
 
@@ -258,7 +278,8 @@ class LayeringLoss:
         parts = {k: float(v.detach()) for k, v in
                  (("foreground", l_fg), ("attr", l_attr), ("rep", l_rep), ("sparse", l_sparse))}
         if self.phase == 2:
-            stack = target_stack(objects, u.detach(), present, targets.adjacency if self.separate_targets else None)
+            stack = target_stack(objects, u.detach(), present, targets.adjacency if self.separate_targets else None,
+                                 targets.layers)
             l_overlap = overlap_loss(emb, stack, cover)
             loss = loss + l_overlap
             parts["overlap"] = float(l_overlap.detach())

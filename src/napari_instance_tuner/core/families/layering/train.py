@@ -91,12 +91,15 @@ class PreparedSample:
         bool (K, K).
     region : np.ndarray or None
         bool (H, W): train only here (fine-tuning on checked regions).
+    layers : np.ndarray or None
+        int64 (K,): each object's fixed layer in phase 2's target stack (:func:`fixed_layers`), or None.
     """
 
     image: np.ndarray
     masks: np.ndarray
     adjacency: np.ndarray
     region: np.ndarray | None = None
+    layers: np.ndarray | None = None
 
 
 def prepare_samples(
@@ -257,7 +260,8 @@ class BatchMaker:
     adjacency_distance: float = ADJACENCY_DISTANCE
 
     def one(self, rng: np.random.Generator, index: int):
-        """One crop: image float32 (C, c, c), masks bool (k, c, c), adjacency bool (k, k), valid float32 (1, c, c)."""
+        """One crop: image float32 (C, c, c), masks bool (k, c, c), adjacency bool (k, k), valid float32 (1, c, c),
+        fixed layers int64 (k,) (-1 where none: the sample has none, or a pasted object)."""
         s = self.samples[index]
         c = self.crop
         src = max(8, round(c / random_scale(rng, self.augment)))
@@ -279,6 +283,7 @@ class BatchMaker:
         present = crop_masks.any(axis=(1, 2))
         keep, crop_masks = keep[present], crop_masks[present]
         adj = s.adjacency[np.ix_(keep, keep)]
+        layers = s.layers[keep] if s.layers is not None else np.full(keep.size, -1, np.int64)
         if self.p_paste > 0 and rng.random() < self.p_paste:
             donor = self.samples[int(rng.integers(len(self.samples)))]
             if donor.masks.shape[0]:
@@ -287,13 +292,17 @@ class BatchMaker:
                     rng, crop_image, crop_masks, adj, donor.image, donor.masks, obj,
                     self.adjacency_distance * c / src, valid=crop_valid[0] > 0,
                 )
+                layers = np.concatenate([layers, np.full(crop_masks.shape[0] - layers.size, -1, np.int64)])
         crop_image = photometric(rng, crop_image, self.augment)
         if self.augment.enabled and rng.random() < self.p_gamma:
             crop_image = np.clip(crop_image, 0, None) ** np.float32(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
-        return crop_image.astype(np.float32), crop_masks, adj, crop_valid.astype(np.float32)
+        return crop_image.astype(np.float32), crop_masks, adj, crop_valid.astype(np.float32), layers
 
     def __call__(self, rng: np.random.Generator):
-        """x float32 (B, C, c, c), :class:`~.loss.LayeringTargets`, valid float32 (B, 1, c, c) as tensors."""
+        """x float32 (B, C, c, c), :class:`~.loss.LayeringTargets`, valid float32 (B, 1, c, c) as tensors.
+
+        The targets carry fixed layers when the samples have them (:func:`fixed_layers`), else None.
+        """
         import torch
 
         from .loss import LayeringTargets
@@ -303,12 +312,83 @@ class BatchMaker:
         c = self.crop
         objects = np.zeros((len(parts), k, c, c), bool)
         adj = np.zeros((len(parts), k, k), bool)
-        for b, (_, m, a, _) in enumerate(parts):
+        layers = np.full((len(parts), k), -1, np.int64)
+        for b, (_, m, a, _, lay) in enumerate(parts):
             objects[b, : m.shape[0]] = m
             adj[b, : a.shape[0], : a.shape[0]] = a
+            layers[b, : lay.size] = lay
         x = torch.from_numpy(np.stack([p[0] for p in parts]))
         valid = torch.from_numpy(np.stack([p[3] for p in parts]))
-        return x, LayeringTargets(torch.from_numpy(objects), torch.from_numpy(adj)), valid
+        fixed = torch.from_numpy(layers) if any(s.layers is not None for s in self.samples) else None
+        return x, LayeringTargets(torch.from_numpy(objects), torch.from_numpy(adj), fixed), valid
+
+
+def fixed_layers(model, samples: list[PreparedSample], separate: bool, device: str = "cpu") -> list[np.ndarray]:
+    """Each object's layer in the target stack S, from ``model`` on the whole training image (the paper's S).
+
+    The paper builds S once, after phase 1, from the layering of each object's overlap-free part; it is then
+    kept through phase 2. Here the model runs on each whole (reflect-padded) training image at network scale,
+    u_i is the mean embedding of object i's overlap-free part, and the layer is ``argmax(u_i)``, or the
+    conflict-free assignment of :func:`~.loss.layer_assignment` when ``separate``.
+
+    Parameters
+    ----------
+    model : LayeringUNet
+        The model that starts phase 2 (the best phase-1 weights).
+    samples : list[PreparedSample]
+    separate : bool
+        Adjacent objects of an image never share a layer.
+    device : str
+
+    Returns
+    -------
+    list of np.ndarray
+        int64 (K,) per sample, in the order of its masks; -1 for an object that is overlapped everywhere.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .loss import layer_assignment, mean_embeddings
+
+    was_training = model.training
+    model.eval()
+    out = []
+    d = model.size_divisor
+    with torch.no_grad():
+        for s in samples:
+            k = s.masks.shape[0]
+            if k == 0:
+                out.append(np.zeros(0, np.int64))
+                continue
+            h, w = s.image.shape[1:]
+            x = torch.from_numpy(s.image)[None].to(device)
+            x = F.pad(x, (0, -w % d, 0, -h % d), mode="reflect" if min(h, w) > d else "replicate")
+            emb = torch.sigmoid(model(x)[:, 1:, :h, :w].float())
+            masks = torch.from_numpy(s.masks)[None].to(device)
+            member = masks & (masks.sum(1, keepdim=True) == 1)
+            u, counts = mean_embeddings(emb, member)
+            adj = torch.from_numpy(s.adjacency)[None].to(device) if separate else None
+            layer = layer_assignment(u, counts > 0, adj)[0].cpu().numpy().astype(np.int64)
+            out.append(np.where(counts[0].cpu().numpy() > 0, layer, -1))  # -1: no overlap-free part to go by
+    model.train(was_training)
+    return out
+
+
+def _load_or_assign_layers(model, samples: list[PreparedSample], separate: bool, device: str,
+                           path: Path | None, resuming: bool) -> list[np.ndarray]:
+    """:func:`fixed_layers`, saved to ``path`` so that a resumed phase 2 (``resuming``) keeps the same S."""
+    counts = [s.masks.shape[0] for s in samples]
+    if resuming and path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as saved:
+            layers = [saved[f"s{i}"] for i in range(len(samples)) if f"s{i}" in saved.files]
+        if [a.size for a in layers] == counts:
+            return layers
+    layers = fixed_layers(model, samples, separate, device)
+    if path is not None:
+        from ...safe_write import write_atomic
+
+        write_atomic(path, lambda fh: np.savez(fh, **{f"s{i}": a for i, a in enumerate(layers)}), overwrite=True)
+    return layers
 
 
 @dataclass(frozen=True)
@@ -336,7 +416,9 @@ def train_layering(
     :func:`paste_crossing`; default 0), ``separate_targets`` (phase 2's S keeps adjacent objects in different
     layers, see :func:`~.loss.layer_assignment`; default False, the paper's), ``layer_bce_weight`` (phase 2:
     weight of a cross-entropy between the layering logits and S, see :func:`~.loss.layer_cross_entropy`;
-    default 0, the paper's) and ``init_weights`` (a checkpoint of the same architecture to start
+    default 0, the paper's), ``fixed_targets`` (phase 2's S is assigned once per whole training image by
+    the model that starts phase 2 and kept, the paper's way, see :func:`fixed_layers`; default False: S is
+    derived from the current model on every batch) and ``init_weights`` (a checkpoint of the same architecture to start
     from, e.g. to continue a run on another machine); ``options.train.max_minutes`` is shared
     between the phases in the same proportion. Each phase has its own resume file; a
     finished phase 1 is not repeated when phase 2 resumes. The history records carry ``"phase"``.
@@ -352,6 +434,7 @@ def train_layering(
     sparse_weight = float(extra.get("sparse_weight", 0.1))
     paste = float(extra.get("paste_probability", 0.0))
     separate = bool(extra.get("separate_targets", False))
+    fixed = bool(extra.get("fixed_targets", False))
     layer_bce = float(extra.get("layer_bce_weight", 0.0))
     if not (np.isfinite(layer_bce) and layer_bce >= 0):
         raise ValueError(f"layer_bce_weight must be a finite number >= 0, got {layer_bce}")
@@ -365,6 +448,7 @@ def train_layering(
         "phase1_epochs": phase1, "phase2_epochs": phase2, "sparse_weight": sparse_weight,
         "adjacency_distance_px": ADJACENCY_DISTANCE, "optimiser_note": f"{config.optimizer} (paper: RMSprop 1e-4)",
         "paste_probability": paste, "separate_targets": separate, "layer_bce_weight": layer_bce,
+        "fixed_targets": fixed,
         "init_weights": str(init) if init else None,
     }
     seed_everything(config.seed)
@@ -408,6 +492,14 @@ def train_layering(
             history += [{**r, "phase": 1} for r in saved["state"]["history"]]
             wall += saved["state"]["elapsed"]
     # Phase 2 starts from the best phase-1 weights (fit leaves them in the model) with fresh optimiser state.
+    if fixed:
+        yield Progress(0, 1, "phase 2: assigning each training object its layer")
+        model.to(options.device or "cpu")
+        layers_path = resume_path.with_name(resume_path.stem + ".phase2-layers.npz") if resume_path else None
+        resuming = resume2 is not None and resume2.is_file()
+        for s, lay in zip(prepared, _load_or_assign_layers(model, prepared, separate, options.device or "cpu",
+                                                             layers_path, resuming)):
+            s.layers = lay
     result2 = yield from fit(model, batches, LayeringLoss(2, sparse_weight, separate, layer_bce), validate,
                              replace(config, epochs=phase2, seed=config.seed + 1, max_minutes=minutes2), device=options.device,
                              resume_path=resume2, cancel=cancel)
