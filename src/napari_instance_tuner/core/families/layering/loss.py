@@ -30,7 +30,10 @@ It reduced merged worms, but over equal training time it did not raise the valid
 (docs/benchmarks.md), so it is off by default. A third option (``fixed_targets``, the paper's own S): each
 object's layer is assigned once, on its whole training image, by the model that starts phase 2, and kept
 for every crop of phase 2 (:func:`~.train.fixed_layers`; pasted objects, which have no fixed layer, are
-assigned per batch around the fixed ones).
+assigned per batch around the fixed ones). It is off by default: the BBBC010 model's layers largely encode a
+worm's orientation (a 90-degree rotation changes the layer of 76 % of its worms), so a fixed layer contradicts
+half of the rotated training crops, and 47 CPU minutes from the shipped weights did not raise the
+validation score (docs/benchmarks.md).
 
 A second optional addition to phase 2 (``layer_bce_weight`` > 0, default 0 = the paper's): binary
 cross-entropy between the layering logits and S on the foreground (summed over the N layers, averaged
