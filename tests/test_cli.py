@@ -85,6 +85,20 @@ def test_layering_train_with_separated_targets_records_the_choice(worm_split, tm
     assert [r["phase"] for r in meta["training"]["history"]] == [2]
 
 
+def test_resuming_a_phase_2_with_fixed_target_layers_it_did_not_start_with_is_refused(worm_split, tmp_path, capsys):
+    ckpt = tmp_path / "run.safetensors"
+    args = ["train", "--family", "layering", "--data", str(worm_split), "--out", str(ckpt), "--epochs", "1",
+            "--phase1-epochs", "0", "--phase2-epochs", "1", "--steps-per-epoch", "1", "--base-channels", "4",
+            "--depth", "2", "--layers", "4", "--head-channels", "4", "--crop", "32", "--batch-size", "2",
+            "--pixel-scale", "1", "--val-fraction", "0.34", "--no-autotune", "--workdir", str(tmp_path / "work"),
+            "--quiet"]
+    assert main(args) == 0
+    ckpt.rename(tmp_path / "first.safetensors")
+    assert main([*args, "--target-layers", "fixed"]) == 2  # its S would come from the wrong weights
+    assert "started without fixed target layers" in capsys.readouterr().err
+    assert not ckpt.exists() and not (tmp_path / "work" / "run.resume.phase2-layers.npz").exists()
+
+
 @pytest.mark.parametrize("option, value, message", [("--layer-bce", "-1", "--layer-bce must be"),
                                                     ("--layer-bce", "nan", "--layer-bce must be"),
                                                     ("--ema", "1.5", "ema_decay must be in [0, 1)")])

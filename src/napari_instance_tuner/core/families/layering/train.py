@@ -497,6 +497,12 @@ def train_layering(
         model.to(options.device or "cpu")
         layers_path = resume_path.with_name(resume_path.stem + ".phase2-layers.npz") if resume_path else None
         resuming = resume2 is not None and resume2.is_file()
+        if resuming and not layers_path.is_file():  # the model here is not the one phase 2 started from
+            from ...errors import InstanceTunerError
+
+            raise InstanceTunerError(
+                f"phase 2 of the run in {resume_path.parent} started without fixed target layers; resume it "
+                "without --target-layers fixed, or start a new run (another --workdir or --name)")
         for s, lay in zip(prepared, _load_or_assign_layers(model, prepared, separate, options.device or "cpu",
                                                              layers_path, resuming)):
             s.layers = lay
