@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -412,6 +413,7 @@ class _ConstantLayers(torch.nn.Module):
 
     def __init__(self, logits: torch.Tensor) -> None:
         super().__init__()
+        self.config = SimpleNamespace(n_layers=logits.shape[0] - 1)
         self.logits = logits
         self.inputs: list[tuple[int, ...]] = []
 

@@ -27,7 +27,7 @@ a pair gets little or no push apart: a BBBC010 model trained that way had collap
 no gradient between identical embeddings (cos = 1 is its maximum) and none into layers whose sigmoid is
 saturated at 0, and L_overlap with the arg-max S pushes every unused layer further towards 0.
 It reduced merged worms, but over equal training time it did not raise the validation score
-(docs/benchmarks.md), so it is off by default. A third option (``fixed_targets``, the paper's own S): each
+(docs/benchmarks.md), so it is off by default. Another option (``fixed_targets``, the paper's own S): each
 object's layer is assigned once, on its whole training image, by the model that starts phase 2, and kept
 for every crop of phase 2 (:func:`~.train.fixed_layers`; pasted objects, which have no fixed layer, are
 assigned per batch around the fixed ones). It is off by default: the BBBC010 model's layers largely encode a
@@ -209,18 +209,17 @@ def layer_assignment(u: torch.Tensor, present: torch.Tensor, adjacency: torch.Te
     if adjacency is None:
         return layer
     peak = (u / (u.norm(dim=-1, keepdim=True) + EPS)).amax(-1).cpu().numpy()
-    if fixed is not None:
-        peak = np.where(fixed.cpu().numpy() >= 0, np.inf, peak)  # fixed objects first, and they keep their layer
     u_np, adj_np, present_np = u.cpu().numpy(), adjacency.cpu().numpy(), present.cpu().numpy()
+    is_fixed = fixed.cpu().numpy() >= 0 if fixed is not None else np.zeros_like(present_np)
     layer = layer.cpu().clone()
     for b in range(u_np.shape[0]):
         if not (adj_np[b] & present_np[b][None] & present_np[b][:, None]).any():
             continue
         taken: dict[int, int] = {}
-        for i in np.argsort(-peak[b], kind="stable"):
+        for i in np.argsort(np.where(is_fixed[b], -np.inf, -peak[b]), kind="stable"):  # fixed objects first
             if not present_np[b, i]:
                 continue
-            if peak[b, i] == np.inf:
+            if is_fixed[b, i]:  # keeps its layer
                 taken[i] = int(layer[b, i])
                 continue
             used = {taken[j] for j in np.flatnonzero(adj_np[b, i]) if j in taken}

@@ -327,7 +327,8 @@ def fixed_layers(model, samples: list[PreparedSample], separate: bool, device: s
     """Each object's layer in the target stack S, from ``model`` on the whole training image (the paper's S).
 
     The paper builds S once, after phase 1, from the layering of each object's overlap-free part; it is then
-    kept through phase 2. Here the model runs on each whole (reflect-padded) training image at network scale,
+    kept through phase 2. Here the model runs on each whole training image at network scale (tiled as in
+    inference, :func:`~...inference.predict_tiled`),
     u_i is the mean embedding of object i's overlap-free part, and the layer is ``argmax(u_i)``, or the
     conflict-free assignment of :func:`~.loss.layer_assignment` when ``separate``.
 
@@ -346,43 +347,53 @@ def fixed_layers(model, samples: list[PreparedSample], separate: bool, device: s
         int64 (K,) per sample, in the order of its masks; -1 for an object that is overlapped everywhere.
     """
     import torch
-    import torch.nn.functional as F
 
+    from ...inference import predict_tiled
+    from ...progress import run
     from .loss import layer_assignment, mean_embeddings
 
     was_training = model.training
-    model.eval()
     out = []
-    d = model.size_divisor
-    with torch.no_grad():
-        for s in samples:
-            k = s.masks.shape[0]
-            if k == 0:
-                out.append(np.zeros(0, np.int64))
-                continue
-            h, w = s.image.shape[1:]
-            x = torch.from_numpy(s.image)[None].to(device)
-            x = F.pad(x, (0, -w % d, 0, -h % d), mode="reflect" if min(h, w) > d else "replicate")
-            emb = torch.sigmoid(model(x)[:, 1:, :h, :w].float())
-            masks = torch.from_numpy(s.masks)[None].to(device)
-            member = masks & (masks.sum(1, keepdim=True) == 1)
-            u, counts = mean_embeddings(emb, member)
-            adj = torch.from_numpy(s.adjacency)[None].to(device) if separate else None
-            layer = layer_assignment(u, counts > 0, adj)[0].cpu().numpy().astype(np.int64)
-            out.append(np.where(counts[0].cpu().numpy() > 0, layer, -1))  # -1: no overlap-free part to go by
+    for s in samples:
+        if s.masks.shape[0] == 0:
+            out.append(np.zeros(0, np.int64))
+            continue
+        maps = run(predict_tiled(model, s.image.transpose(1, 2, 0), out_channels=1 + model.config.n_layers,
+                                 multiple=model.size_divisor, device=device))
+        emb = torch.from_numpy(maps[1:])[None]
+        masks = torch.from_numpy(s.masks)[None]
+        u, counts = mean_embeddings(emb, masks & (masks.sum(1, keepdim=True) == 1))
+        adj = torch.from_numpy(s.adjacency)[None] if separate else None
+        layer = layer_assignment(u, counts > 0, adj)[0].numpy().astype(np.int64)
+        out.append(np.where(counts[0].numpy() > 0, layer, -1))  # -1: no overlap-free part to go by
     model.train(was_training)
     return out
 
 
 def _load_or_assign_layers(model, samples: list[PreparedSample], separate: bool, device: str,
                            path: Path | None, resuming: bool) -> list[np.ndarray]:
-    """:func:`fixed_layers`, saved to ``path`` so that a resumed phase 2 (``resuming``) keeps the same S."""
-    counts = [s.masks.shape[0] for s in samples]
-    if resuming and path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as saved:
-            layers = [saved[f"s{i}"] for i in range(len(samples)) if f"s{i}" in saved.files]
-        if [a.size for a in layers] == counts:
-            return layers
+    """:func:`fixed_layers`, saved to ``path``; a resumed phase 2 (``resuming``) reads them back (same S).
+
+    Raises
+    ------
+    InstanceTunerError
+        When resuming without a saved S that fits the samples: the model here is not the one phase 2
+        started from, so its S would differ.
+    """
+    if resuming:
+        from ...errors import InstanceTunerError
+
+        counts = [s.masks.shape[0] for s in samples]
+        layers = []
+        if path is not None and path.is_file():
+            with np.load(path, allow_pickle=False) as saved:
+                layers = [saved[f"s{i}"] for i in range(len(samples)) if f"s{i}" in saved.files]
+        if [a.size for a in layers] != counts:
+            raise InstanceTunerError(
+                f"phase 2 of the run in {path.parent if path else '?'} started without fixed target layers (or on "
+                "other data); resume it without --target-layers fixed, or start a new run (another --workdir or "
+                "--name)")
+        return layers
     layers = fixed_layers(model, samples, separate, device)
     if path is not None:
         from ...safe_write import write_atomic
@@ -497,12 +508,6 @@ def train_layering(
         model.to(options.device or "cpu")
         layers_path = resume_path.with_name(resume_path.stem + ".phase2-layers.npz") if resume_path else None
         resuming = resume2 is not None and resume2.is_file()
-        if resuming and not layers_path.is_file():  # the model here is not the one phase 2 started from
-            from ...errors import InstanceTunerError
-
-            raise InstanceTunerError(
-                f"phase 2 of the run in {resume_path.parent} started without fixed target layers; resume it "
-                "without --target-layers fixed, or start a new run (another --workdir or --name)")
         for s, lay in zip(prepared, _load_or_assign_layers(model, prepared, separate, options.device or "cpu",
                                                              layers_path, resuming)):
             s.layers = lay
