@@ -8,6 +8,7 @@ import tifffile
 from conftest import disks_labels
 
 from napari_instance_tuner.cli import main
+from napari_instance_tuner.core.training import bfloat16_supported
 
 
 @pytest.fixture
@@ -68,13 +69,19 @@ def worm_split(tmp_path):
     return split
 
 
+def tiny_layering_args(data, out, workdir, phases=(0, 1), steps=1) -> list[str]:
+    """``train`` arguments for a tiny layering U-Net (base 4, depth 2, N = 4) on ``data``, without auto-tuning."""
+    return ["train", "--family", "layering", "--data", str(data), "--out", str(out), "--epochs", str(sum(phases)),
+            "--phase1-epochs", str(phases[0]), "--phase2-epochs", str(phases[1]), "--steps-per-epoch", str(steps),
+            "--base-channels", "4", "--depth", "2", "--layers", "4", "--head-channels", "4", "--crop", "32",
+            "--batch-size", "2", "--pixel-scale", "1", "--val-fraction", "0.34", "--no-autotune",
+            "--workdir", str(workdir), "--quiet"]
+
+
 def test_layering_train_with_separated_targets_records_the_choice(worm_split, tmp_path):
     ckpt = tmp_path / "separated.safetensors"
-    args = ["train", "--family", "layering", "--data", str(worm_split), "--out", str(ckpt), "--epochs", "1",
-            "--phase1-epochs", "0", "--phase2-epochs", "1", "--steps-per-epoch", "1", "--base-channels", "4",
-            "--depth", "2", "--layers", "4", "--head-channels", "4", "--crop", "32", "--batch-size", "2",
-            "--pixel-scale", "1", "--val-fraction", "0.34", "--overlap-targets", "separated", "--no-autotune",
-            "--layer-bce", "0.5", "--target-layers", "fixed", "--workdir", str(tmp_path / "work"), "--quiet"]
+    args = [*tiny_layering_args(worm_split, ckpt, tmp_path / "work"), "--overlap-targets", "separated",
+            "--layer-bce", "0.5", "--target-layers", "fixed"]
     assert main(args) == 0
     meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
     assert meta["training"]["layering"]["separate_targets"] is True
@@ -87,16 +94,29 @@ def test_layering_train_with_separated_targets_records_the_choice(worm_split, tm
 
 def test_resuming_a_phase_2_with_fixed_target_layers_it_did_not_start_with_is_refused(worm_split, tmp_path, capsys):
     ckpt = tmp_path / "run.safetensors"
-    args = ["train", "--family", "layering", "--data", str(worm_split), "--out", str(ckpt), "--epochs", "1",
-            "--phase1-epochs", "0", "--phase2-epochs", "1", "--steps-per-epoch", "1", "--base-channels", "4",
-            "--depth", "2", "--layers", "4", "--head-channels", "4", "--crop", "32", "--batch-size", "2",
-            "--pixel-scale", "1", "--val-fraction", "0.34", "--no-autotune", "--workdir", str(tmp_path / "work"),
-            "--quiet"]
+    args = tiny_layering_args(worm_split, ckpt, tmp_path / "work")
     assert main(args) == 0
     ckpt.rename(tmp_path / "first.safetensors")
     assert main([*args, "--target-layers", "fixed"]) == 2  # its S would come from the wrong weights
     assert "started without fixed target layers" in capsys.readouterr().err
     assert not ckpt.exists() and not (tmp_path / "work" / "run.resume.phase2-layers.npz").exists()
+
+
+@pytest.mark.skipif(not bfloat16_supported("cpu"), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+def test_layering_train_with_amp_records_it(worm_split, tmp_path):
+    ckpt = tmp_path / "amp.safetensors"
+    assert main([*tiny_layering_args(worm_split, ckpt, tmp_path / "work", phases=(1, 1)), "--amp"]) == 0
+    meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
+    assert meta["training"]["optimiser"]["amp"] is True
+    assert [r["phase"] for r in meta["training"]["history"]] == [1, 2]
+    assert all(np.isfinite(r["loss"]) for r in meta["training"]["history"])
+
+
+def test_maskrcnn_train_refuses_amp_with_a_message(toy_split, tmp_path, capsys):
+    out = tmp_path / "never.safetensors"
+    assert main(["train", "--family", "maskrcnn", "--data", str(toy_split), "--out", str(out), "--amp"]) == 2
+    assert "maskrcnn trains in float32" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("option, value, message", [("--layer-bce", "-1", "--layer-bce must be"),

@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
             epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, patience=args.patience,
             validate_every=args.validate_every, seed=args.seed, max_minutes=args.max_minutes,
             loader_workers=args.loader_workers, optimizer=args.optimizer, weight_decay=args.weight_decay,
-            ema_decay=args.ema,
+            ema_decay=args.ema, amp=args.amp,
         )
     except ValueError as exc:
         raise InstanceTunerError(f"train: {exc}") from exc
@@ -216,7 +216,7 @@ def cmd_finetune(args) -> int:
             p.holdout[:, p.holdout.shape[1] - max(1, round(args.holdout_fraction * p.holdout.shape[1])):] = True
     settings = FinetuneSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop=args.crop,
                                 augment=not args.no_augment, freeze_encoder=not args.train_encoder, seed=args.seed,
-                                validate_every=args.validate_every)
+                                validate_every=args.validate_every, amp=args.amp)
     model, result = run(finetune(loaded, pairs, settings, device=args.device or "cpu"))
     out = save_finetuned(args.out, loaded, model, result, pairs, settings)
     held = "" if result.validation is None or result.validation["best_score"] is None else (
@@ -356,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate, select and ship an exponential moving average of the weights (e.g. 0.99; 0: off)")
+    t.add_argument("--amp", action="store_true",
+                   help="mixed precision: bfloat16 forward passes (2-3x faster on CPUs with AVX512-BF16 or AMX; "
+                   "refused where the device lacks bfloat16; not for maskrcnn)")
     t.add_argument("--patience", type=int, default=20)
     t.add_argument("--validate-every", type=int, default=2)
     t.add_argument("--val-fraction", type=float, default=0.18)
@@ -412,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--validate-every steps; the best-scoring weights are saved")
     f.add_argument("--validate-every", type=int, default=10,
                    help="steps between validations (with --holdout-fraction)")
+    f.add_argument("--amp", action="store_true",
+                   help="mixed precision: bfloat16 forward passes (2-3x faster on CPUs with AVX512-BF16 or AMX; "
+                   "refused where the device lacks bfloat16; not for maskrcnn)")
     f.add_argument("--device", default=None)
     f.set_defaults(func=cmd_finetune)
 

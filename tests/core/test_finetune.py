@@ -4,9 +4,10 @@ import torch
 
 from conftest import disks_labels
 from napari_instance_tuner.core.checkpoint import load_model, read_checkpoint
-from napari_instance_tuner.core.errors import InstanceTunerError, WeightsError
+from napari_instance_tuner.core.errors import InstanceTunerError, ParamsError, WeightsError
 from napari_instance_tuner.core.finetune import CorrectedImage, FinetuneSettings, finetune, save_finetuned
 from napari_instance_tuner.core.progress import CancelToken, run
+from napari_instance_tuner.core.training import bfloat16_supported, refuse_amp
 
 
 def pair(region=None):
@@ -59,3 +60,25 @@ def test_cancel_keeps_the_loaded_model(tiny_checkpoint):
     token.cancel()
     model, result = run(gen)
     assert result.stopped == "cancelled" and len(result.history) < 50
+
+
+@pytest.mark.skipif(not bfloat16_supported("cpu"), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+def test_finetune_with_amp_learns_and_records_it(tiny_checkpoint, tmp_path):
+    loaded = load_model(tiny_checkpoint)
+    settings = FinetuneSettings(steps=30, lr=3e-3, batch_size=2, crop=32, amp=True)
+    model, result = run(finetune(loaded, [pair()], settings))
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values() if v.is_floating_point())
+    _, meta = read_checkpoint(save_finetuned(tmp_path / "amp.safetensors", loaded, model, result, [pair()], settings))
+    assert meta["finetune"]["settings"]["amp"] is True
+
+
+def test_amp_is_refused_for_mask_rcnn_and_allowed_for_the_u_net_families():
+    from napari_instance_tuner.core.registry import get_family
+
+    with pytest.raises(ParamsError, match="maskrcnn trains in float32"):
+        refuse_amp(get_family("maskrcnn"), True)
+    refuse_amp(get_family("maskrcnn"), False)
+    for name in ("three-branch", "layering"):
+        refuse_amp(get_family(name), True)  # no error

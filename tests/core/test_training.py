@@ -1,15 +1,19 @@
+import contextlib
+
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_ARCH, disks_labels
+
+from napari_instance_tuner.core import training
 from napari_instance_tuner.core.augment import AugmentConfig, photometric, random_symmetry
 from napari_instance_tuner.core.data import Sample
+from napari_instance_tuner.core.errors import ParamsError
 from napari_instance_tuner.core.families.three_branch.loss import weighted_bce
 from napari_instance_tuner.core.families.three_branch.train import BatchMaker, prepare_samples
 from napari_instance_tuner.core.progress import CancelToken, run
 from napari_instance_tuner.core.registry import get_family
-from napari_instance_tuner.core.training import TrainConfig, fit
+from napari_instance_tuner.core.training import TrainConfig, bfloat16_supported, fit
 
 
 def toy_samples(n=3):
@@ -214,3 +218,39 @@ def test_ema_is_resumed_with_the_run(tmp_path):
 def test_ema_decay_must_be_below_one():
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
+
+
+def _fit_recording_dtypes(amp: bool):
+    """Fit a 3x3 convolution for 3 steps; returns (output dtypes the loss saw, forward dtypes, weight dtype)."""
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    forward_dtypes, loss_dtypes = [], []
+    model.register_forward_hook(lambda m, i, out: forward_dtypes.append(out.dtype))
+
+    def next_batch(rng):
+        x = torch.from_numpy(rng.normal(size=(2, 1, 8, 8)).astype(np.float32))
+        return x, 2 * x, torch.ones(2, 1, 8, 8)
+
+    def loss_fn(out, y, valid):
+        loss_dtypes.append(out.dtype)
+        return ((out - y) ** 2).mean(), {}
+
+    config = TrainConfig(epochs=1, steps_per_epoch=3, lr=0.05, seed=1, checkpoint_every_s=0, amp=amp)
+    result = run(fit(model, next_batch, loss_fn, None, config))
+    return forward_dtypes, loss_dtypes, result.best_state["weight"].dtype
+
+
+@pytest.mark.skipif(not bfloat16_supported("cpu"), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+def test_amp_runs_the_forward_pass_in_bfloat16_and_keeps_weights_and_loss_in_float32():
+    forward, loss, weight = _fit_recording_dtypes(amp=True)
+    assert forward == [torch.bfloat16] * 3
+    assert loss == [torch.float32] * 3 and weight == torch.float32
+    forward, loss, weight = _fit_recording_dtypes(amp=False)
+    assert forward == [torch.float32] * 3 and weight == torch.float32
+
+
+def test_amp_is_refused_on_a_device_without_bfloat16(monkeypatch):
+    monkeypatch.setattr(training, "bfloat16_supported", lambda device: False)
+    with pytest.raises(ParamsError, match="bfloat16"):
+        _fit_recording_dtypes(amp=True)
+    assert isinstance(training.training_autocast("cpu", False), contextlib.nullcontext)

@@ -234,6 +234,20 @@ def test_problems_become_notifications_and_the_widget_stays_usable(tuner, viewer
     assert tuner.pairs.pairs == []
 
 
+def test_mixed_precision_reaches_training_and_where_it_cannot_run_it_is_a_notification(
+    tuner, qtbot, monkeypatch, errors
+):
+    from napari_instance_tuner.core import training
+
+    assert tuner.settings().amp is False
+    tuner.amp.value = True
+    assert tuner.settings().amp is True
+    monkeypatch.setattr(training, "bfloat16_supported", lambda device: False)  # a device without bfloat16
+    assert train(qtbot, tuner) == "error"
+    assert "needs native bfloat16" in errors[-1] and "fine-tuning failed" in errors[-1]
+    assert tuner.start_button.enabled and tuner.tuned is None
+
+
 def test_without_a_segment_widget_a_shipped_model_is_loaded_by_name(
     viewer, image, corrected, qtbot, tiny_checkpoint, tmp_path, monkeypatch, errors
 ):

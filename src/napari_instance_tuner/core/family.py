@@ -82,6 +82,9 @@ class Family(ABC):
     name: ClassVar[str]
     map_names: ClassVar[tuple[str, ...]]
     Params: ClassVar[type]
+    #: Whether training and fine-tuning may run the forward pass in mixed precision (``TrainConfig.amp``):
+    #: the model's call in :func:`~.training.fit` must be its whole forward pass.
+    supports_amp: ClassVar[bool] = True
 
     @abstractmethod
     def build_model(self, config: dict) -> Any:

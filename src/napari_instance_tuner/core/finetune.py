@@ -24,7 +24,7 @@ import numpy as np
 from .checkpoint import LoadedModel, save_checkpoint
 from .errors import InstanceTunerError, WeightsError
 from .progress import CancelToken, Progress, run
-from .training import TrainConfig, TrainResult, fit
+from .training import TrainConfig, TrainResult, fit, refuse_amp
 
 #: Context (network pixels) predicted around a held-out region's bounding box, so that its objects are
 #: not cut by the crop's edge and the network sees what it would see in the whole image.
@@ -42,6 +42,8 @@ class FinetuneSettings:
     steps, lr, batch_size, crop, augment, freeze_encoder, seed
         Optimiser steps, Adam learning rate, crops per step, crop edge (network pixels), random
         augmentation, whether the encoder stays frozen, random seed.
+    amp : bool
+        Mixed precision: bfloat16 forward passes (:attr:`.training.TrainConfig.amp`; not for Mask R-CNN).
     validate_every : int
         With a held-out region: score it every this many steps (a shorter run: at its last step).
     patience : int or None
@@ -59,6 +61,7 @@ class FinetuneSettings:
     seed: int = 0
     validate_every: int = 10
     patience: int | None = None
+    amp: bool = False
 
     def __post_init__(self) -> None:
         if self.validate_every < 1:
@@ -302,6 +305,7 @@ def finetune(
     best weights.
     """
     _check(pairs)
+    refuse_amp(loaded.family, settings.amp)
     splits = [split_holdout(p) for p in pairs]
     train_pairs = [
         p if p.holdout is None else CorrectedImage(p.image, p.labels, train)
@@ -335,7 +339,7 @@ def finetune(
     patience = settings.steps + 1 if settings.patience is None else max(settings.patience, every + 1)
     config = TrainConfig(epochs=settings.steps, steps_per_epoch=1, lr=settings.lr, seed=settings.seed,
                          patience=patience, validate_every=every,
-                         checkpoint_every_s=float("inf"), freeze_batchnorm=True)
+                         checkpoint_every_s=float("inf"), freeze_batchnorm=True, amp=settings.amp)
     result = yield from fit(model, batches, loss_fn, validate, config, device=device, cancel=cancel, params=trainable)
     model.requires_grad_(True)
     if validation is not None:

@@ -22,7 +22,7 @@ from .errors import InstanceTunerError
 from .image import DEFAULT_NORMALISATION
 from .params import params_from_dict, params_to_dict
 from .progress import CancelToken, Progress
-from .training import TrainConfig
+from .training import TrainConfig, refuse_amp
 
 
 @dataclass
@@ -93,6 +93,7 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
 
     started = time.time()
     family = get_family(options.family)
+    refuse_amp(family, options.train.amp)
     samples = load_split(options.data)
     groups = read_groups(options.data)
     train_names, val_names = validation_split(

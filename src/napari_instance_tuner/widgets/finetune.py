@@ -98,6 +98,9 @@ class FinetuneWidget(QWidget):
         self.augment = CheckBox(text="augmentation", value=defaults.augment)
         self.augment.tooltip = "Random flips, 90° rotations, rescaling, colour, blur and noise on the training crops"
         self.freeze_encoder = CheckBox(text="freeze the encoder", value=defaults.freeze_encoder)
+        self.amp = CheckBox(text="mixed precision (bfloat16)", value=defaults.amp)
+        self.amp.tooltip = ("bfloat16 forward passes: 2-3x faster on CPUs with AVX512-BF16 or AMX and on recent GPUs; "
+                            "refused where the device lacks bfloat16 and for Mask R-CNN")
         self.resegment = CheckBox(text="re-segment the Segment widget's image when done", value=True)
         self.start_button = PushButton(text="Fine-tune")
         self.start_button.changed.connect(lambda *_: self.start())
@@ -114,7 +117,7 @@ class FinetuneWidget(QWidget):
         buttons = Container(widgets=[self.start_button, self.cancel_button], layout="horizontal", labels=False)
         layout = QVBoxLayout(self)
         for part in (self.pairs.widget, self.model_info, self.fallback.widget, settings, self.augment,
-                     self.freeze_encoder, self.resegment, buttons, self.progress):
+                     self.freeze_encoder, self.amp, self.resegment, buttons, self.progress):
             layout.addWidget(part.native)
         layout.addWidget(self.plot)
         for part in (self.status, self.save_button):
@@ -143,7 +146,7 @@ class FinetuneWidget(QWidget):
         return FinetuneSettings(steps=int(self.steps.value), lr=float(self.lr.value),
                                 batch_size=int(self.batch_size.value), augment=bool(self.augment.value),
                                 freeze_encoder=bool(self.freeze_encoder.value),
-                                validate_every=int(self.validate_every.value))
+                                validate_every=int(self.validate_every.value), amp=bool(self.amp.value))
 
     def start(self) -> None:
         """Fine-tune on the listed pairs in a worker; problems become notifications."""

@@ -24,6 +24,7 @@ class MaskRCNNFamily(Family):
     name = "maskrcnn"
     map_names = ("score_map",)
     Params = MaskRCNNParams
+    supports_amp = False  # torchvision's forward pass runs inside the loss (DetectionLoss), outside fit's autocast
 
     def build_model(self, config: dict):
         """An untrained :class:`~.model.InstanceMaskRCNN` for an architecture dict (see ``MaskRCNNConfig``)."""

@@ -1,0 +1,100 @@
+"""Training step time in float32 and with ``--amp`` (bfloat16 autocast), for the shipped U-Net architectures.
+
+For each shipped U-Net model (three-branch, layering) the architecture, batch size and crop of its own
+training (its metadata) are built with fresh weights. One training step is the forward pass, a stand-in loss
+(mean square of the logits, float32: the families' losses cost 0.1-0.2 s more per step and do not change with
+``--amp``), the backward pass and an Adam step, channels_last as :func:`~napari_instance_tuner.core.training.fit`
+runs it. Median of ``--steps`` steps after two warm-up steps, for each precision.
+
+"gradient cosine" compares the two precisions' gradients of the same batch at the same weights (1 = the same
+direction): how closely a bfloat16 step follows the float32 one.
+
+    python benchmarks/training_step_speed.py [--steps 8] [--threads 2] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def _model_and_batch(name: str, device: str):
+    import torch
+
+    from napari_instance_tuner.core.checkpoint import read_metadata, shipped_models
+    from napari_instance_tuner.core.registry import get_family
+
+    meta = read_metadata(shipped_models()[name])
+    family = get_family(meta["family"])
+    model = family.build_model(meta["architecture"])
+    training = meta.get("training", {})
+    batch, crop = int(training.get("batch_size", 8)), int(training.get("crop", 256))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, meta["in_channels"], crop, crop, generator=generator)
+    return model.to(device), x.to(device), f"{meta['family']}, batch {batch} x {crop} px"
+
+
+def _step(model, x, optimiser, autocast) -> float:
+    import torch
+
+    start = time.perf_counter()
+    with autocast:
+        logits = model(x)
+    loss = logits.float().square().mean()
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _gradient(model, x, autocast):
+    import torch
+
+    model.zero_grad(set_to_none=True)
+    with autocast:
+        logits = model(x)
+    logits.float().square().mean().backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", default="three-branch-glas,layering-bbbc010")
+    args = parser.parse_args()
+
+    import contextlib
+
+    import torch
+
+    from napari_instance_tuner.core.training import bfloat16_supported, training_autocast
+
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, native bfloat16: "
+          f"{bfloat16_supported(args.device)}")
+    print(f"{'model':<22}{'setting':<34}{'float32 s/step':>15}{'amp s/step':>12}{'speed-up':>10}{'gradient cosine':>17}")
+    for name in args.models.split(","):
+        model, x, setting = _model_and_batch(name, args.device)
+        memory = torch.channels_last if args.device == "cpu" else torch.contiguous_format
+        model = model.to(memory_format=memory).train()
+        x = x.contiguous(memory_format=memory)
+        amp = training_autocast(args.device, True)
+        grads = [_gradient(model, x, context) for context in (contextlib.nullcontext(), amp)]
+        cosine = float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0))
+        times = {}
+        for label, context in (("float32", contextlib.nullcontext()), ("amp", amp)):
+            optimiser = torch.optim.Adam(model.parameters(), lr=1e-6)
+            runs = [_step(model, x, optimiser, context) for _ in range(args.steps + 2)][2:]
+            times[label] = float(np.median(runs))
+        print(f"{name:<22}{setting:<34}{times['float32']:>15.2f}{times['amp']:>12.2f}"
+              f"{times['float32'] / times['amp']:>9.1f}x{cosine:>17.4f}")
+
+
+if __name__ == "__main__":
+    main()
