@@ -1,4 +1,6 @@
-"""GPU inference: float16 autocast (``--amp``) against float32, labels and throughput, for the shipped models.
+"""Inference with ``--amp`` against float32, labels and throughput, for the shipped models.
+
+``--amp`` is float16 autocast on a GPU and bfloat16 autocast on a CPU with native bfloat16 (``--device cpu``).
 
 For each shipped model, real images of its domain are segmented twice on the GPU through the streaming path
 (:func:`~napari_instance_tuner.core.streaming.stream_segment`, channels_last, tiles of ``--tile`` px): in
@@ -48,14 +50,21 @@ def compare(name: str, images: list[np.ndarray], device: str, tile: int) -> dict
 
     loaded = load_model(name)
     params = loaded.family.default_params(loaded.meta)
-    f1s, counts = [], []
+    f1s, counts, seconds = [], [], {False: [], True: []}
+    segment(loaded, images[0], params, device, True, tile)  # warm-up of both precisions' kernels
     for image in images:
-        full = segment(loaded, image, params, device, False, tile)
-        half = segment(loaded, image, params, device, True, tile)
+        labels = {}
+        for amp in (False, True):
+            start = time.perf_counter()
+            labels[amp] = segment(loaded, image, params, device, amp, tile)
+            seconds[amp].append(time.perf_counter() - start)
+        full, half = labels[False], labels[True]
         f1s.append(1.0 if full.max() == 0 and half.max() == 0 else object_f1(half, full)["f1"])
         counts.append(int(len(np.unique(full)) - 1))
     return {"model": name, "images": len(images), "objects": int(sum(counts)),
-            "f1_min": float(min(f1s)), "f1_mean": float(np.mean(f1s))}
+            "f1_min": float(min(f1s)), "f1_mean": float(np.mean(f1s)),
+            "s_per_image_float32": round(float(np.median(seconds[False])), 3),
+            "s_per_image_amp": round(float(np.median(seconds[True])), 3)}
 
 
 def throughput(size: int, device: str, amp: bool, tile: int, repeats: int) -> float:
@@ -86,16 +95,15 @@ def throughput(size: int, device: str, amp: bool, tile: int, repeats: int) -> fl
 
 def network_throughput(device: str, amp: bool, tile: int, repeats: int = 10) -> float:
     """Megapixels per second of the three-branch network alone (one (1, 3, tile, tile) batch, channels_last)."""
-    import contextlib
-
     import torch
 
     from napari_instance_tuner.core.checkpoint import load_model
+    from napari_instance_tuner.core.streaming import _autocast
 
     model = load_model("three-branch-glas").model.to(device).eval().to(memory_format=torch.channels_last)
     x = torch.rand(1, 3, tile, tile, device=device).contiguous(memory_format=torch.channels_last)
     cuda = device.startswith("cuda")
-    context = torch.autocast("cuda", dtype=torch.float16) if amp and cuda else contextlib.nullcontext()
+    context = _autocast(device, amp)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     with torch.inference_mode(), context:
         for _ in range(3):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from napari_instance_tuner.core.family import Instances, Maps
 from napari_instance_tuner.core.progress import run
@@ -291,3 +292,24 @@ def test_cuda_oom_halves_the_network_tile_and_says_so(tmp_path):
     with pytest.raises(Exception, match="even with network tiles of 64 px"):
         run(stream_segment(SimpleNamespace(family=loaded.family, model=OOMAbove(loaded.model, 16), meta=loaded.meta),
                            image, params, device="cpu", settings=StreamSettings(network_tile=128)))
+
+
+@pytest.mark.parametrize("family", ["three-branch", "layering", "maskrcnn"])
+def test_amp_runs_the_network_in_bfloat16_on_a_cpu_that_has_it_and_in_float32_elsewhere(family, tmp_path, monkeypatch):
+    from conftest import tiny_loaded
+
+    from napari_instance_tuner.core import training
+
+    loaded = tiny_loaded(family, tmp_path)
+    seen = []
+    module = loaded.model.backbone if family == "maskrcnn" else loaded.model
+    module.register_forward_hook(lambda m, i, out: seen.append(next(iter(out.values())).dtype if isinstance(out, dict)
+                                                              else out.dtype))
+    image = (np.random.default_rng(0).random((96, 80, 3)) * 255).astype(np.uint8)
+    params = loaded.family.default_params(loaded.meta)
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(training, "bfloat16_supported", lambda device, native=native: native)
+        seen.clear()
+        result = run(stream_segment(loaded, image, params, settings=StreamSettings(amp=True), device="cpu"))
+        assert seen and set(seen) == {expected}, (native, seen)
+        assert np.asarray(result.labels).shape == image.shape[:2]

@@ -54,7 +54,8 @@ class StreamSettings:
     min_network_tile : int
         Smallest network tile tried after out-of-memory errors before giving up.
     amp : bool
-        Run the network under ``torch.autocast`` (float16) when the device is CUDA.
+        Run the network under ``torch.autocast``: float16 on CUDA, bfloat16 on a CPU with native bfloat16
+        (AVX512-BF16 or AMX); float32 elsewhere.
     """
 
     tile: int = 2048
@@ -222,10 +223,17 @@ def _is_cuda_oom(exc: BaseException) -> bool:
 
 
 def _autocast(device: str | None, amp: bool):
-    if amp and device and str(device).startswith("cuda"):
-        import torch
+    """float16 autocast on CUDA; bfloat16 on a CPU that computes it natively; otherwise none (float32)."""
+    if not amp:
+        return contextlib.nullcontext()
+    import torch
 
+    from .training import bfloat16_supported
+
+    if device and str(device).startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.float16)
+    if str(device or "cpu") == "cpu" and bfloat16_supported("cpu"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
