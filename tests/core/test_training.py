@@ -3,8 +3,8 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ARCH, disks_labels
 
+from conftest import TINY_ARCH, disks_labels
 from napari_instance_tuner.core import training
 from napari_instance_tuner.core.augment import AugmentConfig, photometric, random_symmetry
 from napari_instance_tuner.core.data import Sample
@@ -221,7 +221,7 @@ def test_ema_decay_must_be_below_one():
 
 
 def _fit_recording_dtypes(amp: bool):
-    """Fit a 3x3 convolution for 3 steps; returns (output dtypes the loss saw, forward dtypes, weight dtype)."""
+    """Fit a 3x3 convolution for 3 steps; returns (forward output dtypes, dtypes the loss saw, weight dtype)."""
     torch.manual_seed(0)
     model = torch.nn.Conv2d(1, 1, 3, padding=1)
     forward_dtypes, loss_dtypes = [], []

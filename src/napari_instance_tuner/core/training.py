@@ -25,6 +25,7 @@ import numpy as np
 from .errors import ParamsError
 from .progress import CancelToken, Progress
 
+
 #: Optimisers :func:`fit` can use.
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -223,7 +224,7 @@ def bfloat16_supported(device: str) -> bool:
     import torch
 
     if str(device).startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if str(device) == "cpu":
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
@@ -347,7 +348,9 @@ def fit(
             x = x.to(device).contiguous(memory_format=memory_format)
             with autocast:
                 logits = model(x)
-            loss, parts = loss_fn(logits.float(), y.to(device), valid.to(device))
+            if config.amp:  # the loss in float32
+                logits = logits.float()
+            loss, parts = loss_fn(logits, y.to(device), valid.to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

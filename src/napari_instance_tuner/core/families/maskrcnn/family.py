@@ -68,7 +68,8 @@ class MaskRCNNFamily(Family):
             x = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))[None].to(device)
             d = model.detect(x)[0]
             return Detections(d["boxes"].float().cpu().numpy(), d["scores"].float().cpu().numpy(),
-                              d["labels"].cpu().numpy().astype(np.int32), d["masks"].float().cpu().numpy().astype(np.float16))
+                              d["labels"].cpu().numpy().astype(np.int32),
+                              d["masks"].float().cpu().numpy().astype(np.float16))  # bfloat16 under CPU autocast
 
         det = yield from detect_tiled(
             detect, prepared, tile_size=tile_size or int(meta.get("tile_size", 512)),
