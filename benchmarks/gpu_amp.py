@@ -2,9 +2,9 @@
 
 ``--amp`` is float16 autocast on a GPU and bfloat16 autocast on a CPU with native bfloat16 (``--device cpu``).
 
-For each shipped model, real images of its domain are segmented twice on the GPU through the streaming path
-(:func:`~napari_instance_tuner.core.streaming.stream_segment`, channels_last, tiles of ``--tile`` px): in
-float32 and under ``torch.autocast(float16)``. The two label images are compared by object F1 (the AMP
+For each shipped model, real images of its domain are segmented twice on ``--device`` through the streaming
+path (:func:`~napari_instance_tuner.core.streaming.stream_segment`, channels_last, tiles of ``--tile`` px): in
+float32 and with ``--amp``, each timed. The two label images are compared by object F1 (the AMP
 labels scored against the float32 ones; the goal is >= 0.99). Throughput (megapixels per second, the
 network, the post-processing and the stitching included, after one warm-up image) is measured on a
 synthetic H&E-like RGB image of ``--size`` px with the three-branch model, in both precisions.
