@@ -33,7 +33,9 @@ for every crop of phase 2 (:func:`~.train.fixed_layers`; pasted objects, which h
 assigned per batch around the fixed ones). It is off by default: the BBBC010 model's layers largely encode a
 worm's orientation (a 90-degree rotation changes the layer of 76 % of its worms), so a fixed layer contradicts
 half of the rotated training crops, and 47 CPU minutes from the shipped weights did not raise the
-validation score (docs/benchmarks.md).
+validation score. More generally, under rotation and flip augmentation a fixed layer can only be met by
+memorising each training object (an isolated object is equally right in any layer), whereas the per-batch
+S asks for the assignment nearest the network's own output (docs/benchmarks.md).
 
 A second optional addition to phase 2 (``layer_bce_weight`` > 0, default 0 = the paper's): binary
 cross-entropy between the layering logits and S on the foreground (summed over the N layers, averaged
