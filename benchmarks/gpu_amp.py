@@ -98,12 +98,12 @@ def network_throughput(device: str, amp: bool, tile: int, repeats: int = 10) -> 
     import torch
 
     from napari_instance_tuner.core.checkpoint import load_model
-    from napari_instance_tuner.core.streaming import _autocast
+    from napari_instance_tuner.core.streaming import inference_autocast
 
     model = load_model("three-branch-glas").model.to(device).eval().to(memory_format=torch.channels_last)
     x = torch.rand(1, 3, tile, tile, device=device).contiguous(memory_format=torch.channels_last)
     cuda = device.startswith("cuda")
-    context = _autocast(device, amp)
+    context = inference_autocast(device, amp)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     with torch.inference_mode(), context:
         for _ in range(3):

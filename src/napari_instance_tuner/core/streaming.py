@@ -222,8 +222,22 @@ def _is_cuda_oom(exc: BaseException) -> bool:
     return (oom is not None and isinstance(exc, oom)) or "CUDA out of memory" in str(exc)
 
 
-def _autocast(device: str | None, amp: bool):
-    """float16 autocast on CUDA; bfloat16 on a CPU that computes it natively; otherwise none (float32)."""
+def inference_autocast(device: str | None, amp: bool):
+    """The autocast context of inference with ``amp``: float16 on CUDA, bfloat16 on a CPU with native bfloat16.
+
+    Parameters
+    ----------
+    device : str or None
+        The torch device the network runs on (None: the CPU).
+    amp : bool
+        Whether mixed precision was asked for.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        ``torch.autocast`` as above, or a null context (float32) without ``amp`` or where it would be slow.
+        Unlike :func:`~.training.training_autocast`, it never refuses: inference falls back to float32.
+    """
     if not amp:
         return contextlib.nullcontext()
     import torch
@@ -260,7 +274,7 @@ def predict_window(
                                   cancel=cancel)
         try:
             while True:
-                with _autocast(device, settings.amp):
+                with inference_autocast(device, settings.amp):
                     item = next(gen)
                 yield item
         except StopIteration as stop:
