@@ -53,6 +53,41 @@ def test_train_predict_evaluate(toy_split, tmp_path, capsys):
     assert summary["n_images"] == 4 and 0.0 <= summary["object_f1"] <= 1.0
 
 
+def test_train_records_stain_elastic_and_extra_data(toy_split, tmp_path):
+    import shutil
+
+    extra = tmp_path / "data" / "more"
+    shutil.copytree(toy_split, extra)
+    for path in (extra / "images").iterdir():
+        path.rename(path.with_name("more_" + path.name))
+    for path in (extra / "labels").iterdir():
+        path.rename(path.with_name("more_" + path.name))
+    ckpt = tmp_path / "levers.safetensors"
+    args = ["train", "--data", str(toy_split), "--out", str(ckpt), "--epochs", "1", "--steps-per-epoch", "1",
+            "--base-channels", "4", "--depth", "2", "--crop", "32", "--batch-size", "2", "--pixel-scale", "1",
+            "--val-fraction", "0.25", "--workdir", str(tmp_path / "work"), "--quiet", "--no-autotune",
+            "--stain-jitter", "0.5", "--stain-strength", "0.2", "--elastic", "0.3", "--extra-data", str(extra)]
+    assert main(args) == 0
+    meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
+    augment = meta["training"]["augment"]
+    assert (augment["p_stain"], augment["stain_strength"], augment["p_elastic"]) == (0.5, 0.2, 0.3)
+    trained = meta["training"]["train_images"]
+    assert sorted(n for n in trained if n.startswith("more_")) == [f"more_img{i}" for i in range(4)]
+    assert meta["training"]["extra_data"] == [str(extra)]
+    assert not set(trained) & set(meta["training"]["val_images"])
+
+
+@pytest.mark.parametrize("args, message", [(["--stain-jitter", "1.5"], "p_stain must lie in [0, 1]"),
+                                           (["--family", "layering", "--elastic", "0.5"],
+                                            "elastic deformation is not implemented for the layering family")])
+def test_train_refuses_bad_augmentation_options(toy_split, worm_split, tmp_path, capsys, args, message):
+    data = worm_split if "layering" in args else toy_split
+    out = tmp_path / "never.safetensors"
+    assert main(["train", "--data", str(data), "--out", str(out), "--workdir", str(tmp_path / "w"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.fixture
 def worm_split(tmp_path):
     """Synthetic crossing worms with exact overlapping masks (``*_instances.npz``), as in BBBC010."""

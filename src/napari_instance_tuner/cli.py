@@ -43,6 +43,18 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _augment_extra(args) -> dict:
+    """AugmentConfig fields set by ``train``'s optional augmentation flags (none: the defaults)."""
+    extra = {}
+    if args.stain_jitter is not None:
+        extra["p_stain"] = args.stain_jitter
+    if args.stain_strength is not None:
+        extra["stain_strength"] = args.stain_strength
+    if args.elastic is not None:
+        extra["p_elastic"] = args.elastic
+    return extra
+
+
 def cmd_train(args) -> int:
     from .core.jobs import TrainOptions, train_job
     from .core.progress import run
@@ -93,7 +105,8 @@ def cmd_train(args) -> int:
         data=args.data, out=args.out, family=args.family, architecture=arch, pixel_scale=args.pixel_scale,
         crop=args.crop, batch_size=args.batch_size, val_fraction=args.val_fraction, train=train, targets=targets,
         family_options=family_options,
-        augment=not args.no_augment, autotune=not args.no_autotune, device=args.device, workdir=args.workdir,
+        augment=not args.no_augment, augment_extra=_augment_extra(args), extra_data=args.extra_data or [],
+        autotune=not args.no_autotune, device=args.device, workdir=args.workdir,
         name=args.name, half=not args.float32,
     )
     import torch
@@ -370,6 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", default="checkpoints", help="folder for resume files (git-ignored)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--stain-jitter", type=float, metavar="P",
+                   help="probability of HED stain jitter per crop (RGB only; default 0 = off)")
+    t.add_argument("--stain-strength", type=float, metavar="S",
+                   help="HED jitter strength: stains scaled by U(1-S, 1+S) and shifted (default 0.05)")
+    t.add_argument("--elastic", type=float, metavar="P",
+                   help="probability of an elastic deformation per sample (three-branch; default 0 = off)")
+    t.add_argument("--extra-data", action="append", metavar="DIR",
+                   help="another split folder whose images are added to training only (repeatable); images "
+                        "of validation patients (GlaS Grade.csv) are left out")
     t.add_argument("--no-autotune", action="store_true")
     t.add_argument("--float32", action="store_true", help="store float32 weights (default float16)")
     t.add_argument("--quiet", action="store_true")

@@ -254,3 +254,47 @@ def test_amp_is_refused_on_a_device_without_bfloat16(monkeypatch):
     with pytest.raises(ParamsError, match="bfloat16"):
         _fit_recording_dtypes(amp=True)
     assert isinstance(training.training_autocast("cpu", False), contextlib.nullcontext)
+
+
+def _conv_bn(weight=2.0):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.BatchNorm2d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(weight)
+    return model
+
+
+def _shifted_batches(rng):
+    x = torch.from_numpy(rng.normal(3.0, 1.0, size=(4, 1, 8, 8)).astype(np.float32))
+    return x, x, torch.ones(4, 1, 8, 8)
+
+
+def test_recalibrate_batchnorm_recomputes_statistics_and_restores_the_model():
+    model = _conv_bn().eval()
+    assert training.recalibrate_batchnorm(model, _shifted_batches, np.random.default_rng(0), 8)
+    bn = model[1]
+    assert bn.running_mean.item() == pytest.approx(6.0, abs=0.1)  # 2 * N(3, 1): mean 6, variance 4
+    assert bn.running_var.item() == pytest.approx(4.0, rel=0.1)
+    assert bn.momentum == 0.1 and not model.training and model[0].weight.item() == 2.0
+    plain = torch.nn.Conv2d(1, 1, 1)
+    assert not training.recalibrate_batchnorm(plain, _shifted_batches, np.random.default_rng(0), 8)
+    lists = lambda rng: ([torch.zeros(1, 8, 8)], None, None)  # detection-style inputs: left alone
+    untouched = _conv_bn()
+    assert not training.recalibrate_batchnorm(untouched, lists, np.random.default_rng(0), 2)
+    assert untouched[1].running_mean.item() == 0.0
+
+
+def test_ema_is_validated_with_batchnorm_statistics_of_its_own_weights():
+    torch.manual_seed(0)
+    model = _conv_bn()
+    means = []
+
+    def validate(m):
+        means.append(m[1].running_mean.item())
+        return {"score": float(len(means))}
+
+    loss = lambda out, y, valid: ((out - 0.5 * y) ** 2).mean()
+    config = TrainConfig(epochs=1, steps_per_epoch=3, lr=1e-3, seed=1, checkpoint_every_s=0, ema_decay=0.99)
+    run(fit(model, _shifted_batches, lambda *a: (loss(*a), {}), validate, config))
+    # Without recalibration the average's running mean would be the momentum-0.1 estimate of 3 steps (~1.6);
+    # recomputed, it is the mean of the conv's output (about 2 * 3).
+    assert means[0] == pytest.approx(6.0 * model[0].weight.item() / 2.0, rel=0.05)

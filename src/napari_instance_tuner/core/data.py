@@ -130,3 +130,27 @@ def validation_split(
             val.extend(by_group[key])
     val_set = set(val)
     return [n for n in names if n not in val_set], sorted(val)
+
+
+def extra_training_samples(folders: list[str | Path], held_patients: set[str]) -> list[Sample]:
+    """Every annotated image of ``folders`` except those of ``held_patients`` (GlaS ``Grade.csv`` ids).
+
+    Used to train on further splits (e.g. GlaS testA beside train) while the validation patients stay
+    unseen: an image whose patient is held out for validation is left out, wherever it comes from.
+
+    Parameters
+    ----------
+    folders : list of str or Path
+        Split folders (``images/`` and ``labels/``), each optionally with a ``Grade.csv`` beside it.
+    held_patients : set of str
+        Patient ids of the validation images.
+
+    Returns
+    -------
+    list[Sample]
+    """
+    samples = []
+    for folder in folders:
+        groups = read_groups(folder)
+        samples += [s for s in load_split(folder) if groups.get(s.name, ("", ""))[0] not in held_patients]
+    return samples

@@ -85,6 +85,8 @@ class Family(ABC):
     #: Whether training and fine-tuning may run the forward pass in mixed precision (``TrainConfig.amp``):
     #: the model's call in :func:`~.training.fit` must be its whole forward pass.
     supports_amp: ClassVar[bool] = True
+    #: Whether the family's batches apply elastic deformation (``AugmentConfig.p_elastic``).
+    elastic_augmentation: ClassVar[bool] = False
 
     @abstractmethod
     def build_model(self, config: dict) -> Any:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from .checkpoint import LoadedModel, save_checkpoint
-from .data import Sample, load_split, read_groups, validation_split
+from .data import Sample, extra_training_samples, load_split, read_groups, validation_split
 from .errors import InstanceTunerError
 from .image import DEFAULT_NORMALISATION
 from .params import params_from_dict, params_to_dict
@@ -31,7 +31,16 @@ class TrainOptions:
 
     ``architecture`` is passed to :meth:`~.family.Family.architecture`; ``targets`` (three-branch
     target widths) and ``family_options`` (e.g. layering phase lengths) to the family's ``train``.
+    ``augment_extra`` sets further :class:`~.augment.AugmentConfig` fields (e.g. ``p_stain``,
+    ``p_elastic``); ``extra_data`` lists split folders whose images are added to training only, except
+    images of validation patients (GlaS ``Grade.csv``), which are left out so validation stays unseen.
     """
+
+    def augment_config(self):
+        """The :class:`~.augment.AugmentConfig` these options describe (ValueError on bad values)."""
+        from .augment import AugmentConfig
+
+        return AugmentConfig(enabled=self.augment, **self.augment_extra)
 
     data: str
     out: str
@@ -45,6 +54,8 @@ class TrainOptions:
     targets: dict = field(default_factory=dict)
     family_options: dict = field(default_factory=dict)
     augment: bool = True
+    augment_extra: dict = field(default_factory=dict)
+    extra_data: list = field(default_factory=list)
     autotune: bool = True
     device: str = "cpu"
     workdir: str = "checkpoints"
@@ -87,7 +98,6 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
     writes the metadata, auto-tunes and evaluates. Returns the checkpoint path. Progress ``info``
     carries the per-epoch history records.
     """
-    from .augment import AugmentConfig
     from .checkpoint import load_model
     from .registry import get_family
 
@@ -101,6 +111,16 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
     )
     train_samples = [s for s in samples if s.name in set(train_names)]
     val_samples = [s for s in samples if s.name in set(val_names)]
+    try:
+        augment = options.augment_config()
+    except ValueError as exc:
+        raise InstanceTunerError(f"train: {exc}") from exc
+    if augment.p_elastic > 0 and not family.elastic_augmentation:
+        raise InstanceTunerError(f"train: elastic deformation is not implemented for the {family.name} family")
+    held_patients = {groups.get(n, ("", ""))[0] for n in val_names} - {""}
+    extra = extra_training_samples(options.extra_data, held_patients)
+    train_samples += extra
+    extra_names = [s.name for s in extra]
     in_channels = 1 if samples[0].image.ndim == 2 else 3
     try:
         arch = family.architecture(options.architecture, in_channels)
@@ -118,10 +138,11 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
         "postprocess": params_to_dict(family.Params()),
         "training": {
             "data": str(options.data),
-            "train_images": train_names,
+            "train_images": train_names + extra_names,
+            "extra_data": [str(f) for f in options.extra_data],
             "val_images": val_names,
             "n_train_objects": int(sum(_count_objects(s) for s in train_samples)),
-            "augment": AugmentConfig(enabled=options.augment).to_dict(),
+            "augment": augment.to_dict(),
             "optimiser": {"name": options.train.optimizer, **options.train.to_dict()},
             "crop": options.crop,
             "batch_size": options.batch_size,

@@ -100,14 +100,13 @@ class MaskRCNNFamily(Family):
         """Train (see :func:`.train.train_maskrcnn`); ``options.family_options`` are
         :class:`.train.MaskRCNNTrainOptions` (MaskPlus biased training, initial weights)."""
         prepare_torch_training()  # torchvision imports Triton: see llvm_guard (napari's OpenGL LLVM)
-        from ...augment import AugmentConfig
         from .train import MaskRCNNTrainOptions, train_maskrcnn
 
         family_options = MaskRCNNTrainOptions.from_dict(getattr(options, "family_options", None))
         meta.setdefault("training", {})["maskrcnn"] = family_options.to_dict()
         return (yield from train_maskrcnn(
             train_samples, val_samples, meta, options.train, options=family_options, crop=options.crop,
-            batch_size=options.batch_size, augment=AugmentConfig(enabled=options.augment), device=options.device,
+            batch_size=options.batch_size, augment=options.augment_config(), device=options.device,
             resume_path=resume_path, cancel=cancel,
         ))
 

@@ -18,6 +18,7 @@ class ThreeBranchFamily(Family):
     name = "three-branch"
     map_names = ("foreground", "boundary", "centroid")
     Params = ThreeBranchParams
+    elastic_augmentation = True
 
     def build_model(self, config: dict):
         """A :class:`~.model.ThreeBranchUNet` for an architecture dict (see ``ThreeBranchConfig``)."""
@@ -58,7 +59,6 @@ class ThreeBranchFamily(Family):
 
     def train(self, train_samples, val_samples, meta, options, *, resume_path=None, cancel=None):
         """Train on GlaS-style samples (see :func:`.train.train_three_branch`); records the target widths."""
-        from ...augment import AugmentConfig
         from .targets import TargetConfig
         from .train import train_three_branch
 
@@ -66,7 +66,7 @@ class ThreeBranchFamily(Family):
         meta["training"]["targets"] = targets.to_dict()
         return (yield from train_three_branch(
             train_samples, val_samples, meta, options.train, crop=options.crop, batch_size=options.batch_size,
-            targets=targets, augment=AugmentConfig(enabled=options.augment), device=options.device,
+            targets=targets, augment=options.augment_config(), device=options.device,
             resume_path=resume_path, cancel=cancel,
         ))
 

@@ -7,6 +7,15 @@
 5. drop components without a centroid pixel; drop components smaller than S_min.
 Extra (off with radius 0): grow the surviving objects back into the foreground mask, so that subtracting
 wide boundaries does not shrink every object (its effect on object Dice is in docs/benchmarks.md).
+
+Optional, instead of steps 4-5 (``watershed``, off by default, a deliberate departure from the paper):
+label the centroid mask's components as markers and flood the foreground from them over the boundary
+probability (``skimage.segmentation.watershed``). Touching objects are still split where the boundary map
+rises between two markers, but a large irregular gland is no longer cut wherever a predicted boundary
+crosses it, and its pieces are not dropped for lacking a centroid: every foreground pixel connected to a
+marker joins one. Foreground components without any marker are dropped when ``require_centroid`` is on,
+kept whole otherwise. Subtracting boundaries and the centroid filter cut malignant glands into pieces
+(docs/benchmarks.md, issue 20), which is why this exists.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ class ThreeBranchParams:
     require_centroid: bool = param(True, description="drop objects that contain no predicted centroid")
     min_size: int = param(200, 0, 20000, "S_min: drop objects smaller than this many pixels", 10)
     grow_back: int = param(16, 0, 60, "grow objects back into the foreground up to this distance (0 = off)")
+    watershed: bool = param(False, description="split the foreground by a watershed on the boundary map from "
+                                               "centroid markers instead of subtracting boundaries")
 
 
 def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
@@ -55,6 +66,11 @@ def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
     arrays = maps.arrays
     fg = (arrays["foreground"] >= params.fg_threshold).view(np.uint8)
     fg = close_open(fg, params.close_radius, params.open_radius)
+    if params.watershed and "centroid" in arrays:
+        labels = _watershed_from_centroids(arrays, fg, params)
+        n = int(labels.max()) + 1
+        keep = np.bincount(labels.ravel(), minlength=n) >= params.min_size
+        return Instances(labels=relabel(labels, keep))
     separated = fg
     if params.subtract_boundaries and "boundary" in arrays:
         boundary = erode((arrays["boundary"] >= params.boundary_threshold).view(np.uint8), params.boundary_erosion)
@@ -70,3 +86,24 @@ def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
         keep = np.ones(n, bool)
     keep &= np.bincount(labels.ravel(), minlength=n) >= params.min_size
     return Instances(labels=relabel(labels, keep))
+
+
+def _watershed_from_centroids(arrays: dict, fg: np.ndarray, params: ThreeBranchParams) -> np.ndarray:
+    """Flood uint8 (H, W) ``fg`` from centroid markers over the boundary map; uint32 (H, W) labels 1..N.
+
+    Components of ``fg`` without a marker are dropped (``require_centroid``) or kept whole.
+    """
+    from skimage.segmentation import watershed
+
+    centroid = erode((arrays["centroid"] >= params.centroid_threshold).view(np.uint8), params.centroid_erosion)
+    markers, _ = connected_components(centroid & fg)
+    boundary = arrays.get("boundary")
+    # The boundary probability is the relief (touching objects meet on its ridges); without a boundary
+    # branch the inverted foreground probability plays that role.
+    relief = boundary if boundary is not None else 1.0 - arrays["foreground"]
+    relief = np.round(np.clip(relief, 0.0, 1.0) * 255).astype(np.uint8)  # integer relief: faster flooding
+    labels = watershed(relief, markers.astype(np.int32), mask=fg.view(bool)).astype(np.uint32)
+    if not params.require_centroid:
+        rest, n_rest = connected_components(fg & (labels == 0).view(np.uint8))
+        labels[rest > 0] = rest[rest > 0].astype(np.uint32) + labels.max()
+    return labels

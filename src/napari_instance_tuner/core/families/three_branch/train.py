@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...augment import AugmentConfig, photometric, random_corner, random_scale, random_symmetry
+from ...augment import AugmentConfig, elastic, photometric, random_corner, random_scale, random_symmetry
 from ...data import Sample
 from ...image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
 from ...progress import CancelToken, Progress
@@ -57,6 +57,10 @@ class BatchMaker:
         image = rescale(sample.image.transpose(1, 2, 0), scale).transpose(2, 0, 1)
         labels = rescale(sample.labels, scale, order=0)
         region = None if self.regions is None else rescale(self.regions[index].view(np.uint8), scale, order=0)
+        if region is None:
+            image, labels = elastic(rng, self.augment, image, labels)
+        else:
+            image, labels, region = elastic(rng, self.augment, image, labels, region)
         # Targets on the whole (rescaled) image, so crops do not move bounding-box centres.
         targets = make_targets(labels, self.targets, self.pixel_scale * scale)
         order = {"foreground": 0, "boundary": 1, "centroid": 2}
