@@ -28,7 +28,7 @@ from typing import IO, Any
 import numpy as np
 
 from .measure import add_scores, measure_masks, measure_stack, to_csv
-from .polygons import geometry, mask_polygons
+from .polygons import mask_polygons
 from .safe_write import ExportError, OverwriteError, check_target, write_atomic, write_text
 
 __all__ = [
@@ -343,29 +343,64 @@ def geojson_features(
     masks: np.ndarray | None = None,
     object_type: str = "detection",
     classification: str | None = None,
+    *,
+    pixel_size: tuple[float, float] | None = None,
+    scale: tuple[float, float] = (1.0, 1.0),
+    offset: tuple[float, float] = (0.0, 0.0),
+    model: str | None = None,
 ) -> dict:
-    """A QuPath-importable GeoJSON ``FeatureCollection``, one feature per object.
+    """A GeoJSON ``FeatureCollection`` to QuPath's conventions (see :mod:`.io.geojson`), one feature per object.
 
-    Geometries are exact pixel outlines in QuPath's pixel-edge coordinates (see :mod:`.polygons`): holes
-    are interior rings, a label in several pieces a ``MultiPolygon``. Overlapping ``masks`` give separate
-    features. ``properties`` hold ``objectType``, ``classification`` ``{"name": ...}`` when given, and
-    ``measurements`` (the table's finite values except coordinates, which the geometry carries).
+    Geometries are exact pixel outlines (see :mod:`.polygons`) made JTS-valid: holes are interior rings, a
+    label in several pieces a ``MultiPolygon``. Overlapping ``masks`` give separate features. Each feature
+    has a UUID ``id``; ``properties`` hold ``objectType``, ``classification`` ``{"name", "color"}`` when
+    given, ``measurements`` (the table's finite values except coordinates, which the geometry carries) and,
+    with ``model``, ``metadata.model``.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer (H, W) labels (ignored when ``masks`` is given).
+    table : dict
+        Measurements from :func:`measurements` (pixel units of ``labels``).
+    masks : np.ndarray, optional
+        bool (N, H, W) possibly overlapping objects.
+    object_type, classification : str
+        QuPath object type (``detection`` or ``annotation``) and class name.
+    pixel_size : (float, float), optional
+        (y, x) µm per level-0 pixel: adds ``Area µm^2`` and ``Perimeter µm``.
+    scale, offset : (float, float)
+        (y, x) level-0 pixels per label pixel, and the labels' origin in level 0: the geometry and the pixel
+        measurements are written in level-0 pixels (labels segmented at another resolution or in an ROI).
+    model : str, optional
+        Name of the model that made the objects.
     """
+    from .io.geojson import feature, scale_polygons
+
     if object_type not in OBJECT_TYPES:
         raise ExportError(f"objectType must be one of {', '.join(OBJECT_TYPES)}; got {object_type!r}")
     if masks is None and np.ndim(labels) != 2:
         raise ExportError(f"GeoJSON holds one 2D image; got labels of shape {np.shape(labels)}")
     skip = {"centroid_y", "centroid_x", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "slice"}
+    linear = float(np.sqrt(scale[0] * scale[1]))
     features = []
     for i, label in enumerate(table["label"].tolist()):
         y0, x0, y1, x1 = (int(table[k][i]) for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"))
         source = masks[label - 1] if masks is not None else labels
         mask = np.asarray(source[y0:y1, x0:x1]) == (True if masks is not None else label)
-        props: dict[str, Any] = {"objectType": object_type}
-        if classification:
-            props["classification"] = {"name": classification}
-        props["measurements"] = {k: _number(v[i]) for k, v in table.items() if k not in skip and np.isfinite(v[i])}
-        features.append({"type": "Feature", "geometry": geometry(mask_polygons(mask, (y0, x0))), "properties": props})
+        values = {k: _number(v[i]) for k, v in table.items() if k not in skip and np.isfinite(v[i])}
+        for key, power in (("area", 2), ("perimeter", 1), ("major_axis_length", 1), ("minor_axis_length", 1)):
+            if key in values and linear != 1.0:
+                values[key] = float(values[key]) * linear**power
+        if pixel_size is not None:
+            um = float(np.sqrt(pixel_size[0] * pixel_size[1]))
+            values["Area µm^2"] = float(values.get("area", 0.0)) * um * um
+            values["Perimeter µm"] = float(values.get("perimeter", 0.0)) * um
+        polygons = scale_polygons(mask_polygons(mask, (y0, x0)), scale, offset)
+        made = feature(polygons, object_type=object_type, classification=classification, measurements=values,
+                       metadata={"model": model} if model else None)
+        if made is not None:
+            features.append(made)
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -481,7 +516,9 @@ def export_instances(
         elif fmt == "csv":
             write_measurements_csv(path, table, options.overwrite)
         elif fmt == "geojson":
-            collection = geojson_features(labels, table, masks, options.object_type, options.classification)
+            um = options.pixel_size if options.unit in ("µm", "um") else None
+            collection = geojson_features(labels, table, masks, options.object_type, options.classification,
+                                          pixel_size=um)
             write_geojson(path, collection, options.overwrite)
         elif fmt == "masks":
             if masks is not None:
