@@ -56,13 +56,15 @@ def _round(value: float) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def valid_geometry(polygons: list[Polygon]) -> dict | None:
+def valid_geometry(polygons: list[Polygon], clip: tuple[float, float, float, float] | None = None) -> dict | None:
     """A JTS-valid GeoJSON ``Polygon``/``MultiPolygon`` covering ``polygons``, or None if nothing is left.
 
     Parameters
     ----------
     polygons : list of polygons
         Each ``[exterior, hole, ...]``, rings closed lists of ``[x, y]`` (e.g. from :func:`.mask_polygons`).
+    clip : (float, float, float, float), optional
+        (x0, y0, x1, y1): the geometry is cut to this box (the image or region it belongs to).
 
     Returns
     -------
@@ -77,6 +79,8 @@ def valid_geometry(polygons: list[Polygon]) -> dict | None:
 
     parts = [ShPolygon(p[0], p[1:]) for p in polygons if len(p[0]) >= 4]
     geom = ShMulti(parts) if len(parts) > 1 else (parts[0] if parts else ShPolygon())
+    if clip is not None:
+        geom = shapely.make_valid(geom).intersection(shapely.box(*clip))
     for step in range(2):  # valid, then on QuPath's 0.01 px grid (snap rounding keeps polygons valid)
         if not geom.is_valid:
             geom = shapely.make_valid(geom)
@@ -120,6 +124,7 @@ def feature(
     classification: str | None = None,
     measurements: dict[str, float] | None = None,
     metadata: dict[str, str] | None = None,
+    clip: tuple[float, float, float, float] | None = None,
 ) -> dict | None:
     """One QuPath feature (UUID ``id``, valid geometry, properties), or None if the geometry is empty.
 
@@ -135,8 +140,10 @@ def feature(
         Name -> number; values that are not finite are left out (QuPath 0.4 cannot read them).
     metadata : dict, optional
         Name -> text (e.g. the model's name).
+    clip : (float, float, float, float), optional
+        (x0, y0, x1, y1) box the geometry is cut to.
     """
-    geom = valid_geometry(polygons)
+    geom = valid_geometry(polygons, clip)
     if geom is None:
         return None
     props: dict[str, Any] = {"objectType": object_type}
