@@ -154,7 +154,8 @@ def cmd_predict(args) -> int:
     workers = args.workers
     if args.scheduler is None and workers is None:  # auto: one image or a GPU runs here
         on_gpu = choose_device(device) != "cpu"
-        workers = 0 if len(inputs) == 1 or on_gpu else min(len(inputs), _cores() // args.threads_per_worker) or 0
+        serial = len(inputs) == 1 or on_gpu or "output" in recipe  # slides, regions, formats: streamed here
+        workers = 0 if serial else min(len(inputs), _cores() // args.threads_per_worker) or 0
         workers = 0 if workers == 1 else workers
     job = BatchJob(ModelRef(str(loaded.path), loaded.sha256, loaded), params, recipe, inputs, Path(args.out),
                    settings, device, resume=not args.overwrite,
