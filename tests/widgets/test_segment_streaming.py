@@ -8,6 +8,7 @@ but hands post-processing maps read from the image: bright disks, some on tile s
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,41 @@ def test_closing_a_streamed_image_forgets_it(loaded, viewer, run, errors):
     viewer.layers.remove(image)
     assert loaded.streamed == {} and loaded.count.value == "–" and loaded.note.value == ""
     assert "big instances" in viewer.layers  # the labels stay
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # the slide layer's dask levels hold the file open
+def test_a_slide_opened_by_the_reader_is_segmented_at_the_model_pixel_size(segment, viewer, run, errors, qtbot,
+                                                                          maps_from_image, tmp_path):
+    """A 0.25 µm/px slide and a 0.5 µm/px model: level 0 is read, halved, and the labels land on the slide."""
+    import torch
+    from conftest import TINY_ARCH, tiny_meta
+
+    from napari_instance_tuner.core.checkpoint import save_checkpoint
+    from napari_instance_tuner.core.io.slides import write_svs
+    from napari_instance_tuner.core.registry import get_family
+
+    torch.manual_seed(0)
+    state = get_family("three-branch").build_model(TINY_ARCH).state_dict()
+    model = save_checkpoint(tmp_path / "half.safetensors", state, tiny_meta(pixel_size_um=0.5))
+    segment.load_weights(model)
+    qtbot.waitUntil(lambda: segment.models.loaded is not None and not segment.busy, timeout=20000)
+    rgb = np.repeat(np.repeat(_rgb(), 2, axis=0), 2, axis=1)  # the disks scanned at twice the resolution
+    path = write_svs(tmp_path / "slide.svs", rgb, pixel_size_um=0.25, levels=2, tile=64)
+    (image,) = viewer.open(str(path), plugin="napari-instance-tuner")
+    assert image.multiscale and image.data[0].shape == (320, 320, 3)
+    np.testing.assert_allclose(image.scale, (0.25, 0.25))
+    segment.image.value = image
+    assert segment.pixel_info.value == "model 0.5 µm/px; image 0.25 µm/px: resampled 0.5x, labels in image pixels"
+    _use_disk_params(segment)
+    assert run(segment) == "ok", errors
+    layer = viewer.layers["slide instances"]
+    assert layer.multiscale and layer.data[0].shape == (160, 160)
+    np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    labels = np.asarray(layer.data[0])
+    assert len(np.unique(labels[labels > 0])) == len(DISKS)
+    for cy, cx in DISKS:  # every disk's label sits where the disk is on the slide, in world (µm) coordinates
+        world = np.array([2 * cy + 0.5, 2 * cx + 0.5]) * 0.25
+        assert labels[tuple(np.round(layer.world_to_data(world)).astype(int))] > 0
+    viewer.layers.clear()
+    del image, layer
+    gc.collect()

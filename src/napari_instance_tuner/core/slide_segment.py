@@ -21,7 +21,7 @@ from .io.objects import LabelFrame
 from .progress import Progress
 from .resample import ResampledImage, UpscaledLabels, model_pixel_size, scale_factor
 
-__all__ = ["FORMATS", "SourceImage", "open_source", "parse_roi", "ScaledResult", "segment_at_model_scale",
+__all__ = ["FORMATS", "SourceImage", "source_from_levels", "open_source", "parse_roi", "ScaledResult", "segment_at_model_scale",
            "write_outputs", "needs_model_scale", "segment_file"]
 
 #: Output formats of ``predict --format`` and their file suffixes.
@@ -52,6 +52,12 @@ class SourceImage:
         if self.closer is not None:
             self.closer()
             self.closer = None
+
+
+def source_from_levels(levels: list[Any], pixel_size_um: float | None) -> SourceImage:
+    """A :class:`SourceImage` of arrays already open (a napari multiscale layer's data, largest first)."""
+    height = float(levels[0].shape[0])
+    return SourceImage(list(levels), [height / float(lvl.shape[0]) for lvl in levels], pixel_size_um)
 
 
 def open_source(path: str | os.PathLike, pixel_size_um: float | None = None) -> SourceImage:
