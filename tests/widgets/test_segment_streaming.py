@@ -290,3 +290,25 @@ def test_a_slide_opened_by_the_reader_is_segmented_at_the_model_pixel_size(segme
     viewer.layers.clear()
     del image, layer
     gc.collect()
+
+
+def test_a_shapes_rectangle_limits_the_run_to_its_region(loaded, viewer, run, errors, maps_from_image):
+    widget = loaded
+    image = viewer.add_image(_rgb(), name="big slide", rgb=True, scale=(0.5, 0.5), translate=(10.0, 20.0))
+    # A rectangle over pixel centres 20..80 (rows) and 40..150 (columns), drawn in world coordinates.
+    box = np.array([[20, 40], [20, 150], [80, 150], [80, 40]], float) * 0.5 + (10.0, 20.0)
+    shapes = viewer.add_shapes([box], shape_type="rectangle", name="roi")
+    widget.image.value = image
+    widget.region.value = shapes
+    _use_disk_params(widget)
+    assert run(widget) == "ok", errors
+    layer = viewer.layers["big slide instances"]
+    assert layer.data[0].shape == (61, 111)
+    np.testing.assert_allclose(layer.translate, (10.0 + 20 * 0.5, 20.0 + 40 * 0.5))
+    np.testing.assert_allclose(layer.scale, image.scale)
+    labels = np.asarray(layer.data[0])
+    whole = _direct(widget, _rgb()).labels[20:81, 40:151]
+    inner = [k for k in np.unique(whole[whole > 0]) if not np.isin(k, np.concatenate(
+        [whole[0], whole[-1], whole[:, 0], whole[:, -1]]))]
+    assert inner and all((labels[whole == k] > 0).all() for k in inner)  # objects inside: found at their place
+    assert (labels > 0).sum() <= (whole > 0).sum() + 50

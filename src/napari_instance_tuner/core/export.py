@@ -28,7 +28,7 @@ from typing import IO, Any
 import numpy as np
 
 from .measure import add_scores, measure_masks, measure_stack, to_csv
-from .polygons import mask_polygons
+from .io.geojson import OBJECT_TYPES, geojson_features, write_geojson
 from .safe_write import ExportError, OverwriteError, check_target, write_atomic, write_text
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
 #: Export formats and the file name each gets from a base name.
 SUFFIXES = {"tiff": ".tif", "png": ".png", "csv": ".csv", "geojson": ".geojson", "masks": "_masks.npz",
             "recipe": ".recipe.json"}
-OBJECT_TYPES = ("detection", "annotation")
 _MAX_MASK_BYTES = 2 << 30
 #: Largest lazy (zarr / dask) label image, in pixels (H * W, or Z * H * W), that formats other than a 2D TIFF
 #: read whole into memory.
@@ -335,82 +334,6 @@ def measurements(
 def write_measurements_csv(path: str | os.PathLike, table: dict[str, np.ndarray], overwrite: bool = False) -> Path:
     """Write a table from :func:`measurements` as CSV (one row per object)."""
     return write_text(path, to_csv(table), overwrite)
-
-
-def geojson_features(
-    labels: np.ndarray,
-    table: dict[str, np.ndarray],
-    masks: np.ndarray | None = None,
-    object_type: str = "detection",
-    classification: str | None = None,
-    *,
-    pixel_size: tuple[float, float] | None = None,
-    scale: tuple[float, float] = (1.0, 1.0),
-    offset: tuple[float, float] = (0.0, 0.0),
-    model: str | None = None,
-) -> dict:
-    """A GeoJSON ``FeatureCollection`` to QuPath's conventions (see :mod:`.io.geojson`), one feature per object.
-
-    Geometries are exact pixel outlines (see :mod:`.polygons`) made JTS-valid: holes are interior rings, a
-    label in several pieces a ``MultiPolygon``. Overlapping ``masks`` give separate features. Each feature
-    has a UUID ``id``; ``properties`` hold ``objectType``, ``classification`` ``{"name", "color"}`` when
-    given, ``measurements`` (the table's finite values except coordinates, which the geometry carries) and,
-    with ``model``, ``metadata.model``.
-
-    Parameters
-    ----------
-    labels : np.ndarray
-        Integer (H, W) labels (ignored when ``masks`` is given).
-    table : dict
-        Measurements from :func:`measurements` (pixel units of ``labels``).
-    masks : np.ndarray, optional
-        bool (N, H, W) possibly overlapping objects.
-    object_type, classification : str
-        QuPath object type (``detection`` or ``annotation``) and class name.
-    pixel_size : (float, float), optional
-        (y, x) µm per level-0 pixel: adds ``Area µm^2`` and ``Perimeter µm``.
-    scale, offset : (float, float)
-        (y, x) level-0 pixels per label pixel, and the labels' origin in level 0: the geometry and the pixel
-        measurements are written in level-0 pixels (labels segmented at another resolution or in an ROI).
-    model : str, optional
-        Name of the model that made the objects.
-    """
-    from .io.geojson import feature, scale_polygons
-
-    if object_type not in OBJECT_TYPES:
-        raise ExportError(f"objectType must be one of {', '.join(OBJECT_TYPES)}; got {object_type!r}")
-    if masks is None and np.ndim(labels) != 2:
-        raise ExportError(f"GeoJSON holds one 2D image; got labels of shape {np.shape(labels)}")
-    skip = {"centroid_y", "centroid_x", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "slice"}
-    linear = float(np.sqrt(scale[0] * scale[1]))
-    features = []
-    for i, label in enumerate(table["label"].tolist()):
-        y0, x0, y1, x1 = (int(table[k][i]) for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"))
-        source = masks[label - 1] if masks is not None else labels
-        mask = np.asarray(source[y0:y1, x0:x1]) == (True if masks is not None else label)
-        values = {k: _number(v[i]) for k, v in table.items() if k not in skip and np.isfinite(v[i])}
-        for key, power in (("area", 2), ("perimeter", 1), ("major_axis_length", 1), ("minor_axis_length", 1)):
-            if key in values and linear != 1.0:
-                values[key] = float(values[key]) * linear**power
-        if pixel_size is not None:
-            um = float(np.sqrt(pixel_size[0] * pixel_size[1]))
-            values["Area µm^2"] = float(values.get("area", 0.0)) * um * um
-            values["Perimeter µm"] = float(values.get("perimeter", 0.0)) * um
-        polygons = scale_polygons(mask_polygons(mask, (y0, x0)), scale, offset)
-        made = feature(polygons, object_type=object_type, classification=classification, measurements=values,
-                       metadata={"model": model} if model else None)
-        if made is not None:
-            features.append(made)
-    return {"type": "FeatureCollection", "features": features}
-
-
-def _number(value: Any) -> int | float:
-    return int(value) if isinstance(value, (np.integer, int)) else float(value)
-
-
-def write_geojson(path: str | os.PathLike, collection: dict, overwrite: bool = False) -> Path:
-    """Write a FeatureCollection from :func:`geojson_features` as compact JSON."""
-    return write_text(path, json.dumps(collection, separators=(",", ":"), allow_nan=False), overwrite)
 
 
 # -- everything at once --------------------------------------------------------------------------------

@@ -137,18 +137,19 @@ class SegmentResult:
         return self.model.family
 
 
-def _spatial(image: Any, factor: float = 1.0) -> dict:
+def _spatial(image: Any, factor: float = 1.0, offset: tuple = (0.0, 0.0)) -> dict:
     """Scale and translate of labels over ``image`` with ``factor`` image pixels per label pixel.
 
-    Label pixel j covers image pixels [j * factor, (j + 1) * factor): its centre is image pixel
-    ``(j + 0.5) * factor - 0.5``.
+    Label pixel j covers image pixels [offset + j * factor, offset + (j + 1) * factor): its centre is image
+    pixel ``offset + (j + 0.5) * factor - 0.5``.
     """
     scale = np.asarray(image.scale, float)
-    if factor == 1.0:
+    if factor == 1.0 and not any(offset):
         return {"scale": image.scale, "translate": image.translate}
-    factors = np.ones(scale.size)
-    factors[-2:] = factor
-    return {"scale": scale * factors, "translate": np.asarray(image.translate, float) + (factors - 1) / 2 * scale}
+    factors, shift = np.ones(scale.size), np.zeros(scale.size)
+    factors[-2:], shift[-2:] = factor, offset
+    return {"scale": scale * factors,
+            "translate": np.asarray(image.translate, float) + (shift + (factors - 1) / 2) * scale}
 
 
 def main_maps(result: SegmentResult) -> set[str]:
@@ -249,6 +250,7 @@ def place_labels(
     viewer: Any, track: LabelsTrack | None, data: Any, info: dict, image: Any, *, edited: bool, digest: str = "",
     multiscale: bool = False,
     factor: float = 1.0,
+    offset: tuple = (0.0, 0.0),
 ) -> LabelsTrack:
     """Write ``data`` into the plugin's Labels layer of ``track``, or a new layer "<image> instances".
 
@@ -266,7 +268,7 @@ def place_labels(
         track.writing = True
         try:
             track.layer.data = data
-            for key, value in _spatial(image, factor).items():
+            for key, value in _spatial(image, factor, offset).items():
                 setattr(track.layer, key, value)
             track.layer.metadata = {**track.layer.metadata, TAG: info}
         finally:
@@ -275,7 +277,7 @@ def place_labels(
         return track
     extra = {"multiscale": True} if multiscale else {}
     layer = viewer.add_labels(data, name=f"{image.name} instances", metadata={TAG: info}, **extra,
-                             **_spatial(image, factor))
+                             **_spatial(image, factor, offset))
     track = LabelsTrack(layer=layer, digest=digest)
     _watch_edits(track)
     return track

@@ -42,6 +42,7 @@ from ._layers import (
 from ._models import ModelPicker
 from ._params import ParamsPanel
 from ._pixel_size import describe, layer_pixel_size, level_data
+from ._region import region_choices, shapes_roi
 from ._streamed import StreamedResult, discard, forget_streamed, stream_target, write_streamed_labels
 from ._worker import Job, as_work, error_message, notify_error
 
@@ -122,10 +123,14 @@ class SegmentWidget(QWidget):
                                    "says. Images whose pixel size differs from the model's are resampled to it")
         self.pixel_size.changed.connect(lambda *_: self._update_controls())
         self.pixel_info = Label(value="")
+        self.region = ComboBox(label="region", choices=lambda *_: region_choices(self.viewer))
+        self.region.tooltip = ("whole image, or the box around the selected (else all) shapes of a Shapes layer: "
+                               "Run then streams only that region; the labels land at its place")
 
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         device = Container(widgets=[self.device], labels=True)
-        image = Container(widgets=[self.image, self.count, self.pixel_size, self.pixel_info], labels=True)
+        image = Container(widgets=[self.image, self.count, self.pixel_size, self.pixel_info, self.region],
+                          labels=True)
         self.count.label = "instances"
         parts = (self.models.widget, device, self.device_used, image, self.note, self.show_maps, buttons,
                  self.params.widget)
@@ -341,6 +346,7 @@ class SegmentWidget(QWidget):
         # Read lazily from the level nearest the model's pixel size, resampled to it (level 0 when unknown).
         source = source_from_levels(level_data(layer), layer_pixel_size(layer, self.pixel_size.value))
         out, settings, device = stream_target(layer.name), STREAM_SETTINGS, self.device.value
+        roi = shapes_roi(self.region.value, layer)
         min_size = PYRAMID_MIN_SIZE
 
         def work(cancel):
@@ -348,8 +354,8 @@ class SegmentWidget(QWidget):
             from ..core.slide_segment import segment_at_model_scale
 
             used = choose_device(device)
-            result = yield from segment_at_model_scale(loaded, source, params, out=out / LEVEL0, settings=settings,
-                                                       device=used, cancel=cancel)
+            result = yield from segment_at_model_scale(loaded, source, params, roi=roi, out=out / LEVEL0,
+                                                       settings=settings, device=used, cancel=cancel)
             # napari needs 2 levels; written here once, so drawing never reads all of level 0
             levels = yield from write_label_pyramid(out, min_size, min_levels=2, cancel=cancel)
             return used, device_description(used), result, levels
@@ -381,7 +387,8 @@ class SegmentWidget(QWidget):
             return
         shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
         result = StreamedResult(layer, loaded, params, count=stream.count, tiles=stream.tiles, path=out,
-                                settings=settings, device=device, image_shape=shape, factor=stream.frame.factor)
+                                settings=settings, device=device, image_shape=shape, factor=stream.frame.factor,
+                                offset=stream.frame.offset)
         write_streamed_labels(self.viewer, result, self.streamed.get(layer), levels)
         self.streamed[layer] = result
         self.results.pop(layer, None)  # cached maps of an earlier, smaller version of this layer
@@ -428,7 +435,8 @@ class SegmentWidget(QWidget):
         loaded = self.models.loaded
         resample = loaded is not None and slice_count(shape, layer.rgb) is None and scale_factor(
             layer_pixel_size(layer, self.pixel_size.value), model_pixel_size(loaded.meta)) != 1.0
-        return resample or needs_streaming(shape, layer.multiscale, STREAM_PIXELS, rgb=layer.rgb)
+        region = self.region.value is not None and slice_count(shape, layer.rgb) is None
+        return resample or region or needs_streaming(shape, layer.multiscale, STREAM_PIXELS, rgb=layer.rgb)
 
     def _show_note(self) -> None:
         """Say, for a large (streamed) image, that the controls apply on the next Run; empty otherwise."""
@@ -489,6 +497,7 @@ class SegmentWidget(QWidget):
 
     def _refresh_images(self, *_: Any) -> None:
         self.image.reset_choices()
+        self.region.reset_choices()
         self._update_controls()
 
     def _layer_inserted(self, event: Any) -> None:

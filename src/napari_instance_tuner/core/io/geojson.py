@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InstanceTunerError
-from ..polygons import Polygon, rasterise
+from ..polygons import Polygon, mask_polygons, rasterise
+from ..safe_write import ExportError, write_text
 
-__all__ = ["QUPATH_COLORS", "class_color", "valid_geometry", "scale_polygons", "feature", "GeoObject",
+__all__ = ["QUPATH_COLORS", "OBJECT_TYPES", "class_color", "valid_geometry", "scale_polygons", "feature",
+           "geojson_features", "write_geojson", "GeoObject",
            "read_geojson", "objects_to_labels", "objects_to_shapes", "labels_extent"]
 
 #: Colours of QuPath's built-in classes ([r, g, b]); other class names get a colour from their name.
@@ -40,6 +42,8 @@ QUPATH_COLORS = {"Tumor": [200, 0, 0], "Stroma": [150, 200, 150], "Immune cells"
                  "Necrosis": [50, 50, 50], "Other": [255, 200, 0], "Region*": [0, 0, 180], "Ignore*": [180, 180, 180],
                  "Positive": [200, 50, 50], "Negative": [112, 112, 225]}
 _GEOMETRIES = ("Polygon", "MultiPolygon")
+#: QuPath object types the writers produce.
+OBJECT_TYPES = ("detection", "annotation")
 
 
 def class_color(name: str) -> list[int]:
@@ -154,6 +158,81 @@ def feature(
     if metadata:
         props["metadata"] = {str(k): str(v) for k, v in metadata.items()}
     return {"type": "Feature", "id": str(uuid.uuid4()), "geometry": geom, "properties": props}
+
+
+def geojson_features(
+    labels: np.ndarray,
+    table: dict[str, np.ndarray],
+    masks: np.ndarray | None = None,
+    object_type: str = "detection",
+    classification: str | None = None,
+    *,
+    pixel_size: tuple[float, float] | None = None,
+    scale: tuple[float, float] = (1.0, 1.0),
+    offset: tuple[float, float] = (0.0, 0.0),
+    model: str | None = None,
+) -> dict:
+    """A GeoJSON ``FeatureCollection`` to QuPath's conventions , one feature per object.
+
+    Geometries are exact pixel outlines (see :mod:`..polygons`) made JTS-valid: holes are interior rings, a
+    label in several pieces a ``MultiPolygon``. Overlapping ``masks`` give separate features. Each feature
+    has a UUID ``id``; ``properties`` hold ``objectType``, ``classification`` ``{"name", "color"}`` when
+    given, ``measurements`` (the table's finite values except coordinates, which the geometry carries) and,
+    with ``model``, ``metadata.model``.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer (H, W) labels (ignored when ``masks`` is given).
+    table : dict
+        Measurements from :func:`..export.measurements` (pixel units of ``labels``).
+    masks : np.ndarray, optional
+        bool (N, H, W) possibly overlapping objects.
+    object_type, classification : str
+        QuPath object type (``detection`` or ``annotation``) and class name.
+    pixel_size : (float, float), optional
+        (y, x) µm per level-0 pixel: adds ``Area µm^2`` and ``Perimeter µm``.
+    scale, offset : (float, float)
+        (y, x) level-0 pixels per label pixel, and the labels' origin in level 0: the geometry and the pixel
+        measurements are written in level-0 pixels (labels segmented at another resolution or in an ROI).
+    model : str, optional
+        Name of the model that made the objects.
+    """
+    if object_type not in OBJECT_TYPES:
+        raise ExportError(f"objectType must be one of {', '.join(OBJECT_TYPES)}; got {object_type!r}")
+    if masks is None and np.ndim(labels) != 2:
+        raise ExportError(f"GeoJSON holds one 2D image; got labels of shape {np.shape(labels)}")
+    skip = {"centroid_y", "centroid_x", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "slice"}
+    linear = float(np.sqrt(scale[0] * scale[1]))
+    features = []
+    for i, label in enumerate(table["label"].tolist()):
+        y0, x0, y1, x1 = (int(table[k][i]) for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"))
+        source = masks[label - 1] if masks is not None else labels
+        mask = np.asarray(source[y0:y1, x0:x1]) == (True if masks is not None else label)
+        values = {k: _number(v[i]) for k, v in table.items() if k not in skip and np.isfinite(v[i])}
+        for key, power in (("area", 2), ("perimeter", 1), ("major_axis_length", 1), ("minor_axis_length", 1)):
+            if key in values and linear != 1.0:
+                values[key] = float(values[key]) * linear**power
+        if pixel_size is not None:
+            um = float(np.sqrt(pixel_size[0] * pixel_size[1]))
+            values["Area µm^2"] = float(values.get("area", 0.0)) * um * um
+            values["Perimeter µm"] = float(values.get("perimeter", 0.0)) * um
+        polygons = scale_polygons(mask_polygons(mask, (y0, x0)), scale, offset)
+        made = feature(polygons, object_type=object_type, classification=classification, measurements=values,
+                       metadata={"model": model} if model else None)
+        if made is not None:
+            features.append(made)
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _number(value: Any) -> int | float:
+    return int(value) if isinstance(value, (np.integer, int)) else float(value)
+
+
+def write_geojson(path: str | os.PathLike, collection: dict, overwrite: bool = False) -> Path:
+    """Write a FeatureCollection from :func:`geojson_features` (or :func:`.objects.object_features`) as compact
+    JSON, atomically (see :mod:`..safe_write`)."""
+    return write_text(path, json.dumps(collection, separators=(",", ":"), allow_nan=False), overwrite)
 
 
 # -- reading -------------------------------------------------------------------------------------------------
