@@ -7,8 +7,9 @@ when the path is not for it (napari then asks its other readers). Problems are r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 #: GeoJSON larger than this many level-0 pixels (H * W) is rasterised on a coarser grid (layer scale > 1).
 MAX_LABEL_PIXELS = 16384 * 16384

@@ -93,7 +93,7 @@ def test_slide_at_other_magnification_finds_the_objects_of_the_model_scale(glas,
     with tifffile.TiffFile(path) as tif:
         slide_h, slide_w = tif.pages[0].shape[:2]
     checked = subprocess.run([sys.executable, str(CHECKER), str(geo), "--width", str(slide_w), "--height",
-                              str(slide_h)], capture_output=True, text=True)
+                              str(slide_h)], capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout
 
 

@@ -230,8 +230,11 @@ def _unknown_size_note(meta: dict) -> list[str]:
     from .resample import model_pixel_size
 
     size = model_pixel_size(meta)
-    return [] if size is None else [f"images without a recorded pixel size are segmented as if they had the "
-                                    f"model's {size:g} µm/px (give --pixel-size to resample them)"]
+    if size is None:
+        return []
+    note = (f"images without a recorded pixel size are segmented as if they had the model's {size:g} µm/px "
+            "(give --pixel-size to resample them)")
+    return [note]
 
 
 def tile_task(job: BatchJob, path: Path, grid, index: int, normaliser) -> Any:

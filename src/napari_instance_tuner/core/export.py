@@ -19,7 +19,6 @@ Examples
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from .measure import add_scores, measure_masks, measure_stack, to_csv
 from .io.geojson import OBJECT_TYPES, geojson_features, write_geojson
+from .measure import add_scores, measure_masks, measure_stack, to_csv
 from .safe_write import ExportError, OverwriteError, check_target, write_atomic, write_text
 
 __all__ = [

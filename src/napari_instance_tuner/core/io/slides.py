@@ -190,7 +190,7 @@ class _OpenSlideLevel:
         x0, x1, _ = xs.indices(self.shape[1])
         if y1 <= y0 or x1 <= x0:
             return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0), 3), np.uint8)[(slice(None),) * 2 + key[2:]]
-        loc = (int(round(x0 * self._down)), int(round(y0 * self._down)))
+        loc = (round(x0 * self._down), round(y0 * self._down))
         rgba = np.asarray(self._osr.read_region(loc, self._level, (x1 - x0, y1 - y0)))
         rgb = np.where(rgba[..., 3:] == 0, 255, rgba[..., :3]).astype(np.uint8)  # transparent = white glass
         return rgb[(slice(None), slice(None)) + key[2:]]
