@@ -64,5 +64,7 @@ def write_labels_geojson(path: str, data: Any, attributes: dict) -> list[str]:
     from .core.export import geojson_features, measurements, write_geojson
 
     labels = _labels(data)
-    collection = geojson_features(labels, measurements(labels), object_type="detection")
+    size, unit = pixel_size(attributes)
+    collection = geojson_features(labels, measurements(labels), object_type="detection",
+                                  pixel_size=size if unit == "µm" else None)
     return [str(write_geojson(path, collection, overwrite=True))]

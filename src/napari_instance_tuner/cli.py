@@ -103,6 +103,7 @@ def cmd_train(args) -> int:
                "centroid_mode": args.centroid_mode}
     options = TrainOptions(
         data=args.data, out=args.out, family=args.family, architecture=arch, pixel_scale=args.pixel_scale,
+        pixel_size_um=args.pixel_size_um,
         crop=args.crop, batch_size=args.batch_size, val_fraction=args.val_fraction, train=train, targets=targets,
         family_options=family_options,
         augment=not args.no_augment, augment_extra=_augment_extra(args), extra_data=args.extra_data or [],
@@ -125,6 +126,7 @@ def cmd_predict(args) -> int:
     from .core.inference import choose_device
     from .core.jobs import load_params
     from .core.recipe import make_recipe, recipe_model, recipe_params
+    from .core.slide_segment import parse_roi
     from .core.streaming import StreamSettings
 
     device = args.device
@@ -159,14 +161,19 @@ def cmd_predict(args) -> int:
     recipe = {k: v for k, v in recipe.items() if not k.startswith("_")}
     recipe["image"] = {"name": "<batch>", "shape": []}
     recipe["streaming"] = settings.to_dict()
+    formats, roi = _formats(args.format), (parse_roi(args.roi) if args.roi else None)
+    if formats or roi or args.pixel_size:
+        recipe["output"] = {"formats": formats, "roi": roi, "pixel_size_um": args.pixel_size}
     workers = args.workers
     if args.scheduler is None and workers is None:  # auto: one image or a GPU runs here
         on_gpu = choose_device(device) != "cpu"
-        workers = 0 if len(inputs) == 1 or on_gpu else min(len(inputs), _cores() // args.threads_per_worker) or 0
+        serial = len(inputs) == 1 or on_gpu or "output" in recipe  # slides, regions, formats: streamed here
+        workers = 0 if serial else min(len(inputs), _cores() // args.threads_per_worker) or 0
         workers = 0 if workers == 1 else workers
     job = BatchJob(ModelRef(str(loaded.path), loaded.sha256, loaded), params, recipe, inputs, Path(args.out),
                    settings, device, resume=not args.overwrite,
-                   threads=args.threads_per_worker if (workers or args.scheduler) else None)
+                   threads=args.threads_per_worker if (workers or args.scheduler) else None,
+                   formats=tuple(formats) if formats else None, roi=roi, pixel_size_um=args.pixel_size)
     with executor(args.scheduler, workers, args.threads_per_worker) as ex:
         where = "here" if workers == 0 and args.scheduler is None else f"on {ex.workers} dask workers ({ex.address})"
         if not args.quiet:
@@ -174,13 +181,32 @@ def cmd_predict(args) -> int:
         reports = _run_with_bar(run_batch(job, ex), len(inputs), args.quiet)
     for r in reports:
         if r.status == "done" and not args.quiet:
-            print(f"{r.image} -> {Path(args.out) / r.outputs[0]} ({r.objects} objects"
-                  + (f", masks in {r.outputs[1]}" if len(r.outputs) > 1 else "") + ")")
+            if formats:
+                print(f"{r.image} -> {', '.join(str(Path(args.out) / o) for o in r.outputs)} ({r.objects} objects)")
+            else:
+                print(f"{r.image} -> {Path(args.out) / r.outputs[0]} ({r.objects} objects"
+                      + (f", masks in {r.outputs[1]}" if len(r.outputs) > 1 else "") + ")")
+    for note in dict.fromkeys(n for r in reports for n in r.notes):  # each note once, not once per image
+        print(f"note: {note}", file=sys.stderr)
     print(summary_table(reports))
     failed = [r for r in reports if r.status == "failed"]
     for r in failed:
         print(f"error: {r.image}: {r.error}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _formats(text: str | None) -> list[str] | None:
+    """``--format tif,geojson`` -> ["tif", "geojson"] (checked against the known formats)."""
+    from .core.slide_segment import FORMATS
+
+    if not text:
+        return None
+    names = [f.strip().lower() for f in text.split(",") if f.strip()]
+    names = ["tif" if f == "tiff" else f for f in names]
+    unknown = [f for f in names if f not in FORMATS]
+    if unknown or not names:
+        raise InstanceTunerError(f"--format {text!r}: valid formats are {', '.join(FORMATS)}")
+    return list(dict.fromkeys(names))
 
 
 def _cores() -> int:
@@ -321,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
     t.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
     t.add_argument("--pixel-scale", type=float, default=0.5, help="resize factor before the network")
+    t.add_argument("--pixel-size-um", type=float, metavar="UM",
+                   help="µm per pixel of the training images, recorded in the checkpoint: images and slides of "
+                        "another pixel size are resampled to it before segmentation")
     t.add_argument("--base-channels", type=int, default=16)
     t.add_argument("--depth", type=int, default=4)
     t.add_argument("--conv-type", default="separable", choices=["standard", "separable", "space_depth_separable"])
@@ -418,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "when there are several images on the CPU)")
     p.add_argument("--threads-per-worker", type=int, default=1)
     p.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://head:8786")
+    p.add_argument("--format", metavar="F[,F...]",
+                   help="outputs DIR/<stem>.<ext> among tif, zarr (OME-Zarr labels), geojson (QuPath), csv, in the "
+                        "image's level-0 pixels; images and slides are segmented at the model's pixel size "
+                        "(default: the label TIFF <stem>.tif, or <stem>.zarr for a streamed image)")
+    p.add_argument("--roi", metavar="X,Y,W,H", help="segment only this region (level-0 pixels)")
+    p.add_argument("--pixel-size", type=float, metavar="UM",
+                   help="µm per level-0 pixel of the inputs, instead of what the files record")
     p.add_argument("--overwrite", action="store_true", help="redo images already done with the same recipe")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-image lines")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (quote them: 'slides/**/*.tif')")

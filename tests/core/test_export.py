@@ -13,6 +13,7 @@ import tifffile
 from napari_instance_tuner.core import export as ex
 from napari_instance_tuner.core import safe_write
 from napari_instance_tuner.core.errors import InstanceTunerError
+from napari_instance_tuner.core.io.geojson import class_color
 from napari_instance_tuner.core.polygons import mask_polygons, rasterise, signed_area
 
 
@@ -159,7 +160,7 @@ def test_geojson_is_a_valid_qupath_feature_collection(tmp_path):
     for feature in data["features"]:
         props = feature["properties"]
         assert feature["type"] == "Feature" and props["objectType"] == "annotation"
-        assert props["classification"] == {"name": "Gland"}
+        assert props["classification"] == {"name": "Gland", "color": class_color("Gland")}  # QuPath needs a colour
         assert {"label", "area", "perimeter", "solidity"} <= set(props["measurements"])
         assert "centroid_x" not in props["measurements"]
     ring_feature = data["features"][1]

@@ -93,7 +93,9 @@ def test_exports_every_format_with_intensities_and_pixel_size(viewer, export, pr
     assert [r["label"] for r in rows] == ["1", "2", "3"] and {r["mean_intensity_ch1"] for r in rows} == {"50.0"}
     features = json.loads((tmp_path / "img instances.geojson").read_text())["features"]
     assert [f["properties"]["objectType"] for f in features] == ["annotation"] * 3
-    assert features[1]["properties"]["classification"] == {"name": "Gland"}
+    assert features[1]["properties"]["classification"]["name"] == "Gland"  # with the colour QuPath requires
+    assert features[1]["properties"]["measurements"]["Area µm^2"] == pytest.approx(
+        features[1]["properties"]["measurements"]["area"] * 0.25)
     assert len(features[1]["geometry"]["coordinates"]) == 2  # exterior + the hole
     assert "wrote" in export.status.value and errors == []
 

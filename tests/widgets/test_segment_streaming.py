@@ -8,6 +8,7 @@ but hands post-processing maps read from the image: bright disks, some on tile s
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,63 @@ def test_closing_a_streamed_image_forgets_it(loaded, viewer, run, errors):
     viewer.layers.remove(image)
     assert loaded.streamed == {} and loaded.count.value == "–" and loaded.note.value == ""
     assert "big instances" in viewer.layers  # the labels stay
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # the slide layer's dask levels hold the file open
+def test_a_slide_opened_by_the_reader_is_segmented_at_the_model_pixel_size(segment, viewer, run, errors, qtbot,
+                                                                          maps_from_image, tmp_path):
+    """A 0.25 µm/px slide and a 0.5 µm/px model: level 0 is read, halved, and the labels land on the slide."""
+    import torch
+    from conftest import TINY_ARCH, tiny_meta
+
+    from napari_instance_tuner.core.checkpoint import save_checkpoint
+    from napari_instance_tuner.core.io.slides import write_svs
+    from napari_instance_tuner.core.registry import get_family
+
+    torch.manual_seed(0)
+    state = get_family("three-branch").build_model(TINY_ARCH).state_dict()
+    model = save_checkpoint(tmp_path / "half.safetensors", state, tiny_meta(pixel_size_um=0.5))
+    segment.load_weights(model)
+    qtbot.waitUntil(lambda: segment.models.loaded is not None and not segment.busy, timeout=20000)
+    rgb = np.repeat(np.repeat(_rgb(), 2, axis=0), 2, axis=1)  # the disks scanned at twice the resolution
+    path = write_svs(tmp_path / "slide.svs", rgb, pixel_size_um=0.25, levels=2, tile=64)
+    (image,) = viewer.open(str(path), plugin="napari-instance-tuner")
+    assert image.multiscale and image.data[0].shape == (320, 320, 3)
+    np.testing.assert_allclose(image.scale, (0.25, 0.25))
+    segment.image.value = image
+    assert segment.pixel_info.value == "model 0.5 µm/px; image 0.25 µm/px: resampled 0.5x, labels in image pixels"
+    _use_disk_params(segment)
+    assert run(segment) == "ok", errors
+    layer = viewer.layers["slide instances"]
+    assert layer.multiscale and layer.data[0].shape == (160, 160)
+    np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    labels = np.asarray(layer.data[0])
+    assert len(np.unique(labels[labels > 0])) == len(DISKS)
+    for cy, cx in DISKS:  # every disk's label sits where the disk is on the slide, in world (µm) coordinates
+        world = np.array([2 * cy + 0.5, 2 * cx + 0.5]) * 0.25
+        assert labels[tuple(np.round(layer.world_to_data(world)).astype(int))] > 0
+    viewer.layers.clear()
+    del image, layer
+    gc.collect()
+
+
+def test_a_shapes_rectangle_limits_the_run_to_its_region(loaded, viewer, run, errors, maps_from_image):
+    widget = loaded
+    image = viewer.add_image(_rgb(), name="big slide", rgb=True, scale=(0.5, 0.5), translate=(10.0, 20.0))
+    # A rectangle over pixel centres 20..80 (rows) and 40..150 (columns), drawn in world coordinates.
+    box = np.array([[20, 40], [20, 150], [80, 150], [80, 40]], float) * 0.5 + (10.0, 20.0)
+    shapes = viewer.add_shapes([box], shape_type="rectangle", name="roi")
+    widget.image.value = image
+    widget.region.value = shapes
+    _use_disk_params(widget)
+    assert run(widget) == "ok", errors
+    layer = viewer.layers["big slide instances"]
+    assert layer.data[0].shape == (61, 111)
+    np.testing.assert_allclose(layer.translate, (10.0 + 20 * 0.5, 20.0 + 40 * 0.5))
+    np.testing.assert_allclose(layer.scale, image.scale)
+    labels = np.asarray(layer.data[0])
+    whole = _direct(widget, _rgb()).labels[20:81, 40:151]
+    inner = [k for k in np.unique(whole[whole > 0]) if not np.isin(k, np.concatenate(
+        [whole[0], whole[-1], whole[:, 0], whole[:, -1]]))]
+    assert inner and all((labels[whole == k] > 0).all() for k in inner)  # objects inside: found at their place
+    assert (labels > 0).sum() <= (whole > 0).sum() + 50

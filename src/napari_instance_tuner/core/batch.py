@@ -30,6 +30,7 @@ from .data import IMAGE_SUFFIXES
 from .distributed import ModelRef, SerialExecutor, limit_threads
 from .errors import InstanceTunerError
 from .progress import Progress
+from .slide_segment import needs_model_scale, segment_file
 from .streaming import StreamSettings, image_shape, open_image, segment_tile, stream_segment
 
 SIDECAR = ".tuner.json"
@@ -80,6 +81,8 @@ def recipe_key(recipe: dict) -> str:
     keys = ("family", "postprocess", "tiling", "normalisation", "pixel_scale", "in_channels", "streaming")
     core = {k: recipe.get(k) for k in keys}
     core["weights"] = recipe["weights"]["sha256"]
+    if recipe.get("output"):  # formats, region, pixel size (issue 21); absent from older recipes' keys
+        core["output"] = recipe["output"]
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
@@ -108,6 +111,13 @@ class BatchJob:
         Skip images already done with the same recipe.
     threads : int or None
         torch threads per task (workers share the machine).
+    formats : tuple of str or None
+        Output formats (``tif``, ``zarr``, ``geojson``, ``csv``; see :mod:`.slide_segment`), in the image's
+        level-0 pixels. None: today's default (``<stem>.tif``, or ``<stem>.zarr`` for a streamed image).
+    roi : (int, int, int, int) or None
+        (y, x, h, w) region in level-0 pixels.
+    pixel_size_um : float or None
+        µm per level-0 pixel of every input, instead of what the files record.
     """
 
     model: ModelRef
@@ -119,6 +129,9 @@ class BatchJob:
     device: str | None = None
     resume: bool = True
     threads: int | None = None
+    formats: tuple[str, ...] | None = None
+    roi: tuple[int, int, int, int] | None = None
+    pixel_size_um: float | None = None
 
     @property
     def key(self) -> str:
@@ -138,6 +151,7 @@ class ImageReport:
     outputs: list[str] = field(default_factory=list)
     tiles: int = 1
     error: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 def _sidecar(job: BatchJob, path: Path) -> Path:
@@ -207,8 +221,20 @@ def image_task(job: BatchJob, path: Path) -> ImageReport:
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch of hundreds
         return ImageReport(str(path), "failed", error=_one_line(exc), seconds=time.perf_counter() - start)
     report = ImageReport(str(path), "done", tuple(np.shape(image)), instances.count,
-                         time.perf_counter() - start, outputs)
+                         time.perf_counter() - start, outputs, notes=_unknown_size_note(loaded.meta))
     return _finish(job, path, report)
+
+
+def _unknown_size_note(meta: dict) -> list[str]:
+    """The note for an image segmented as it is although the model records a pixel size (the image does not)."""
+    from .resample import model_pixel_size
+
+    size = model_pixel_size(meta)
+    if size is None:
+        return []
+    note = (f"images without a recorded pixel size are segmented as if they had the model's {size:g} µm/px "
+            "(give --pixel-size to resample them)")
+    return [note]
 
 
 def tile_task(job: BatchJob, path: Path, grid, index: int, normaliser) -> Any:
@@ -252,6 +278,26 @@ def _stream_image(job: BatchJob, path: Path, executor) -> Generator[Progress, No
         outputs.append(write_objects(job.out_dir / f"{stem}_objects.npz", result.objects).name)
     report = ImageReport(str(path), "done", tuple(result.labels.shape), result.count,
                          time.perf_counter() - start, outputs, result.tiles)
+    return _finish(job, path, report)
+
+
+def _at_model_scale(job: BatchJob, path: Path) -> bool:
+    """Whether ``path`` goes through :mod:`.slide_segment`: formats, a region, a slide, or a pixel size to fix."""
+    from .checkpoint import read_metadata, with_card_pixel_size
+
+    ref = job.model
+    meta = ref.loaded.meta if ref.loaded is not None else with_card_pixel_size(read_metadata(ref.path), ref.path)
+    return needs_model_scale(path, meta, job.formats, job.roi, job.pixel_size_um)
+
+
+def _scaled_image(job: BatchJob, path: Path) -> Generator[Progress, None, ImageReport]:
+    """Segment one image or slide at the model's pixel size and write the formats asked for (here, serially)."""
+    start = time.perf_counter()
+    done = yield from segment_file(job.model.get(), path, job.params, job.out_dir, _stem(path),
+                                   formats=job.formats, roi=job.roi, pixel_size_um=job.pixel_size_um,
+                                   settings=job.settings, device=job.device)
+    report = ImageReport(str(path), "done", tuple(done.region[2:]), done.count, time.perf_counter() - start,
+                         [p.name for p in done.written], done.tiles, notes=done.notes)
     return _finish(job, path, report)
 
 
@@ -310,14 +356,14 @@ def run_batch(job: BatchJob, executor=None) -> Generator[Progress, None, list[Im
             reports[str(path)] = ImageReport(str(path), "failed", error=_one_line(exc))
             continue
         grid = job.settings.grid(shape)
-        (small if len(grid) == 1 else large).append(path)
+        (large if len(grid) > 1 or _at_model_scale(job, path) else small).append(path)
     yield Progress(len(reports), total, f"{len(reports)} of {total} images already done" if reports else "start")
     for _, report in executor.imap_unordered(_call, ((p, (image_task, job, p)) for p in small)):
         reports[report.image] = report
         yield Progress(len(reports), total, f"{Path(report.image).name}: {report.status}", {"report": report})
     for path in large:
         try:
-            gen = _stream_image(job, path, executor)
+            gen = _scaled_image(job, path) if _at_model_scale(job, path) else _stream_image(job, path, executor)
             while True:
                 try:
                     p = next(gen)

@@ -215,9 +215,21 @@ def load_model(name_or_path: str | os.PathLike) -> LoadedModel:
         if wrong:
             parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {wrong[0]})")
         raise WeightsError(f"the weights in {path.name!r} do not fit its {meta['family']} architecture: " + "; ".join(parts))
+    meta = with_card_pixel_size(meta, path)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     model.eval()
     return LoadedModel(family=family, model=model, meta=meta, path=path, sha256=file_sha256(path))
+
+
+def with_card_pixel_size(meta: dict, path: str | os.PathLike) -> dict:
+    """``meta`` with ``pixel_size_um`` from the model card of shipped weights that do not record it.
+
+    The shipped weights predate recorded pixel sizes and keep their SHA-256: their cards say it.
+    """
+    path = Path(path)
+    if meta.get("pixel_size_um") is None and path.resolve().parent == WEIGHTS_DIR:
+        return {**meta, "pixel_size_um": model_card(path.stem).get("pixel_size_um")}
+    return meta
 
 
 def shipped_models() -> dict[str, Path]:

@@ -19,7 +19,6 @@ Examples
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from .io.geojson import OBJECT_TYPES, geojson_features, write_geojson
 from .measure import add_scores, measure_masks, measure_stack, to_csv
-from .polygons import geometry, mask_polygons
 from .safe_write import ExportError, OverwriteError, check_target, write_atomic, write_text
 
 __all__ = [
@@ -41,7 +40,6 @@ __all__ = [
 #: Export formats and the file name each gets from a base name.
 SUFFIXES = {"tiff": ".tif", "png": ".png", "csv": ".csv", "geojson": ".geojson", "masks": "_masks.npz",
             "recipe": ".recipe.json"}
-OBJECT_TYPES = ("detection", "annotation")
 _MAX_MASK_BYTES = 2 << 30
 #: Largest lazy (zarr / dask) label image, in pixels (H * W, or Z * H * W), that formats other than a 2D TIFF
 #: read whole into memory.
@@ -337,47 +335,6 @@ def write_measurements_csv(path: str | os.PathLike, table: dict[str, np.ndarray]
     return write_text(path, to_csv(table), overwrite)
 
 
-def geojson_features(
-    labels: np.ndarray,
-    table: dict[str, np.ndarray],
-    masks: np.ndarray | None = None,
-    object_type: str = "detection",
-    classification: str | None = None,
-) -> dict:
-    """A QuPath-importable GeoJSON ``FeatureCollection``, one feature per object.
-
-    Geometries are exact pixel outlines in QuPath's pixel-edge coordinates (see :mod:`.polygons`): holes
-    are interior rings, a label in several pieces a ``MultiPolygon``. Overlapping ``masks`` give separate
-    features. ``properties`` hold ``objectType``, ``classification`` ``{"name": ...}`` when given, and
-    ``measurements`` (the table's finite values except coordinates, which the geometry carries).
-    """
-    if object_type not in OBJECT_TYPES:
-        raise ExportError(f"objectType must be one of {', '.join(OBJECT_TYPES)}; got {object_type!r}")
-    if masks is None and np.ndim(labels) != 2:
-        raise ExportError(f"GeoJSON holds one 2D image; got labels of shape {np.shape(labels)}")
-    skip = {"centroid_y", "centroid_x", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "slice"}
-    features = []
-    for i, label in enumerate(table["label"].tolist()):
-        y0, x0, y1, x1 = (int(table[k][i]) for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"))
-        source = masks[label - 1] if masks is not None else labels
-        mask = np.asarray(source[y0:y1, x0:x1]) == (True if masks is not None else label)
-        props: dict[str, Any] = {"objectType": object_type}
-        if classification:
-            props["classification"] = {"name": classification}
-        props["measurements"] = {k: _number(v[i]) for k, v in table.items() if k not in skip and np.isfinite(v[i])}
-        features.append({"type": "Feature", "geometry": geometry(mask_polygons(mask, (y0, x0))), "properties": props})
-    return {"type": "FeatureCollection", "features": features}
-
-
-def _number(value: Any) -> int | float:
-    return int(value) if isinstance(value, (np.integer, int)) else float(value)
-
-
-def write_geojson(path: str | os.PathLike, collection: dict, overwrite: bool = False) -> Path:
-    """Write a FeatureCollection from :func:`geojson_features` as compact JSON."""
-    return write_text(path, json.dumps(collection, separators=(",", ":"), allow_nan=False), overwrite)
-
-
 # -- everything at once --------------------------------------------------------------------------------
 
 
@@ -481,7 +438,9 @@ def export_instances(
         elif fmt == "csv":
             write_measurements_csv(path, table, options.overwrite)
         elif fmt == "geojson":
-            collection = geojson_features(labels, table, masks, options.object_type, options.classification)
+            um = options.pixel_size if options.unit in ("µm", "um") else None
+            collection = geojson_features(labels, table, masks, options.object_type, options.classification,
+                                          pixel_size=um)
             write_geojson(path, collection, options.overwrite)
         elif fmt == "masks":
             if masks is not None:

@@ -47,6 +47,7 @@ class TrainOptions:
     family: str = "three-branch"
     architecture: dict = field(default_factory=dict)
     pixel_scale: float = 0.5
+    pixel_size_um: float | None = None
     crop: int = 256
     batch_size: int = 8
     val_fraction: float = 0.18
@@ -133,6 +134,7 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
         "in_channels": in_channels,
         "normalisation": DEFAULT_NORMALISATION,
         "pixel_scale": options.pixel_scale,
+        "pixel_size_um": options.pixel_size_um,  # µm/px of the training images: inference resamples to it
         "tile_size": 512,
         "tile_overlap": 64,
         "postprocess": params_to_dict(family.Params()),

@@ -102,6 +102,7 @@ def build_recipe(
         "device": device,
         "normalisation": meta.get("normalisation"),
         "pixel_scale": meta.get("pixel_scale", 1.0),
+        "pixel_size_um": meta.get("pixel_size_um"),
         "in_channels": meta.get("in_channels"),
         "image": {"name": str(image_name), "shape": [int(n) for n in image_shape]},
         "versions": library_versions(),

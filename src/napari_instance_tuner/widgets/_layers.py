@@ -137,8 +137,19 @@ class SegmentResult:
         return self.model.family
 
 
-def _spatial(image: Any) -> dict:
-    return {"scale": image.scale, "translate": image.translate}
+def _spatial(image: Any, factor: float = 1.0, offset: tuple = (0.0, 0.0)) -> dict:
+    """Scale and translate of labels over ``image`` with ``factor`` image pixels per label pixel.
+
+    Label pixel j covers image pixels [offset + j * factor, offset + (j + 1) * factor): its centre is image
+    pixel ``offset + (j + 0.5) * factor - 0.5``.
+    """
+    scale = np.asarray(image.scale, float)
+    if factor == 1.0 and not any(offset):
+        return {"scale": image.scale, "translate": image.translate}
+    factors, shift = np.ones(scale.size), np.zeros(scale.size)
+    factors[-2:], shift[-2:] = factor, offset
+    return {"scale": scale * factors,
+            "translate": np.asarray(image.translate, float) + (shift + (factors - 1) / 2) * scale}
 
 
 def main_maps(result: SegmentResult) -> set[str]:
@@ -238,12 +249,15 @@ def labels_metadata(result: SegmentResult, labels_digest: str | None = None) -> 
 def place_labels(
     viewer: Any, track: LabelsTrack | None, data: Any, info: dict, image: Any, *, edited: bool, digest: str = "",
     multiscale: bool = False,
+    factor: float = 1.0,
+    offset: tuple = (0.0, 0.0),
 ) -> LabelsTrack:
     """Write ``data`` into the plugin's Labels layer of ``track``, or a new layer "<image> instances".
 
     An ``edited`` layer is kept: renamed "<name> (edited)" and untagged (which drops its masks), and a new
     layer is added. Otherwise the plugin's own layer (of the same kind, single- or multiscale) is updated in
-    place. ``info`` becomes ``metadata[TAG]``; the new layer takes the image's scale and translate.
+    place. ``info`` becomes ``metadata[TAG]``; the new layer takes the image's scale and translate (times
+    ``factor``, image pixels per label pixel, for labels made at a model's pixel size).
     """
     if track is not None and edited:
         track.layer.name = f"{track.layer.name} (edited)"
@@ -254,13 +268,16 @@ def place_labels(
         track.writing = True
         try:
             track.layer.data = data
+            for key, value in _spatial(image, factor, offset).items():
+                setattr(track.layer, key, value)
             track.layer.metadata = {**track.layer.metadata, TAG: info}
         finally:
             track.writing = False
         track.digest, track.edited = digest, False
         return track
     extra = {"multiscale": True} if multiscale else {}
-    layer = viewer.add_labels(data, name=f"{image.name} instances", metadata={TAG: info}, **extra, **_spatial(image))
+    layer = viewer.add_labels(data, name=f"{image.name} instances", metadata={TAG: info}, **extra,
+                             **_spatial(image, factor, offset))
     track = LabelsTrack(layer=layer, digest=digest)
     _watch_edits(track)
     return track

@@ -81,6 +81,10 @@ class StreamedResult:
         Shape of the image data segmented (level 0 of a multiscale layer).
     labels : LabelsTrack or None
         The plugin's Labels layer of this image.
+    factor : float
+        Image (level-0) pixels per label pixel: the labels are at the model's pixel size.
+    offset : (float, float)
+        (y, x) of the segmented region's origin in the image's level-0 pixels.
     """
 
     image: Any
@@ -93,6 +97,8 @@ class StreamedResult:
     device: str = "cpu"
     image_shape: tuple = ()
     labels: LabelsTrack | None = None
+    factor: float = 1.0
+    offset: tuple = (0.0, 0.0)
 
     @property
     def labels_layer(self) -> Any:
@@ -133,7 +139,7 @@ def write_streamed_labels(viewer: Any, result: StreamedResult, previous: Any, le
     edited = (track is not None and track.edited and track.layer in viewer.layers
               and is_plugin_layer(track.layer))
     result.labels = place_labels(viewer, track, levels, streamed_metadata(result), result.image, edited=edited,
-                                 multiscale=True)
+                                 multiscale=True, factor=result.factor, offset=result.offset)
     return result.labels.layer
 
 

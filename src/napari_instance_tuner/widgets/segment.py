@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
@@ -41,6 +41,8 @@ from ._layers import (
 )
 from ._models import ModelPicker
 from ._params import ParamsPanel
+from ._pixel_size import describe, layer_pixel_size, level_data
+from ._region import region_choices, shapes_roi
 from ._streamed import StreamedResult, discard, forget_streamed, stream_target, write_streamed_labels
 from ._worker import Job, as_work, error_message, notify_error
 
@@ -116,10 +118,19 @@ class SegmentWidget(QWidget):
         if hasattr(self.note.native, "setWordWrap"):
             self.note.native.setWordWrap(True)
         self.params = ParamsPanel(on_change=self._params_changed, on_reset=self.reset_params)
+        self.pixel_size = FloatSpinBox(label="pixel size (µm)", value=0.0, min=0.0, max=1000.0, step=0.01)
+        self.pixel_size.tooltip = ("µm per pixel of the image (level 0); 0 = what the slide or the layer's scale "
+                                   "says. Images whose pixel size differs from the model's are resampled to it")
+        self.pixel_size.changed.connect(lambda *_: self._update_controls())
+        self.pixel_info = Label(value="")
+        self.region = ComboBox(label="region", choices=lambda *_: region_choices(self.viewer))
+        self.region.tooltip = ("whole image, or the box around the selected (else all) shapes of a Shapes layer: "
+                               "Run then streams only that region; the labels land at its place")
 
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         device = Container(widgets=[self.device], labels=True)
-        image = Container(widgets=[self.image, self.count], labels=True)
+        image = Container(widgets=[self.image, self.count, self.pixel_size, self.pixel_info, self.region],
+                          labels=True)
         self.count.label = "instances"
         parts = (self.models.widget, device, self.device_used, image, self.note, self.show_maps, buttons,
                  self.params.widget)
@@ -330,17 +341,21 @@ class SegmentWidget(QWidget):
 
     def _start_stream(self, layer: Any, loaded: Any, params: Any) -> None:
         """Stream ``layer`` tile by tile into a new zarr group, then write its pyramid levels (no maps are kept)."""
-        source = list(layer.data) if layer.multiscale else layer.data  # stream_segment reads level 0 lazily
+        from ..core.slide_segment import source_from_levels
+
+        # Read lazily from the level nearest the model's pixel size, resampled to it (level 0 when unknown).
+        source = source_from_levels(level_data(layer), layer_pixel_size(layer, self.pixel_size.value))
         out, settings, device = stream_target(layer.name), STREAM_SETTINGS, self.device.value
+        roi = shapes_roi(self.region.value, layer)
         min_size = PYRAMID_MIN_SIZE
 
         def work(cancel):
             from ..core.inference import choose_device, device_description
-            from ..core.streaming import stream_segment
+            from ..core.slide_segment import segment_at_model_scale
 
             used = choose_device(device)
-            result = yield from stream_segment(loaded, source, params, out=out / LEVEL0, settings=settings,
-                                               device=used, cancel=cancel)
+            result = yield from segment_at_model_scale(loaded, source, params, roi=roi, out=out / LEVEL0,
+                                                       settings=settings, device=used, cancel=cancel)
             # napari needs 2 levels; written here once, so drawing never reads all of level 0
             levels = yield from write_label_pyramid(out, min_size, min_levels=2, cancel=cancel)
             return used, device_description(used), result, levels
@@ -372,7 +387,8 @@ class SegmentWidget(QWidget):
             return
         shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
         result = StreamedResult(layer, loaded, params, count=stream.count, tiles=stream.tiles, path=out,
-                                settings=settings, device=device, image_shape=shape)
+                                settings=settings, device=device, image_shape=shape, factor=stream.frame.factor,
+                                offset=stream.frame.offset)
         write_streamed_labels(self.viewer, result, self.streamed.get(layer), levels)
         self.streamed[layer] = result
         self.results.pop(layer, None)  # cached maps of an earlier, smaller version of this layer
@@ -413,8 +429,14 @@ class SegmentWidget(QWidget):
 
     def _streams(self, layer: Any) -> bool:
         """Whether Run streams ``layer`` (large or multiscale 2D image); raises InstanceTunerError for bad shapes."""
+        from ..core.resample import model_pixel_size, scale_factor
+
         shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
-        return needs_streaming(shape, layer.multiscale, STREAM_PIXELS, rgb=layer.rgb)
+        loaded = self.models.loaded
+        resample = loaded is not None and slice_count(shape, layer.rgb) is None and scale_factor(
+            layer_pixel_size(layer, self.pixel_size.value), model_pixel_size(loaded.meta)) != 1.0
+        region = self.region.value is not None and slice_count(shape, layer.rgb) is None
+        return resample or region or needs_streaming(shape, layer.multiscale, STREAM_PIXELS, rgb=layer.rgb)
 
     def _show_note(self) -> None:
         """Say, for a large (streamed) image, that the controls apply on the next Run; empty otherwise."""
@@ -475,6 +497,7 @@ class SegmentWidget(QWidget):
 
     def _refresh_images(self, *_: Any) -> None:
         self.image.reset_choices()
+        self.region.reset_choices()
         self._update_controls()
 
     def _layer_inserted(self, event: Any) -> None:
@@ -507,6 +530,7 @@ class SegmentWidget(QWidget):
 
     def _update_controls(self) -> None:
         running = self._pending_run or self._run_job is not None
+        self.pixel_info.value = describe(self.models.loaded, self.image.value, self.pixel_size.value)
         self.run_button.enabled = not running and self.image.value is not None
         self.cancel_button.enabled = running
         self.models.combo.enabled = self.models.browse.enabled = not running
