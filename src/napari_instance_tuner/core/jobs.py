@@ -5,7 +5,6 @@ Each job is a progress generator (see :mod:`.progress`) so the GUI can run it in
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -20,7 +19,7 @@ from .checkpoint import LoadedModel, save_checkpoint
 from .data import Sample, load_split, read_groups, validation_split
 from .errors import InstanceTunerError
 from .image import DEFAULT_NORMALISATION
-from .params import params_from_dict, params_to_dict
+from .params import params_from_dict, params_to_dict, read_params_file
 from .progress import CancelToken, Progress
 from .training import TrainConfig, refuse_amp
 
@@ -193,9 +192,7 @@ def load_params(loaded: LoadedModel, params_file: str | None):
     base = loaded.family.default_params(loaded.meta)
     if not params_file:
         return base
-    values = json.loads(Path(params_file).read_text())
-    values = values.get("postprocess", values)  # accept a recipe or a plain dict
-    return params_from_dict(type(base), values, base)
+    return params_from_dict(type(base), read_params_file(params_file), base)
 
 
 __all__ = ["TrainOptions", "evaluate_samples", "load_params", "summarise", "train_job"]
