@@ -152,7 +152,8 @@ def cmd_predict(args) -> int:
         loaded = recipe_model(recipe, args.model)
         params = recipe_params(recipe, loaded)
         network_tile = network_tile or (recipe.get("tiling") or {}).get("tile_size")
-        streamed = recipe.get("streaming") or {}  # the tiles and halo the recipe's labels were streamed with
+        streamed = recipe.get("streaming")  # the tiles and halo the recipe's labels were streamed with
+        streamed = streamed if isinstance(streamed, dict) else {}
         if device is None:  # the recorded device where this machine has it
             try:
                 device = choose_device(recipe.get("device") or "cpu")
@@ -165,8 +166,10 @@ def cmd_predict(args) -> int:
     else:
         raise InstanceTunerError("predict needs --model or --recipe")
     inputs = expand_inputs(args.inputs)
-    tile = args.tile if args.tile is not None else int(streamed.get("tile", 2048))
-    halo = args.halo if args.halo is not None else int(streamed.get("halo", 256))
+    tile = args.tile if args.tile is not None else _recorded_int(streamed, "tile", 2048, 0, 1 << 20)
+    halo = args.halo if args.halo is not None else _recorded_int(streamed, "halo", 256, 0, 4096)
+    if network_tile is not None and not (isinstance(network_tile, int) and 32 <= network_tile <= 8192):
+        raise InstanceTunerError(f"the recipe's tile_size {network_tile!r} is not a whole number from 32 to 8192")
     settings = StreamSettings(tile=tile if tile > 0 else 1 << 30, halo=halo, network_tile=network_tile,
                               amp=args.amp or bool(streamed.get("amp", False)))
     recipe = {k: v for k, v in recipe.items() if not k.startswith("_")}
@@ -197,6 +200,14 @@ def cmd_predict(args) -> int:
     for r in failed:
         print(f"error: {r.image}: {r.error}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _recorded_int(recorded: dict, key: str, default: int, low: int, high: int) -> int:
+    """A whole-number setting a recipe recorded (``default`` when absent), checked against its range."""
+    value = recorded.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InstanceTunerError(f"the recipe's streaming {key} {value!r} is not a whole number from {low} to {high}")
+    return value
 
 
 def _cores() -> int:

@@ -6,6 +6,7 @@ Overlapping ground truth, where present, is ``labels/<id>_instances.npz`` with `
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,12 +113,12 @@ def load_split(split_dir: str | Path, names: list[str] | None = None) -> list[Sa
 def _read_masks(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """The bool (N, H, W) mask stack of an ``_instances.npz`` file, checked against the labels' shape."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
             masks = data["masks"]
     except KeyError:
         raise InputImageError(f"{path.name!r} has no 'masks' array (expected bool masks of shape (N, H, W))") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputImageError(f"{path.name!r} is not a readable .npz file: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - zip, pickle and format errors alike: the file is unusable
+        raise InputImageError(f"{path.name!r} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
     if masks.ndim != 3 or masks.shape[1:] != tuple(shape):
         raise InputImageError(f"{path.name!r} holds masks of shape {masks.shape}; expected (N, {shape[0]}, {shape[1]})")
     return masks.astype(bool)

@@ -14,6 +14,7 @@ Limits
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def header_shape(path: str | os.PathLike) -> tuple[int, ...]:
         If the file cannot be read or is not an image of its kind (a text file named ``.png``...).
     """
     path = Path(path)
+    quiet = logging.getLogger("tifffile")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its warnings about odd headers: the checks below say what matters
     try:
         if path.suffix.lower() in _TIFF:
             import tifffile
@@ -63,6 +67,8 @@ def header_shape(path: str | os.PathLike) -> tuple[int, ...]:
     except Exception as exc:  # noqa: BLE001 - every decoder has its own exception types
         raise InputImageError(f"{path.name!r} is not a readable {path.suffix or 'image'} file "
                               f"({_first_line(exc)})") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -136,13 +136,17 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
         {"history": result.history, "best_epoch": result.best_epoch, "stopped": result.stopped,
          "train_seconds": round(result.wall_seconds, 1), "torch": _torch_version(), "python": platform.python_version()}
     )
-    out = save_checkpoint(options.out, model.state_dict(), meta, half=options.half)
-    loaded = load_model(out)
+    # The untuned model goes to the work folder: --out appears only once complete (tuned and evaluated).
+    untuned = save_checkpoint(Path(options.workdir) / f"{meta['name']}.untuned.safetensors", model.state_dict(),
+                              meta, half=options.half)
+    loaded = load_model(untuned)
     if val_samples:
         yield from tune_and_evaluate(loaded, meta, val_samples, groups, autotune=options.autotune,
                                      device=options.device, cancel=cancel)
     meta["training"]["wall_seconds"] = round(time.time() - started, 1)
-    return save_checkpoint(options.out, loaded.model.state_dict(), meta, half=options.half)
+    out = save_checkpoint(options.out, loaded.model.state_dict(), meta, half=options.half)
+    untuned.unlink(missing_ok=True)
+    return out
 
 
 def tune_and_evaluate(
