@@ -177,8 +177,8 @@ def test_bad_images_fail_alone_with_a_message_and_no_recipe(world, tmp_path, cap
 def test_whole_image_size_limit(world, tmp_path, capsys):
     big = tmp_path / "big.tif"
     tifffile.imwrite(big, np.zeros((8200, 8200), np.uint8), compression="zlib", tile=(512, 512))
-    code, printed, err = run_cli(capsys, ["predict", "--model", world["model"], "--out", tmp_path / "o", "--tile", "0",
-                                          "--quiet", big])
+    code, _, err = run_cli(capsys, ["predict", "--model", world["model"], "--out", tmp_path / "o", "--tile", "0",
+                                    "--quiet", big])
     assert code == 2 and "megapixels processed in one piece" in err and "--tile" in err
 
 
@@ -190,6 +190,7 @@ def test_whole_image_size_limit(world, tmp_path, capsys):
         (["predict", "--workers", "-2"], "--workers"),
         (["predict", "--threads-per-worker", "0"], "--threads-per-worker"),
         (["predict", "--network-tile", "abc"], "expected a whole number"),
+        (["predict", "--tile", "64", "--halo", "512"], "larger than --tile"),
         (["finetune", "--steps", "0"], "--steps"),
         (["finetune", "--lr", "-0.001"], "--lr: must be a finite number"),
         (["finetune", "--lr", "nan"], "--lr"),
@@ -271,6 +272,32 @@ def test_finetune_and_evaluate_write_complete_files_with_the_umask(world, tmp_pa
         os.umask(previous)
     assert stat.S_IMODE(out.stat().st_mode) == 0o644 and stat.S_IMODE(report.stat().st_mode) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft.safetensors", "m.json"]  # no temporaries left
+
+
+def test_a_full_disk_leaves_no_partial_file(world, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from napari_instance_tuner.core import safe_write
+
+    class Full:
+        def __init__(self, path, mode):
+            self.fh = open(path, mode)  # noqa: SIM115 - closed in __exit__
+
+        def write(self, data):
+            self.fh.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(safe_write, "open", Full, raising=False)
+    code, _, err = run_cli(capsys, ["evaluate", "--model", world["model"], "--data", world["split"], "--json",
+                                    tmp_path / "m.json", "--quiet"])
+    assert_one_line_error(err, code, 2, "No space left on device", "m.json")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_recipe_weights_are_found_by_name_only(world, tmp_path, capsys):

@@ -168,6 +168,11 @@ def cmd_predict(args) -> int:
     inputs = expand_inputs(args.inputs)
     tile = args.tile if args.tile is not None else _recorded_int(streamed, "tile", 2048, 0, 1 << 20)
     halo = args.halo if args.halo is not None else _recorded_int(streamed, "halo", 256, 0, 4096)
+    if tile and not 64 <= tile <= 1 << 20:
+        raise InstanceTunerError(f"--tile must be 0 (never stream) or from 64 to {1 << 20} px, got {tile}")
+    if tile and halo > tile:
+        raise InstanceTunerError(f"--halo {halo} is larger than --tile {tile}: every tile would read more context "
+                                 "than image; use a smaller --halo or a larger --tile")
     if network_tile is not None and not (isinstance(network_tile, int) and 32 <= network_tile <= 8192):
         raise InstanceTunerError(f"the recipe's tile_size {network_tile!r} is not a whole number from 32 to 8192")
     settings = StreamSettings(tile=tile if tile > 0 else 1 << 30, halo=halo, network_tile=network_tile,
@@ -524,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true",
                    help="mixed precision: float16 autocast on CUDA, bfloat16 on a CPU with AVX512-BF16 or AMX "
                    "(1.6-2.7x faster here); float32 elsewhere")
-    p.add_argument("--workers", type=int_range(0, 512),
+    p.add_argument("--workers", type=int_range(0, 256),
                    help="worker processes of an embedded dask cluster (0 = run here; default: one per core "
                         "when there are several images on the CPU)")
     p.add_argument("--threads-per-worker", type=int_range(1, 1024), default=1, help="torch threads per dask worker")
