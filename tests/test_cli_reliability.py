@@ -156,6 +156,17 @@ def test_two_runs_into_one_folder_keep_a_recipe_for_every_label_file(world, tmp_
     assert json.loads((out / "grey.tuner.json").read_text())["recipe"] != "recipe.json"
 
 
+def test_a_second_run_into_a_busy_folder_is_refused(world, tmp_path, capsys):
+    from napari_instance_tuner.core.batch_folder import folder_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with folder_lock(out):  # as another process's run would hold it
+        code, _, err = run_cli(capsys, ["predict", "--model", world["model"], "--out", out, world["files"] / "rgb.tif"])
+    assert_one_line_error(err, code, 2, "another run is writing into")
+    assert [p.name for p in out.iterdir()] == [".napari-instance-tuner.lock"]
+
+
 def test_bad_images_fail_alone_with_a_message_and_no_recipe(world, tmp_path, capsys):
     files = world["files"]
     out = tmp_path / "out"
@@ -381,3 +392,29 @@ def test_a_killed_streamed_predict_leaves_no_partial_output(world, tmp_path, sig
     assert again.returncode == 0, err.decode()[-2000:]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".napari")) == \
         ["big.tuner.json", "big.zarr", "recipe.json"]
+
+
+def test_a_killed_finetune_leaves_no_weights_file(world, tmp_path):
+    import threading
+
+    out = tmp_path / "ft.safetensors"
+    proc = cli("finetune", "--model", world["model"], "--data", world["split"], "--out", out, "--steps", "100000",
+               "--batch-size", "1", "--crop", "32")
+    seen = threading.Event()
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+            chunks.append(chunk)
+            if b"fine-tune" in b"".join(chunks[-2:]):
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert seen.wait(120), b"".join(chunks).decode()[-2000:]  # the progress bar: training has started
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    proc.stdout.close()
+    proc.stderr.close()
+    assert list(tmp_path.iterdir()) == []

@@ -103,7 +103,7 @@ def run_with_bar(work: Generator[Any, None, Any], quiet: bool, unit: str = "step
             bar.refresh()
 
 
-class Terminated(BaseException):  # noqa: N818 - like KeyboardInterrupt: not caught by "except Exception"
+class Terminated(BaseException):
     """SIGTERM arrived: unwinds like Ctrl-C so that temporary files are removed."""
 
 

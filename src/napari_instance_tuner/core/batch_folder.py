@@ -70,7 +70,9 @@ def check_output_folder(out_dir: Path, inputs: list[Path], keep_masks: bool, ove
     existing = out_dir
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
+        raise ExportError(f"cannot make the folder {str(out_dir)!r}: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise ExportError(f"cannot write into {str(out_dir)!r}: no permission to write in {str(existing)!r}")
     if not out_dir.is_dir():
         return
