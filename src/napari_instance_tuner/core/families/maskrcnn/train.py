@@ -237,16 +237,9 @@ def _resumed_steps(resume_path, steps_per_epoch: int) -> int:
     """Optimiser steps already done according to a resume file of ``fit`` (0 without one)."""
     from pathlib import Path
 
-    from ...training import ParamsError, _resume_refusal, read_resume
-
     if not resume_path or not Path(resume_path).is_file():
         return 0
-
-    saved = read_resume(resume_path)
-    try:
-        return int(saved["state"]["epoch"]) * steps_per_epoch
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ParamsError(_resume_refusal(resume_path, exc)) from None
+    return int(read_resume(resume_path)["state"]["epoch"]) * steps_per_epoch
 
 
 def initialise(model, options: MaskRCNNTrainOptions) -> dict | None:
