@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.errors import InstanceTunerError
-from .core.safe_write import ExportError, OverwriteError
+from .core.safe_write import ExportError, OverwriteError, check_creatable
 
 
 def int_range(low: int, high: int | None = None):
@@ -70,13 +70,7 @@ def check_out_file(path: str | os.PathLike, overwrite: bool, option: str = "--ou
             raise ExportError(f"{option} {str(path)!r} is an input of this command; choose another name")
     if path.exists() and not overwrite:
         raise OverwriteError(f"{option} {str(path)!r} exists; pass --overwrite to replace it, or choose another name")
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ExportError(f"cannot write {option} {str(path)!r}: {str(folder)!r} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write {option} {str(path)!r}: no permission to write in {str(folder)!r}")
+    check_creatable(path, f"{option} {str(path)!r}")
     return path
 
 

@@ -572,30 +572,31 @@ def build_parser() -> argparse.ArgumentParser:
     a = command("autotune", "search post-processing parameters on annotated images (no network re-runs)",
                 "  napari-instance-tuner autotune --model my.safetensors --data data/val --out best.json\n"
                 "  napari-instance-tuner predict --model my.safetensors --params best.json --out labels/ slides/")
-    a.add_argument("--model", required=True, help="shipped model name or checkpoint path")
-    a.add_argument("--data", required=True, help="folder with images/ and labels/")
+    _model_and_data(a, "start from these parameters (JSON or a recipe) instead of the model's")
     a.add_argument("--metric", default="object_f1", choices=list(TUNABLE), help="the score to maximise")
-    a.add_argument("--params", help="start from these parameters (JSON) instead of the model's")
     a.add_argument("--out", required=True, help="JSON file of the best parameters (usable as --params)")
     a.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    a.add_argument("--device", default=None, help="torch device: cpu, cuda, mps or auto")
-    a.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     a.set_defaults(func=cmd_autotune)
 
     e = command("evaluate", "print the metrics table of a model on an annotated split",
                 "  napari-instance-tuner evaluate --model three-branch-glas --data glas/test\n"
                 "  napari-instance-tuner evaluate --model my.safetensors --data data/val --params best.json "
                 "--json metrics.json")
-    e.add_argument("--model", required=True, help="shipped model name or checkpoint path")
-    e.add_argument("--data", required=True, help="folder with images/ and labels/")
-    e.add_argument("--params", help="post-processing parameters (JSON or a recipe) instead of the model's")
-    e.add_argument("--device", default=None, help="torch device: cpu, cuda, mps or auto")
+    _model_and_data(e, "post-processing parameters (JSON or a recipe) instead of the model's")
     e.add_argument("--foreground-only", action="store_true", help="ablation: use the foreground branch alone")
     e.add_argument("--json", help="also write the summary and per-image metrics here")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    e.add_argument("--quiet", action="store_true", help="no progress bar or notes")
     e.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def _model_and_data(parser: argparse.ArgumentParser, params_help: str) -> None:
+    """The options evaluate and autotune share: --model, --data, --params, --device, --quiet."""
+    parser.add_argument("--model", required=True, help="shipped model name or checkpoint path")
+    parser.add_argument("--data", required=True, help="folder with images/ and labels/")
+    parser.add_argument("--params", help=params_help)
+    parser.add_argument("--device", default=None, help="torch device: cpu, cuda, mps or auto")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InstanceTunerError
-from .safe_write import ExportError, OverwriteError
+from .safe_write import ExportError, OverwriteError, check_creatable
 
 SIDECAR = ".tuner.json"
 RECIPE = "recipe.json"
@@ -67,13 +67,7 @@ def check_output_folder(out_dir: Path, inputs: list[Path], keep_masks: bool, ove
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"--out {str(out_dir)!r} is a file; give a folder for the outputs")
-    existing = out_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ExportError(f"cannot make the folder {str(out_dir)!r}: {str(existing)!r} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write into {str(out_dir)!r}: no permission to write in {str(existing)!r}")
+    check_creatable(out_dir / RECIPE, f"into {str(out_dir)!r}")
     if not out_dir.is_dir():
         return
     recipe = out_dir / RECIPE

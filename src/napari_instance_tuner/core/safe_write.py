@@ -49,6 +49,25 @@ def check_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
+def check_creatable(path: str | os.PathLike, what: str) -> Path:
+    """Check that ``path`` (a file or folder, which may not exist yet) can be made: its nearest existing
+    ancestor is a folder this process may write in. ``what`` names it in messages; returns that ancestor.
+
+    Raises
+    ------
+    ExportError
+        If a file is in the way or the folder is not writable.
+    """
+    folder = Path(path).parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ExportError(f"cannot write {what}: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {what}: no permission to write in {str(folder)!r}")
+    return folder
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], overwrite: bool = False) -> Path:
     """Write a file through ``write(fh)`` into a temporary file beside ``path``, then rename it into place.
 
