@@ -247,6 +247,18 @@ def test_bad_labels_weights_and_data_folders(world, tmp_path, capsys):
         assert "weights_only=False" not in err
 
 
+def test_a_corrupt_resume_file_is_one_line(world, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "m.resume.pt").write_bytes(b"PK\x03\x04 not a zip archive at all")
+    out = tmp_path / "m.safetensors"
+    code, _, err = run_cli(capsys, ["train", "--data", world["split"], "--out", out, "--epochs", "1",
+                                    "--steps-per-epoch", "1", "--base-channels", "4", "--depth", "2", "--crop", "32",
+                                    "--batch-size", "1", "--val-fraction", "0.5", "--workdir", work, "--quiet"])
+    assert_one_line_error(err, code, 2, "m.resume.pt", "delete it")
+    assert not out.exists()
+
+
 def test_existing_outputs_are_refused_before_any_work(world, tmp_path, capsys):
     model, split = world["model"], world["split"]
     for name in ("ft.safetensors", "t.safetensors", "m.json", "best.json"):

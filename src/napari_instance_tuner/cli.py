@@ -249,14 +249,14 @@ def _pairs_from_split(data: str):
 def cmd_finetune(args) -> int:
     from .core.checkpoint import load_model
     from .core.finetune import FinetuneSettings, finetune, save_finetuned
+    if args.holdout_fraction is not None and not 0 < args.holdout_fraction < 1:
+        raise InstanceTunerError(f"--holdout-fraction must lie between 0 and 1, got {args.holdout_fraction}")
     loaded = load_model(args.model)
     check_out_file(args.out, args.overwrite, inputs=(loaded.path,))
     _check_data_folder(args.data)
     pairs = _pairs_from_split(args.data)
     _channel_notes(loaded, pairs, args.quiet)
     if args.holdout_fraction is not None:  # the right-most fraction of each image's width is validated on
-        if not 0 < args.holdout_fraction < 1:
-            raise InstanceTunerError(f"--holdout-fraction must lie between 0 and 1, got {args.holdout_fraction}")
         for p in pairs:
             p.holdout = np.zeros(np.shape(p.labels), bool)
             p.holdout[:, p.holdout.shape[1] - max(1, round(args.holdout_fraction * p.holdout.shape[1])):] = True

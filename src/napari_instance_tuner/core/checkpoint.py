@@ -67,11 +67,19 @@ def file_sha256(path: str | os.PathLike) -> str:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it, so no partial file is left.
 
-    The file gets the permissions of the process umask (0644 under 022), like every other output.
+    The file gets the permissions of the process umask (0644 under 022), like every other output; OS errors
+    (a full disk...) propagate as they are, after the temporary file is removed.
     """
-    from .safe_write import write_atomic
+    from .safe_write import temp_name
 
-    write_atomic(path, lambda fh: fh.write(data), overwrite=True)
+    tmp = temp_name(Path(path))
+    try:
+        with open(tmp, "xb") as fh:  # "x": created by this call, with the umask's permissions
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict, half: bool = False) -> Path:

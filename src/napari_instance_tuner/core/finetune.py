@@ -67,8 +67,8 @@ class FinetuneSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
             raise InstanceTunerError(f"steps must be a whole number >= 1, got {self.steps}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise InstanceTunerError(f"the learning rate must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise InstanceTunerError(f"the learning rate must be a finite number >= 0, got {self.lr}")
         if self.batch_size < 1 or self.crop < 16:
             raise InstanceTunerError(f"batch_size must be >= 1 and crop >= 16, got {self.batch_size} and {self.crop}")
         if self.validate_every < 1:

@@ -121,7 +121,9 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
         number = float(value)
     except (TypeError, ValueError):
         raise ParamsError(f"parameter {spec.name!r} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
+    if math.isnan(number):
+        raise ParamsError(f"parameter {spec.name!r} is NaN")
+    if math.isinf(number):
         raise ParamsError(f"parameter {spec.name!r} must be a finite number, got {value!r}")
     if spec.kind is int:
         if number != int(number):
