@@ -77,7 +77,7 @@ def test_train_records_stain_elastic_and_extra_data(toy_split, tmp_path):
     assert not set(trained) & set(meta["training"]["val_images"])
 
 
-@pytest.mark.parametrize("args, message", [(["--stain-jitter", "1.5"], "p_stain must lie in [0, 1]"),
+@pytest.mark.parametrize("args, message", [(["--stain-jitter", "1.5"], "--stain-jitter: must be a finite number in [0, 1]"),
                                            (["--family", "layering", "--elastic", "0.5"],
                                             "elastic deformation is not implemented for the layering family")])
 def test_train_refuses_bad_augmentation_options(toy_split, worm_split, tmp_path, capsys, args, message):

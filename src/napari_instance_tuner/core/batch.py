@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from .batch_folder import RECIPE, SIDECAR, check_output_folder, folder_lock, output_stem, recipe_name
 from .data import IMAGE_SUFFIXES
 from .distributed import ModelRef, SerialExecutor, limit_threads
 from .errors import InstanceTunerError
 from .progress import Progress
+from .safe_write import atomic_folder, remove_stale_temporaries
 from .slide_segment import needs_model_scale, segment_file
-from .streaming import StreamSettings, image_shape, open_image, segment_tile, stream_segment
+from .streaming import StreamSettings, open_image, segment_tile, stream_segment
 
-SIDECAR = ".tuner.json"
 _EXTRA_SUFFIXES = (".svs", ".ndpi", ".scn", ".btf")
 
 
@@ -71,9 +72,7 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES + _EXTRA_SUFFIXES
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    return name[: -len(".ome.tif")] if name.lower().endswith(".ome.tif") else path.stem
+_stem = output_stem
 
 
 def recipe_key(recipe: dict) -> str:
@@ -151,7 +150,8 @@ class ImageReport:
     outputs: list[str] = field(default_factory=list)
     tiles: int = 1
     error: str = ""
-    notes: list[str] = field(default_factory=list)
+    note: str = ""  # about this image (e.g. its channels converted for the model)
+    notes: list[str] = field(default_factory=list)  # about the run, printed once per batch (e.g. pixel size)
 
 
 def _sidecar(job: BatchJob, path: Path) -> Path:
@@ -172,12 +172,12 @@ def already_done(job: BatchJob, path: Path) -> ImageReport | None:
                        0.0, info.get("outputs", []), int(info.get("tiles", 1)))
 
 
-def _finish(job: BatchJob, path: Path, report: ImageReport) -> ImageReport:
+def _finish(job: BatchJob, path: Path, report: ImageReport, recipe: str = RECIPE) -> ImageReport:
     from .safe_write import write_text
 
-    info = {"recipe_sha256": job.key, "input": input_signature(path), "shape": list(report.shape),
-            "objects": report.objects, "tiles": report.tiles, "seconds": round(report.seconds, 3),
-            "outputs": report.outputs}
+    info = {"recipe_sha256": job.key, "recipe": recipe, "input": input_signature(path),
+            "shape": list(report.shape), "objects": report.objects, "tiles": report.tiles,
+            "seconds": round(report.seconds, 3), "outputs": report.outputs}
     write_text(_sidecar(job, path), json.dumps(info, indent=1) + "\n", overwrite=True)
     return report
 
@@ -199,7 +199,8 @@ def write_objects(path: Path, objects: list) -> Path:
 
 
 def image_task(job: BatchJob, path: Path) -> ImageReport:
-    """Segment one image that fits in a tile, whole, and write its outputs and sidecar (runs on a worker)."""
+    """Segment one image that fits in a tile, whole, and write its outputs (runs on a worker; the sidecar is
+    written by :func:`run_batch`)."""
     from .data import read_image
     from .export import write_label_tiff, write_mask_stack
     from .progress import run
@@ -220,9 +221,8 @@ def image_task(job: BatchJob, path: Path) -> ImageReport:
                                             scores=instances.scores, overwrite=True).name)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch of hundreds
         return ImageReport(str(path), "failed", error=_one_line(exc), seconds=time.perf_counter() - start)
-    report = ImageReport(str(path), "done", tuple(np.shape(image)), instances.count,
-                         time.perf_counter() - start, outputs, notes=_unknown_size_note(loaded.meta))
-    return _finish(job, path, report)
+    return ImageReport(str(path), "done", tuple(np.shape(image)), instances.count,
+                       time.perf_counter() - start, outputs, notes=_unknown_size_note(loaded.meta))
 
 
 def _unknown_size_note(meta: dict) -> list[str]:
@@ -254,6 +254,8 @@ def tile_task(job: BatchJob, path: Path, grid, index: int, normaliser) -> Any:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
+    if isinstance(exc, InstanceTunerError) and text:  # a message written for the user: as it is
+        return text[0]
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
@@ -270,15 +272,15 @@ def _stream_image(job: BatchJob, path: Path, executor) -> Generator[Progress, No
                 yield result
 
     target = job.out_dir / f"{stem}.zarr"
-    result = yield from stream_segment(loaded or _LoadedMeta(job), path, job.params, out=target,
-                                       settings=job.settings, device=job.device, keep_objects=keep,
-                                       tile_runner=runner)
+    with atomic_folder(target, overwrite=True) as partial:  # a killed run leaves no half-filled <stem>.zarr
+        result = yield from stream_segment(loaded or _LoadedMeta(job), path, job.params, out=partial,
+                                           settings=job.settings, device=job.device, keep_objects=keep,
+                                           tile_runner=runner)
     outputs = [target.name]
     if result.objects is not None:
         outputs.append(write_objects(job.out_dir / f"{stem}_objects.npz", result.objects).name)
-    report = ImageReport(str(path), "done", tuple(result.labels.shape), result.count,
-                         time.perf_counter() - start, outputs, result.tiles)
-    return _finish(job, path, report)
+    return ImageReport(str(path), "done", tuple(result.labels.shape), result.count,
+                       time.perf_counter() - start, outputs, result.tiles)
 
 
 def _at_model_scale(job: BatchJob, path: Path) -> bool:
@@ -296,9 +298,8 @@ def _scaled_image(job: BatchJob, path: Path) -> Generator[Progress, None, ImageR
     done = yield from segment_file(job.model.get(), path, job.params, job.out_dir, _stem(path),
                                    formats=job.formats, roi=job.roi, pixel_size_um=job.pixel_size_um,
                                    settings=job.settings, device=job.device)
-    report = ImageReport(str(path), "done", tuple(done.region[2:]), done.count, time.perf_counter() - start,
-                         [p.name for p in done.written], done.tiles, notes=done.notes)
-    return _finish(job, path, report)
+    return ImageReport(str(path), "done", tuple(done.region[2:]), done.count, time.perf_counter() - start,
+                       [p.name for p in done.written], done.tiles, notes=done.notes)
 
 
 def _call(fn, *args):
@@ -331,19 +332,45 @@ def _keeps_masks(job: BatchJob) -> bool:
     return probe.masks is not None
 
 
+def check_outputs(job: BatchJob) -> None:
+    """Refuse, before any work, a batch that would replace an input or (without ``overwrite``, i.e. with
+    ``resume``) a file this package did not write; see :func:`.batch_folder.check_output_folder`."""
+    check_output_folder(job.out_dir, job.inputs, _keeps_masks(job), overwrite=not job.resume)
+
+
 def run_batch(job: BatchJob, executor=None) -> Generator[Progress, None, list[ImageReport]]:
     """Segment every input of ``job``; yields progress (images done / total), returns one report per image.
 
     ``executor`` is a :class:`~.distributed.SerialExecutor` (default) or :class:`~.distributed.DaskExecutor`.
+    The outputs are checked first (:func:`check_outputs`) and the folder is locked for the run. The recipe
+    file is written with the first finished image, before its sidecar: a run where every image failed
+    leaves none.
     """
+    check_outputs(job)
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(job.out_dir):
+        remove_stale_temporaries(job.out_dir)  # left by a killed run; the lock says none is running
+        return (yield from _run_locked(job, executor or SerialExecutor()))
+
+
+def _run_locked(job: BatchJob, executor) -> Generator[Progress, None, list[ImageReport]]:
     from .recipe import recipe_text
     from .safe_write import write_text
 
-    executor = executor or SerialExecutor()
-    job.out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(job.out_dir / "recipe.json", recipe_text(job.recipe), overwrite=True)
+    recipe = recipe_name(job.out_dir, job.key, {_stem(p) for p in job.inputs}, recipe_key)
+    written = {"recipe": False}
+
+    def finish(path: Path, report: ImageReport) -> ImageReport:
+        if report.status != "done":
+            return report
+        if not written["recipe"]:
+            write_text(job.out_dir / recipe, recipe_text(job.recipe), overwrite=True)
+            written["recipe"] = True
+        return _finish(job, path, report, recipe)
+
     total = len(job.inputs)
     reports: dict[str, ImageReport] = {}
+    notes: dict[str, str] = {}
     small, large = [], []
     for path in job.inputs:
         done = already_done(job, path) if job.resume else None
@@ -351,14 +378,23 @@ def run_batch(job: BatchJob, executor=None) -> Generator[Progress, None, list[Im
             reports[str(path)] = done
             continue
         try:
-            shape = _peek_shape(path)
+            shape, note = _plan(job, path)
         except Exception as exc:  # noqa: BLE001 - an unreadable image fails alone
             reports[str(path)] = ImageReport(str(path), "failed", error=_one_line(exc))
             continue
+        notes[str(path)] = note or ""
         grid = job.settings.grid(shape)
         (large if len(grid) > 1 or _at_model_scale(job, path) else small).append(path)
+    if any(r.status == "skipped" for r in reports.values()) and not (job.out_dir / recipe).exists():
+        write_text(job.out_dir / recipe, recipe_text(job.recipe), overwrite=True)
+        written["recipe"] = True
     yield Progress(len(reports), total, f"{len(reports)} of {total} images already done" if reports else "start")
     for _, report in executor.imap_unordered(_call, ((p, (image_task, job, p)) for p in small)):
+        report.note = notes.get(report.image, "")
+        try:
+            report = finish(Path(report.image), report)
+        except Exception as exc:  # noqa: BLE001 - e.g. the disk filled up: this image failed
+            report = ImageReport(report.image, "failed", error=_one_line(exc))
         reports[report.image] = report
         yield Progress(len(reports), total, f"{Path(report.image).name}: {report.status}", {"report": report})
     for path in large:
@@ -371,6 +407,8 @@ def run_batch(job: BatchJob, executor=None) -> Generator[Progress, None, list[Im
                     report = stop.value
                     break
                 yield Progress(len(reports), total, f"{path.name}: {p.message}", {"tile": p.done, "tiles": p.total})
+            report.note = notes.get(str(path), "")
+            report = finish(path, report)
         except Exception as exc:  # noqa: BLE001 - a failed slide fails alone
             report = ImageReport(str(path), "failed", error=_one_line(exc))
         reports[str(path)] = report
@@ -378,14 +416,13 @@ def run_batch(job: BatchJob, executor=None) -> Generator[Progress, None, list[Im
     return [reports[str(p)] for p in job.inputs]
 
 
-def _peek_shape(path: Path) -> tuple[int, int]:
-    """(H, W) of an image: from the TIFF header alone; other formats are small and read."""
-    source = open_image(path)
-    try:
-        return image_shape(source)
-    finally:
-        if hasattr(source, "close"):
-            source.close()
+def _plan(job: BatchJob, path: Path) -> tuple[tuple[int, int], str | None]:
+    """(H, W) of an image from its header (size limits and decompression bombs checked), and the note on its
+    channels for the model (:func:`.inputs.channel_note`; raises for channel counts the model cannot take)."""
+    from .inputs import channel_note, check_image_file, header_shape
+
+    shape = check_image_file(path, streamed=True)
+    return shape, channel_note(header_shape(path), int(job.recipe.get("in_channels") or 3))
 
 
 def summary_table(reports: list[ImageReport]) -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,17 +65,21 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it, so no partial file is left."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to a temporary file beside ``path`` and rename it, so no partial file is left.
+
+    The file gets the permissions of the process umask (0644 under 022), like every other output; OS errors
+    (a full disk...) propagate as they are, after the temporary file is removed.
+    """
+    from .safe_write import temp_name
+
+    tmp = temp_name(Path(path))
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:  # "x": created by this call, with the umask's permissions
             fh.write(data)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict, half: bool = False) -> Path:
@@ -160,7 +164,26 @@ def read_metadata(path: str | os.PathLike) -> dict:
     for required in ("family", "architecture"):
         if required not in meta:
             raise WeightsError(f"the metadata of {path.name!r} lacks {required!r}")
+    _check_meta_values(meta, path.name)
     return meta
+
+
+def _check_meta_values(meta: dict, name: str) -> None:
+    """Refuse metadata values that would give silently wrong results (0 objects, a crash deep inside)."""
+    scale = meta.get("pixel_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or not 0 < scale <= 64:
+        raise WeightsError(f"the metadata of {name!r} has pixel_scale {scale!r}; it must be a number in (0, 64]")
+    channels = meta.get("in_channels", 3)
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise WeightsError(f"the metadata of {name!r} has in_channels {channels!r}; it must be 1 or 3")
+    for key in ("tile_size", "tile_overlap"):
+        value = meta.get(key)
+        low = 16 if key == "tile_size" else 0
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 1 << 16):
+            raise WeightsError(f"the metadata of {name!r} has {key} {value!r}; it must be a whole number "
+                               f"from {low} to {1 << 16}")
+    if not isinstance(meta.get("architecture"), dict):
+        raise WeightsError(f"the metadata of {name!r} has an architecture that is not a JSON object")
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:

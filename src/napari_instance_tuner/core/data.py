@@ -6,12 +6,14 @@ Overlapping ground truth, where present, is ``labels/<id>_instances.npz`` with `
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InstanceTunerError
+from .errors import InputImageError, InstanceTunerError
+from .inputs import checked_labels
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -43,16 +45,31 @@ class Sample:
         return self.masks if self.masks is not None else self.labels
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a PNG/TIFF/JPEG/BMP as stored (TIFF through tifffile, others through imageio)."""
+def read_image(path: str | Path, *, streamed: bool = False) -> np.ndarray:
+    """Read a PNG/TIFF/JPEG/BMP as stored (TIFF through tifffile, others through imageio).
+
+    The header is checked first (:func:`.inputs.check_image_file`: size limits, decompression bombs);
+    ``streamed`` says the image will be processed tile by tile, so the one-piece limit does not apply.
+
+    Raises
+    ------
+    InputImageError
+        If the file is unreadable, not an image of its kind, empty or beyond the size limits.
+    """
+    from .inputs import check_image_file
+
     path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    check_image_file(path, streamed=streamed)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
 
-        return tifffile.imread(path)
-    import imageio.v3 as iio
+            return tifffile.imread(path)
+        import imageio.v3 as iio
 
-    return iio.imread(path)
+        return iio.imread(path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise InputImageError(f"{path.name!r} cannot be decoded: {str(exc).strip().splitlines()[0]}") from None
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -71,6 +88,9 @@ def load_split(split_dir: str | Path, names: list[str] | None = None) -> list[Sa
     """
     split_dir = Path(split_dir)
     images_dir, labels_dir = split_dir / "images", split_dir / "labels"
+    if not split_dir.is_dir():
+        raise InstanceTunerError(f"the data folder {str(split_dir)!r} does not exist" if not split_dir.exists()
+                                 else f"{str(split_dir)!r} is a file; give a folder with images/ and labels/")
     if not images_dir.is_dir() or not labels_dir.is_dir():
         raise InstanceTunerError(f"{split_dir} must contain 'images/' and 'labels/' folders")
     samples = []
@@ -80,12 +100,28 @@ def load_split(split_dir: str | Path, names: list[str] | None = None) -> list[Sa
         label_path = labels_dir / f"{path.stem}.tif"
         if not label_path.is_file():
             raise InstanceTunerError(f"no label file {label_path} for image {path.name}")
+        image = read_image(path)
+        labels = checked_labels(read_image(label_path), label_path.name, np.shape(image))
         npz = labels_dir / f"{path.stem}_instances.npz"
-        masks = np.load(npz)["masks"].astype(bool) if npz.is_file() else None
-        samples.append(Sample(path.stem, read_image(path), read_image(label_path).astype(np.int32), masks))
+        masks = _read_masks(npz, labels.shape) if npz.is_file() else None
+        samples.append(Sample(path.stem, image, labels, masks))
     if not samples:
         raise InstanceTunerError(f"no images found in {images_dir}")
     return samples
+
+
+def _read_masks(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The bool (N, H, W) mask stack of an ``_instances.npz`` file, checked against the labels' shape."""
+    try:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
+            masks = data["masks"]
+    except KeyError:
+        raise InputImageError(f"{path.name!r} has no 'masks' array (expected bool masks of shape (N, H, W))") from None
+    except Exception as exc:  # noqa: BLE001 - zip, pickle and format errors alike: the file is unusable
+        raise InputImageError(f"{path.name!r} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    if masks.ndim != 3 or masks.shape[1:] != tuple(shape):
+        raise InputImageError(f"{path.name!r} holds masks of shape {masks.shape}; expected (N, {shape[0]}, {shape[1]})")
+    return masks.astype(bool)
 
 
 def read_groups(split_dir: str | Path) -> dict[str, tuple[str, str]]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import WeightsError
+from .errors import InstanceTunerError, WeightsError
 
 #: Models loaded by this process (a dask worker process, or the client running tasks serially): sha256 ->
 #: LoadedModel, plus ``"_loads"``: how many were loaded. Explicitly a per-process cache, read only here.
@@ -170,7 +170,12 @@ def executor(scheduler: str | None = None, workers: int | None = None, threads_p
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            raise InstanceTunerError(f"cannot reach the dask scheduler at {scheduler!r} "
+                                     f"({type(exc).__name__}); check the address, or leave out --scheduler") from None
+        with client:
             yield DaskExecutor(client)
         return
     n = workers or default_workers(threads_per_worker)

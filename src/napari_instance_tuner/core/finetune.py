@@ -13,6 +13,7 @@ user sees whether the corrections generalise, and the best-scoring weights are t
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
@@ -64,6 +65,12 @@ class FinetuneSettings:
     amp: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise InstanceTunerError(f"steps must be a whole number >= 1, got {self.steps}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise InstanceTunerError(f"the learning rate must be a finite number >= 0, got {self.lr}")
+        if self.batch_size < 1 or self.crop < 16:
+            raise InstanceTunerError(f"batch_size must be >= 1 and crop >= 16, got {self.batch_size} and {self.crop}")
         if self.validate_every < 1:
             raise InstanceTunerError(f"validate_every must be at least 1, got {self.validate_every}")
         if self.patience is not None and self.patience < 1:

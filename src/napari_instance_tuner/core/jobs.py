@@ -5,7 +5,6 @@ Each job is a progress generator (see :mod:`.progress`) so the GUI can run it in
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -20,7 +19,7 @@ from .checkpoint import LoadedModel, save_checkpoint
 from .data import Sample, extra_training_samples, load_split, read_groups, validation_split
 from .errors import InstanceTunerError
 from .image import DEFAULT_NORMALISATION
-from .params import params_from_dict, params_to_dict
+from .params import params_from_dict, params_to_dict, read_params_file
 from .progress import CancelToken, Progress
 from .training import TrainConfig, refuse_amp
 
@@ -160,13 +159,17 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
         {"history": result.history, "best_epoch": result.best_epoch, "stopped": result.stopped,
          "train_seconds": round(result.wall_seconds, 1), "torch": _torch_version(), "python": platform.python_version()}
     )
-    out = save_checkpoint(options.out, model.state_dict(), meta, half=options.half)
-    loaded = load_model(out)
+    # The untuned model goes to the work folder: --out appears only once complete (tuned and evaluated).
+    untuned = save_checkpoint(Path(options.workdir) / f"{meta['name']}.untuned.safetensors", model.state_dict(),
+                              meta, half=options.half)
+    loaded = load_model(untuned)
     if val_samples:
         yield from tune_and_evaluate(loaded, meta, val_samples, groups, autotune=options.autotune,
                                      device=options.device, cancel=cancel)
     meta["training"]["wall_seconds"] = round(time.time() - started, 1)
-    return save_checkpoint(options.out, loaded.model.state_dict(), meta, half=options.half)
+    out = save_checkpoint(options.out, loaded.model.state_dict(), meta, half=options.half)
+    untuned.unlink(missing_ok=True)
+    return out
 
 
 def tune_and_evaluate(
@@ -216,9 +219,7 @@ def load_params(loaded: LoadedModel, params_file: str | None):
     base = loaded.family.default_params(loaded.meta)
     if not params_file:
         return base
-    values = json.loads(Path(params_file).read_text())
-    values = values.get("postprocess", values)  # accept a recipe or a plain dict
-    return params_from_dict(type(base), values, base)
+    return params_from_dict(type(base), read_params_file(params_file), base)
 
 
 __all__ = ["TrainOptions", "evaluate_samples", "load_params", "summarise", "train_job"]

@@ -17,8 +17,11 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ParamsError
@@ -120,6 +123,8 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
         raise ParamsError(f"parameter {spec.name!r} must be a number, got {value!r}") from None
     if math.isnan(number):
         raise ParamsError(f"parameter {spec.name!r} is NaN")
+    if math.isinf(number):
+        raise ParamsError(f"parameter {spec.name!r} must be a finite number, got {value!r}")
     if spec.kind is int:
         if number != int(number):
             raise ParamsError(f"parameter {spec.name!r} must be a whole number, got {value!r}")
@@ -127,3 +132,41 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
     if not spec.low <= number <= spec.high:
         raise ParamsError(f"parameter {spec.name!r}={value!r} is outside its range [{spec.low}, {spec.high}]")
     return number
+
+
+def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The parameter dict of a JSON file: a plain ``{"name": value}`` object or a recipe (its ``"postprocess"``).
+
+    Raises
+    ------
+    ParamsError
+        For a missing or unreadable file, a folder, text that is not JSON (``Infinity`` and ``NaN`` included)
+        or JSON that is not an object. The message names the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ParamsError(f"parameter file {str(path)!r} is a folder; give a JSON file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"parameter file {str(path)!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise ParamsError(f"parameter file {str(path)!r} is not text (expected JSON)") from None
+    except OSError as exc:
+        raise ParamsError(f"cannot read parameter file {str(path)!r}: {exc.strerror or exc}") from None
+    if not text.strip():
+        raise ParamsError(f"parameter file {str(path)!r} is empty (expected a JSON object)")
+    try:
+        values = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        raise ParamsError(f"parameter file {str(path)!r} is not valid JSON: {exc}") from None
+    if isinstance(values, dict) and "postprocess" in values:  # a recipe or a checkpoint card
+        values = values["postprocess"]
+    if not isinstance(values, dict):
+        raise ParamsError(f"parameter file {str(path)!r} holds a JSON {type(values).__name__}, "
+                          "not an object of parameter names and values")
+    return values
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")

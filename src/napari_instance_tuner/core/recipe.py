@@ -231,21 +231,14 @@ def resolve_weights(recipe: dict, weights: str | os.PathLike | None = None) -> P
         If no candidate exists, or the file found has another SHA-256 (the weights changed since the recipe).
     """
     info = recipe["weights"]
-    candidates = [resolve_model_path(weights)] if weights is not None else []
-    if weights is None:
-        if info.get("path"):
-            candidates.append(Path(info["path"]))
-        if info.get("file") and recipe.get("_recipe_dir"):
-            candidates.append(Path(recipe["_recipe_dir"]) / info["file"])
-        shipped = shipped_models()
-        for name in (info.get("name"), Path(info.get("file") or "").stem):
-            if name in shipped:
-                candidates.append(shipped[name])
+    candidates = [resolve_model_path(weights)] if weights is not None else _recorded_candidates(recipe)
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
-        tried = ", ".join(str(p) for p in candidates) or "nothing"
-        raise WeightsError(f"the recipe's weights {info.get('file') or info.get('name')!r} were not found "
-                           f"(looked at {tried}); pass the file explicitly")
+        tried = ", ".join(str(p) for p in candidates) or "no usable name"
+        raise WeightsError(f"the recipe's weights {_plain_name(info.get('file')) or info.get('name')!r} were not "
+                           f"found (looked at {tried}); pass the file with --model")
+    if weights is None:
+        read_metadata(found)  # one of our checkpoints (header only) before it is hashed
     digest = file_sha256(found)
     if digest != info["sha256"]:
         raise WeightsError(
@@ -253,6 +246,32 @@ def resolve_weights(recipe: dict, weights: str | os.PathLike | None = None) -> P
             f"{info['sha256'][:12]}…: these are different weights, so the result would differ"
         )
     return found
+
+
+def _plain_name(name: Any) -> str | None:
+    """``name`` if it is a bare ``.safetensors`` file name (no folder, no ``..``), else None."""
+    if not isinstance(name, str) or not name.endswith(".safetensors"):
+        return None
+    return name if Path(name).name == name and name not in (".", "..") and "\\" not in name else None
+
+
+def _recorded_candidates(recipe: dict) -> list[Path]:
+    """Where a recipe's weights may be, by name only: the recorded ``.safetensors`` path when its file name is
+    the recorded one, the same name beside the recipe, a shipped model of the recorded name. A recipe is
+    data from someone else: a path to any other kind of file is never followed."""
+    info = recipe["weights"]
+    file = _plain_name(info.get("file"))
+    candidates = []
+    recorded = info.get("path")
+    if file and isinstance(recorded, str) and Path(recorded).name == file and ".." not in Path(recorded).parts:
+        candidates.append(Path(recorded))
+    if file and recipe.get("_recipe_dir"):
+        candidates.append(Path(recipe["_recipe_dir"]) / file)
+    shipped = shipped_models()
+    for name in (info.get("name"), Path(file or "").stem):
+        if isinstance(name, str) and name in shipped:
+            candidates.append(shipped[name])
+    return candidates
 
 
 def recipe_model(recipe: dict, weights: str | os.PathLike | None = None) -> LoadedModel:

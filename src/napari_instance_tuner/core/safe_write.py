@@ -6,9 +6,12 @@ Problems become :class:`ExportError` messages that name the file and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import secrets
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +49,25 @@ def check_target(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
+def check_creatable(path: str | os.PathLike, what: str) -> Path:
+    """Check that ``path`` (a file or folder, which may not exist yet) can be made: its nearest existing
+    ancestor is a folder this process may write in. ``what`` names it in messages; returns that ancestor.
+
+    Raises
+    ------
+    ExportError
+        If a file is in the way or the folder is not writable.
+    """
+    folder = Path(path).parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ExportError(f"cannot write {what}: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {what}: no permission to write in {str(folder)!r}")
+    return folder
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], overwrite: bool = False) -> Path:
     """Write a file through ``write(fh)`` into a temporary file beside ``path``, then rename it into place.
 
@@ -58,7 +80,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], ove
         As for :func:`check_target`; ``ExportError`` also for OS errors while writing (disk full...).
     """
     path = check_target(path, overwrite)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = temp_name(path)
     try:
         with open(tmp, "xb") as fh:
             write(fh)
@@ -84,3 +106,66 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], ove
 def write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
     """Write UTF-8 text safely (see :func:`write_atomic`)."""
     return write_atomic(path, lambda fh: fh.write(text.encode("utf-8")), overwrite)
+
+
+#: Names of the temporary files and folders made here: ``.<name>.<8 hex digits>.tmp``.
+TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def temp_name(path: Path) -> Path:
+    """A fresh hidden temporary name beside ``path`` (matches :data:`TEMP_NAME`)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill; renamed to ``path`` when the ``with`` block succeeds.
+
+    Readers never see a partial folder at ``path``: a failure (or a kill) leaves at most a hidden temporary
+    folder, removed on failure. An existing ``path`` is replaced only with ``overwrite``.
+
+    Raises
+    ------
+    OverwriteError, ExportError
+        As for :func:`check_target`, and for OS errors while renaming.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ExportError(f"cannot write {path.name!r}: the folder {str(path.parent)!r} does not exist")
+    if path.exists() and not overwrite:
+        raise OverwriteError(f"{str(path)!r} exists; choose another name or allow overwriting")
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        old = temp_name(path) if path.exists() else None
+        if old is not None:
+            os.replace(path, old)  # moved aside first: a folder cannot be renamed onto a non-empty one
+        os.replace(tmp, path)
+        if old is not None:
+            _remove(old)
+    except OSError as exc:
+        raise ExportError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary files and folders a killed run left in ``folder``; returns their names.
+
+    Call it only while no other run writes there (e.g. holding the folder's lock).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if TEMP_NAME.match(p.name)]
+    for p in stale:
+        _remove(p)
+    return [p.name for p in stale]

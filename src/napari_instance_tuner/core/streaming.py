@@ -143,7 +143,7 @@ def open_image(source: Any) -> Any:
             return zarr.open_array(str(path), mode="r")
         from .data import read_image
 
-        return read_image(path)
+        return read_image(path, streamed=True)
     if isinstance(source, (list, tuple)):
         return open_image(source[0])
     if hasattr(source, "shape") and hasattr(source, "__getitem__"):

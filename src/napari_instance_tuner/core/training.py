@@ -349,15 +349,18 @@ def fit(
     resume_path = Path(resume_path) if resume_path else None
     saved: dict = {}
     if resume_path is not None and resume_path.is_file():
-        saved = torch.load(resume_path, map_location=device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
+        saved = read_resume(resume_path, device)
+        try:
+            model.load_state_dict(saved["model"])
+            optimiser.load_state_dict(saved["optimiser"])
+            best_state = saved["best_state"]
+            state = saved["state"]
+            rng.bit_generator.state = saved["numpy_rng"]
+            torch.set_rng_state(saved["torch_rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ParamsError(_resume_refusal(resume_path, exc)) from None
         for group in optimiser.param_groups:  # a resumed run takes the learning rate it is given now
             group["lr"] = config.lr
-        best_state = saved["best_state"]
-        state = saved["state"]
-        rng.bit_generator.state = saved["numpy_rng"]
-        torch.set_rng_state(saved["torch_rng"])
     # Made after a resume file is read: a run that did not average before starts its average there.
     ema = make_ema(model, config.ema_decay) if config.ema_decay > 0 else None
     if ema is not None and "ema" in saved:
@@ -454,3 +457,29 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(best_state, state["best_score"], state["best_epoch"], state["history"], state["elapsed"], stopped)
+
+
+def read_resume(path: str | Path, map_location: Any = "cpu") -> dict:
+    """A resume file's content, read with ``torch.load(weights_only=True)`` (tensors and plain values only).
+
+    Raises
+    ------
+    ParamsError
+        If the file is corrupt, truncated, not a resume file, or holds anything but tensors and plain values;
+        the message says to delete it (or choose another work folder) to start afresh.
+    """
+    import torch
+
+    try:
+        saved = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike: the file is unusable
+        raise ParamsError(_resume_refusal(path, exc)) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) or "epoch" not in saved["state"]:
+        raise ParamsError(_resume_refusal(path, None))
+    return saved
+
+
+def _resume_refusal(path: str | Path, exc: BaseException | None) -> str:
+    kind = "" if exc is None else f" ({type(exc).__name__})"
+    return (f"the resume file {str(path)!r} is corrupt, from another version or not a resume file{kind}; "
+            "delete it to start afresh, or give another --workdir")

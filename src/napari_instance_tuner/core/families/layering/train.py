@@ -24,7 +24,7 @@ from ...augment import AugmentConfig, photometric, random_corner, random_scale, 
 from ...data import Sample
 from ...image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
 from ...progress import CancelToken, Progress
-from ...training import TrainConfig, TrainResult, fit, make_validator, seed_everything
+from ...training import TrainConfig, TrainResult, fit, make_validator, read_resume, seed_everything
 
 #: The paper's adjacency distance t, in pixels of the data.
 ADJACENCY_DISTANCE = 15.0
@@ -496,9 +496,7 @@ def train_layering(
         if result1.stopped == "cancelled" or phase2 == 0:
             return model, replace(result1, history=history)
     else:
-        import torch
-
-        saved = torch.load(resume1, map_location="cpu", weights_only=True) if resume1.is_file() else None
+        saved = read_resume(resume1) if resume1.is_file() else None
         if saved is not None:
             history += [{**r, "phase": 1} for r in saved["state"]["history"]]
             wall += saved["state"]["elapsed"]

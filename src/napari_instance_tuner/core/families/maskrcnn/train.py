@@ -31,7 +31,7 @@ from ...augment import AugmentConfig, photometric, random_scale, random_symmetry
 from ...data import Sample
 from ...image import resize_to
 from ...progress import CancelToken, Progress
-from ...training import TrainConfig, TrainResult, fit, make_validator, seed_everything
+from ...training import TrainConfig, TrainResult, fit, make_validator, read_resume, seed_everything
 
 
 @dataclass(frozen=True)
@@ -237,12 +237,9 @@ def _resumed_steps(resume_path, steps_per_epoch: int) -> int:
     """Optimiser steps already done according to a resume file of ``fit`` (0 without one)."""
     from pathlib import Path
 
-    import torch
-
     if not resume_path or not Path(resume_path).is_file():
         return 0
-    saved = torch.load(resume_path, map_location="cpu", weights_only=True)
-    return int(saved["state"]["epoch"]) * steps_per_epoch
+    return int(read_resume(resume_path)["state"]["epoch"]) * steps_per_epoch
 
 
 def initialise(model, options: MaskRCNNTrainOptions) -> dict | None:

@@ -55,13 +55,16 @@ def _read_pth(path: Path) -> dict:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise before the refusal below
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         raise WeightsError(
-            f"{path.name!r} holds pickled code or objects other than tensors and was refused "
-            f"(only plain state_dicts load; weights_only=True): {str(exc).splitlines()[0]}"
+            f"{path.name!r} holds pickled code or objects other than tensors and was refused: only plain "
+            "state_dicts of tensors are loaded, and a file that needs more is never unpickled"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WeightsError(f"{path.name!r} is not a readable PyTorch weights file: {exc}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in reason:  # torch's advice to unpickle anyway is not passed on
+            reason = "it is not a plain state_dict"
+        raise WeightsError(f"{path.name!r} is not a readable PyTorch weights file: {reason}") from None
     for key in ("model", "state_dict"):  # training checkpoints that wrap the state_dict
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
