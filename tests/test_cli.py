@@ -77,7 +77,22 @@ def test_train_records_stain_elastic_and_extra_data(toy_split, tmp_path):
     assert not set(trained) & set(meta["training"]["val_images"])
 
 
-@pytest.mark.parametrize("args, message", [(["--stain-jitter", "1.5"], "--stain-jitter: must be a finite number in [0, 1]"),
+def test_train_shows_a_step_bar_and_epoch_lines_unless_quiet(toy_split, tmp_path, capsys):
+    args = ["train", "--data", str(toy_split), "--out", str(tmp_path / "bar.safetensors"), "--epochs", "2",
+            "--steps-per-epoch", "2", "--base-channels", "4", "--depth", "2", "--crop", "32", "--batch-size", "2",
+            "--pixel-scale", "1", "--validate-every", "1", "--val-fraction", "0.25", "--no-autotune",
+            "--workdir", str(tmp_path / "work")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "epoch    1 loss=" in captured.out and "epoch    2 loss=" in captured.out
+    assert "train" in captured.err and "4/4" in captured.err  # the bar counts the 2 x 2 steps on stderr
+    assert main([*args[:4], str(tmp_path / "quiet.safetensors"), *args[5:], "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert "epoch" not in quiet.out and "4/4" not in quiet.err
+
+
+@pytest.mark.parametrize("args, message", [(["--stain-jitter", "1.5"],
+                                            "--stain-jitter: must be a finite number in [0, 1]"),
                                            (["--family", "layering", "--elastic", "0.5"],
                                             "elastic deformation is not implemented for the layering family")])
 def test_train_refuses_bad_augmentation_options(toy_split, worm_split, tmp_path, capsys, args, message):

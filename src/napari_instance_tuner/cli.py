@@ -41,18 +41,31 @@ EPILOG = """examples:
 Add --debug to any command to see the full traceback of a failure."""
 
 
-def _progress_printer(quiet: bool):
+def _progress_printer(quiet: bool, bar=None):
+    """A progress callback for ``train``: one stdout line per epoch and per stage message; with a tqdm
+    ``bar`` (on stderr) also the training steps done, so that a run shows life before its first epoch."""
     last = {"msg": None}
+
+    def say(text: str) -> None:
+        if bar is not None:
+            bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
 
     def show(p) -> None:
         if quiet:
             return
+        if bar is not None and "epoch" in p.message and p.total:
+            if p.total != bar.total:
+                bar.reset(total=p.total)
+            bar.n = min(p.done, p.total)
+            bar.refresh()
         if "epoch" in p.info:  # an epoch record: one line each
             rec = p.info
             extra = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k.startswith("val_"))
-            print(f"epoch {rec['epoch']:4d} loss={rec['loss']:.4f} {extra} t={rec['time']:.0f}s", flush=True)
+            say(f"epoch {rec['epoch']:4d} loss={rec['loss']:.4f} {extra} t={rec['time']:.0f}s")
         elif p.message != last["msg"] and "tile" not in p.message and "epoch" not in p.message:
-            print(p.message, flush=True)
+            say(p.message)
         last["msg"] = p.message
 
     return show
@@ -139,7 +152,11 @@ def cmd_train(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    out = run(train_job(options), _progress_printer(args.quiet))
+    from tqdm import tqdm
+
+    with tqdm(total=0, unit="step", desc="train", disable=args.quiet, file=sys.stderr, dynamic_ncols=True,
+              mininterval=1.0) as bar:
+        out = run(train_job(options), _progress_printer(args.quiet, bar))
     print(f"saved {out}")
     return 0
 
@@ -557,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-autotune", action="store_true",
                    help="keep the default post-processing instead of tuning it on the validation split")
     t.add_argument("--float32", action="store_true", help="store float32 weights (default float16)")
-    t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     t.set_defaults(func=cmd_train)
 
     p = command("predict", "segment images, folders or glob patterns (resumable; dask for scale-out)",
