@@ -76,7 +76,8 @@ def cmd_models(args) -> int:
 
     for name, path in shipped_models().items():
         card = model_card(name)
-        print(f"{name}\t{card.get('family', '?')}\t{card.get('summary', '')}\t{path}")
+        default = "".join(f"\tdefault for {kind} images" for kind in card.get("default_for", []))
+        print(f"{name}\t{card.get('family', '?')}\t{card.get('summary', '')}\t{path}{default}")
     return 0
 
 

@@ -351,3 +351,22 @@ def test_removing_the_image_releases_its_cached_maps(with_image, viewer, run, qt
     qtbot.wait(50)
     gc.collect()
     assert maps() is None and layer not in with_image.results
+
+
+def test_an_rgb_image_is_proposed_the_default_gland_model_until_the_user_chooses(segment, viewer, qtbot):
+    from napari_instance_tuner.core.checkpoint import default_model
+    from napari_instance_tuner.core.synthetic import synthetic_glands
+
+    gland_model = default_model("rgb")
+    assert gland_model is not None
+    rgb, _ = synthetic_glands((64, 96), seed=0)
+    viewer.add_image(rgb, name="he", rgb=True)
+    assert segment.image.value is viewer.layers["he"]
+    assert segment.models.selected == gland_model
+    assert "proposed for RGB images" in segment.models.card.value
+    other = next(name for name in segment.models._keys() if name != gland_model)
+    segment.models.combo.value = other  # the user's choice: loads it, and no proposal replaces it
+    qtbot.waitUntil(lambda: not segment.busy, timeout=30_000)
+    viewer.add_image(rgb, name="he 2", rgb=True)
+    segment.image.value = viewer.layers["he 2"]
+    assert segment.models.selected == other

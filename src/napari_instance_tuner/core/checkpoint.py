@@ -266,6 +266,20 @@ def model_card(name: str) -> dict:
     return json.loads(card.read_text()) if card.is_file() else {}
 
 
+def default_model(kind: str) -> str | None:
+    """The shipped model proposed for images of ``kind`` ("rgb" or "grey"), from the cards' ``default_for``.
+
+    Examples
+    --------
+    >>> default_model("rgb") in shipped_models()
+    True
+    """
+    for name in shipped_models():
+        if kind in model_card(name).get("default_for", []):
+            return name
+    return None
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     """A shipped model's name or a file path -> the file path."""
     shipped = shipped_models()

@@ -58,6 +58,7 @@ class ModelPicker:
         self._job: Job | None = None
         self._files: list[str] = []
         self._silent = False
+        self.user_chose = False  # True once the user picked a model: no proposal replaces it
         self.combo = ComboBox(label="model", choices=self._choices)
         self.combo.tooltip = "Shipped models by name, and weights files you loaded"
         self.combo.changed.connect(self._selected)
@@ -97,6 +98,8 @@ class ModelPicker:
     def load(self, key: str) -> Job:
         """Load the model ``key`` (a shipped name or a path) in the background."""
         from ..core.checkpoint import load_model
+
+        self.user_chose = True  # a model loaded (browsed, picked or run) is never replaced by a proposal
 
         if key not in self._keys():
             self._files.append(key)
@@ -139,8 +142,23 @@ class ModelPicker:
             self._silent = False
         self._show_card()
 
+    def propose(self, rgb: bool) -> None:
+        """Select the shipped model made the default for RGB (or grey) images, unless the user chose one.
+
+        The card says why (``default_for`` in the model card; see :func:`~..core.checkpoint.default_model`).
+        """
+        from ..core.checkpoint import default_model
+
+        name = default_model("rgb" if rgb else "grey")
+        if self.user_chose or self.loading or name is None or name == self.selected:
+            return
+        self._set_choice(name)
+        self.card.value = f"{self.card.value}\n(proposed for {'RGB' if rgb else 'grey'} images)"
+
     def _selected(self, key: str | None) -> None:
         self._show_card()
+        if not self._silent and key is not None:
+            self.user_chose = True
         if not self._silent and key is not None and key != self.loaded_key:
             self.load(key)
 

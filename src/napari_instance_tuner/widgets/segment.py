@@ -513,6 +513,8 @@ class SegmentWidget(QWidget):
         self._show_note()
 
     def _image_selected(self, *_: Any) -> None:
+        if self.image.value is not None:
+            self.models.propose(bool(getattr(self.image.value, "rgb", False)))
         result = self.results.get(self.image.value) or self.streamed.get(self.image.value)
         if result is not None and result.model.family.name == self._params_family:
             self.params.set_values(result.params)
