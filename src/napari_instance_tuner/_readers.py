@@ -7,6 +7,7 @@ when the path is not for it (napari then asks its other readers). Problems are r
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ def read_slide(path: str | list[str]) -> LayerData:
     if size is not None:
         kwargs.update(scale=(size, size), units=("micrometer", "micrometer"))
     data = slide.levels if len(slide.levels) > 1 else slide.levels[0]
+    if slide.closer is not None:
+        # The levels read the open file lazily for as long as the layer lives: close it with them (the
+        # callback holds the reader's close method only, not the arrays, so it does not keep them alive).
+        weakref.finalize(slide.levels[0], slide.closer)
     return [(data, kwargs, "image")]
 
 

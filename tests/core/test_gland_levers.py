@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
-
 from conftest import disks_labels
+
 from napari_instance_tuner.core.augment import AugmentConfig, elastic, photometric, stain_jitter
-from napari_instance_tuner.core.data import extra_training_samples
+from napari_instance_tuner.core.data import Sample, extra_training_samples
 from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess
 from napari_instance_tuner.core.families.three_branch.targets import TargetConfig, make_targets
 from napari_instance_tuner.core.families.three_branch.train import BatchMaker, prepare_samples
-from napari_instance_tuner.core.data import Sample
 from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.params import params_from_dict, params_to_dict
 
@@ -98,7 +97,7 @@ def test_watershed_splits_touching_objects_and_fills_the_foreground():
     assert out.dtype == np.uint32 and out.max() == 2
     assert np.array_equal(out > 0, labels > 0)  # no pixel of the foreground lost to boundaries
     for i in (1, 2):
-        values, counts = np.unique(out[labels == i], return_counts=True)
+        _, counts = np.unique(out[labels == i], return_counts=True)
         assert counts.max() / counts.sum() > 0.9
 
 
@@ -137,7 +136,7 @@ def test_watershed_is_off_by_default_and_old_parameter_files_still_load():
     assert params_from_dict(ThreeBranchParams, old).watershed is False
 
 
-def _write_split(folder, names, grades):
+def _write_split(folder, names):
     import tifffile
     from imageio.v3 import imwrite
 
@@ -147,14 +146,13 @@ def _write_split(folder, names, grades):
         labels = disks_labels((16, 16), ((8, 8),), 4).astype(np.uint16)
         imwrite(folder / "images" / f"{n}.png", np.stack([labels.astype(np.uint8) * 100] * 3, -1))
         tifffile.imwrite(folder / "labels" / f"{n}.tif", labels)
-    return grades
 
 
 def test_extra_training_data_leaves_out_validation_patients(tmp_path):
     grade = tmp_path / "Grade.csv"
     grade.write_text("name,patient ID, grade (GlaS), grade (Sirinukunwattana et al. 2015)\n"
                      "testA_1,4, benign, healthy\ntestA_2,7, malignant, x\ntestA_3,4, benign, healthy\n")
-    _write_split(tmp_path / "testA", ["testA_1", "testA_2", "testA_3"], None)
+    _write_split(tmp_path / "testA", ["testA_1", "testA_2", "testA_3"])
     samples = extra_training_samples([tmp_path / "testA"], held_patients={"4"})
     assert [s.name for s in samples] == ["testA_2"]
     assert len(extra_training_samples([tmp_path / "testA"], held_patients=set())) == 3
