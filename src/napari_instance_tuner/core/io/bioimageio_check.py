@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import inspect
 import re
+import gc
 import textwrap
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,14 +118,22 @@ def check_package(path: str | Path, reproduce: bool = True) -> CheckReport:
     source = Path(path)
     if source.is_dir():
         source = source / "rdf.yaml"
-    summary = load_description(source).validation_summary
-    report = CheckReport(summary.status, _entries(summary.errors), _entries(summary.warnings))
-    if reproduce:
-        try:
-            from bioimageio.core import test_model
-        except ImportError:
-            return report
-        tested = test_model(source)
-        report.test_status = tested.status
-        report.test_errors = _entries(tested.errors)
+    with warnings.catch_warnings():
+        # bioimageio.spec and .core leave the package's files open; close them quietly below.
+        warnings.simplefilter("ignore", ResourceWarning)
+        # TorchScript is deprecated in PyTorch, but it is the format bioimage.io consumers run.
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        summary = load_description(source).validation_summary
+        report = CheckReport(summary.status, _entries(summary.errors), _entries(summary.warnings))
+        if reproduce:
+            try:
+                from bioimageio.core import test_model
+            except ImportError:
+                test_model = None
+            if test_model is not None:
+                tested = test_model(source)
+                report.test_status = tested.status
+                report.test_errors = _entries(tested.errors)
+        del summary
+        gc.collect()
     return report

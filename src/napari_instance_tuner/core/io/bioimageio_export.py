@@ -261,6 +261,7 @@ def _rdf_text(loaded, network: PackageNetwork, info: PackageInfo, input_shape, f
         weights["torchscript"] = {"source": "weights.torchscript.pt", "pytorch_version": _torch_version(),
                                   "parent": "pytorch_state_dict"}
     name = str(loaded.name)
+    name = name if len(name) >= 5 else f"{name} model"  # the spec wants 5 to 128 characters
     rdf = {
         "format_version": FORMAT_VERSION,
         "type": "model",
