@@ -105,8 +105,14 @@ def test_crop(image: np.ndarray, meta: dict, network: PackageNetwork) -> np.ndar
     InstanceTunerError
         If the image at network scale is smaller than the network's size step.
     """
-    arr = rescale(to_channels_last(image, network.in_channels), float(meta.get("pixel_scale", 1.0)))
+    scale = float(meta.get("pixel_scale", 1.0))
     step = network.size_step
+    shape = np.shape(image)
+    if len(shape) == 2 or shape[-1] <= 4:  # (H, W[, C]): only a central window is read (images may be lazy)
+        window = int(np.ceil((TEST_EDGE + 2 * step) / scale))
+        y0, x0 = max(0, (shape[0] - window) // 2), max(0, (shape[1] - window) // 2)
+        image = image[y0 : y0 + window, x0 : x0 + window]
+    arr = rescale(to_channels_last(np.asarray(image), network.in_channels), scale)
     edge = min(TEST_EDGE, *arr.shape[:2]) // step * step
     if edge < step:
         raise InstanceTunerError(f"the sample image is {arr.shape[0]} x {arr.shape[1]} pixels at network scale; "
