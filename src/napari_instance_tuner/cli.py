@@ -261,6 +261,7 @@ def cmd_export_model(args) -> int:
                        sample_name=f"the image {Path(args.sample).name}")
     if args.author:
         info.authors = list(args.author)
+    info.maintainers = list(args.maintainer or [])
     out = export_package(loaded, read_image(args.sample), args.out, info)
     print(f"wrote bioimage.io package {out} ({loaded.family.name}, from {loaded.name})")
     if args.no_check:
@@ -466,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a real image of the kind the model segments: the test tensors and cover are cut from it")
     x.add_argument("--pixel-size", type=float, help="pixel size (micrometres) of the images the model was made for")
     x.add_argument("--author", action="append", help="author name (repeat for several)")
+    x.add_argument("--maintainer", action="append", help="GitHub user name of a maintainer (repeat for several; the check looks it up online)")
     x.add_argument("--license", default="BSD-3-Clause", help="SPDX licence of the weights")
     x.add_argument("--description", help="one-line description (default: the model card's summary)")
     x.add_argument("--no-check", action="store_true", help="skip the bioimageio.spec / bioimageio.core check")

@@ -62,6 +62,8 @@ def test_export_writes_a_complete_package(packages, family):
     assert rdf["inputs"][0]["preprocessing"][0]["id"] == "scale_range"
     assert rdf["inputs"][0]["axes"][2]["scale"] == 0.5 and rdf["inputs"][0]["axes"][2]["unit"] == "micrometer"
     assert rdf["cite"] == list(loaded.family.citations) and rdf["authors"] == [{"name": "A. Tester"}]
+    assert rdf["maintainers"] == []
+    assert {"sample_input.tif", "sample_output.tif"} <= names
     # Test tensors at network scale, a multiple of the size step; outputs are probabilities.
     assert test_input.dtype == np.float32 and test_input.shape[:2] == (1, network.in_channels)
     assert test_input.shape[2] % network.size_step == 0
@@ -91,6 +93,8 @@ def test_packages_pass_bioimageio_spec_and_core(packages, family):
 
     report = check_package(packages[family][1], reproduce=True)
     assert report.errors == [] and report.format_status in ("valid-format", "passed"), report.summary()
+    # A maintainer's GitHub user would silence the one warning, but the spec checks it online.
+    assert [w.split(":")[0] for w in report.warnings] == ["rdf"] and "maintainers" in report.warnings[0]
     try:
         import bioimageio.core  # noqa: F401
     except ImportError:

@@ -65,6 +65,8 @@ class CheckReport:
         ``bioimageio.core.test_model``'s status (``"passed"`` or ``"failed"``); None where not run.
     test_errors : list of str
         Its errors.
+    test_note : str
+        Why the test tensors were not reproduced, where they were not.
     """
 
     format_status: str
@@ -72,6 +74,7 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     test_status: str | None = None
     test_errors: list[str] = field(default_factory=list)
+    test_note: str = "not requested"
 
     @property
     def ok(self) -> bool:
@@ -83,7 +86,7 @@ class CheckReport:
         lines = [f"bioimageio.spec: {self.format_status}, {len(self.errors)} errors, {len(self.warnings)} warnings"]
         lines += [f"  error: {e}" for e in self.errors] + [f"  warning: {w}" for w in self.warnings]
         if self.test_status is None:
-            lines.append("bioimageio.core: not installed, test tensors not reproduced")
+            lines.append(f"bioimageio.core: test tensors not reproduced ({self.test_note})")
         else:
             lines.append(f"bioimageio.core test_model (test tensors reproduced): {self.test_status}")
             lines += [f"  error: {e}" for e in self.test_errors]
@@ -130,6 +133,7 @@ def check_package(path: str | Path, reproduce: bool = True) -> CheckReport:
                 from bioimageio.core import test_model
             except ImportError:
                 test_model = None
+                report.test_note = "bioimageio.core is not installed"
             if test_model is not None:
                 tested = test_model(source)
                 report.test_status = tested.status

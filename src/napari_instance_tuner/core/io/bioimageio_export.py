@@ -47,6 +47,8 @@ class PackageInfo:
     ----------
     authors : list of str
         Names of the people who made the model (default: the plugin's contributors).
+    maintainers : list of str
+        GitHub user names of the people who answer questions about the package (bioimage.io asks for one).
     pixel_size : float or None
         Edge of one pixel of the images the model was made for, in micrometres (before ``pixel_scale``).
     license : str
@@ -58,6 +60,7 @@ class PackageInfo:
     """
 
     authors: list[str] = field(default_factory=lambda: ["napari-instance-tuner contributors"])
+    maintainers: list[str] = field(default_factory=list)
     pixel_size: float | None = None
     license: str = "BSD-3-Clause"
     description: str | None = None
@@ -169,6 +172,8 @@ def export_package(loaded, sample: np.ndarray, out: str | Path, info: PackageInf
         "weights.pt": _state_dict_bytes(wrapper),
         "test_input.npy": _npy_bytes(test_input),
         "test_output.npy": _npy_bytes(test_output),
+        "sample_input.tif": _tiff_bytes(test_input[0]),
+        "sample_output.tif": _tiff_bytes(test_output[0]),
         "cover.png": _cover_png(test_input, test_output, meta.get("normalisation")),
         "README.md": _documentation(loaded, network, info).encode(),
     }
@@ -198,6 +203,15 @@ def export_package(loaded, sample: np.ndarray, out: str | Path, info: PackageInf
 def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _tiff_bytes(array: np.ndarray) -> bytes:
+    """(C, H, W) float32 as a TIFF: the human-readable sample tensors (the spec wants imageio-readable files)."""
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array, photometric="minisblack")  # channels as pages, never read as RGB
     return buf.getvalue()
 
 
@@ -275,6 +289,7 @@ def _rdf_text(loaded, network: PackageNetwork, info: PackageInfo, input_shape, f
         "description": (info.description or card.get("summary") or meta.get("summary")
                         or f"{loaded.family.name} instance segmentation model exported by napari-instance-tuner"),
         "authors": [{"name": a} for a in info.authors],
+        "maintainers": [{"github_user": m} for m in info.maintainers],
         "cite": list(loaded.family.citations),
         "license": info.license,
         "tags": ["instance-segmentation", "napari-instance-tuner", loaded.family.name, "pytorch", "2d"],
@@ -286,6 +301,7 @@ def _rdf_text(loaded, network: PackageNetwork, info: PackageInfo, input_shape, f
             "description": f"{info.sample_name}, resized by {pixel_scale:g} (napari-instance-tuner's pixel_scale)",
             "axes": _axes(network, in_names, scale, unit, lambda a: {"min": step, "step": step}),
             "test_tensor": {"source": "test_input.npy"},
+            "sample_tensor": {"source": "sample_input.tif"},
             "data": {"type": "float32"},
             "preprocessing": preprocessing,
         }],
@@ -295,6 +311,7 @@ def _rdf_text(loaded, network: PackageNetwork, info: PackageInfo, input_shape, f
             "axes": _axes(network, list(network.channels), scale, unit,
                           lambda a: {"tensor_id": "input", "axis_id": a}),
             "test_tensor": {"source": "test_output.npy"},
+            "sample_tensor": {"source": "sample_output.tif"},
             "data": {"type": "float32", "range": [0.0, 1.0]},
         }],
         "weights": weights,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -164,7 +165,9 @@ def read_package(path: str | Path) -> tuple[dict, dict, str]:
     source = rdf["weights"]["pytorch_state_dict"].get("source")
     data = package.read(str(source))
     try:
-        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise before a refusal
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise WeightsError(f"the weights {source!r} in {package.path.name!r} were refused (only plain state dicts "
                            f"load, weights_only=True): {str(exc).splitlines()[0]}") from None
