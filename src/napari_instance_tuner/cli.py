@@ -1,4 +1,4 @@
-"""Command line: ``napari-instance-tuner train | predict | evaluate | finetune | autotune | export-model | models | demo``.
+"""Command line: ``napari-instance-tuner train|predict|evaluate|finetune|autotune|export-model|models|demo``.
 
 Every command is a thin shell over :mod:`napari_instance_tuner.core.jobs`; errors the user can fix are
 printed as one line (exit code 2), not as a traceback.
@@ -467,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a real image of the kind the model segments: the test tensors and cover are cut from it")
     x.add_argument("--pixel-size", type=float, help="pixel size (micrometres) of the images the model was made for")
     x.add_argument("--author", action="append", help="author name (repeat for several)")
-    x.add_argument("--maintainer", action="append", help="GitHub user name of a maintainer (repeat for several; the check looks it up online)")
+    x.add_argument("--maintainer", action="append",
+                   help="GitHub user name of a maintainer (repeat for several; the check looks it up online)")
     x.add_argument("--license", default="BSD-3-Clause", help="SPDX licence of the weights")
     x.add_argument("--description", help="one-line description (default: the model card's summary)")
     x.add_argument("--no-check", action="store_true", help="skip the bioimageio.spec / bioimageio.core check")

@@ -237,7 +237,8 @@ def build_with_weights(meta: dict, state: dict, source: str) -> tuple[Any, Any]:
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
         if wrong:
             parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {wrong[0]})")
-        raise WeightsError(f"the weights in {source!r} do not fit its {meta['family']} architecture: " + "; ".join(parts))
+        raise WeightsError(f"the weights in {source!r} do not fit its {meta['family']} architecture: "
+                           + "; ".join(parts))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     model.eval()
     return family, model

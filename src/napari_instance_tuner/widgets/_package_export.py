@@ -14,7 +14,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from ._worker import Job, as_work, error_message, notify_error
+from ._worker import FileWriter
 
 
 def ask_package_path(parent: QWidget, suggested: str) -> str | None:
@@ -24,7 +24,7 @@ def ask_package_path(parent: QWidget, suggested: str) -> str | None:
     return path or None
 
 
-class PackageExporter:
+class PackageExporter(FileWriter):
     """Writes a model (a ``LoadedModel`` or a fine-tuned ``Tuned``) as a bioimage.io package.
 
     Parameters
@@ -37,10 +37,12 @@ class PackageExporter:
         Called when an export job ends, whatever the outcome.
     """
 
+    failure = "could not export the bioimage.io package"
+
     def __init__(self, ask_path: Callable[[str], str | None], on_exported: Callable[[Path], Any],
                  on_finished: Callable[[], Any]) -> None:
-        self.ask_path, self._on_exported, self._on_finished = ask_path, on_exported, on_finished
-        self.job: Job | None = None
+        super().__init__(on_exported, on_finished)
+        self.ask_path = ask_path
 
     def export(self, model: Any, sample: Any, sample_name: str) -> bool:
         """Ask for a path and start writing; False if nothing was started.
@@ -68,13 +70,4 @@ class PackageExporter:
                                             model.result, model.pairs, model.settings)
                 return export_package(load_model(checkpoint), sample, path, info)
 
-        self.job = Job(as_work(write), on_result=self._on_exported, on_error=self._failed, on_finished=self._done)
-        self.job.start()
-        return True
-
-    def _failed(self, exc: BaseException) -> None:
-        notify_error(f"could not export the bioimage.io package: {error_message(exc)}")
-
-    def _done(self) -> None:
-        self.job = None
-        self._on_finished()
+        return self._start(write)

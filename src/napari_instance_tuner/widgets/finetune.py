@@ -208,7 +208,8 @@ class FinetuneWidget(QWidget):
         elif layer is None:
             notify_error("no image to cut the package's test tensors from: open one in the Segment widget")
         elif self.exporter.export(model, layer.data[0] if layer.multiscale else layer.data, layer.name):
-            self.status.value = f"exporting a bioimage.io package of {getattr(model, 'name', 'the fine-tuned model')}…"
+            what = getattr(model, "name", "the fine-tuned model")
+            self.status.value = f"exporting a bioimage.io package of {what}…"
             self._update()
 
     # -- training -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 from ...family import Family, Instances, Maps
 from ...inference import predict_image
 from ...io.bioimageio_network import PackageNetwork
-from .. import UNET_CITATION
+from .. import UNET_CITATION, unet_package
 from ...progress import CancelToken, Progress
 from .postprocess import LayeringParams, postprocess
 
@@ -68,13 +68,10 @@ class LayeringFamily(Family):
         from .model import LayeringConfig
 
         config = LayeringConfig.from_dict(meta["architecture"])
-        return PackageNetwork(
-            modules=("napari_instance_tuner.core.families.blocks",
-                     "napari_instance_tuner.core.families.layering.model"),
-            build="LayeringUNet(LayeringConfig.from_dict(architecture))", callable=self.package_callable,
-            head="sigmoid", output_id="maps",
-            channels=("foreground",) + tuple(f"layer_{k + 1}" for k in range(config.n_layers)),
-            in_channels=config.in_channels, size_step=2**config.depth, torchscript=True,
+        return unet_package(
+            "napari_instance_tuner.core.families.layering.model",
+            "LayeringUNet(LayeringConfig.from_dict(architecture))",
+            self.package_callable, config, ("foreground",) + tuple(f"layer_{k + 1}" for k in range(config.n_layers)),
             notes="Any bioimage.io consumer can run the network and get the foreground and the N layer "
                   "probability maps; instances are the connected components of each thresholded layer (the "
                   "paper's Algorithm 1), which napari-instance-tuner computes with the parameters in "

@@ -9,7 +9,7 @@ import numpy as np
 from ...family import Family, Instances, Maps
 from ...inference import predict_image
 from ...io.bioimageio_network import PackageNetwork
-from .. import UNET_CITATION
+from .. import UNET_CITATION, unet_package
 from ...progress import CancelToken, Progress
 from .postprocess import ThreeBranchParams, postprocess
 
@@ -65,12 +65,10 @@ class ThreeBranchFamily(Family):
         from .model import ThreeBranchConfig
 
         config = ThreeBranchConfig.from_dict(meta["architecture"])
-        return PackageNetwork(
-            modules=("napari_instance_tuner.core.families.blocks",
-                     "napari_instance_tuner.core.families.three_branch.model"),
-            build="ThreeBranchUNet(ThreeBranchConfig.from_dict(architecture))", callable=self.package_callable,
-            head="sigmoid", output_id="maps", channels=tuple(config.branches), in_channels=config.in_channels,
-            size_step=2**config.depth, torchscript=True,
+        return unet_package(
+            "napari_instance_tuner.core.families.three_branch.model",
+            "ThreeBranchUNet(ThreeBranchConfig.from_dict(architecture))", self.package_callable, config,
+            tuple(config.branches),
             notes="Any bioimage.io consumer (bioimageio.core, deepImageJ, ilastik) can run the network and get the "
                   "foreground, boundary and centroid probability maps. Instances need the five-step "
                   "post-processing of napari-instance-tuner, whose parameters are in `config.napari_instance_tuner`.",
