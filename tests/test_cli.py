@@ -254,6 +254,11 @@ def test_export_model_then_predict_with_the_package(tiny_checkpoint, tmp_path, c
         assert main(["predict", "--model", str(model), "--out", str(out), str(unseen), "--quiet"]) == 0
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "a" / "unseen.tif"),
                                   tifffile.imread(tmp_path / "b" / "unseen.tif"))
+    # The recipe written with the package names it by its weights' hash and replays it.
+    assert main(["predict", "--recipe", str(tmp_path / "b" / "recipe.json"), "--out", str(tmp_path / "c"),
+                 str(unseen), "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a" / "unseen.tif"),
+                                  tifffile.imread(tmp_path / "c" / "unseen.tif"))
     assert main(args) == 0  # a zip is replaced; a non-empty folder is refused
     assert main(args[:4] + [str(tmp_path / "a")] + args[5:]) == 2
     assert "not an empty folder" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WeightsError
-from .io.bioimageio_import import is_package, read_package, read_package_meta
+from .io.bioimageio_import import is_package, package_sha256, read_package, read_package_meta
 
 META_KEY = "napari_instance_tuner"
 FORMAT_VERSION = 1
@@ -63,6 +63,11 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def model_sha256(path: str | os.PathLike) -> str:
+    """The identity recorded in recipes: a checkpoint's file hash, a bioimage.io package's weights hash."""
+    return package_sha256(path) if is_package(path) else file_sha256(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .checkpoint import LoadedModel, file_sha256, load_model, read_metadata, resolve_model_path, shipped_models
+from .checkpoint import LoadedModel, load_model, model_sha256, read_metadata, resolve_model_path, shipped_models
 from .errors import InstanceTunerError, WeightsError
 from .family import Instances
 from .params import params_from_dict, params_to_dict
@@ -240,12 +240,12 @@ def resolve_weights(recipe: dict, weights: str | os.PathLike | None = None) -> P
         for name in (info.get("name"), Path(info.get("file") or "").stem):
             if name in shipped:
                 candidates.append(shipped[name])
-    found = next((p for p in candidates if p.is_file()), None)
+    found = next((p for p in candidates if p.exists()), None)  # a package may be a folder
     if found is None:
         tried = ", ".join(str(p) for p in candidates) or "nothing"
         raise WeightsError(f"the recipe's weights {info.get('file') or info.get('name')!r} were not found "
                            f"(looked at {tried}); pass the file explicitly")
-    digest = file_sha256(found)
+    digest = model_sha256(found)
     if digest != info["sha256"]:
         raise WeightsError(
             f"{found.name!r} has SHA-256 {digest[:12]}…, but the recipe was made with weights "

@@ -146,6 +146,18 @@ def read_package_meta(path: str | Path) -> dict:
     return _foreign_meta(rdf, family, architecture)
 
 
+def _weights_bytes(package: _Package, rdf: dict) -> tuple[str, bytes]:
+    _family_of(rdf, package.path.name)  # our packages too need their pytorch_state_dict entry
+    source = str(rdf["weights"]["pytorch_state_dict"].get("source"))
+    return source, package.read(source)
+
+
+def package_sha256(path: str | Path) -> str:
+    """SHA-256 of a package's state-dict weights file: the package's identity in recipes (zip or folder)."""
+    package = _Package(Path(path))
+    return hashlib.sha256(_weights_bytes(package, _rdf(package))[1]).hexdigest()
+
+
 def read_package(path: str | Path) -> tuple[dict, dict, str]:
     """(state_dict of our bare network, checkpoint metadata, SHA-256 of the weights file) of a package.
 
@@ -161,9 +173,7 @@ def read_package(path: str | Path) -> tuple[dict, dict, str]:
     package = _Package(Path(path))
     rdf = _rdf(package)
     meta = read_package_meta(path)
-    _family_of(rdf, package.path.name)  # our packages too need their pytorch_state_dict entry
-    source = rdf["weights"]["pytorch_state_dict"].get("source")
-    data = package.read(str(source))
+    source, data = _weights_bytes(package, rdf)
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise before a refusal
             warnings.simplefilter("ignore", UserWarning)
