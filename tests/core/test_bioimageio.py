@@ -39,7 +39,8 @@ def packages(tmp_path_factory):
     for family in FAMILIES:
         loaded = tiny_loaded(family, folder)
         out[family] = loaded, export_package(loaded, _image(family, 0), folder / f"{family}.zip",
-                                             PackageInfo(pixel_size=0.5, authors=["A. Tester"]))
+                                             PackageInfo(pixel_size=0.5, authors=["A. Tester"],
+                                                         sample_name="a sample named " + "x" * 200))
     return out
 
 
@@ -52,6 +53,7 @@ def test_export_writes_a_complete_package(packages, family):
         test_input = np.load(io.BytesIO(zf.read("test_input.npy")))
         test_output = np.load(io.BytesIO(zf.read("test_output.npy")))
         architecture = zf.read("architecture.py").decode()
+        readme = zf.read("README.md").decode()
     network = loaded.family.package_network(loaded.meta)
     assert {"rdf.yaml", "weights.pt", "architecture.py", "test_input.npy", "test_output.npy", "cover.png",
             "README.md"} <= names
@@ -63,6 +65,7 @@ def test_export_writes_a_complete_package(packages, family):
     assert rdf["inputs"][0]["axes"][2]["scale"] == 0.5 and rdf["inputs"][0]["axes"][2]["unit"] == "micrometer"
     assert rdf["cite"] == list(loaded.family.citations) and rdf["authors"] == [{"name": "A. Tester"}]
     assert rdf["maintainers"] == []
+    assert len(rdf["inputs"][0]["description"]) <= 128 and "x" * 200 in readme  # the spec's limit; name in README
     assert {"sample_input.tif", "sample_output.tif"} <= names
     # Test tensors at network scale, a multiple of the size step; outputs are probabilities.
     assert test_input.dtype == np.float32 and test_input.shape[:2] == (1, network.in_channels)

@@ -298,7 +298,8 @@ def _rdf_text(loaded, network: PackageNetwork, info: PackageInfo, input_shape, f
         "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
         "inputs": [{
             "id": "input",
-            "description": f"{info.sample_name}, resized by {pixel_scale:g} (napari-instance-tuner's pixel_scale)",
+            # The spec allows 128 characters: the sample's name is in the README.
+            "description": f"an image resized by {pixel_scale:g} (napari-instance-tuner's pixel_scale), raw intensities",
             "axes": _axes(network, in_names, scale, unit, lambda a: {"min": step, "step": step}),
             "test_tensor": {"source": "test_input.npy"},
             "sample_tensor": {"source": "sample_input.tif"},
