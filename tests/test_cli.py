@@ -277,3 +277,38 @@ def test_bad_architecture_options_are_one_line_errors(toy_split, tmp_path, capsy
     assert main([*base, "--arch-json", "[1, 2"]) == 2
     assert "--arch-json" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_export_model_then_predict_with_the_package(tiny_checkpoint, tmp_path, capsys):
+    """export-model writes a checked package; predict --model PACKAGE writes the checkpoint's labels."""
+    import imageio.v3 as iio
+
+    from napari_instance_tuner.core.synthetic import synthetic_glands
+
+    sample, unseen = tmp_path / "sample.png", tmp_path / "unseen.png"
+    iio.imwrite(sample, synthetic_glands((64, 96), seed=1)[0])
+    iio.imwrite(unseen, synthetic_glands((64, 80), seed=2)[0])
+    package = tmp_path / "tiny.zip"
+    args = ["export-model", "--model", str(tiny_checkpoint), "--out", str(package), "--sample", str(sample),
+            "--author", "A. Tester", "--pixel-size", "0.5", "--no-reproduce"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote bioimage.io package {package}" in printed
+    try:
+        import bioimageio.spec  # noqa: F401
+    except ImportError:
+        assert "not checked" in printed
+    else:
+        assert "bioimageio.spec: valid-format, 0 errors" in printed
+    for model, out in ((tiny_checkpoint, tmp_path / "a"), (package, tmp_path / "b")):
+        assert main(["predict", "--model", str(model), "--out", str(out), str(unseen), "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a" / "unseen.tif"),
+                                  tifffile.imread(tmp_path / "b" / "unseen.tif"))
+    # The recipe written with the package names it by its weights' hash and replays it.
+    assert main(["predict", "--recipe", str(tmp_path / "b" / "recipe.json"), "--out", str(tmp_path / "c"),
+                 str(unseen), "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a" / "unseen.tif"),
+                                  tifffile.imread(tmp_path / "c" / "unseen.tif"))
+    assert main(args) == 0  # a zip is replaced; a non-empty folder is refused
+    assert main(args[:4] + [str(tmp_path / "a")] + args[5:]) == 2
+    assert "not an empty folder" in capsys.readouterr().err

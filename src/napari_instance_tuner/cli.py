@@ -1,4 +1,4 @@
-"""Command line: ``napari-instance-tuner train | predict | evaluate | finetune | autotune | models | demo``.
+"""Command line: ``napari-instance-tuner train|predict|evaluate|finetune|autotune|export-model|models|demo``.
 
 Every command is a thin shell over :mod:`napari_instance_tuner.core.jobs`. Options and files are checked
 before any work; every failure ends in one line on stderr (exit code 2 for errors the user can fix, 1 for
@@ -25,6 +25,7 @@ from ._cli_support import (
     raise_on_sigterm,
     run_with_bar,
 )
+from ._cli_package import add_export_model
 from .core.errors import InstanceTunerError
 from .core.progress import Progress
 
@@ -653,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="JSON file of the best parameters (usable as --params)")
     a.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     a.set_defaults(func=cmd_autotune)
+
+    add_export_model(sub)
 
     e = command("evaluate", "print the metrics table of a model on an annotated split",
                 "  napari-instance-tuner evaluate --model three-branch-glas --data glas/test\n"

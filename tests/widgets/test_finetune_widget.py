@@ -276,3 +276,34 @@ def test_without_a_segment_widget_a_shipped_model_is_loaded_by_name(
     assert "open the Segment widget" in widget.status.value
     assert widget.tuned.scratch is not None and widget.tuned.scratch.is_file()
     assert [layer.name for layer in viewer.layers] == ["img", "img corrected"]
+
+
+def test_export_package_of_the_fine_tuned_model_loads_in_the_segment_widget(tuner, viewer, qtbot, tmp_path, run,
+                                                                             errors):
+    """"Export bioimage.io package…" writes the fine-tuned model; the Segment widget's picker loads the zip and
+    segments exactly as the fine-tuned checkpoint does."""
+    from napari_instance_tuner.core.checkpoint import load_model
+
+    packages = iter([str(tmp_path / "current"), str(tmp_path / "tuned.zip")])
+    tuner.exporter.ask_path = lambda suggested: next(packages)
+    with qtbot.waitSignal(tuner.exported, timeout=TIMEOUT_MS) as exported:
+        tuner.export_package()  # nothing fine-tuned yet: the Segment widget's model, ".zip" added
+    assert exported.args == [str(tmp_path / "current.zip")] and errors == []
+    assert load_model(tmp_path / "current.zip").meta == tuner.link.model.meta
+
+    tuner.resegment.value = False
+    assert train(qtbot, tuner) == "ok", errors
+    with qtbot.waitSignal(tuner.exported, timeout=TIMEOUT_MS):
+        tuner.export_package()
+    assert "wrote the bioimage.io package tuned.zip" in tuner.status.value
+    package = load_model(tmp_path / "tuned.zip")
+    assert package.meta["finetune"]["settings"]["steps"] == 3  # the fine-tuned record travels in the package
+    state = tuner.tuned.model.state_dict()
+    assert all(np.array_equal(state[k].numpy(), package.model.state_dict()[k].numpy()) for k in state)
+
+    segment = tuner.link.widget
+    segment.load_weights(str(tmp_path / "tuned.zip"))
+    qtbot.waitUntil(lambda: segment.models.loaded_key == str(tmp_path / "tuned.zip") and not segment.busy,
+                    timeout=TIMEOUT_MS)
+    assert run(segment) == "ok" and errors == []
+    assert "tuned.zip (file)" in [label for label, _ in segment.models._choices()]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WeightsError
+from .io.bioimageio_import import is_package, package_sha256, read_package, read_package_meta
 
 META_KEY = "napari_instance_tuner"
 FORMAT_VERSION = 1
@@ -62,6 +63,11 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def model_sha256(path: str | os.PathLike) -> str:
+    """The identity recorded in recipes: a checkpoint's file hash, a bioimage.io package's weights hash."""
+    return package_sha256(path) if is_package(path) else file_sha256(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -114,6 +120,9 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict, half:
 def read_metadata(path: str | os.PathLike) -> dict:
     """The metadata of one of our checkpoints, read from the file's JSON header alone (no tensors, no torch).
 
+    A bioimage.io package (zip, folder or rdf, see :mod:`.io.bioimageio_import`) gives the metadata restored
+    from its description.
+
     Raises
     ------
     WeightsError
@@ -121,6 +130,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
         format version. The message names the file.
     """
     path = Path(path)
+    if is_package(path):
+        return read_package_meta(path)
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} does not exist")
     size = path.stat().st_size
@@ -206,25 +217,43 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
 
 
 def load_model(name_or_path: str | os.PathLike) -> LoadedModel:
-    """Load a shipped model by name or any checkpoint file by path; the model is in eval mode on the CPU.
+    """Load a shipped model by name, any checkpoint file or a bioimage.io package by path; the model is in
+    eval mode on the CPU.
 
     Raises
     ------
     WeightsError
         For unknown names and unreadable, foreign or mismatching files.
     """
+    path = resolve_model_path(name_or_path)
+    if is_package(path):
+        state, meta, sha256 = read_package(path)
+    else:
+        (state, meta), sha256 = read_checkpoint(path), file_sha256(path)
+    meta = with_card_pixel_size(meta, path)
+    family, model = build_with_weights(meta, state, path.name)
+    return LoadedModel(family=family, model=model, meta=meta, path=path, sha256=sha256)
+
+
+def build_with_weights(meta: dict, state: dict, source: str) -> tuple[Any, Any]:
+    """(family, network in eval mode holding ``state``) for checkpoint metadata ``meta``.
+
+    Raises
+    ------
+    WeightsError
+        If the family is unknown, the architecture cannot be built or ``state`` does not fit it; the message
+        names ``source``.
+    """
     from .registry import get_family
 
-    path = resolve_model_path(name_or_path)
-    state, meta = read_checkpoint(path)
     try:
         family = get_family(meta["family"])
     except ValueError as exc:
-        raise WeightsError(f"{path.name!r}: {exc}") from None
+        raise WeightsError(f"{source!r}: {exc}") from None
     try:
         model = family.build_model(meta["architecture"])
     except (TypeError, ValueError, KeyError) as exc:
-        raise WeightsError(f"{path.name!r}: its architecture config cannot be built: {exc}") from None
+        raise WeightsError(f"{source!r}: its architecture config cannot be built: {exc}") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -237,11 +266,11 @@ def load_model(name_or_path: str | os.PathLike) -> LoadedModel:
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
         if wrong:
             parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {wrong[0]})")
-        raise WeightsError(f"the weights in {path.name!r} do not fit its {meta['family']} architecture: " + "; ".join(parts))
-    meta = with_card_pixel_size(meta, path)
+        raise WeightsError(f"the weights in {source!r} do not fit its {meta['family']} architecture: "
+                           + "; ".join(parts))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     model.eval()
-    return LoadedModel(family=family, model=model, meta=meta, path=path, sha256=file_sha256(path))
+    return family, model
 
 
 def with_card_pixel_size(meta: dict, path: str | os.PathLike) -> dict:

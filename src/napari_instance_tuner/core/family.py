@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .errors import InstanceTunerError
+from .io.bioimageio_network import PackageNetwork
 from .progress import CancelToken, Progress
 
 
@@ -87,6 +88,11 @@ class Family(ABC):
     supports_amp: ClassVar[bool] = True
     #: Whether the family's batches apply elastic deformation (``AugmentConfig.p_elastic``).
     elastic_augmentation: ClassVar[bool] = False
+    #: Entry point of the family's network in bioimage.io packages (see :meth:`package_network`); imports
+    #: recognise packages made by other tools as this family's by it. None: the family is not packaged.
+    package_callable: ClassVar[str | None] = None
+    #: Papers that model packages of this family cite: dicts with ``"text"`` and ``"doi"`` or ``"url"``.
+    citations: ClassVar[tuple[dict, ...]] = ()
 
     @abstractmethod
     def build_model(self, config: dict) -> Any:
@@ -112,6 +118,16 @@ class Family(ABC):
     @abstractmethod
     def postprocess(self, maps: Maps, params: Any) -> Instances:
         """Turn maps into instances; cheap enough to run on every slider move."""
+
+    def package_network(self, meta: dict) -> PackageNetwork:
+        """How a model of this family with checkpoint metadata ``meta`` is written to a bioimage.io package.
+
+        Raises
+        ------
+        InstanceTunerError
+            If the family cannot be packaged.
+        """
+        raise InstanceTunerError(f"the {self.name} family cannot be exported as a bioimage.io package")
 
     # --- training hooks (optional: a family without them can still segment with given weights) ---
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .checkpoint import LoadedModel, file_sha256, load_model, read_metadata, resolve_model_path, shipped_models
+from .checkpoint import LoadedModel, load_model, model_sha256, read_metadata, resolve_model_path, shipped_models
 from .errors import InstanceTunerError, WeightsError
 from .family import Instances
 from .params import params_from_dict, params_to_dict
@@ -232,14 +232,14 @@ def resolve_weights(recipe: dict, weights: str | os.PathLike | None = None) -> P
     """
     info = recipe["weights"]
     candidates = [resolve_model_path(weights)] if weights is not None else _recorded_candidates(recipe)
-    found = next((p for p in candidates if p.is_file()), None)
+    found = next((p for p in candidates if p.exists()), None)  # a bioimage.io package may be a folder
     if found is None:
         tried = ", ".join(str(p) for p in candidates) or "no usable name"
         raise WeightsError(f"the recipe's weights {_plain_name(info.get('file')) or info.get('name')!r} were not "
                            f"found (looked at {tried}); pass the file with --model")
     if weights is None:
-        read_metadata(found)  # one of our checkpoints (header only) before it is hashed
-    digest = file_sha256(found)
+        read_metadata(found)  # one of our checkpoints or packages (header only) before it is hashed
+    digest = model_sha256(found)
     if digest != info["sha256"]:
         raise WeightsError(
             f"{found.name!r} has SHA-256 {digest[:12]}…, but the recipe was made with weights "

@@ -1,4 +1,4 @@
-"""Model picker: shipped weights by name (with their model card) plus any checkpoint file.
+"""Model picker: shipped weights by name (with their model card) plus any checkpoint file or bioimage.io package.
 
 Loading runs in a background job, so torch is imported only when a model is first needed and the
 viewer never freezes on it. A file that cannot be loaded gives a notification and the picker returns
@@ -16,7 +16,8 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton
 from ..core.checkpoint import model_card, shipped_models
 from ._worker import Job, as_work, error_message, notify_error
 
-WEIGHTS_FILTER = "Model weights (*.safetensors *.pt *.pth *.ckpt);;All files (*)"
+WEIGHTS_FILTER = ("Model weights (*.safetensors *.pt *.pth *.ckpt *.zip rdf.yaml bioimageio.yaml);;"
+                  "bioimage.io packages (*.zip rdf.yaml bioimageio.yaml);;All files (*)")
 SUMMARY_CHARS = 52
 
 
@@ -63,7 +64,8 @@ class ModelPicker:
         self.combo.tooltip = "Shipped models by name, and weights files you loaded"
         self.combo.changed.connect(self._selected)
         self.browse = PushButton(text="Load weights…")
-        self.browse.tooltip = "Load a .safetensors checkpoint (or a torchvision .pt/.pth file)"
+        self.browse.tooltip = ("Load a .safetensors checkpoint, a torchvision .pt/.pth file, or a bioimage.io model "
+                               "package (.zip, or the rdf.yaml of an unpacked one)")
         self.browse.changed.connect(lambda *_: self._browse())
         self.card = Label(value="")
         choose = Container(widgets=[self.combo], labels=True)

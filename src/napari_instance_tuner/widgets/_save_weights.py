@@ -13,7 +13,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from ._worker import Job, as_work, error_message, notify_error
+from ._worker import FileWriter, notify_error
 
 
 @dataclass
@@ -55,7 +55,7 @@ def _same_file(a: Any, b: Any) -> bool:
     return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
 
-class WeightsSaver:
+class WeightsSaver(FileWriter):
     """Saves a :class:`Tuned` model where the user says, never over a loaded checkpoint.
 
     Parameters
@@ -70,6 +70,8 @@ class WeightsSaver:
         Called when a save job ends, whatever the outcome.
     """
 
+    failure = "could not save the fine-tuned weights"
+
     def __init__(
         self,
         ask_path: Callable[[str], str | None],
@@ -78,9 +80,8 @@ class WeightsSaver:
         on_declined: Callable[[Path], Any],
         on_finished: Callable[[], Any],
     ) -> None:
-        self.ask_path, self.confirm_overwrite = ask_path, confirm_overwrite
-        self._on_saved, self._on_declined, self._on_finished = on_saved, on_declined, on_finished
-        self.job: Job | None = None
+        super().__init__(on_saved, on_finished)
+        self.ask_path, self.confirm_overwrite, self._on_declined = ask_path, confirm_overwrite, on_declined
 
     def save(self, tuned: Tuned, loaded_paths: Iterable[Any]) -> bool:
         """Ask for a path and start writing; False if nothing was started.
@@ -106,13 +107,4 @@ class WeightsSaver:
         def write() -> Path:
             return save_finetuned(path, tuned.parent, tuned.model, tuned.result, tuned.pairs, tuned.settings)
 
-        self.job = Job(as_work(write), on_result=self._on_saved, on_error=self._failed, on_finished=self._done)
-        self.job.start()
-        return True
-
-    def _failed(self, exc: BaseException) -> None:
-        notify_error(f"could not save the fine-tuned weights: {error_message(exc)}")
-
-    def _done(self) -> None:
-        self.job = None
-        self._on_finished()
+        return self._start(write)

@@ -150,3 +150,35 @@ class Job:
             self._work = self._on_result = self._on_error = self._on_cancelled = self._on_finished = None
             if on_finished is not None:
                 on_finished()
+
+
+class FileWriter:
+    """Writes files in a background job, one at a time; ``job`` is None while idle.
+
+    Parameters
+    ----------
+    on_written : callable
+        Called with what the write function returned (the path written).
+    on_finished : callable
+        Called when a job ends, whatever the outcome.
+    """
+
+    #: Start of the notification shown when writing fails.
+    failure = "could not write the file"
+
+    def __init__(self, on_written: Callable[[Any], Any], on_finished: Callable[[], Any]) -> None:
+        self._on_written, self._on_finished = on_written, on_finished
+        self.job: Job | None = None
+
+    def _start(self, write: Callable[[], Any]) -> bool:
+        """Run ``write()`` in a job; True (started)."""
+        self.job = Job(as_work(write), on_result=self._on_written, on_error=self._failed, on_finished=self._done)
+        self.job.start()
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        notify_error(f"{self.failure}: {error_message(exc)}")
+
+    def _done(self) -> None:
+        self.job = None
+        self._on_finished()

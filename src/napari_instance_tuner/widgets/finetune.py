@@ -9,7 +9,8 @@ the plot's second curve, the status line tells the best one, and the best-scorin
 A finished run is written to a scratch checkpoint (with
 its parent's hash, see :func:`..core.finetune.save_finetuned`), which the Segment widget loads to
 re-segment its image; the previous Labels layer is kept as "<name> (before fine-tune)". "Save
-fine-tuned weights…" writes the checkpoint where the user chooses, never over a loaded file.
+fine-tuned weights…" writes the checkpoint where the user chooses, never over a loaded file; "Export
+bioimage.io package…" writes the fine-tuned model (else the current one) as a bioimage.io model package.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from ..core.finetune import FinetuneSettings
 from ._link import SegmentLink
 from ._models import ModelPicker
+from ._package_export import PackageExporter, ask_package_path
 from ._pairs import PairList
 from ._plot import LossPlot
 from ._save_weights import Tuned, WeightsSaver, ask_save_path
@@ -45,6 +47,8 @@ class FinetuneWidget(QWidget):
         The Segment widget whose model is tuned and which re-segments; else looked up in the viewer.
     ask_path : callable, optional
         ``ask_path(suggested) -> str | None``, the save dialog (tests pass their own).
+    ask_package : callable, optional
+        The same for "Export bioimage.io package…" (a ``.zip``).
     confirm_overwrite : callable, optional
         ``confirm_overwrite(path) -> bool``, asked before an existing (not loaded) file is replaced.
     """
@@ -53,6 +57,8 @@ class FinetuneWidget(QWidget):
     finetune_finished = Signal(str)
     #: Emitted with the path after "Save fine-tuned weights…" wrote a checkpoint.
     saved = Signal(str)
+    #: Emitted with the path after "Export bioimage.io package…" wrote a package.
+    exported = Signal(str)
 
     def __init__(
         self,
@@ -61,6 +67,7 @@ class FinetuneWidget(QWidget):
         segment: Any = None,
         ask_path: Callable[[str], str | None] | None = None,
         confirm_overwrite: Callable[[Path], bool] | None = None,
+        ask_package: Callable[[str], str | None] | None = None,
     ) -> None:
         from .export import ask_overwrite
 
@@ -74,6 +81,8 @@ class FinetuneWidget(QWidget):
             on_declined=lambda path: setattr(self.status, "value", f"kept the existing {path.name}"),
             on_finished=self._update,
         )
+        self.exporter = PackageExporter(ask_package or partial(ask_package_path, self), on_exported=self._exported,
+                                        on_finished=self._update)
         self.tuned: Tuned | None = None
         self._job: Job | None = None
         self._pending = False
@@ -112,6 +121,10 @@ class FinetuneWidget(QWidget):
         self.status.native.setWordWrap(True)
         self.save_button = PushButton(text="Save fine-tuned weights…")
         self.save_button.changed.connect(lambda *_: self.save())
+        self.export_button = PushButton(text="Export bioimage.io package…")
+        self.export_button.tooltip = ("Write the fine-tuned model (else the current one) as a bioimage.io model "
+                                      "package (.zip), its test tensors cut from the Segment widget's image")
+        self.export_button.changed.connect(lambda *_: self.export_package())
 
         settings = Container(widgets=[self.steps, self.lr, self.batch_size, self.validate_every], labels=True)
         buttons = Container(widgets=[self.start_button, self.cancel_button], layout="horizontal", labels=False)
@@ -120,7 +133,7 @@ class FinetuneWidget(QWidget):
                      self.freeze_encoder, self.amp, self.resegment, buttons, self.progress):
             layout.addWidget(part.native)
         layout.addWidget(self.plot)
-        for part in (self.status, self.save_button):
+        for part in (self.status, self.save_button, self.export_button):
             layout.addWidget(part.native)
         layout.addStretch(1)
 
@@ -135,7 +148,8 @@ class FinetuneWidget(QWidget):
     @property
     def busy(self) -> bool:
         """True while a model loads here, training runs or weights are being saved."""
-        return self._pending or self._job is not None or self.saver.job is not None or self.fallback.loading
+        return (self._pending or self._job is not None or self.saver.job is not None or self.exporter.job is not None
+                or self.fallback.loading)
 
     def model(self) -> Any:
         """The model that Fine-tune would start from: the Segment widget's, else the one loaded here."""
@@ -181,6 +195,21 @@ class FinetuneWidget(QWidget):
         current = self.link.model
         loaded = (self.tuned.parent.path, None if current is None else current.path, self.tuned.scratch)
         if self.saver.save(self.tuned, loaded):
+            self._update()
+
+    def export_package(self) -> None:
+        """Write the fine-tuned model, else the current one, as a bioimage.io package (a .zip the user names)."""
+        model = self.tuned or self.model()
+        segment = self.link.widget
+        layer = segment.image.value if segment is not None and segment.image.value is not None else (
+            self.pairs.pairs[0].image if self.pairs.pairs else None)
+        if model is None:
+            notify_error("no model to export: load one in the Segment widget, or choose one here")
+        elif layer is None:
+            notify_error("no image to cut the package's test tensors from: open one in the Segment widget")
+        elif self.exporter.export(model, layer.data[0] if layer.multiscale else layer.data, layer.name):
+            what = getattr(model, "name", "the fine-tuned model")
+            self.status.value = f"exporting a bioimage.io package of {what}…"
             self._update()
 
     # -- training -------------------------------------------------------------------------------
@@ -315,6 +344,10 @@ class FinetuneWidget(QWidget):
         self.status.value = f"saved {Path(path).name} (parent {self.tuned.parent.name}, sha256 recorded)"
         self.saved.emit(str(path))
 
+    def _exported(self, path: Path) -> None:
+        self.status.value = f"wrote the bioimage.io package {Path(path).name}"
+        self.exported.emit(str(path))
+
     def _fallback_loaded(self, loaded: Any) -> None:
         if self._pending:
             self._start_training()
@@ -338,6 +371,7 @@ class FinetuneWidget(QWidget):
         self.start_button.enabled = not running
         self.cancel_button.enabled = running
         self.save_button.enabled = self.tuned is not None and self.saver.job is None
+        self.export_button.enabled = self.exporter.job is None and not running
         self.pairs.add_button.enabled = self.pairs.remove_button.enabled = not running
         linked = self.link.model
         self.fallback.widget.visible = linked is None  # the picker is only the fallback

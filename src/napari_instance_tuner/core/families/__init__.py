@@ -1,1 +1,26 @@
 """Model families: one folder each, registered in :mod:`..registry`."""
+
+from __future__ import annotations
+
+from ..io.bioimageio_network import PackageNetwork
+
+#: The U-Net paper, cited by the model packages of the U-Net families.
+UNET_CITATION = {
+    "text": "Ronneberger O., Fischer P., Brox T. U-Net: convolutional networks for biomedical image segmentation. "
+            "MICCAI 2015.",
+    "doi": "10.1007/978-3-319-24574-4_28",
+}
+
+
+def unet_package(model_module: str, build: str, callable_name: str, config, channels: tuple[str, ...],
+                 notes: str) -> PackageNetwork:
+    """The bioimage.io packaging of a U-Net family: its model module bundled after :mod:`.blocks`, a sigmoid head.
+
+    ``config`` is the family's architecture dataclass (``in_channels``, ``depth``); ``build`` the expression that
+    makes the bare network from ``architecture`` (see :class:`~..io.bioimageio_network.PackageNetwork`).
+    """
+    return PackageNetwork(
+        modules=("napari_instance_tuner.core.families.blocks", model_module), build=build, callable=callable_name,
+        head="sigmoid", output_id="maps", channels=channels, in_channels=config.in_channels,
+        size_step=2**config.depth, torchscript=True, notes=notes,
+    )

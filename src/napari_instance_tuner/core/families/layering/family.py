@@ -8,6 +8,8 @@ import numpy as np
 
 from ...family import Family, Instances, Maps
 from ...inference import predict_image
+from ...io.bioimageio_network import PackageNetwork
+from .. import UNET_CITATION, unet_package
 from ...progress import CancelToken, Progress
 from .postprocess import LayeringParams, postprocess
 
@@ -18,6 +20,13 @@ class LayeringFamily(Family):
     name = "layering"
     map_names = ("foreground", "layers")
     Params = LayeringParams
+    package_callable = "LayeringMaps"
+    citations = (
+        {"text": "Chen et al. Instance segmentation of dense and overlapping objects via layering.",
+         "url": "https://scholar.google.com/scholar?q=Instance+segmentation+of+dense+and+overlapping+objects+via+"
+                "layering"},
+        UNET_CITATION,
+    )
 
     def build_model(self, config: dict):
         """A :class:`~.model.LayeringUNet` for an architecture dict (see ``LayeringConfig``)."""
@@ -53,6 +62,21 @@ class LayeringFamily(Family):
         arrays = {"foreground": stack[0]}
         arrays.update({f"layer_{k + 1}": stack[k + 1] for k in range(n_layers)})
         return Maps(arrays=arrays, extra={"layers": stack[1:]})
+
+    def package_network(self, meta: dict) -> PackageNetwork:
+        """The U-Net with a sigmoid: channel 0 the foreground, channels 1..N the layers."""
+        from .model import LayeringConfig
+
+        config = LayeringConfig.from_dict(meta["architecture"])
+        return unet_package(
+            "napari_instance_tuner.core.families.layering.model",
+            "LayeringUNet(LayeringConfig.from_dict(architecture))",
+            self.package_callable, config, ("foreground",) + tuple(f"layer_{k + 1}" for k in range(config.n_layers)),
+            notes="Any bioimage.io consumer can run the network and get the foreground and the N layer "
+                  "probability maps; instances are the connected components of each thresholded layer (the "
+                  "paper's Algorithm 1), which napari-instance-tuner computes with the parameters in "
+                  "`config.napari_instance_tuner`, keeping overlapping objects whole.",
+        )
 
     def postprocess(self, maps: Maps, params: LayeringParams) -> Instances:
         """Algorithm 1, see :func:`.postprocess.postprocess`."""

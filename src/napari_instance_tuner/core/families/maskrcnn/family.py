@@ -8,6 +8,7 @@ import numpy as np
 
 from ...family import Family, Instances, Maps
 from ...inference import choose_device
+from ...io.bioimageio_network import PackageNetwork
 from ...llvm_guard import prepare_torch_training
 from ...progress import CancelToken, Progress
 from .postprocess import MaskRCNNParams, postprocess, score_map
@@ -24,6 +25,10 @@ class MaskRCNNFamily(Family):
     name = "maskrcnn"
     map_names = ("score_map",)
     Params = MaskRCNNParams
+    package_callable = "MaskRCNNScoreMap"
+    citations = (
+        {"text": "He K., Gkioxari G., Dollár P., Girshick R. Mask R-CNN. ICCV 2017.", "doi": "10.1109/ICCV.2017.322"},
+    )
     supports_amp = False  # torchvision's forward pass runs inside the loss (DetectionLoss), outside fit's autocast
 
     def build_model(self, config: dict):
@@ -79,6 +84,22 @@ class MaskRCNNFamily(Family):
         det.boxes = det.boxes * np.array([sx, sy, sx, sy], np.float32)
         extra = det.to_extra()
         return Maps(arrays={"score_map": np.clip(score_map(extra, shape), 0.0, 1.0)}, extra=extra)
+
+    def package_network(self, meta: dict) -> PackageNetwork:
+        """Detections rendered as one score map: bioimage.io tensors cannot describe lists of boxes and masks."""
+        return PackageNetwork(
+            modules=("napari_instance_tuner.core.families.maskrcnn.maskplus",
+                     "napari_instance_tuner.core.families.maskrcnn.model"),
+            build="build_maskrcnn(architecture)", callable=self.package_callable, head="score_map",
+            output_id="score_map", channels=("score_map",), in_channels=3, size_step=32, torchscript=False,
+            notes="The package holds PyTorch state-dict weights and the architecture source (torch and torchvision); "
+                  "no TorchScript, because the detector returns lists of boxes, scores and masks. Other tools "
+                  "(bioimageio.core, and any consumer of `pytorch_state_dict` weights) get one **score map**: per "
+                  "pixel, the largest mask probability x detection score over the detections. They cannot "
+                  "separate touching or overlapping nuclei from it; napari-instance-tuner reads the package and "
+                  "applies its score threshold, NMS, mask threshold and minimum size (`config.napari_instance_tuner`) "
+                  "to the cached detections, giving the same instances as the original weights.",
+        )
 
     def postprocess(self, maps: Maps, params: MaskRCNNParams) -> Instances:
         """See :func:`.postprocess.postprocess`."""

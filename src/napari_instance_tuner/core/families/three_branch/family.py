@@ -8,6 +8,8 @@ import numpy as np
 
 from ...family import Family, Instances, Maps
 from ...inference import predict_image
+from ...io.bioimageio_network import PackageNetwork
+from .. import UNET_CITATION, unet_package
 from ...progress import CancelToken, Progress
 from .postprocess import ThreeBranchParams, postprocess
 
@@ -19,6 +21,14 @@ class ThreeBranchFamily(Family):
     map_names = ("foreground", "boundary", "centroid")
     Params = ThreeBranchParams
     elastic_augmentation = True
+    package_callable = "ThreeBranchMaps"
+    citations = (
+        {"text": "Malík P. et al. Instance segmentation model created from three semantic segmentations of mask, "
+                 "boundary and centroid pixels verified on GlaS dataset.",
+         "url": "https://scholar.google.com/scholar?q=Instance+segmentation+model+created+from+three+semantic+"
+                "segmentations+of+mask+boundary+and+centroid+pixels+verified+on+GlaS+dataset"},
+        UNET_CITATION,
+    )
 
     def build_model(self, config: dict):
         """A :class:`~.model.ThreeBranchUNet` for an architecture dict (see ``ThreeBranchConfig``)."""
@@ -50,6 +60,20 @@ class ThreeBranchFamily(Family):
                                          tile_size=tile_size, cancel=cancel)
         arrays = dict(zip(branches, probs))
         return Maps(arrays=arrays)
+
+    def package_network(self, meta: dict) -> PackageNetwork:
+        """The U-Net with a sigmoid: one output channel per branch, probabilities in [0, 1]."""
+        from .model import ThreeBranchConfig
+
+        config = ThreeBranchConfig.from_dict(meta["architecture"])
+        return unet_package(
+            "napari_instance_tuner.core.families.three_branch.model",
+            "ThreeBranchUNet(ThreeBranchConfig.from_dict(architecture))", self.package_callable, config,
+            tuple(config.branches),
+            notes="Any bioimage.io consumer (bioimageio.core, deepImageJ, ilastik) can run the network and get the "
+                  "foreground, boundary and centroid probability maps. Instances need the five-step "
+                  "post-processing of napari-instance-tuner, whose parameters are in `config.napari_instance_tuner`.",
+        )
 
     def architecture(self, options: dict, in_channels: int) -> dict:
         """A complete :class:`~.model.ThreeBranchConfig` dict (raises ValueError on bad options)."""
