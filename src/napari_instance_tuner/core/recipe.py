@@ -231,7 +231,10 @@ def resolve_weights(recipe: dict, weights: str | os.PathLike | None = None) -> P
         If no candidate exists, or the file found has another SHA-256 (the weights changed since the recipe).
     """
     info = recipe["weights"]
-    candidates = [resolve_model_path(weights)] if weights is not None else _recorded_candidates(recipe)
+    if weights is not None:
+        candidates = [resolve_model_path(weights)]
+    else:  # a name without a suffix only as a package folder: never some other file of that name
+        candidates = [p for p in _recorded_candidates(recipe) if p.suffix or (p / "rdf.yaml").is_file()]
     found = next((p for p in candidates if p.exists()), None)  # a bioimage.io package may be a folder
     if found is None:
         tried = ", ".join(str(p) for p in candidates) or "no usable name"
@@ -249,8 +252,10 @@ def resolve_weights(recipe: dict, weights: str | os.PathLike | None = None) -> P
 
 
 def _plain_name(name: Any) -> str | None:
-    """``name`` if it is a bare ``.safetensors`` file name (no folder, no ``..``), else None."""
-    if not isinstance(name, str) or not name.endswith(".safetensors"):
+    """``name`` if it is a bare weights name (no folder, no ``..``): a ``.safetensors`` file, a bioimage.io
+    package ``.zip`` or a package folder (no suffix); else None. What it names is still checked to be one of
+    ours (:func:`.checkpoint.read_metadata`) before it is hashed."""
+    if not isinstance(name, str) or Path(name).suffix not in (".safetensors", ".zip", ""):
         return None
     return name if Path(name).name == name and name not in (".", "..") and "\\" not in name else None
 
