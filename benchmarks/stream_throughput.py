@@ -1,8 +1,8 @@
 """Streamed-pipeline throughput without a GPU: the network replaced by cached maps, CPU side serial vs threads.
 
-The image *is* the cached maps: a uint8 (S, S, 3) array holding gland-like foreground / boundary / centroid
-maps (blurred targets of touching random blobs, 8-bit), and the stand-in network returns the window's
-channels / 255 as the three-branch family's maps, at the cost of a conversion. Everything else is the real
+The image *is* the cached maps: a float32 (S, S, 3) array holding gland-like foreground / boundary / centroid
+maps (blurred targets of touching random blobs, quantised to 8 bits), and the stand-in network returns the
+window's channels (contiguous copies) as the three-branch family's maps. Everything else is the real
 streamed path of ``predict``: whole-image normalisation pass, windows with halo, the three-branch
 post-processing, classification and stitching into a uint32 label array. Each thread count is run on the
 same image; the labels must be byte-identical to the serial loop's (``threads=1``).
@@ -49,7 +49,7 @@ class CachedMaps:
     def predict_maps(self, model, image, meta, *, device=None, tile_size=None, cancel=None):
         yield from ()
         names = ("foreground", "boundary", "centroid")  # contiguous float32 maps, as a network returns them
-        return Maps(arrays={n: image[..., k] * np.float32(1 / 255) for k, n in enumerate(names)})
+        return Maps(arrays={n: np.ascontiguousarray(image[..., k]) for k, n in enumerate(names)})
 
     def postprocess(self, maps, params):
         return self.family.postprocess(maps, params)
@@ -62,9 +62,10 @@ class Loaded:
 
 
 def cached_block(objects: int) -> np.ndarray:
-    """uint8 (BLOCK, BLOCK, 3) gland-like maps."""
+    """float32 (BLOCK, BLOCK, 3) gland-like maps in [0, 1] (8-bit steps)."""
     maps = gland_like_maps(BLOCK, n_objects=objects, seed=0)
-    return np.stack([np.round(maps[k] * 255).astype(np.uint8) for k in ("foreground", "boundary", "centroid")], -1)
+    names = ("foreground", "boundary", "centroid")
+    return np.stack([np.round(maps[k] * 255) / np.float32(255) for k in names], -1).astype(np.float32)
 
 
 def tiled_image(block: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -73,7 +74,7 @@ def tiled_image(block: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 class LazySlide:
-    """A (H, W, 3) uint8 slide made on the fly: glass (zeros: the maps of empty glass) with tissue blocks.
+    """A (H, W, 3) float32 slide of maps made on the fly: glass (zero maps) with tissue blocks.
 
     Windows are composed when sliced, so a 40 000 x 30 000 slide takes no memory (as a tiled TIFF read
     lazily would not).
@@ -81,7 +82,7 @@ class LazySlide:
 
     def __init__(self, block: np.ndarray, shape: tuple[int, int], patches: int = 6, seed: int = 1) -> None:
         rng = np.random.default_rng(seed)
-        self.block, self.shape, self.dtype = block, (shape[0], shape[1], 3), np.dtype(np.uint8)
+        self.block, self.shape, self.dtype = block, (shape[0], shape[1], 3), np.dtype(np.float32)
         self.origins = [(int(rng.integers(0, shape[0] - BLOCK)), int(rng.integers(0, shape[1] - BLOCK)))
                         for _ in range(patches)]
 
@@ -89,7 +90,7 @@ class LazySlide:
         rows, cols = key[0], key[1]
         y0, y1, ystep = rows.indices(self.shape[0])
         x0, x1, xstep = cols.indices(self.shape[1])
-        out = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
+        out = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
         for oy, ox in self.origins:
             ty0, tx0, ty1, tx1 = max(y0, oy), max(x0, ox), min(y1, oy + BLOCK), min(x1, ox + BLOCK)
             if ty0 < ty1 and tx0 < tx1:
@@ -128,15 +129,17 @@ def main() -> None:
     image = tiled_image(block, (args.size, args.size))
     megapixels = image.shape[0] * image.shape[1] / 1e6
     print(f"{args.size}x{args.size} image of cached gland-like maps ({megapixels:.0f} MP)")
-    print(f"{'threads':>8}{'seconds':>10}{'MP/s':>8}{'objects':>9}  labels")
+    print(f"{'threads':>8}{'seconds':>10}{'CPU s':>8}{'MP/s':>8}{'objects':>9}  labels")
     reference = None
     for threads in args.threads:
+        cpu = time.process_time()
         seconds, result = timed(image, StreamSettings(tile=args.tile, halo=args.halo, threads=threads))
+        cpu = time.process_time() - cpu
         if reference is None:
             reference, same = result.labels, "reference"
         else:
             same = "identical" if result.labels.tobytes() == reference.tobytes() else "DIFFERENT"
-        print(f"{threads:>8}{seconds:>10.2f}{megapixels / seconds:>8.1f}{result.count:>9}  {same}")
+        print(f"{threads:>8}{seconds:>10.2f}{cpu:>8.2f}{megapixels / seconds:>8.1f}{result.count:>9}  {same}")
         del result
 
 
@@ -152,7 +155,7 @@ def slide(block: np.ndarray, shape: tuple[int, int], args) -> None:
     settings = StreamSettings(tile=args.tile, halo=args.halo, threads=args.threads[-1])
     start = time.perf_counter()
     thumb, down = thumbnail([image], [1.0])
-    keep = tissue_filter(tissue_mask(255 - thumb), 1 / down, margin=args.halo)  # dark maps: as stain on glass
+    keep = tissue_filter(tissue_mask(1 - thumb), 1 / down, margin=args.halo)  # dark maps: as stain on glass
     mask_s = time.perf_counter() - start
     runs = [("tissue filter", keep)] + ([("every tile", None)] if args.all_tiles else [])
     for name, tile_filter in runs:

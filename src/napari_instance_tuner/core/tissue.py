@@ -84,7 +84,7 @@ def thumbnail(levels: list[Any], downsamples: list[float], max_side: int = 2048)
     Parameters
     ----------
     levels : list of array-like
-        Pyramid levels, level 0 first ((H, W[, C]), lazily sliceable).
+        Pyramid levels, level 0 first ((H, W[, C]) channels last, lazily sliceable with a stride).
     downsamples : list of float
         Level-0 pixels per pixel of each level.
     max_side : int
@@ -97,14 +97,15 @@ def thumbnail(levels: list[Any], downsamples: list[float], max_side: int = 2048)
     downsample : float
         Level-0 pixels per thumbnail pixel.
     """
-    from .streaming import read_window
-
     k = int(np.argmax(downsamples))
     level = levels[k]
     height, width = int(level.shape[0]), int(level.shape[1])
     step = max(1, -(-max(height, width) // max_side))
     band = step * max(1, 1024 // step)
-    rows = [read_window(level, (y, 0, min(height, y + band), width))[::step, ::step] for y in range(0, height, band)]
+    rows = []
+    for y in range(0, height, band):
+        block = level[y : min(height, y + band) : step, ::step]  # zarr, dask and NumPy slice with a stride
+        rows.append(np.asarray(block.compute() if hasattr(block, "compute") else block))
     return np.concatenate(rows, axis=0), float(downsamples[k]) * step
 
 
