@@ -87,15 +87,14 @@ class LazySlide:
                         for _ in range(patches)]
 
     def __getitem__(self, key):
-        rows, cols = key[0], key[1]
-        y0, y1, ystep = rows.indices(self.shape[0])
-        x0, x1, xstep = cols.indices(self.shape[1])
-        out = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
+        ys, xs = np.arange(self.shape[0])[key[0]], np.arange(self.shape[1])[key[1]]
+        out = np.zeros((ys.size, xs.size, 3), np.float32)
         for oy, ox in self.origins:
-            ty0, tx0, ty1, tx1 = max(y0, oy), max(x0, ox), min(y1, oy + BLOCK), min(x1, ox + BLOCK)
-            if ty0 < ty1 and tx0 < tx1:
-                out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = self.block[ty0 - oy : ty1 - oy, tx0 - ox : tx1 - ox]
-        return out[::ystep, ::xstep]
+            iy = np.flatnonzero((ys >= oy) & (ys < oy + BLOCK))
+            ix = np.flatnonzero((xs >= ox) & (xs < ox + BLOCK))
+            if iy.size and ix.size:  # contiguous runs: a plain block copy for steps of 1
+                out[iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1] = self.block[ys[iy] - oy][:, xs[ix] - ox]
+        return out
 
 
 def peak_rss_mib() -> float:
