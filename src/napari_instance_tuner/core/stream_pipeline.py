@@ -5,17 +5,19 @@ run the network, post-process its maps into instances (and sort them for stitchi
 into the label array. Run one after the other on one thread, the CPU side (post-processing above all) limits
 the whole run: on an H100 the network alone ran 149 MP/s, the serial pipeline 1.70 MP/s.
 
-Here the network stays on the calling thread (one model, one device, out-of-memory retries and cancellation
-as before), while a thread pool reads the next windows ahead and post-processes the finished maps of earlier
-tiles; the calling thread stitches tiles as their post-processing ends. NumPy, SciPy and OpenCV release the
-GIL in their inner loops, so the pool's threads use the cores. :class:`~.stitch.Stitcher` paints tiles in
-index order whatever order they finish in, so the labels are byte-identical to the serial loop's.
+Here the network stays on the calling thread (one model, one device, out-of-memory retries and cancellation as
+before); one reader thread reads and normalises the next two windows ahead (the lazy reader of a slide or zarr
+store is only ever used by that one thread, never concurrently), and a thread pool post-processes the finished
+maps of earlier tiles; the calling thread stitches tiles as their post-processing ends. NumPy, SciPy and
+OpenCV release the GIL in their inner loops, so the threads use the cores. :class:`~.stitch.Stitcher` paints
+tiles in index order whatever order they finish in, so the labels are byte-identical to the serial loop's.
 
-At most ``2 * threads`` tiles' maps and ``threads`` windows are held at once (memory stays bounded).
+At most ``2 * threads`` tiles' maps and two windows are held at once (memory stays bounded).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from collections.abc import Generator, Iterable
@@ -78,7 +80,7 @@ def pipelined_tiles(
     params : dataclass
         The family's post-processing parameters.
     source : array-like
-        The lazy (H, W[, C]) image (see :func:`.streaming.open_image`); read from the pool's threads.
+        The lazy (H, W[, C]) image (see :func:`.streaming.open_image`); read on one reader thread.
     grid : TileGrid
     normaliser : Normaliser
         Whole-image normalisation (:func:`.streaming.fit_normaliser`).
@@ -86,7 +88,7 @@ def pipelined_tiles(
     stitcher : Stitcher
         Receives every tile's result (painted in index order).
     threads : int
-        Pool threads (>= 1) for reading ahead and post-processing.
+        Pool threads (>= 1) for post-processing.
     device : str, optional
         torch device of the network.
     cancel : CancelToken, optional
@@ -113,6 +115,7 @@ def pipelined_tiles(
     state: dict = {}
     threads = max(1, int(threads))
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stream-tile")
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-read")  # one thread uses the reader
     reads: deque[Future] = deque()
     posts: set[Future] = set()
     done = total - len(order)
@@ -130,17 +133,14 @@ def pipelined_tiles(
 
     try:
         ahead = iter(order)
-        for index in ahead:  # the first reads ahead
-            reads.append(pool.submit(read, index))
-            if len(reads) >= threads:
-                break
+        reads = deque(reader.submit(read, i) for i in itertools.islice(ahead, 2))
         for index in order:
             if cancel is not None:
                 cancel.check()
             window = reads.popleft().result()
             following = next(ahead, None)
             if following is not None:
-                reads.append(pool.submit(read, following))
+                reads.append(reader.submit(read, following))
             gen = predict_window(family, model, window, tile_meta, settings, state, device=device, cancel=cancel)
             while True:
                 try:
@@ -164,6 +164,7 @@ def pipelined_tiles(
     finally:
         for future in list(reads) + list(posts):
             future.cancel()
+        reader.shutdown(wait=True)
         pool.shutdown(wait=True)
     return len(order)
 
