@@ -62,3 +62,19 @@ def test_predict_rejects_bad_formats_and_regions(model_and_slide, tmp_path, caps
     assert main(["predict", "--model", str(model), "--params", str(params), "--out", str(tmp_path / "o"),
                  *bad, str(slide)]) == 2
     assert bad[0] in capsys.readouterr().err
+
+
+def test_predict_skips_glass_unless_all_tiles(model_and_slide, tmp_path, capsys):
+    model, _, params = model_and_slide
+    glass = np.full((512, 640, 3), 240, np.uint8)
+    glass[64:192, 96:256] = (np.random.default_rng(1).random((128, 160, 3)) * 200).astype(np.uint8)  # tissue
+    slide = write_svs(tmp_path / "glass.svs", glass, pixel_size_um=0.5)
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(model), "--params", str(params), "--out", str(out), "--tile", "128",
+            "--halo", "32", str(slide)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "tiles without tissue were not run" in err
+    assert main([*args, "--all-tiles", "--overwrite"]) == 0
+    assert "tissue" not in capsys.readouterr().err
+    assert json.loads((out / "recipe.json").read_text())["streaming"]["all_tiles"] is True

@@ -214,6 +214,9 @@ def cmd_predict(args) -> int:
     recipe = {k: v for k, v in recipe.items() if not k.startswith("_")}
     recipe["image"] = {"name": "<batch>", "shape": []}
     recipe["streaming"] = settings.to_dict()
+    all_tiles = args.all_tiles or bool(streamed.get("all_tiles", False))
+    if all_tiles:
+        recipe["streaming"]["all_tiles"] = True
     formats, roi = _formats(args.format), (parse_roi(args.roi) if args.roi else None)
     if formats or roi or args.pixel_size:
         recipe["output"] = {"formats": formats, "roi": roi, "pixel_size_um": args.pixel_size}
@@ -226,7 +229,8 @@ def cmd_predict(args) -> int:
     job = BatchJob(ModelRef(str(loaded.path), loaded.sha256, loaded), params, recipe, inputs, Path(args.out),
                    settings, device, resume=not args.overwrite,
                     threads=args.threads_per_worker if (workers or args.scheduler) else None,
-                    formats=tuple(formats) if formats else None, roi=roi, pixel_size_um=args.pixel_size)
+                    formats=tuple(formats) if formats else None, roi=roi, pixel_size_um=args.pixel_size,
+                    skip_background=False if all_tiles else None)
     check_outputs(job)  # before any work: no input replaced, nothing of the user's replaced without --overwrite
     with executor(args.scheduler, workers, args.threads_per_worker) as ex:
         where = "here" if workers == 0 and args.scheduler is None else f"on {ex.workers} dask workers ({ex.address})"
@@ -611,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", metavar="X,Y,W,H", help="segment only this region (level-0 pixels)")
     p.add_argument("--pixel-size", type=float_range(0.0, 1e6, low_open=True), metavar="UM",
                    help="µm per level-0 pixel of the inputs, instead of what the files record")
+    p.add_argument("--all-tiles", action="store_true",
+                   help="run every tile of a slide (default: tiles without tissue on the slide's coarsest level, "
+                        "found as QuPath and HistoQC do, are never sent to the network)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo images already done with the same recipe, and replace files in --out that an "
                    "earlier run did not write (inputs are never replaced)")

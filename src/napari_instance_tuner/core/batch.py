@@ -117,6 +117,8 @@ class BatchJob:
         (y, x, h, w) region in level-0 pixels.
     pixel_size_um : float or None
         µm per level-0 pixel of every input, instead of what the files record.
+    skip_background : bool or None
+        Never run the tiles without tissue (:mod:`.tissue`); None: for slides only.
     """
 
     model: ModelRef
@@ -131,6 +133,7 @@ class BatchJob:
     formats: tuple[str, ...] | None = None
     roi: tuple[int, int, int, int] | None = None
     pixel_size_um: float | None = None
+    skip_background: bool | None = None
 
     @property
     def key(self) -> str:
@@ -297,7 +300,8 @@ def _scaled_image(job: BatchJob, path: Path) -> Generator[Progress, None, ImageR
     start = time.perf_counter()
     done = yield from segment_file(job.model.get(), path, job.params, job.out_dir, _stem(path),
                                    formats=job.formats, roi=job.roi, pixel_size_um=job.pixel_size_um,
-                                   settings=job.settings, device=job.device)
+                                   settings=job.settings, device=job.device,
+                                   skip_background=job.skip_background)
     return ImageReport(str(path), "done", tuple(done.region[2:]), done.count, time.perf_counter() - start,
                        [p.name for p in done.written], done.tiles, notes=done.notes)
 

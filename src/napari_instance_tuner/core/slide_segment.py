@@ -21,8 +21,18 @@ from .io.objects import LabelFrame
 from .progress import Progress
 from .resample import ResampledImage, UpscaledLabels, model_pixel_size, scale_factor
 
-__all__ = ["FORMATS", "SourceImage", "source_from_levels", "open_source", "parse_roi", "ScaledResult", "segment_at_model_scale",
-           "write_outputs", "needs_model_scale", "segment_file"]
+__all__ = [
+    "FORMATS",
+    "ScaledResult",
+    "SourceImage",
+    "needs_model_scale",
+    "open_source",
+    "parse_roi",
+    "segment_at_model_scale",
+    "segment_file",
+    "source_from_levels",
+    "write_outputs",
+]
 
 #: Output formats of ``predict --format`` and their file suffixes.
 FORMATS = {"tif": ".tif", "zarr": ".zarr", "geojson": ".geojson", "csv": ".csv"}
@@ -138,6 +148,7 @@ def segment_at_model_scale(
     settings: Any = None,
     device: str | None = None,
     cancel: Any = None,
+    skip_background: bool = False,
 ) -> Generator[Progress, None, ScaledResult]:
     """Segment ``source`` (or its ``roi``) at the model's pixel size; yields progress.
 
@@ -154,8 +165,11 @@ def segment_at_model_scale(
     settings : StreamSettings, optional
     device : str, optional
     cancel : CancelToken, optional
+    skip_background : bool
+        Find the tissue on the coarsest level (:mod:`.tissue`, RGB images only) and never run the tiles
+        without any; they have no objects.
     """
-    from .streaming import stream_segment
+    from .streaming import StreamSettings, stream_segment
 
     h0, w0 = source.shape
     y, x, h, w = roi or (0, 0, h0, w0)
@@ -175,8 +189,19 @@ def segment_at_model_scale(
     array = source.levels[level]
     whole = level == 0 and factor == 1.0 and (y, x, h, w) == (0, 0, h0, w0)
     view = array if whole else ResampledImage(array, factor, region)
+    keep = None
+    if skip_background:
+        from .tissue import is_rgb, thumbnail, tissue_filter, tissue_mask
+
+        if is_rgb(array):
+            yield Progress(0, 0, "finding the tissue")
+            thumb, thumb_down = thumbnail(source.levels, source.downsamples)
+            mask = tissue_mask(thumb)
+            keep = tissue_filter(mask, factor * down / thumb_down, (y / thumb_down, x / thumb_down),
+                                 margin=(settings or StreamSettings()).halo)
+            notes.append(f"tissue found on {mask.mean():.0%} of the slide; tiles without tissue were not run")
     result = yield from stream_segment(loaded, view, params, out=out, settings=settings, device=device,
-                                       cancel=cancel)
+                                       cancel=cancel, tile_filter=keep)
     frame = LabelFrame(factor * down, (float(y), float(x)), source.pixel_size_um, (float(h), float(w)))
     return ScaledResult(result.labels, result.count, frame, (y, x, h, w), view, notes, result.tiles)
 
@@ -259,20 +284,25 @@ def segment_file(
     pixel_size_um: float | None = None,
     settings: Any = None,
     device: str | None = None,
+    skip_background: bool | None = None,
 ) -> Generator[Progress, None, ScaledResult]:
     """Open ``path``, segment it at the model's scale and write ``formats`` (default ``tif``) to ``out_dir``.
 
+    ``skip_background`` (see :func:`segment_at_model_scale`) defaults to True for slides, False otherwise.
     The labels at the model's scale live in a scratch zarr beside the outputs (removed afterwards); returns
     the :class:`ScaledResult` with ``written`` set to the paths written.
     """
     import shutil
     import tempfile
 
+    from .io.slides import is_slide
+
+    skip = is_slide(path) if skip_background is None else skip_background
     source = open_source(path, pixel_size_um)
     scratch = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out_dir))
     try:
         result = yield from segment_at_model_scale(loaded, source, params, roi=roi, out=scratch / "labels",
-                                                   settings=settings, device=device)
+                                                   settings=settings, device=device, skip_background=skip)
         result.written = yield from write_outputs(result, list(formats or ("tif",)), out_dir, stem,
                                                   model=loaded.name)
     finally:

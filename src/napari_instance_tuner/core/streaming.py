@@ -56,6 +56,10 @@ class StreamSettings:
     amp : bool
         Run the network under ``torch.autocast``: float16 on CUDA, bfloat16 on a CPU with native bfloat16
         (AVX512-BF16 or AMX); float32 elsewhere.
+    threads : int
+        CPU threads reading ahead and post-processing while the network runs (:mod:`.stream_pipeline`);
+        0 = the cores this process may use (at most 8), 1 = the plain serial loop. The labels do not depend
+        on it.
     """
 
     tile: int = 2048
@@ -63,6 +67,7 @@ class StreamSettings:
     network_tile: int | None = None
     min_network_tile: int = 64
     amp: bool = False
+    threads: int = 0
 
     def grid(self, shape: tuple[int, int]) -> TileGrid:
         """The tile grid of an (H, W) image."""
@@ -372,6 +377,7 @@ def stream_segment(
     keep_objects: bool = False,
     cancel: CancelToken | None = None,
     tile_runner: Callable | None = None,
+    tile_filter: Callable[[tuple[int, int, int, int]], bool] | None = None,
 ) -> Generator[Progress, None, StreamResult]:
     """Segment an image of any size tile by tile and stitch the instances; yields progress.
 
@@ -393,7 +399,11 @@ def stream_segment(
     cancel : CancelToken, optional
     tile_runner : callable, optional
         ``tile_runner(grid, normaliser, indices) -> iterator of TileResult`` (any order) to run tiles elsewhere
-        (e.g. on dask workers, see :func:`.batch.tile_task`); the default runs them here, in order.
+        (e.g. on dask workers, see :func:`.batch.tile_task`); the default runs them here: in order on this
+        thread with ``settings.threads == 1``, else overlapped with a thread pool (:mod:`.stream_pipeline`).
+    tile_filter : callable, optional
+        ``tile_filter((y0, x0, y1, x1)) -> bool`` on a tile's core (image pixels): False = the tile is never
+        read nor sent to the network and has no objects (e.g. no tissue, see :mod:`.tissue`).
     """
     from .inference import choose_device
 
@@ -401,26 +411,36 @@ def stream_segment(
     device = choose_device(device)
     source = open_image(image)
     try:
-        return (yield from _stream(loaded, source, params, out, settings, device, keep_objects, cancel, tile_runner))
+        return (yield from _stream(loaded, source, params, out, settings, device, keep_objects, cancel, tile_runner,
+                                   tile_filter))
     finally:
         if isinstance(source, TiffImage) and source is not image:
             source.close()
 
 
-def _stream(loaded, source, params, out, settings, device, keep_objects, cancel, tile_runner):
+def _stream(loaded, source, params, out, settings, device, keep_objects, cancel, tile_runner, tile_filter):
+    from .stream_pipeline import auto_threads, pipelined_tiles
+
     grid = settings.grid(image_shape(source))
     yield Progress(0, len(grid), "normalisation statistics")
     normaliser = fit_normaliser(source, loaded.meta)
     labels = create_labels(out, grid.shape)
     stitcher = Stitcher(labels, grid, keep_objects=keep_objects)
     total = len(grid)
+    run = [i for i in range(total) if tile_filter is None or tile_filter(grid.core(i))]
+    for index in sorted(set(range(total)) - set(run)):
+        stitcher.add(TileResult(index))  # no tissue: no objects
+    threads = auto_threads(settings.threads)
     if tile_runner is not None:
-        for done, result in enumerate(tile_runner(grid, normaliser, range(total)), start=1):
+        for done, result in enumerate(tile_runner(grid, normaliser, run), start=total - len(run) + 1):
             stitcher.add(result)
             yield Progress(done, total, f"tile {done}/{total}")
+    elif threads > 1:
+        yield from pipelined_tiles(loaded, params, source, grid, normaliser, settings, stitcher, threads,
+                                   device=device, cancel=cancel, indices=run)
     else:
         state: dict = {}
-        for index in range(total):
+        for index in run:
             if cancel is not None:
                 cancel.check()
             gen = segment_tile(loaded.family, loaded.model, loaded.meta, params, source, grid, index, normaliser,
@@ -435,7 +455,7 @@ def _stream(loaded, source, params, out, settings, device, keep_objects, cancel,
                     yield Progress(index, total, p.message, p.info)
             yield Progress(index + 1, total, f"tile {index + 1}/{total}")
     count = stitcher.finish()
-    return StreamResult(labels, count, stitcher.objects if keep_objects else None, total)
+    return StreamResult(labels, count, stitcher.objects if keep_objects else None, len(run))
 
 
 def stitched_instances(result: StreamResult) -> Instances:

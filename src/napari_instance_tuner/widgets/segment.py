@@ -348,6 +348,7 @@ class SegmentWidget(QWidget):
         out, settings, device = stream_target(layer.name), STREAM_SETTINGS, self.device.value
         roi = shapes_roi(self.region.value, layer)
         min_size = PYRAMID_MIN_SIZE
+        slide = len(source.levels) > 1  # a slide's glass is found on its coarsest level and never run
 
         def work(cancel):
             from ..core.inference import choose_device, device_description
@@ -355,7 +356,8 @@ class SegmentWidget(QWidget):
 
             used = choose_device(device)
             result = yield from segment_at_model_scale(loaded, source, params, roi=roi, out=out / LEVEL0,
-                                                       settings=settings, device=used, cancel=cancel)
+                                                       settings=settings, device=used, cancel=cancel,
+                                                       skip_background=slide)
             # napari needs 2 levels; written here once, so drawing never reads all of level 0
             levels = yield from write_label_pyramid(out, min_size, min_levels=2, cancel=cancel)
             return used, device_description(used), result, levels
