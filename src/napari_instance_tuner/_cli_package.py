@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._cli_support import float_range
 from .core.errors import InstanceTunerError
 
 
@@ -34,14 +35,19 @@ def cmd_export_model(args) -> int:
     return 0 if report.ok else 1
 
 
-def add_export_model(sub) -> None:
-    """Register the ``export-model`` subcommand on the CLI's subparsers."""
-    x = sub.add_parser("export-model", help="write a model as a bioimage.io model package (folder or .zip)")
+def add_export_model(command) -> None:
+    """Register the ``export-model`` subcommand through the CLI's ``command(name, help, examples)`` factory."""
+    x = command("export-model", "write a model as a bioimage.io model package (folder or .zip)",
+                "  napari-instance-tuner export-model --model three-branch-glas-v2 --out glands.zip "
+                "--sample glas/testA/images/testA_1.png\n"
+                "  napari-instance-tuner export-model --model my.safetensors --out pkg/ --sample img.tif "
+                "--pixel-size 0.5 --author 'A. Person'")
     x.add_argument("--model", required=True, help="shipped model name, checkpoint or bioimage.io package")
     x.add_argument("--out", required=True, help="package to write: a .zip file or a new folder")
     x.add_argument("--sample", required=True,
                    help="a real image of the kind the model segments: the test tensors and cover are cut from it")
-    x.add_argument("--pixel-size", type=float, help="pixel size (micrometres) of the images the model was made for")
+    x.add_argument("--pixel-size", type=float_range(0.0, 1e6, low_open=True),
+                   help="pixel size (micrometres) of the images the model was made for")
     x.add_argument("--author", action="append", help="author name (repeat for several)")
     x.add_argument("--maintainer", action="append",
                    help="GitHub user name of a maintainer (repeat for several; the check looks it up online)")
