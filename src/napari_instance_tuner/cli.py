@@ -549,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=positive, default=1e-3, help="learning rate")
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam",
                    help="sgd: momentum 0.9 (torchvision's detection recipe; give it a larger --lr, e.g. 0.02)")
-    t.add_argument("--weight-decay", type=float_range(0.0, 10.0), default=0.0, help="weight decay of the optimiser (0 to 10)")
+    t.add_argument("--weight-decay", type=float_range(0.0, 10.0), default=0.0,
+                   help="weight decay of the optimiser (0 to 10)")
     t.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate, select and ship an exponential moving average of the weights (e.g. 0.99; 0: off)")
     t.add_argument("--amp", action="store_true",
