@@ -312,3 +312,29 @@ def test_a_shapes_rectangle_limits_the_run_to_its_region(loaded, viewer, run, er
         [whole[0], whole[-1], whole[:, 0], whole[:, -1]]))]
     assert inner and all((labels[whole == k] > 0).all() for k in inner)  # objects inside: found at their place
     assert (labels > 0).sum() <= (whole > 0).sum() + 50
+
+
+def test_the_visible_field_limits_the_run_to_what_the_canvas_shows(loaded, viewer, run, errors, maps_from_image):
+    from napari_instance_tuner.widgets._region import VISIBLE, canvas_size, visible_roi
+
+    widget = loaded
+    image = viewer.add_image(_rgb(), name="big slide", rgb=True, scale=(0.5, 0.5), translate=(10.0, 20.0))
+    camera = viewer.scene.camera
+    height, width = canvas_size(viewer)
+    # Centre the camera on pixel (50, 90) and zoom so that the canvas spans 60 pixels (30 world units) in height.
+    camera.center = (10.0 + 50 * 0.5, 20.0 + 90 * 0.5)
+    camera.zoom = height / 30.0
+    y, x, h, w = visible_roi(viewer, image)
+    assert abs(h - 60) <= 1 and abs(y - 20) <= 1  # rows 20..80 around the centre row 50
+    span = 2 * width / camera.zoom  # columns shown: 2 pixels per world unit
+    x0, x1 = max(0.0, 90 - span / 2), min(float(SIZE), 90 + span / 2)  # clipped to the image
+    assert abs(x - x0) <= 1 and abs(x + w - x1) <= 1
+    widget.image.value = image
+    widget.region.value = VISIBLE
+    _use_disk_params(widget)
+    assert run(widget) == "ok", errors
+    layer = viewer.layers["big slide instances"]
+    assert layer.data[0].shape == (h, w)
+    np.testing.assert_allclose(layer.translate, (10.0 + y * 0.5, 20.0 + x * 0.5))
+    camera.center = (-500.0, -500.0)  # looking beside the image: no region, the whole image is used
+    assert visible_roi(viewer, image) is None

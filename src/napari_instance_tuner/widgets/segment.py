@@ -42,7 +42,7 @@ from ._layers import (
 from ._models import ModelPicker
 from ._params import ParamsPanel
 from ._pixel_size import describe, layer_pixel_size, level_data
-from ._region import region_choices, shapes_roi
+from ._region import region_choices, region_roi
 from ._streamed import StreamedResult, discard, forget_streamed, stream_target, write_streamed_labels
 from ._worker import Job, as_work, error_message, notify_error
 
@@ -124,7 +124,8 @@ class SegmentWidget(QWidget):
         self.pixel_size.changed.connect(lambda *_: self._update_controls())
         self.pixel_info = Label(value="")
         self.region = ComboBox(label="region", choices=lambda *_: region_choices(self.viewer))
-        self.region.tooltip = ("whole image, or the box around the selected (else all) shapes of a Shapes layer: "
+        self.region.tooltip = ("whole image, the visible field (what the canvas shows), or the box around the "
+                               "selected (else all) shapes of a Shapes layer: "
                                "Run then streams only that region; the labels land at its place")
 
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
@@ -346,7 +347,7 @@ class SegmentWidget(QWidget):
         # Read lazily from the level nearest the model's pixel size, resampled to it (level 0 when unknown).
         source = source_from_levels(level_data(layer), layer_pixel_size(layer, self.pixel_size.value))
         out, settings, device = stream_target(layer.name), STREAM_SETTINGS, self.device.value
-        roi = shapes_roi(self.region.value, layer)
+        roi = region_roi(self.region.value, self.viewer, layer)
         min_size = PYRAMID_MIN_SIZE
         slide = len(source.levels) > 1  # a slide's glass is found on its coarsest level and never run
 
