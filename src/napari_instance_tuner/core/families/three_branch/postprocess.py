@@ -104,6 +104,6 @@ def _watershed_from_centroids(arrays: dict, fg: np.ndarray, params: ThreeBranchP
     relief = np.round(np.clip(relief, 0.0, 1.0) * 255).astype(np.uint8)  # integer relief: faster flooding
     labels = watershed(relief, markers.astype(np.int32), mask=fg.view(bool)).astype(np.uint32)
     if not params.require_centroid:
-        rest, n_rest = connected_components(fg & (labels == 0).view(np.uint8))
+        rest, _ = connected_components(fg & (labels == 0).view(np.uint8))
         labels[rest > 0] = rest[rest > 0].astype(np.uint32) + labels.max()
     return labels
