@@ -56,13 +56,7 @@ def visible_roi(viewer: Any, image: Any) -> tuple[int, int, int, int] | None:
     half = np.asarray(size, float) / camera.zoom / 2
     lead = np.zeros(image.ndim - 2)  # leading (slice) axes of a stack: the box is in the last two
     corners = [np.concatenate([lead, center + sign * half]) for sign in (-1.0, 1.0)]
-    pixels = np.array([np.asarray(image.world_to_data(c), float)[-2:] for c in corners])
-    shape = (image.data[0] if image.multiscale else image.data).shape[:2]
-    y0, x0 = np.maximum(np.floor(pixels.min(axis=0) + 0.5), 0).astype(int)
-    y1, x1 = np.minimum(np.ceil(pixels.max(axis=0) + 0.5), shape).astype(int)
-    if y1 <= y0 or x1 <= x0:
-        return None
-    return int(y0), int(x0), int(y1 - y0), int(x1 - x0)
+    return _pixel_box(corners, image)
 
 
 def shapes_roi(shapes: Any, image: Any) -> tuple[int, int, int, int] | None:
@@ -77,7 +71,13 @@ def shapes_roi(shapes: Any, image: Any) -> tuple[int, int, int, int] | None:
     points = np.concatenate([np.asarray(shapes.data[i], float)[:, -2:] for i in chosen])
     world = [shapes.data_to_world(p) for p in np.concatenate([np.zeros((len(points), shapes.ndim - 2)), points],
                                                            axis=1)]
-    pixels = np.array([np.asarray(image.world_to_data(w), float)[:2] for w in world])
+    return _pixel_box(world, image)
+
+
+def _pixel_box(world_points: list, image: Any) -> tuple[int, int, int, int] | None:
+    """(y, x, h, w) of the image pixels whose centres the box around ``world_points`` covers, clipped to
+    the image's level-0 size; None when it misses the image. Points map world -> data through the layer."""
+    pixels = np.array([np.asarray(image.world_to_data(w), float)[-2:] for w in world_points])
     shape = (image.data[0] if image.multiscale else image.data).shape[:2]
     y0, x0 = np.maximum(np.floor(pixels.min(axis=0) + 0.5), 0).astype(int)
     y1, x1 = np.minimum(np.ceil(pixels.max(axis=0) + 0.5), shape).astype(int)
