@@ -323,17 +323,10 @@ class _LoadedMeta:
 
 
 def _keeps_masks(job: BatchJob) -> bool:
-    """Whether the family keeps overlapping masks (layering, maskrcnn): known from a tiny dry run."""
-    from .family import Maps
+    """Whether the family keeps overlapping masks (:attr:`~.family.Family.keeps_overlaps`: layering, maskrcnn)."""
     from .registry import get_family
 
-    family = get_family(job.recipe["family"])
-    names = family.map_names
-    try:
-        probe = family.postprocess(Maps({n: np.zeros((8, 8), np.float32) for n in names}), job.params)
-    except Exception:  # noqa: BLE001 - a family that cannot post-process empty maps: keep masks to be safe
-        return True
-    return probe.masks is not None
+    return get_family(job.recipe["family"]).keeps_overlaps
 
 
 def check_outputs(job: BatchJob) -> None:

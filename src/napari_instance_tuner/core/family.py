@@ -10,13 +10,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .errors import InstanceTunerError
 from .io.bioimageio_network import PackageNetwork
+from .params import params_from_dict
 from .progress import CancelToken, Progress
+from .scoring import scorable, selection_score
+from .training import supervised_step
+
+__all__ = ["Family", "Instances", "Maps", "scorable"]
 
 
 @dataclass
@@ -68,24 +74,28 @@ class Instances:
         return int(np.unique(self.labels[self.labels > 0]).size)
 
 
-def scorable(instances: Instances) -> np.ndarray:
-    """What metrics should see: per-object masks where the family keeps overlaps, else the labels."""
-    return instances.masks if instances.masks is not None else instances.labels
-
-
 class Family(ABC):
     """A model family: network maps + post-processing.
 
-    Subclasses set :attr:`name`, :attr:`map_names` and :attr:`Params` (a parameter dataclass, see
-    :mod:`.params`) and register themselves in :mod:`.registry`.
+    Subclasses set :attr:`name`, :attr:`map_names`, :attr:`Params` (a parameter dataclass, see
+    :mod:`.params`), :attr:`TrainOptions` and :attr:`keeps_overlaps`, implement :meth:`network_maps`,
+    :meth:`postprocess` and :meth:`build_model` (plus the training hooks), and are listed in :mod:`.registry`.
     """
 
     name: ClassVar[str]
     map_names: ClassVar[tuple[str, ...]]
     Params: ClassVar[type]
-    #: Whether training and fine-tuning may run the forward pass in mixed precision (``TrainConfig.amp``):
-    #: the model's call in :func:`~.training.fit` must be its whole forward pass.
+    #: The family's training options: a dataclass whose fields are made with :func:`~.train_options.option`
+    #: (each declares its command-line flag, help and type) or are options of the Python API only.
+    TrainOptions: ClassVar[type]
+    #: Whether :meth:`postprocess` returns per-object masks (``Instances.masks``: objects may overlap).
+    keeps_overlaps: ClassVar[bool] = False
+    #: Whether training and fine-tuning may run :meth:`training_step` under bfloat16 autocast (``TrainConfig.amp``).
     supports_amp: ClassVar[bool] = True
+    #: A shipped model of this family that command-line examples name (None: none).
+    example_model: ClassVar[str | None] = None
+    #: Arguments of a ``train`` command-line example for this family (None: no example).
+    train_example: ClassVar[str | None] = None
     #: Whether the family's batches apply elastic deformation (``AugmentConfig.p_elastic``).
     elastic_augmentation: ClassVar[bool] = False
     #: Entry point of the family's network in bioimage.io packages (see :meth:`package_network`); imports
@@ -98,7 +108,6 @@ class Family(ABC):
     def build_model(self, config: dict) -> Any:
         """Return an untrained ``torch.nn.Module`` for an architecture config dict."""
 
-    @abstractmethod
     def predict_maps(
         self,
         model: Any,
@@ -112,8 +121,13 @@ class Family(ABC):
         """Run the network on one 2D image; yields progress, returns :class:`Maps` at the image size.
 
         ``image`` is (H, W) or (H, W, C) of any real dtype; ``meta`` is the checkpoint's metadata
-        (normalisation, input channels, pixel scale).
+        (normalisation, input channels, pixel scale). The work is the family's :meth:`network_maps`.
         """
+        return (yield from self.network_maps(model, image, meta, device=device, tile_size=tile_size, cancel=cancel))
+
+    @abstractmethod
+    def network_maps(self, model: Any, image: np.ndarray, meta: dict, **run: Any) -> Generator[Progress, None, Maps]:
+        """:meth:`predict_maps` of this family; ``run`` holds its ``device``, ``tile_size`` and ``cancel``."""
 
     @abstractmethod
     def postprocess(self, maps: Maps, params: Any) -> Instances:
@@ -158,12 +172,56 @@ class Family(ABC):
         """
         raise InstanceTunerError(f"training of family {self.name!r} is not available")
 
-    def finetune_setup(self, model: Any, meta: dict, pairs: list, settings: Any) -> tuple[Any, Any, list | None]:
-        """What :func:`~.finetune.finetune` needs: ``(next_batch, loss_fn, trainable parameters or None)``.
+    def training_step(self, model: Any, batch: tuple, loss_fn: Any = None) -> tuple[Any, dict]:
+        """One forward pass and loss of training or fine-tuning; :func:`~.training.fit` calls it on every batch.
 
-        ``pairs`` are :class:`~.finetune.CorrectedImage`; ``model`` is the copy being tuned.
+        Parameters
+        ----------
+        model : torch.nn.Module
+            In training mode, on the batch's device.
+        batch : tuple
+            What the family's batch maker returns, moved to the device: here ``(x, y, valid)`` with x float32
+            (B, C, H, W).
+        loss_fn : callable, optional
+            ``loss_fn(logits, y, valid) -> (loss, parts)``; default :meth:`default_loss`.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            Scalar float32 with gradients.
+        parts : dict
+            Named loss terms (floats) for the progress records.
         """
+        return supervised_step(model, batch, loss_fn or self.default_loss())
+
+    def default_loss(self) -> Any:
+        """The loss :meth:`training_step` uses when given none."""
+        raise InstanceTunerError(f"training of family {self.name!r} is not available")
+
+    def finetune_setup(self, model: Any, meta: dict, pairs: list, settings: Any) -> tuple[Any, Any, list | None]:
+        """What :func:`~.finetune.finetune` needs: ``(next_batch, training_step, trainable parameters or None)``.
+
+        ``pairs`` are :class:`~.finetune.CorrectedImage`; ``model`` is the copy being tuned. With
+        ``settings.freeze_encoder`` the family's :meth:`frozen_part` does not train.
+        """
+        batches = self.finetune_batches(model, meta, pairs, settings)
+        params = None
+        if settings.freeze_encoder:
+            self.frozen_part(model).requires_grad_(False)
+            params = [p for p in model.parameters() if p.requires_grad]
+        return batches, partial(self.training_step, loss_fn=self.finetune_loss()), params
+
+    def finetune_batches(self, model: Any, meta: dict, pairs: list, settings: Any) -> Any:
+        """``next_batch(rng)`` of crops of the corrected images, only inside their checked regions."""
         raise InstanceTunerError(f"fine-tuning the {self.name} family is not available")
+
+    def finetune_loss(self) -> Any:
+        """The loss of fine-tuning (default :meth:`default_loss`)."""
+        return self.default_loss()
+
+    def frozen_part(self, model: Any) -> Any:
+        """The module that fine-tuning keeps fixed when asked to freeze the encoder (default ``model.encoder``)."""
+        return model.encoder
 
     def score(self, pred: Any, reference: Any) -> float:
         """The family's model-selection score of one prediction (higher is better).
@@ -172,13 +230,10 @@ class Family(ABC):
         stack (see :func:`scorable`). Used to pick the best epoch and by auto-tuning after training.
         Default: the mean of GlaS object F1 and object Dice.
         """
-        from .metrics import object_dice, object_f1
-        from .training import selection_score
+        from .metrics import object_dice, object_f1  # deferred: scipy/scikit-image
 
         return selection_score(object_f1(pred, reference)["f1"], object_dice(pred, reference))
 
     def default_params(self, meta: dict | None = None) -> Any:
         """Parameters stored in a checkpoint's metadata, else the dataclass defaults."""
-        from .params import params_from_dict
-
         return params_from_dict(self.Params, (meta or {}).get("postprocess", {}))

@@ -25,6 +25,7 @@ import numpy as np
 from .checkpoint import LoadedModel, save_checkpoint
 from .errors import InstanceTunerError, WeightsError
 from .progress import CancelToken, Progress, run
+from .scoring import scorable
 from .training import TrainConfig, TrainResult, fit, refuse_amp
 
 #: Context (network pixels) predicted around a held-out region's bounding box, so that its objects are
@@ -44,7 +45,7 @@ class FinetuneSettings:
         Optimiser steps, Adam learning rate, crops per step, crop edge (network pixels), random
         augmentation, whether the encoder stays frozen, random seed.
     amp : bool
-        Mixed precision: bfloat16 forward passes (:attr:`.training.TrainConfig.amp`; not for Mask R-CNN).
+        Mixed precision: bfloat16 forward passes (:attr:`.training.TrainConfig.amp`).
     validate_every : int
         With a held-out region: score it every this many steps (a shorter run: at its last step).
     patience : int or None
@@ -242,8 +243,6 @@ def make_validator(loaded: LoadedModel, held_out: list[_HeldOut], params: Any, d
     objects are kept likewise (see :func:`mostly_inside`), so objects cut by the crop's edge count for
     neither side.
     """
-    from .family import scorable
-
     family = loaded.family
     meta = {**loaded.meta, "normalisation": {"kind": "none"}}  # the crops are normalised already
 
@@ -341,13 +340,13 @@ def finetune(
             validation["start_score"] = validate(model)["score"]
         yield Progress(0, settings.steps, "validated the starting model",
                        {"epoch": 0, "val_score": validation["start_score"]})
-    batches, loss_fn, trainable = loaded.family.finetune_setup(model, loaded.meta, train_pairs, settings)
+    batches, training_step, trainable = loaded.family.finetune_setup(model, loaded.meta, train_pairs, settings)
     # fit counts patience from step -1 until the first validation: never stop before one.
     patience = settings.steps + 1 if settings.patience is None else max(settings.patience, every + 1)
     config = TrainConfig(epochs=settings.steps, steps_per_epoch=1, lr=settings.lr, seed=settings.seed,
                          patience=patience, validate_every=every,
                          checkpoint_every_s=float("inf"), freeze_batchnorm=True, amp=settings.amp)
-    result = yield from fit(model, batches, loss_fn, validate, config, device=device, cancel=cancel, params=trainable)
+    result = yield from fit(model, batches, training_step, validate, config, device=device, cancel=cancel, params=trainable)
     model.requires_grad_(True)
     if validation is not None:
         validated = result.best_epoch > 0

@@ -9,8 +9,9 @@ import platform
 import sys
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from .errors import InstanceTunerError
 from .image import DEFAULT_NORMALISATION
 from .params import params_from_dict, params_to_dict, read_params_file
 from .progress import CancelToken, Progress
+from .scoring import scorable
 from .training import TrainConfig, refuse_amp
 
 
@@ -28,8 +30,9 @@ from .training import TrainConfig, refuse_amp
 class TrainOptions:
     """Options of ``napari-instance-tuner train``.
 
-    ``architecture`` is passed to :meth:`~.family.Family.architecture`; ``targets`` (three-branch
-    target widths) and ``family_options`` (e.g. layering phase lengths) to the family's ``train``.
+    ``family_options`` is an instance of the family's :attr:`~.family.Family.TrainOptions` (None: its
+    defaults): its architecture fields, updated with ``architecture`` (further keys, e.g. from ``--arch-json``),
+    go to :meth:`~.family.Family.architecture`; the rest to the family's ``train``.
     ``augment_extra`` sets further :class:`~.augment.AugmentConfig` fields (e.g. ``p_stain``,
     ``p_elastic``); ``extra_data`` lists split folders whose images are added to training only, except
     images of validation patients (GlaS ``Grade.csv``), which are left out so validation stays unseen.
@@ -51,8 +54,7 @@ class TrainOptions:
     batch_size: int = 8
     val_fraction: float = 0.18
     train: TrainConfig = field(default_factory=TrainConfig)
-    targets: dict = field(default_factory=dict)
-    family_options: dict = field(default_factory=dict)
+    family_options: Any = None
     augment: bool = True
     augment_extra: dict = field(default_factory=dict)
     extra_data: list = field(default_factory=list)
@@ -67,8 +69,7 @@ def evaluate_samples(
     loaded: LoadedModel, samples: list[Sample], params, *, device: str | None = None, cancel: CancelToken | None = None
 ) -> Generator[Progress, None, list[dict]]:
     """Predict and score each sample with every metric; returns one dict per image (with ``name``)."""
-    from .family import scorable
-    from .metrics import evaluate
+    from .metrics import evaluate  # deferred: scipy/scikit-image
 
     rows = []
     for i, s in enumerate(samples):
@@ -104,6 +105,8 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
     started = time.time()
     family = get_family(options.family)
     refuse_amp(family, options.train.amp)
+    if options.family_options is None:
+        options = replace(options, family_options=family.TrainOptions())
     samples = load_split(options.data)
     groups = read_groups(options.data)
     train_names, val_names = validation_split(
@@ -123,7 +126,7 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
     extra_names = [s.name for s in extra]
     in_channels = 1 if samples[0].image.ndim == 2 else 3
     try:
-        arch = family.architecture(options.architecture, in_channels)
+        arch = family.architecture({**options.family_options.architecture(), **options.architecture}, in_channels)
     except (ValueError, TypeError) as exc:
         raise InstanceTunerError(f"invalid {options.family} architecture: {exc}") from exc
     meta = {

@@ -20,11 +20,6 @@ def family_names() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def register_family(name: str, target: str) -> None:
-    """Register a family implementation given as ``"package.module:ClassName"``."""
-    _FAMILIES[name] = target
-
-
 def get_family(name: str) -> Family:
     """Return an instance of the family called ``name``.
 

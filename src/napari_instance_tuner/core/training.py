@@ -9,8 +9,10 @@ do not match averaged weights when the statistics drift fast (seen on GlaS: the 
 variance fell 6x within 300 steps, and the average's maps were flat, scoring 0 while the raw weights scored
 0.65).
 
-The family supplies ``next_batch(rng) -> (x, y, valid)`` tensors, ``loss_fn(logits, y, valid) ->
-(loss, parts)`` and ``validate(model) -> dict`` with a ``"score"`` (higher is better). The loop saves a
+The family supplies ``next_batch(rng) -> batch`` (a tuple whose elements have ``.to(device)``), its
+``training_step(model, batch) -> (loss, parts)`` (:meth:`~.family.Family.training_step`: the forward pass and
+the loss, run under bfloat16 autocast with ``amp``; :func:`supervised_step` for networks that map images to
+logits) and ``validate(model) -> dict`` with a ``"score"`` (higher is better). The loop saves a
 resume file every ``checkpoint_every_s`` seconds (model, optimiser, RNG states, history, best weights);
 resume files hold only tensors and plain values and are read with ``torch.load(weights_only=True)``.
 """
@@ -29,7 +31,8 @@ import numpy as np
 
 from .errors import ParamsError
 from .progress import CancelToken, Progress
-
+from .training_batches import batch_stream, to_device
+from .weight_average import EMA_BN_BATCHES, make_ema, recalibrate_batchnorm
 
 #: Optimisers :func:`fit` can use.
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -119,97 +122,12 @@ class TrainResult:
     stopped: str
 
 
-def selection_score(f1: float, dice: float) -> float:
-    """The validation score that training and auto-tuning maximise: mean of object F1 and object Dice."""
-    return 0.5 * (f1 + dice)
-
-
-def make_validator(
-    family,
-    samples: list,
-    meta: dict,
-    params,
-    metrics: dict[str, Callable[[Any, Any], float]],
-    score: str | Callable[[dict], float],
-    device: str = "cpu",
-) -> Callable[[Any], dict]:
-    """A ``validate(model) -> dict`` for :func:`fit`: per-image metrics averaged over ``samples``.
-
-    Parameters
-    ----------
-    family : Family
-    samples : list[Sample]
-        Validation images; each is scored against :attr:`~.data.Sample.reference`.
-    meta : dict
-        Checkpoint metadata (normalisation, pixel scale) for ``predict_maps``.
-    params : dataclass
-        Post-processing parameters.
-    metrics : dict
-        Name -> ``metric(pred, reference) -> float``; ``pred`` as :func:`~.family.scorable` gives it.
-    score : str or callable
-        The metric name whose mean is ``"score"`` (higher is better), or ``score(means) -> float``.
-    device : str
-
-    Returns
-    -------
-    callable
-        ``validate(model)`` returning ``{"score": ..., **mean of every metric}``.
-    """
-    from .family import scorable
-    from .progress import run
-
-    def validate(model) -> dict:
-        values: dict[str, list[float]] = {name: [] for name in metrics}
-        for s in samples:
-            maps = run(family.predict_maps(model, s.image, meta, device=device))
-            pred = scorable(family.postprocess(maps, params))
-            for name, metric in metrics.items():
-                values[name].append(float(metric(pred, s.reference)))
-        means = {name: float(np.mean(v)) for name, v in values.items()}
-        return {"score": float(means[score] if isinstance(score, str) else score(means)), **means}
-
-    return validate
-
-
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) and ask for deterministic algorithms where cheap."""
     import torch
 
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = False  # autotuned kernels would make GPU runs differ
-
-
-class _IndexedBatches:
-    """Map-style dataset: item ``i`` is ``next_batch(default_rng((seed, i)))`` (one whole batch)."""
-
-    def __init__(self, next_batch: Callable, seed: int) -> None:
-        self.next_batch = next_batch
-        self.seed = seed
-
-    def __getitem__(self, index: int):
-        return self.next_batch(np.random.default_rng((self.seed, int(index))))
-
-
-def _as_made(batch):
-    """The batch exactly as ``next_batch`` made it (DataLoader would otherwise convert numpy arrays)."""
-    return batch
-
-
-def _batch_stream(next_batch: Callable, rng: np.random.Generator, config: TrainConfig, first_step: int):
-    """Batches for steps ``first_step, first_step + 1, ...``: from ``rng`` or from DataLoader workers."""
-    if config.loader_workers <= 0:
-        while True:
-            yield next_batch(rng)
-    from torch.utils.data import DataLoader
-
-    total = config.epochs * config.steps_per_epoch
-    loader = DataLoader(
-        _IndexedBatches(next_batch, config.seed), batch_size=None, sampler=range(first_step, total),
-        num_workers=config.loader_workers, prefetch_factor=4, collate_fn=_as_made,
-    )
-    # No worker_init_fn calling cv2.setNumThreads: after fork, reconfiguring OpenCV's thread pool waits
-    # forever on threads that were not copied (found on a GPU run; tests/core/test_training.py).
-    yield from loader
 
 
 def make_optimizer(config: TrainConfig, params):
@@ -254,72 +172,44 @@ def training_autocast(device: str, amp: bool):
 
 
 def refuse_amp(family, amp: bool) -> None:
-    """Raise :class:`ParamsError` when ``amp`` is asked of a family that trains in float32 only."""
+    """Raise :class:`ParamsError` when ``amp`` is asked of a family that trains in float32 only
+    (:attr:`~.family.Family.supports_amp`; every family shipped now supports it)."""
     if amp and not family.supports_amp:
-        raise ParamsError(f"mixed precision (amp) is for the U-Net families; {family.name} trains in float32")
+        raise ParamsError(f"mixed precision (amp) is not available for the {family.name} family; "
+                          f"{family.name} trains in float32")
 
 
-#: Training batches whose activations recompute the EMA's batch-norm statistics before a validation.
-EMA_BN_BATCHES = 8
-
-
-def recalibrate_batchnorm(model, next_batch: Callable, rng: np.random.Generator, n_batches: int, *,
-                          device: str = "cpu", memory_format=None) -> bool:
-    """Recompute ``model``'s batch-norm running statistics from ``n_batches`` batches (a plain average).
+def supervised_step(model, batch: tuple, loss_fn: Callable) -> tuple[Any, dict]:
+    """The training step of a network that maps images to logits: ``loss_fn(model(x), y, valid)``.
 
     Parameters
     ----------
     model : torch.nn.Module
-        Changed in place: each ``_BatchNorm`` with running statistics gets the mean and variance of its
-        inputs over the batches; the rest of the model is untouched; its train/eval mode is restored.
-    next_batch : callable
-        ``next_batch(rng) -> (x, ...)``; ``x`` a float tensor (B, C, H, W).
-    rng : np.random.Generator
-        Drives ``next_batch`` (pass a generator of its own, so the training stream is not consumed).
-    n_batches : int
+    batch : tuple
+        ``(x, y, valid)``: x float32 (B, C, H, W) on the model's device; ``y`` and ``valid`` whatever
+        ``loss_fn`` takes.
+    loss_fn : callable
+        ``loss_fn(logits, y, valid) -> (loss, parts)``.
 
     Returns
     -------
-    bool
-        False (nothing changed) when the model has no such batch norm or the batches are not image tensors
-        (e.g. detection models, whose inputs are lists).
+    loss : torch.Tensor
+        Scalar float32. Under :func:`fit`'s bfloat16 autocast only the forward pass runs in bfloat16: the
+        logits are cast back and the loss is computed in float32 outside autocast.
+    parts : dict
     """
-    import torch
+    import torch  # deferred: torch
 
-    norms = [m for m in model.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms or n_batches <= 0:
-        return False
-    inputs = [next_batch(rng)[0] for _ in range(n_batches)]
-    if not all(isinstance(x, torch.Tensor) and x.ndim == 4 for x in inputs):
-        return False
-    momenta = [m.momentum for m in norms]
-    was_training = model.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches
-    model.train()
-    with torch.no_grad():
-        for x in inputs:
-            x = x.to(device)
-            model(x.contiguous(memory_format=memory_format) if memory_format is not None else x)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
-    return True
-
-
-def make_ema(model, decay: float):
-    """An ``AveragedModel`` of ``model`` keeping an exponential moving average of weights and buffers."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    x, y, valid = batch
+    logits = model(x)
+    with torch.autocast(logits.device.type, enabled=False):
+        return loss_fn(logits.float(), y, valid)
 
 
 def fit(
     model,
-    next_batch: Callable[[np.random.Generator], tuple[Any, Any, Any]],
-    loss_fn: Callable,
+    next_batch: Callable[[np.random.Generator], tuple],
+    training_step: Callable[[Any, tuple], tuple[Any, dict]],
     validate: Callable[[Any], dict] | None,
     config: TrainConfig,
     *,
@@ -330,7 +220,8 @@ def fit(
 ) -> Generator[Progress, None, TrainResult]:
     """Train ``model`` in place; yields a :class:`Progress` per step; returns :class:`TrainResult`.
 
-    Cancelling (``cancel``) stops after the current step and returns the best weights so far.
+    Each step moves ``next_batch(rng)`` to ``device`` and calls ``training_step(model, batch)`` (under
+    bfloat16 autocast with ``config.amp``), then steps the optimiser on the returned loss. Cancelling (``cancel``) stops after the current step and returns the best weights so far.
     """
     import torch
 
@@ -390,7 +281,7 @@ def fit(
     last_save = time.monotonic()
     total_steps = config.epochs * config.steps_per_epoch
     stopped = "max epochs"
-    batches = _batch_stream(next_batch, rng, config, state["epoch"] * config.steps_per_epoch)
+    batches = batch_stream(next_batch, rng, config, state["epoch"] * config.steps_per_epoch)
     while state["epoch"] < config.epochs:
         model.train()
         if config.freeze_batchnorm:
@@ -402,13 +293,9 @@ def fit(
             if cancel is not None and cancel.cancelled:
                 stopped = "cancelled"
                 break
-            x, y, valid = next(batches)
-            x = x.to(device).contiguous(memory_format=memory_format)
+            batch = to_device(next(batches), device, memory_format)
             with autocast:
-                logits = model(x)
-            if config.amp:  # the loss in float32
-                logits = logits.float()
-            loss, parts = loss_fn(logits, y.to(device), valid.to(device))
+                loss, parts = training_step(model, batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -424,7 +311,8 @@ def fit(
         if validate is not None and state["epoch"] % config.validate_every == 0:
             if ema is not None and not config.freeze_batchnorm:
                 recalibrate_batchnorm(selected, next_batch, np.random.default_rng([config.seed, state["epoch"]]),
-                                      EMA_BN_BATCHES, device=device, memory_format=memory_format)
+                                      EMA_BN_BATCHES, device=device, memory_format=memory_format,
+                                      training_step=training_step)
             model.eval()
             selected.eval()
             with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..io.bioimageio_network import PackageNetwork
+from ..train_options import option
 
 #: The U-Net paper, cited by the model packages of the U-Net families.
 UNET_CITATION = {
@@ -24,3 +25,15 @@ def unet_package(model_module: str, build: str, callable_name: str, config, chan
         head="sigmoid", output_id="maps", channels=channels, in_channels=config.in_channels,
         size_step=2**config.depth, torchscript=True, notes=notes,
     )
+
+
+def base_channels_option(default: int = 16):
+    """The ``--base-channels`` field that every family's ``TrainOptions`` shares (architecture)."""
+    return option(default, "--base-channels", "features of the first U-Net level", type=int, range=(1, 1024),
+                  architecture=True)
+
+
+def init_weights_option():
+    """The ``--init-weights`` field that the families starting from given weights share (one flag, one help)."""
+    return option(None, "--init-weights", "maskrcnn: start from a torchvision Mask R-CNN state_dict (.pth); "
+                  "layering: from one of our checkpoints of the same architecture")

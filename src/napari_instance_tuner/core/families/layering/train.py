@@ -1,9 +1,6 @@
-"""Training data and the two training phases of the layering family (paper sections 2.1-2.3, 3.1-3.2).
+"""Training options, crops and the two training phases of the layering family (paper sections 3.1-3.2).
 
-Ground truth is a stack of exact object masks (overlaps kept): the dataset's ``*_instances.npz`` where
-present, else one mask per label. Two objects are *adjacent* when their shortest distance is below
-t (paper: 15 px at the data's resolution; scaled here with the network's pixel scale).
-
+The targets (object masks, adjacency, copy-paste crossings, the fixed stack S) are in :mod:`.targets`.
 Phase 1 trains L_foreground + L_layering; phase 2 continues from the best phase-1 weights with
 L_overlap added. Deliberate differences from the paper: Adam instead of RMSprop (the optimiser of the
 core training loop), epochs of a fixed number of random crops and early stopping on validation mean AP
@@ -13,69 +10,65 @@ gamma in (0.5, 2), blur and noise are used).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ...augment import AugmentConfig, photometric, random_corner, random_scale, random_symmetry
+from ...checkpoint import read_checkpoint
 from ...data import Sample
+from ...errors import InstanceTunerError
 from ...image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
 from ...progress import CancelToken, Progress
-from ...training import TrainConfig, TrainResult, fit, make_validator, read_resume, seed_everything
-
-#: The paper's adjacency distance t, in pixels of the data.
-ADJACENCY_DISTANCE = 15.0
-
-
-def object_masks(sample: Sample) -> np.ndarray:
-    """bool (K, H, W) exact object masks of a sample (its overlapping stack, else one per label)."""
-    if sample.masks is not None:
-        return np.asarray(sample.masks, bool)
-    ids = np.unique(sample.labels)
-    ids = ids[ids > 0]
-    return sample.labels[None] == ids[:, None, None] if ids.size else np.zeros((0, *sample.labels.shape), bool)
+from ...scoring import make_validator
+from ...train_options import option
+from ...training import TrainConfig, TrainResult, fit, read_resume, seed_everything
+from .. import init_weights_option
+from ..unet import UNetTrainOptions
+from .targets import ADJACENCY_DISTANCE, adjacency, load_or_assign_layers, object_masks, paste_crossing
 
 
-def adjacency(masks: np.ndarray, distance: float) -> np.ndarray:
-    """bool (K, K): objects whose shortest pixel distance is below ``distance`` (overlapping ones included).
+@dataclass
+class LayeringTrainOptions(UNetTrainOptions):
+    """Training options of the layering family (the CLI's ``--layers`` ... ``--phase2-epochs``).
 
-    Parameters
-    ----------
-    masks : np.ndarray
-        bool (K, H, W).
-    distance : float
-        The threshold t in pixels.
+    ``sparse_weight`` (lambda of the sparsity term, the paper's 0.1) is an option of the Python API only.
     """
-    k = masks.shape[0]
-    adj = np.zeros((k, k), bool)
-    if k < 2:
-        return adj
-    height, width = masks.shape[1:]
-    margin = int(np.ceil(distance)) + 1
-    boxes = []
-    for m in masks:
-        ys, xs = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
-        boxes.append((ys[0], ys[-1], xs[0], xs[-1]) if ys.size else None)
-    for i in range(k):
-        if boxes[i] is None:
-            continue
-        y0, y1, x0, x1 = boxes[i]
-        y0, x0 = max(0, y0 - margin), max(0, x0 - margin)
-        y1, x1 = min(height, y1 + margin + 1), min(width, x1 + margin + 1)
-        # Distance of every window pixel to object i (0 inside it).
-        dist = cv2.distanceTransform((~masks[i, y0:y1, x0:x1]).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        for j in range(i + 1, k):
-            b = boxes[j]
-            if b is None or b[0] >= y1 or b[1] < y0 or b[2] >= x1 or b[3] < x0:
-                continue
-            near = masks[j, y0:y1, x0:x1]
-            if near.any() and float(dist[near].min()) < distance:
-                adj[i, j] = adj[j, i] = True
-    return adj
 
+    layers: int = option(8, "--layers", "layering: N output layers", type=int, range=(1, 64), architecture=True)
+    head_channels: int = option(64, "--head-channels", "layering: features of the two head convolutions", type=int,
+                                range=(1, 1024), architecture=True)
+    phase1_epochs: int | None = option(None, "--phase1-epochs", "layering: epochs of layering training "
+                                       "(default 2/3 of --epochs)", type=int, range=(0, 100_000))
+    phase2_epochs: int | None = option(None, "--phase2-epochs", "layering: epochs of overlap completion "
+                                       "(default the rest)", type=int, range=(0, 100_000))
+    paste_crossings: float | None = option(None, "--paste-crossings", "layering: probability of pasting an object "
+                                           "across another in a training crop", type=float, range=(0.0, 1.0))
+    overlap_targets: str = option(
+        "argmax", "--overlap-targets", "layering, phase 2: each object's target layer is its arg-max layer as in "
+        "the paper (argmax), or adjacent objects get different layers (separated)", choices=("argmax", "separated"))
+    target_layers: str = option(
+        "per-batch", "--target-layers", "layering, phase 2: derive each object's target layer from the current "
+        "model on every batch (per-batch), or once per whole training image from the model that starts phase 2, "
+        "kept for all of phase 2 as in the paper (fixed)", choices=("per-batch", "fixed"))
+    layer_bce: float = option(0.0, "--layer-bce", "layering, phase 2: add WEIGHT x cross-entropy between the "
+                              "layering logits and the target stack S (default 0: the paper's loss only)", type=float,
+                              metavar="WEIGHT")
+    init_weights: str | None = init_weights_option()
+    sparse_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.layer_bce) and self.layer_bce >= 0):
+            raise InstanceTunerError(f"--layer-bce must be a finite number >= 0, got {self.layer_bce}")
+
+    def architecture(self) -> dict:
+        """The U-Net keys, ``n_layers`` and ``head_channels``."""
+        return {**super().architecture(), "n_layers": self.layers, "head_channels": self.head_channels}
 
 @dataclass
 class PreparedSample:
@@ -137,98 +130,6 @@ def _resize(a: np.ndarray, size: int, nearest: bool) -> np.ndarray:
         out = cv2.resize(chunk, (size, size), interpolation=interp)
         parts.append(out.reshape(size, size, -1).transpose(2, 0, 1))
     return np.concatenate(parts)
-
-
-def paste_crossing(
-    rng: np.random.Generator,
-    image: np.ndarray,
-    masks: np.ndarray,
-    adj: np.ndarray,
-    donor_image: np.ndarray,
-    donor_masks: np.ndarray,
-    index: int,
-    distance: float,
-    valid: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Paste object ``index`` of a donor image so that it crosses an object of ``image`` (copy-paste augmentation).
-
-    The donor object's contrast to its own surroundings (its pixels minus the median of a 6 px ring outside
-    it, away from other objects) is added to ``image`` inside its mask, after a random 90-degree rotation and
-    flip, placed so that a random pixel of it lands on a random pixel of a random object of the crop (or
-    anywhere in ``valid`` when the crop has none). Both masks are kept whole: where the objects cross, both
-    are ground truth, as in the dataset's overlap annotations. Not in the layering paper, which trains on
-    the dataset's own overlaps; added because those are rare (documented in the model card).
-
-    Parameters
-    ----------
-    rng : np.random.Generator
-    image : np.ndarray
-        float32 (C, c, c).
-    masks : np.ndarray
-        bool (k, c, c) objects of the crop.
-    adj : np.ndarray
-        bool (k, k) their adjacency.
-    donor_image : np.ndarray
-        float32 (C, H, W), same normalisation.
-    donor_masks : np.ndarray
-        bool (K, H, W).
-    index : int
-        The donor object.
-    distance : float
-        Adjacency threshold t in crop pixels.
-    valid : np.ndarray, optional
-        bool (c, c): where the crop has image (objects are not pasted onto padding).
-
-    Returns
-    -------
-    image, masks, adj
-        float32 (C, c, c); bool (k + 1, c, c); bool (k + 1, k + 1) -- unchanged inputs when the pasted
-        object would not land inside the crop.
-    """
-    from scipy import ndimage as ndi
-
-    mask = donor_masks[index]
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
-        return image, masks, adj
-    margin = 7
-    y0, y1 = max(0, rows[0] - margin), min(mask.shape[0], rows[-1] + margin + 1)
-    x0, x1 = max(0, cols[0] - margin), min(mask.shape[1], cols[-1] + margin + 1)
-    obj = mask[y0:y1, x0:x1]
-    ring = ndi.binary_dilation(obj, iterations=6) & ~donor_masks[:, y0:y1, x0:x1].any(0)
-    patch = donor_image[:, y0:y1, x0:x1]
-    surround = np.median(patch[:, ring], axis=1) if ring.any() else np.median(patch.reshape(len(patch), -1), axis=1)
-    delta = (patch - surround[:, None, None].astype(np.float32)) * obj
-    turns, flip = int(rng.integers(4)), bool(rng.integers(2))
-    obj, delta = np.rot90(obj, turns), np.rot90(delta, turns, axes=(1, 2))
-    if flip:
-        obj, delta = obj[:, ::-1], delta[:, :, ::-1]
-    size = image.shape[1:]
-    target = masks.any(0) if masks.shape[0] else (valid if valid is not None else np.ones(size, bool))
-    ty, tx = np.nonzero(target)
-    if ty.size == 0:
-        return image, masks, adj
-    pick = int(rng.integers(ty.size))
-    oy, ox = np.nonzero(obj)
-    own = int(rng.integers(oy.size))
-    dy, dx = ty[pick] - oy[own], tx[pick] - ox[own]  # patch origin in the crop
-    sy0, sx0 = max(0, -dy), max(0, -dx)
-    sy1, sx1 = min(obj.shape[0], size[0] - dy), min(obj.shape[1], size[1] - dx)
-    new = np.zeros(size, bool)
-    new[sy0 + dy : sy1 + dy, sx0 + dx : sx1 + dx] = obj[sy0:sy1, sx0:sx1]
-    if valid is not None:
-        new &= valid
-    if not new.any():
-        return image, masks, adj
-    image = image.copy()
-    image[:, sy0 + dy : sy1 + dy, sx0 + dx : sx1 + dx] += delta[:, sy0:sy1, sx0:sx1] * new[sy0 + dy : sy1 + dy,
-                                                                                          sx0 + dx : sx1 + dx]
-    masks = np.concatenate([masks, new[None]])
-    k = masks.shape[0]
-    grown = np.zeros((k, k), bool)
-    grown[: k - 1, : k - 1] = adj
-    grown[-1] = grown[:, -1] = adjacency(masks, distance)[-1]
-    return image, masks, grown
 
 
 @dataclass
@@ -303,7 +204,7 @@ class BatchMaker:
 
         The targets carry fixed layers when the samples have them (:func:`fixed_layers`), else None.
         """
-        import torch
+        import torch  # deferred: torch
 
         from .loss import LayeringTargets
 
@@ -323,94 +224,8 @@ class BatchMaker:
         return x, LayeringTargets(torch.from_numpy(objects), torch.from_numpy(adj), fixed), valid
 
 
-def fixed_layers(model, samples: list[PreparedSample], separate: bool, device: str = "cpu") -> list[np.ndarray]:
-    """Each object's layer in the target stack S, from ``model`` on the whole training image (the paper's S).
-
-    The paper builds S once, after phase 1, from the layering of each object's overlap-free part; it is then
-    kept through phase 2. Here the model runs on each whole training image at network scale (tiled as in
-    inference, :func:`~...inference.predict_tiled`),
-    u_i is the mean embedding of object i's overlap-free part, and the layer is ``argmax(u_i)``, or the
-    conflict-free assignment of :func:`~.loss.layer_assignment` when ``separate``.
-
-    Parameters
-    ----------
-    model : LayeringUNet
-        The model that starts phase 2 (the best phase-1 weights).
-    samples : list[PreparedSample]
-    separate : bool
-        Adjacent objects of an image never share a layer.
-    device : str
-
-    Returns
-    -------
-    list of np.ndarray
-        int64 (K,) per sample, in the order of its masks; -1 for an object that is overlapped everywhere.
-    """
-    import torch
-
-    from ...inference import predict_tiled
-    from ...progress import run
-    from .loss import layer_assignment, mean_embeddings
-
-    was_training = model.training
-    out = []
-    for s in samples:
-        if s.masks.shape[0] == 0:
-            out.append(np.zeros(0, np.int64))
-            continue
-        maps = run(predict_tiled(model, s.image.transpose(1, 2, 0), out_channels=1 + model.config.n_layers,
-                                 multiple=model.size_divisor, device=device))
-        emb = torch.from_numpy(maps[1:])[None]
-        masks = torch.from_numpy(s.masks)[None]
-        u, counts = mean_embeddings(emb, masks & (masks.sum(1, keepdim=True) == 1))
-        adj = torch.from_numpy(s.adjacency)[None] if separate else None
-        layer = layer_assignment(u, counts > 0, adj)[0].numpy().astype(np.int64)
-        out.append(np.where(counts[0].numpy() > 0, layer, -1))  # -1: no overlap-free part to go by
-    model.train(was_training)
-    return out
-
-
-def _load_or_assign_layers(model, samples: list[PreparedSample], separate: bool, device: str,
-                           path: Path | None, resuming: bool) -> list[np.ndarray]:
-    """:func:`fixed_layers`, saved to ``path``; a resumed phase 2 (``resuming``) reads them back (same S).
-
-    Raises
-    ------
-    InstanceTunerError
-        When resuming without a saved S that fits the samples: the model here is not the one phase 2
-        started from, so its S would differ.
-    """
-    if resuming:
-        from ...errors import InstanceTunerError
-
-        counts = [s.masks.shape[0] for s in samples]
-        layers = []
-        if path is not None and path.is_file():
-            with np.load(path, allow_pickle=False) as saved:
-                layers = [saved[f"s{i}"] for i in range(len(samples)) if f"s{i}" in saved.files]
-        if [a.size for a in layers] != counts:
-            raise InstanceTunerError(
-                f"phase 2 of the run in {path.parent if path else '?'} started without fixed target layers (or on "
-                "other data); resume it without --target-layers fixed, or start a new run (another --workdir or "
-                "--name)")
-        return layers
-    layers = fixed_layers(model, samples, separate, device)
-    if path is not None:
-        from ...safe_write import write_atomic
-
-        write_atomic(path, lambda fh: np.savez(fh, **{f"s{i}": a for i, a in enumerate(layers)}), overwrite=True)
-    return layers
-
-
-@dataclass(frozen=True)
-class PhaseEpochs:
-    """Maximum epochs of the two phases (``TrainOptions.family_options`` keys ``phase1_epochs``, ``phase2_epochs``)."""
-
-    phase1: int
-    phase2: int
-
-
 def train_layering(
+    family,
     train_samples: list[Sample],
     val_samples: list[Sample],
     meta: dict,
@@ -421,35 +236,33 @@ def train_layering(
 ) -> Generator[Progress, None, tuple[object, TrainResult]]:
     """Build the model described by ``meta`` and train it in two phases; returns (best model, result).
 
-    ``options`` is a :class:`~...jobs.TrainOptions`; ``options.family_options`` may set
-    ``phase1_epochs`` and ``phase2_epochs`` (default: ``options.train.epochs`` split 2:1 as the paper's
-    1000:500), ``sparse_weight`` (lambda, default 0.1), ``paste_probability`` (copy-paste crossings, see
-    :func:`paste_crossing`; default 0), ``separate_targets`` (phase 2's S keeps adjacent objects in different
-    layers, see :func:`~.loss.layer_assignment`; default False, the paper's), ``layer_bce_weight`` (phase 2:
-    weight of a cross-entropy between the layering logits and S, see :func:`~.loss.layer_cross_entropy`;
-    default 0, the paper's), ``fixed_targets`` (phase 2's S is assigned once per whole training image by
-    the model that starts phase 2 and kept, the paper's way, see :func:`fixed_layers`; default False: S is
-    derived from the current model on every batch) and ``init_weights`` (a checkpoint of the same architecture to start
-    from, e.g. to continue a run on another machine); ``options.train.max_minutes`` is shared
+    ``family`` is the :class:`~.family.LayeringFamily` (it builds, validates and steps the model);
+    ``options`` is a :class:`~...jobs.TrainOptions` whose ``family_options`` (:class:`LayeringTrainOptions`)
+    set ``phase1_epochs`` and ``phase2_epochs`` (default: ``options.train.epochs`` split 2:1 as the paper's
+    1000:500), ``sparse_weight`` (lambda, default 0.1), ``paste_crossings`` (copy-paste crossings, see
+    :func:`~.targets.paste_crossing`; default 0), ``overlap_targets`` ("separated": phase 2's S keeps adjacent
+    objects in different layers, see :func:`~.loss.layer_assignment`; default "argmax", the paper's),
+    ``layer_bce`` (phase 2: weight of a cross-entropy between the layering logits and S, see
+    :func:`~.loss.layer_cross_entropy`; default 0, the paper's), ``target_layers`` ("fixed": phase 2's S is
+    assigned once per whole training image by the model that starts phase 2 and kept, the paper's way, see
+    :func:`~.targets.fixed_layers`; default "per-batch": S is derived from the current model on every batch)
+    and ``init_weights`` (a checkpoint of the same architecture to start from, e.g. to continue a run on
+    another machine); ``meta["training"]["layering"]`` records them. ``options.train.max_minutes`` is shared
     between the phases in the same proportion. Each phase has its own resume file; a
     finished phase 1 is not repeated when phase 2 resumes. The history records carry ``"phase"``.
     """
-    from .family import LayeringFamily
-    from .loss import LayeringLoss
+    from .loss import LayeringLoss  # deferred: torch
 
-    family = LayeringFamily()
     config: TrainConfig = options.train
-    extra = dict(options.family_options)
-    phase1 = int(extra.get("phase1_epochs", max(1, round(config.epochs * 2 / 3))))
-    phase2 = int(extra.get("phase2_epochs", max(0, config.epochs - phase1)))
-    sparse_weight = float(extra.get("sparse_weight", 0.1))
-    paste = float(extra.get("paste_probability", 0.0))
-    separate = bool(extra.get("separate_targets", False))
-    fixed = bool(extra.get("fixed_targets", False))
-    layer_bce = float(extra.get("layer_bce_weight", 0.0))
-    if not (np.isfinite(layer_bce) and layer_bce >= 0):
-        raise ValueError(f"layer_bce_weight must be a finite number >= 0, got {layer_bce}")
-    init = extra.get("init_weights")
+    extra: LayeringTrainOptions = options.family_options
+    phase1 = extra.phase1_epochs if extra.phase1_epochs is not None else max(1, round(config.epochs * 2 / 3))
+    phase2 = extra.phase2_epochs if extra.phase2_epochs is not None else max(0, config.epochs - phase1)
+    sparse_weight = float(extra.sparse_weight)
+    paste = float(extra.paste_crossings or 0.0)
+    separate = extra.overlap_targets == "separated"
+    fixed = extra.target_layers == "fixed"
+    layer_bce = float(extra.layer_bce)
+    init = extra.init_weights
     # A wall-time limit is shared between the phases in proportion to their epochs.
     minutes1 = minutes2 = None
     if config.max_minutes is not None:
@@ -465,8 +278,6 @@ def train_layering(
     seed_everything(config.seed)
     model = family.build_model(meta["architecture"])
     if init:
-        from ...checkpoint import read_checkpoint
-
         state, _ = read_checkpoint(init)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     prepared = prepare_samples(train_samples, meta["in_channels"], meta["pixel_scale"], meta.get("normalisation"))
@@ -475,7 +286,7 @@ def train_layering(
                          adjacency_distance=ADJACENCY_DISTANCE * meta["pixel_scale"])
     validate = None
     if val_samples:
-        from ...metrics import aggregated_jaccard_index, average_precision
+        from ...metrics import aggregated_jaccard_index, average_precision  # deferred: scipy/scikit-image
 
         metrics = {"mean_ap": lambda p, r: average_precision(p, r)["mean_ap"], "aji": aggregated_jaccard_index}
         validate = make_validator(family, val_samples, meta, family.default_params(meta), metrics, "mean_ap",
@@ -488,7 +299,8 @@ def train_layering(
     history: list[dict] = []
     wall = 0.0
     if not (resume2 is not None and resume2.is_file()):
-        result1 = yield from fit(model, batches, LayeringLoss(1, sparse_weight), validate,
+        result1 = yield from fit(model, batches, partial(family.training_step, loss_fn=LayeringLoss(1, sparse_weight)),
+                                 validate,
                                  replace(config, epochs=phase1, max_minutes=minutes1), device=options.device, resume_path=resume1,
                                  cancel=cancel)
         history += [{**r, "phase": 1} for r in result1.history]
@@ -506,10 +318,12 @@ def train_layering(
         model.to(options.device or "cpu")
         layers_path = resume_path.with_name(resume_path.stem + ".phase2-layers.npz") if resume_path else None
         resuming = resume2 is not None and resume2.is_file()
-        for s, lay in zip(prepared, _load_or_assign_layers(model, prepared, separate, options.device or "cpu",
+        for s, lay in zip(prepared, load_or_assign_layers(model, prepared, separate, options.device or "cpu",
                                                              layers_path, resuming)):
             s.layers = lay
-    result2 = yield from fit(model, batches, LayeringLoss(2, sparse_weight, separate, layer_bce), validate,
+    result2 = yield from fit(model, batches, partial(family.training_step,
+                                                     loss_fn=LayeringLoss(2, sparse_weight, separate, layer_bce)),
+                             validate,
                              replace(config, epochs=phase2, seed=config.seed + 1, max_minutes=minutes2), device=options.device,
                              resume_path=resume2, cancel=cancel)
     history += [{**r, "phase": 2} for r in result2.history]

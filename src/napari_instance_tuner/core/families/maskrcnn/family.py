@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-
 import numpy as np
 
 from ...family import Family, Instances, Maps
 from ...inference import choose_device
 from ...io.bioimageio_network import PackageNetwork
 from ...llvm_guard import prepare_torch_training
-from ...progress import CancelToken, Progress
+from .loss import DetectionLoss
 from .postprocess import MaskRCNNParams, postprocess, score_map
 from .tiling import Detections, detect_tiled
+from .train import MaskRCNNTrainOptions, finetune_batches, train_maskrcnn
 
 
 class MaskRCNNFamily(Family):
@@ -25,11 +24,12 @@ class MaskRCNNFamily(Family):
     name = "maskrcnn"
     map_names = ("score_map",)
     Params = MaskRCNNParams
+    TrainOptions = MaskRCNNTrainOptions
+    keeps_overlaps = True
     package_callable = "MaskRCNNScoreMap"
     citations = (
         {"text": "He K., Gkioxari G., Dollár P., Girshick R. Mask R-CNN. ICCV 2017.", "doi": "10.1109/ICCV.2017.322"},
     )
-    supports_amp = False  # torchvision's forward pass runs inside the loss (DetectionLoss), outside fit's autocast
 
     def build_model(self, config: dict):
         """An untrained :class:`~.model.InstanceMaskRCNN` for an architecture dict (see ``MaskRCNNConfig``)."""
@@ -38,16 +38,7 @@ class MaskRCNNFamily(Family):
 
         return build_maskrcnn(config)
 
-    def predict_maps(
-        self,
-        model,
-        image: np.ndarray,
-        meta: dict,
-        *,
-        device: str | None = None,
-        tile_size: int | None = None,
-        cancel: CancelToken | None = None,
-    ) -> Generator[Progress, None, Maps]:
+    def network_maps(self, model, image: np.ndarray, meta: dict, *, device=None, tile_size=None, cancel=None):
         """Detect objects tile by tile (see :mod:`.tiling`) and cache them for :func:`.postprocess.postprocess`.
 
         ``image`` is normalised, rescaled by ``meta["pixel_scale"]``, repeated to 3 channels if grey and,
@@ -121,30 +112,40 @@ class MaskRCNNFamily(Family):
         """Train (see :func:`.train.train_maskrcnn`); ``options.family_options`` are
         :class:`.train.MaskRCNNTrainOptions` (MaskPlus biased training, initial weights)."""
         prepare_torch_training()  # torchvision imports Triton: see llvm_guard (napari's OpenGL LLVM)
-        from .train import MaskRCNNTrainOptions, train_maskrcnn
-
-        family_options = MaskRCNNTrainOptions.from_dict(getattr(options, "family_options", None))
+        family_options = options.family_options.checked()
         meta.setdefault("training", {})["maskrcnn"] = family_options.to_dict()
         return (yield from train_maskrcnn(
-            train_samples, val_samples, meta, options.train, options=family_options, crop=options.crop,
+            self, train_samples, val_samples, meta, options.train, options=family_options, crop=options.crop,
             batch_size=options.batch_size, augment=options.augment_config(), device=options.device,
             resume_path=resume_path, cancel=cancel,
         ))
 
-    def finetune_setup(self, model, meta, pairs, settings):
-        """Crops of the corrected images with box/mask targets (see :func:`.train.finetune_batches`).
+    def training_step(self, model, batch, loss_fn=None):
+        """torchvision's training-mode forward pass ``model(images, targets)``, which computes its own losses.
 
-        ``settings.freeze_encoder`` freezes the backbone's body (the FPN, RPN and heads still train).
+        ``batch`` is ``(x float32 (B, 3, c, c), TargetBatch, valid)`` (:mod:`.targets`); ``loss_fn`` weights
+        and sums the loss dict (default :class:`.loss.DetectionLoss`: all weights 1).
         """
-        prepare_torch_training()  # torchvision imports Triton: see llvm_guard (napari's OpenGL LLVM)
-        from .train import DetectionLoss, finetune_batches
+        images, targets, _ = batch
+        return (loss_fn or self.default_loss())(model(images, targets.dicts))
 
-        batches = finetune_batches(model, meta, pairs, settings)
-        params = None
-        if settings.freeze_encoder:
-            model.backbone.body.requires_grad_(False)
-            params = [p for p in model.parameters() if p.requires_grad]
-        return batches, DetectionLoss(model), params
+    def default_loss(self):
+        """The plain sum of torchvision's losses."""
+        return DetectionLoss()
+
+    def finetune_setup(self, model, meta, pairs, settings):
+        """See :meth:`~...family.Family.finetune_setup`; ``settings.freeze_encoder`` freezes the backbone's
+        body (the FPN, RPN and heads still train)."""
+        prepare_torch_training()  # torchvision imports Triton: see llvm_guard (napari's OpenGL LLVM)
+        return super().finetune_setup(model, meta, pairs, settings)
+
+    def finetune_batches(self, model, meta, pairs, settings):
+        """Crops of the corrected images with box/mask targets (see :func:`.train.finetune_batches`)."""
+        return finetune_batches(model, meta, pairs, settings)
+
+    def frozen_part(self, model):
+        """The backbone's body."""
+        return model.backbone.body
 
     def score(self, pred, reference) -> float:
         """The DSB2018 score (mean AP over IoU 0.5:0.05:0.95) of one prediction."""

@@ -238,12 +238,10 @@ def _backbone(cfg: MaskRCNNConfig) -> nn.Module:
 
 
 class InstanceMaskRCNN(MaskRCNN):
-    """torchvision's Mask R-CNN with the plugin's config, a cached-detection entry point and deferred training.
+    """torchvision's Mask R-CNN with the plugin's config and a cached-detection entry point (:meth:`detect`).
 
-    ``forward(images)`` in training mode *without* targets returns ``images`` unchanged: the generic loop
-    :func:`~napari_instance_tuner.core.training.fit` calls ``model(x)`` and hands the result to the loss
-    function, which then calls ``model(x, targets)`` (see :func:`.train.detection_loss`). With targets,
-    and in eval mode, it is torchvision's ``forward``.
+    ``forward`` is torchvision's: in training mode ``model(images, targets)`` returns the loss dict (see
+    :meth:`~.family.MaskRCNNFamily.training_step`).
 
     Attributes
     ----------
@@ -290,12 +288,6 @@ class InstanceMaskRCNN(MaskRCNN):
             t = self.transform
             self.transform = _NoResizeTransform(1, config.max_size, t.image_mean, t.image_std)
         self.config = config
-
-    def forward(self, images, targets=None):
-        """torchvision's forward; in training mode without targets, returns ``images`` (deferred loss)."""
-        if self.training and targets is None:
-            return images
-        return super().forward(images, targets)
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:

@@ -38,16 +38,6 @@ class MaskRCNNParams:
     allow_overlaps: bool = param(False, description="keep overlapping masks (else the higher score wins each pixel)")
 
 
-def empty_detections() -> dict:
-    """The :attr:`Maps.extra` of an image without detections."""
-    return {
-        "boxes": np.zeros((0, 4), np.float32),
-        "scores": np.zeros(0, np.float32),
-        "classes": np.zeros(0, np.int32),
-        "mask_probs": np.zeros((0, 28, 28), np.float16),
-    }
-
-
 def paste_mask(prob: np.ndarray, box: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, np.ndarray]:
     """Resize one box-relative mask into its box, clipped to the image.
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...inference import _starts
 from ...progress import CancelToken, Progress
 
 
@@ -80,12 +81,6 @@ class Detections:
         """As :attr:`~napari_instance_tuner.core.family.Maps.extra` (see :mod:`.postprocess`)."""
         return {"boxes": self.boxes.astype(np.float32), "scores": self.scores.astype(np.float32),
                 "classes": self.classes.astype(np.int32), "mask_probs": self.mask_probs.astype(np.float16)}
-
-
-def _starts(length: int, tile: int, step: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    return list(range(0, length - tile, step)) + [length - tile]
 
 
 def _cuts(starts: list[int], size: int, length: int) -> np.ndarray:

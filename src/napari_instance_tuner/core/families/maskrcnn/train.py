@@ -1,12 +1,10 @@
-"""Training data and loss of the Mask R-CNN family: random augmented crops with box/mask targets.
+"""Training options and data of the Mask R-CNN family: random augmented crops with box/mask targets.
 
-Training runs through the generic resumable loop :func:`~napari_instance_tuner.core.training.fit`, which
-calls ``logits = model(x)`` and then ``loss_fn(logits, y, valid)``. A detector needs its targets inside
-the forward pass, so :class:`~.model.InstanceMaskRCNN` returns the images unchanged when called in
-training mode without targets, and :class:`DetectionLoss` (which holds the model) runs
-``model(images, targets)`` to get torchvision's loss dict. ``y`` is a :class:`TargetBatch` (a list of
-torchvision target dicts with a ``.to(device)``). This keeps one training loop (resume files, early
-stopping, cancellation, progress) for every family; the model's state-dict keys stay torchvision's.
+Training runs through the generic resumable loop :func:`~napari_instance_tuner.core.training.fit` like
+every family's: each step calls :meth:`~.family.MaskRCNNFamily.training_step`, which runs torchvision's
+training-mode forward pass ``model(images, targets)`` (it computes its own losses, see :mod:`.loss`) under
+the loop's autocast, so ``--amp`` works here as for the U-Nets. The batch is ``(x, TargetBatch, valid)``
+(:mod:`.targets`); the model's state-dict keys stay torchvision's.
 
 Deliberate differences from the papers:
 
@@ -23,7 +21,9 @@ Deliberate differences from the papers:
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -31,15 +31,23 @@ from ...augment import AugmentConfig, photometric, random_scale, random_symmetry
 from ...data import Sample
 from ...image import resize_to
 from ...progress import CancelToken, Progress
-from ...training import TrainConfig, TrainResult, fit, make_validator, read_resume, seed_everything
+from ...scoring import make_validator
+from ...train_options import comma_ints, option, training_fields
+from ...training import TrainConfig, TrainResult, fit, read_resume, seed_everything
+from .. import base_channels_option, init_weights_option
+from .loss import DetectionLoss
+from .targets import TargetBatch, targets_from_instances
 
 
 @dataclass(frozen=True)
 class MaskRCNNTrainOptions:
-    """Family-specific training options (``TrainOptions.family_options`` / the CLI's family options).
+    """Training options of the Mask R-CNN family (the CLI's ``--backbone`` ... ``--coco-pretrained``).
 
     Attributes
     ----------
+    base_channels, backbone, anchor_sizes, clahe, aux_masks, boundary_refinement
+        Architecture options (:meth:`architecture`; see :class:`~.model.MaskRCNNConfig`); ``anchor_sizes``
+        and ``aux_masks`` are comma-separated whole numbers.
     biased_training : bool
         MaskPlus biased training: mask loss weighted by ``mask_loss_alpha`` early on.
     mask_loss_alpha : float
@@ -55,12 +63,25 @@ class MaskRCNNTrainOptions:
         Download torchvision's COCO weights (``resnet50_fpn``; needs the internet).
     """
 
-    biased_training: bool = False
+    base_channels: int = base_channels_option()
+    backbone: str = option("tiny_fpn", "--backbone", "maskrcnn: backbone (tiny_fpn trains from scratch on a CPU)",
+                           choices=("tiny_fpn", "resnet18_fpn", "resnet50_fpn"), architecture=True)
+    anchor_sizes: str | None = option(None, "--anchor-sizes", "maskrcnn: 5 comma-separated anchor sizes in network "
+                                      "pixels", architecture=True)
+    clahe: bool = option(False, "--clahe", "maskrcnn: CLAHE pre-processing (the nuclei paper)", type=bool,
+                         architecture=True)
+    aux_masks: str | None = option(None, "--aux-masks", "maskrcnn: MaskPlus quasi-multitask auxiliary mask sizes, "
+                                   "e.g. 14,56", architecture=True)
+    boundary_refinement: bool = option(False, "--boundary-refinement", "maskrcnn: MaskPlus improved boundary "
+                                       "refinement of the mask logits", type=bool, architecture=True)
+    biased_training: bool = option(False, "--biased-training", "maskrcnn: MaskPlus biased training (mask-loss "
+                                   "weight 1.5 early, then 1)", type=bool)
     mask_loss_alpha: float = 1.5
     biased_fraction: float = 0.3
     min_object_pixels: int = 4
-    init_weights: str | None = None
-    coco_pretrained: bool = False
+    init_weights: str | None = init_weights_option()
+    coco_pretrained: bool = option(False, "--coco-pretrained", "maskrcnn (resnet50_fpn): start from torchvision's "
+                                   "COCO weights (downloads; needs internet)", type=bool)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> MaskRCNNTrainOptions:
@@ -70,16 +91,30 @@ class MaskRCNNTrainOptions:
         unknown = set(values) - names
         if unknown:
             raise ValueError(f"unknown maskrcnn training options {sorted(unknown)}; valid: {sorted(names)}")
-        opts = cls(**values)
-        if not (opts.mask_loss_alpha > 0 and 0 <= opts.biased_fraction <= 1 and opts.min_object_pixels >= 1):
+        return cls(**values).checked()
+
+    def checked(self) -> MaskRCNNTrainOptions:
+        """These options; raises ValueError on bad values."""
+        if not (self.mask_loss_alpha > 0 and 0 <= self.biased_fraction <= 1 and self.min_object_pixels >= 1):
             raise ValueError("need mask_loss_alpha > 0, 0 <= biased_fraction <= 1, min_object_pixels >= 1")
-        if opts.init_weights and opts.coco_pretrained:
+        if self.init_weights and self.coco_pretrained:
             raise ValueError("give init_weights or coco_pretrained, not both")
-        return opts
+        return self
+
+    def architecture(self) -> dict:
+        """The architecture keys these options set (:class:`~.model.MaskRCNNConfig` completes them)."""
+        arch = {"backbone": self.backbone, "base_channels": self.base_channels, "clahe": self.clahe}
+        if self.anchor_sizes:
+            arch["anchor_sizes"] = comma_ints(self.anchor_sizes)
+        if self.aux_masks:
+            arch["aux_mask_sizes"] = comma_ints(self.aux_masks)
+        if self.boundary_refinement:
+            arch["boundary_refinement"] = True
+        return arch
 
     def to_dict(self) -> dict:
-        """JSON-able dict."""
-        return asdict(self)
+        """The training (not architecture) options, JSON-able (recorded as ``meta["training"]["maskrcnn"]``)."""
+        return training_fields(self)
 
 
 @dataclass
@@ -96,52 +131,6 @@ class PreparedSample:
 
     image: np.ndarray
     instances: np.ndarray
-
-
-class TargetBatch:
-    """torchvision detection targets of a batch, movable like a tensor (``fit`` calls ``y.to(device)``).
-
-    Attributes
-    ----------
-    dicts : list of dict
-        Per image ``boxes`` float32 (N, 4), ``labels`` int64 (N,), ``masks`` uint8 (N, c, c).
-    """
-
-    def __init__(self, dicts: list[dict]) -> None:
-        self.dicts = dicts
-
-    def to(self, device) -> TargetBatch:
-        return TargetBatch([{k: v.to(device) for k, v in d.items()} for d in self.dicts])
-
-
-def targets_from_instances(instances: np.ndarray, min_pixels: int = 4) -> dict[str, np.ndarray]:
-    """Boxes, class labels and masks of the objects in a crop.
-
-    Parameters
-    ----------
-    instances : np.ndarray
-        int (c, c) labels or bool (c, c, N) masks.
-    min_pixels : int
-        Objects with fewer pixels (e.g. cut by the crop) are dropped.
-
-    Returns
-    -------
-    dict
-        ``boxes`` float32 (N, 4) x1, y1, x2, y2 (exclusive edges); ``labels`` int64 (N,) all 1;
-        ``masks`` uint8 (N, c, c).
-    """
-    if instances.ndim == 2:
-        ids = np.unique(instances)
-        ids = ids[ids > 0]
-        masks = instances[None] == ids[:, None, None] if ids.size else np.zeros((0, *instances.shape), bool)
-    else:
-        masks = np.moveaxis(instances, -1, 0).astype(bool)
-    masks = masks[masks.reshape(len(masks), -1).sum(1) >= min_pixels] if len(masks) else masks
-    boxes = np.zeros((len(masks), 4), np.float32)
-    for i, m in enumerate(masks):
-        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-    return {"boxes": boxes, "labels": np.ones(len(masks), np.int64), "masks": masks.astype(np.uint8)}
 
 
 @dataclass
@@ -180,7 +169,7 @@ class DetectionBatches:
 
     def __call__(self, rng: np.random.Generator):
         """A batch for :func:`~napari_instance_tuner.core.training.fit`: x (B, 3, c, c), TargetBatch, valid (B,)."""
-        import torch
+        import torch  # deferred: torch
 
         parts = [self.one(rng, int(i)) for i in rng.integers(0, len(self.samples), self.batch_size)]
         x = torch.from_numpy(np.stack([p[0] for p in parts]))
@@ -188,38 +177,9 @@ class DetectionBatches:
         return x, y, torch.ones(len(parts))
 
 
-class DetectionLoss:
-    """``loss_fn(images, targets, valid)`` for :func:`~napari_instance_tuner.core.training.fit`.
-
-    Runs ``model(images, targets.dicts)`` (torchvision's five losses) and sums them, the mask loss
-    weighted by ``alpha`` for the first ``biased_steps`` calls (MaskPlus biased training), then by 1.
-
-    Parameters
-    ----------
-    model : InstanceMaskRCNN
-    alpha : float
-    biased_steps : int
-        0 turns biased training off.
-    start_step : int
-        Steps already trained (a resumed run continues the schedule).
-    """
-
-    def __init__(self, model, alpha: float = 1.0, biased_steps: int = 0, start_step: int = 0) -> None:
-        self.model, self.alpha, self.biased_steps, self.step = model, alpha, biased_steps, start_step
-
-    def __call__(self, images, targets: TargetBatch, valid):
-        losses = self.model(images, targets.dicts)
-        alpha = self.alpha if self.step < self.biased_steps else 1.0
-        self.step += 1
-        loss = sum(v for k, v in losses.items() if k != "loss_mask") + alpha * losses["loss_mask"]
-        parts = {k: float(v.detach()) for k, v in losses.items()}
-        parts["mask_alpha"] = alpha
-        return loss, parts
-
-
 def prepare_samples(samples: list[Sample], meta: dict, config) -> list[PreparedSample]:
     """Normalise (and CLAHE) the images and rescale images and instances to network scale."""
-    from .model import network_input
+    from .model import network_input  # deferred: torch(vision)
 
     prepared = []
     for s in samples:
@@ -235,8 +195,6 @@ def prepare_samples(samples: list[Sample], meta: dict, config) -> list[PreparedS
 
 def _resumed_steps(resume_path, steps_per_epoch: int) -> int:
     """Optimiser steps already done according to a resume file of ``fit`` (0 without one)."""
-    from pathlib import Path
-
     if not resume_path or not Path(resume_path).is_file():
         return 0
     return int(read_resume(resume_path)["state"]["epoch"]) * steps_per_epoch
@@ -244,7 +202,7 @@ def _resumed_steps(resume_path, steps_per_epoch: int) -> int:
 
 def initialise(model, options: MaskRCNNTrainOptions) -> dict | None:
     """Load ``init_weights`` or the COCO weights into a new model; a summary for the metadata, or None."""
-    from .weights import load_coco_weights, load_torchvision_state_dict
+    from .weights import load_coco_weights, load_torchvision_state_dict  # deferred: torch
 
     if options.init_weights:
         report = load_torchvision_state_dict(model, options.init_weights)
@@ -256,6 +214,7 @@ def initialise(model, options: MaskRCNNTrainOptions) -> dict | None:
 
 
 def train_maskrcnn(
+    family,
     train_samples: list[Sample],
     val_samples: list[Sample],
     meta: dict,
@@ -271,16 +230,15 @@ def train_maskrcnn(
 ) -> Generator[Progress, None, tuple[object, TrainResult]]:
     """Build the model of ``meta["architecture"]`` (optionally from torchvision weights) and train it.
 
+    ``family`` is the :class:`~.family.MaskRCNNFamily` (it builds, validates and steps the model).
+
     Returns
     -------
     model, TrainResult
         The model holds the weights of the best validation DSB score (or the last epoch without
         validation images). ``meta["training"]["init"]`` records where the weights started from.
     """
-    from .family import MaskRCNNFamily
-
     options = options or MaskRCNNTrainOptions()
-    family = MaskRCNNFamily()
     seed_everything(train_config.seed)
     model = family.build_model(meta["architecture"])
     init = initialise(model, options)
@@ -292,14 +250,14 @@ def train_maskrcnn(
     total = train_config.epochs * train_config.steps_per_epoch
     biased = round(options.biased_fraction * total) if options.biased_training else 0
     done = _resumed_steps(resume_path, train_config.steps_per_epoch)
-    loss_fn = DetectionLoss(model, options.mask_loss_alpha, biased, done)
+    step = partial(family.training_step, loss_fn=DetectionLoss(options.mask_loss_alpha, biased, done))
     validate = None
     if val_samples:
-        from ...metrics import dsb_score
+        from ...metrics import dsb_score  # deferred: scipy/scikit-image
 
         validate = make_validator(family, val_samples, meta, family.default_params(meta), {"dsb_score": dsb_score},
                                   "dsb_score", device)
-    result = yield from fit(model, batches, loss_fn, validate, train_config, device=device, resume_path=resume_path,
+    result = yield from fit(model, batches, step, validate, train_config, device=device, resume_path=resume_path,
                             cancel=cancel)
     return model, result
 

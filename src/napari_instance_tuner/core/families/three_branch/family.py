@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-
-import numpy as np
-
-from ...family import Family, Instances, Maps
-from ...inference import predict_image
+from ...family import Instances, Maps
 from ...io.bioimageio_network import PackageNetwork
 from .. import UNET_CITATION, unet_package
-from ...progress import CancelToken, Progress
+from ..unet import UNetFamily
 from .postprocess import ThreeBranchParams, postprocess
+from .train import ThreeBranchTrainOptions, finetune_batches, train_three_branch
 
 
-class ThreeBranchFamily(Family):
+class ThreeBranchFamily(UNetFamily):
     """Foreground + boundary + centroid U-Net (three-branch-glas paper)."""
 
     name = "three-branch"
     map_names = ("foreground", "boundary", "centroid")
     Params = ThreeBranchParams
+    TrainOptions = ThreeBranchTrainOptions
+    keeps_overlaps = False
+    example_model = "three-branch-glas"
     elastic_augmentation = True
     package_callable = "ThreeBranchMaps"
     citations = (
@@ -30,42 +29,25 @@ class ThreeBranchFamily(Family):
         UNET_CITATION,
     )
 
-    def build_model(self, config: dict):
-        """A :class:`~.model.ThreeBranchUNet` for an architecture dict (see ``ThreeBranchConfig``)."""
-        from .model import ThreeBranchConfig, ThreeBranchUNet
+    def network_classes(self):
+        """:class:`~.model.ThreeBranchConfig` and :class:`~.model.ThreeBranchUNet`."""
+        from .model import ThreeBranchConfig, ThreeBranchUNet  # deferred: torch
 
-        return ThreeBranchUNet(ThreeBranchConfig.from_dict(config))
+        return ThreeBranchConfig, ThreeBranchUNet
 
-    def predict_maps(
-        self,
-        model,
-        image: np.ndarray,
-        meta: dict,
-        *,
-        device: str | None = None,
-        tile_size: int | None = None,
-        cancel: CancelToken | None = None,
-    ) -> Generator[Progress, None, Maps]:
-        """Normalise and rescale ``image`` as ``meta`` says, run tiled inference, resize maps back.
+    def out_channels(self, model) -> int:
+        """One channel per branch."""
+        return len(model.config.branches)
 
-        ``meta["test_time_flips"]`` (1, 2 or 4; default 1) averages the maps over mirrored copies.
-
-        Returns
-        -------
-        Maps
-            float32 (H, W) maps named after the model's branches, at the input image's size.
-        """
-        branches = list(model.config.branches)
-        probs = yield from predict_image(model, image, meta, out_channels=len(branches), device=device,
-                                         tile_size=tile_size, cancel=cancel)
-        arrays = dict(zip(branches, probs))
-        return Maps(arrays=arrays)
+    def maps_from_stack(self, model, stack) -> Maps:
+        """float32 (H, W) maps named after the model's branches (``meta["test_time_flips"]``: 1, 2 or 4
+        mirrored copies averaged, see :func:`~...inference.predict_image`)."""
+        return Maps(arrays=dict(zip(model.config.branches, stack)))
 
     def package_network(self, meta: dict) -> PackageNetwork:
         """The U-Net with a sigmoid: one output channel per branch, probabilities in [0, 1]."""
-        from .model import ThreeBranchConfig
-
-        config = ThreeBranchConfig.from_dict(meta["architecture"])
+        config_class, _ = self.network_classes()
+        config = config_class.from_dict(meta["architecture"])
         return unet_package(
             "napari_instance_tuner.core.families.three_branch.model",
             "ThreeBranchUNet(ThreeBranchConfig.from_dict(architecture))", self.package_callable, config,
@@ -75,36 +57,23 @@ class ThreeBranchFamily(Family):
                   "post-processing of napari-instance-tuner, whose parameters are in `config.napari_instance_tuner`.",
         )
 
-    def architecture(self, options: dict, in_channels: int) -> dict:
-        """A complete :class:`~.model.ThreeBranchConfig` dict (raises ValueError on bad options)."""
-        from .model import ThreeBranchConfig
-
-        return ThreeBranchConfig.from_dict({"in_channels": in_channels, **options}).to_dict()
-
     def train(self, train_samples, val_samples, meta, options, *, resume_path=None, cancel=None):
         """Train on GlaS-style samples (see :func:`.train.train_three_branch`); records the target widths."""
-        from .targets import TargetConfig
-        from .train import train_three_branch
-
-        targets = TargetConfig(**options.targets)
-        meta["training"]["targets"] = targets.to_dict()
         return (yield from train_three_branch(
-            train_samples, val_samples, meta, options.train, crop=options.crop, batch_size=options.batch_size,
-            targets=targets, augment=options.augment_config(), device=options.device,
+            self, train_samples, val_samples, meta, options.train, crop=options.crop, batch_size=options.batch_size,
+            targets=options.family_options.targets(), augment=options.augment_config(), device=options.device,
             resume_path=resume_path, cancel=cancel,
         ))
 
-    def finetune_setup(self, model, meta, pairs, settings):
-        """Crops of the corrected images with their foreground/boundary/centroid targets, weighted BCE."""
-        from .loss import weighted_bce
-        from .train import finetune_batches
+    def default_loss(self):
+        """Weighted binary cross-entropy per branch (:func:`.loss.weighted_bce`)."""
+        from .loss import weighted_bce  # deferred: torch
 
-        batches = finetune_batches(model, meta, pairs, settings)
-        params = None
-        if settings.freeze_encoder:
-            model.encoder.requires_grad_(False)
-            params = [p for p in model.parameters() if p.requires_grad]
-        return batches, weighted_bce, params
+        return weighted_bce
+
+    def finetune_batches(self, model, meta, pairs, settings):
+        """Crops of the corrected images with their foreground/boundary/centroid targets."""
+        return finetune_batches(model, meta, pairs, settings)
 
     def postprocess(self, maps: Maps, params: ThreeBranchParams) -> Instances:
         """See :func:`.postprocess.postprocess`."""

@@ -11,8 +11,36 @@ from ...augment import AugmentConfig, elastic, photometric, random_corner, rando
 from ...data import Sample
 from ...image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
 from ...progress import CancelToken, Progress
-from ...training import TrainConfig, TrainResult, fit, make_validator, seed_everything, selection_score
+from ...scoring import make_validator, selection_score
+from ...train_options import option
+from ...training import TrainConfig, TrainResult, fit, seed_everything
+from ..unet import UNetTrainOptions
 from .targets import TargetConfig, make_targets
+
+
+@dataclass
+class ThreeBranchTrainOptions(UNetTrainOptions):
+    """Training options of the three-branch family: the U-Net's, the branches and the target widths."""
+
+    branches: str | None = option(None, "--branches", "comma-separated subset of foreground,boundary,centroid "
+                                  "(ablations)", architecture=True)
+    boundary_width: float = option(11.0, "--boundary-width", "boundary target width, px at the paper's 256-px scale",
+                                   type=float, range=(0.0, 1e3))
+    centroid_width: float = option(14.0, "--centroid-width", "centroid target width, px at the paper's 256-px scale",
+                                   type=float, range=(0.0, 1e3))
+    centroid_mode: str = option("bbox", "--centroid-mode", "centroid target: the bounding-box centre, or a point "
+                                "inside the object", choices=("bbox", "inside"))
+
+    def architecture(self) -> dict:
+        """The U-Net keys, plus ``branches`` when given."""
+        arch = super().architecture()
+        if self.branches:
+            arch["branches"] = self.branches.split(",")
+        return arch
+
+    def targets(self) -> TargetConfig:
+        """The target widths and centroid mode (:class:`.targets.TargetConfig`)."""
+        return TargetConfig(self.boundary_width, self.centroid_width, self.centroid_mode)
 
 
 @dataclass
@@ -99,6 +127,7 @@ def prepare_samples(samples: list[Sample], in_channels: int, pixel_scale: float,
 
 
 def train_three_branch(
+    family,
     train_samples: list[Sample],
     val_samples: list[Sample],
     meta: dict,
@@ -112,10 +141,13 @@ def train_three_branch(
     resume_path=None,
     cancel: CancelToken | None = None,
 ) -> Generator[Progress, None, tuple[object, TrainResult]]:
-    """Build the model described by ``meta`` and train it; returns (model with best weights, result)."""
-    from .family import ThreeBranchFamily
+    """Build the model described by ``meta`` and train it; returns (model with best weights, result).
 
-    family = ThreeBranchFamily()
+    ``family`` is the :class:`~.family.ThreeBranchFamily` (it builds, validates and steps the model);
+    ``meta["training"]["targets"]`` records the target widths.
+    """
+    targets = targets or TargetConfig()
+    meta.setdefault("training", {})["targets"] = targets.to_dict()
     seed_everything(train_config.seed)  # the initial weights depend on the seed too
     model = family.build_model(meta["architecture"])
     prepared = prepare_samples(train_samples, meta["in_channels"], meta["pixel_scale"], meta.get("normalisation"))
@@ -123,30 +155,27 @@ def train_three_branch(
         prepared,
         crop=crop,
         batch_size=batch_size,
-        targets=targets or TargetConfig(),
+        targets=targets,
         pixel_scale=meta["pixel_scale"],
         augment=augment or AugmentConfig(),
         branches=tuple(model.config.branches),
     )
-    from .loss import weighted_bce
-
     validate = None
     if val_samples:
-        from ...metrics import object_dice, object_f1
+        from ...metrics import object_dice, object_f1  # deferred: scipy/scikit-image
 
         metrics = {"object_f1": lambda p, r: object_f1(p, r)["f1"], "object_dice": object_dice}
         validate = make_validator(family, val_samples, meta, family.default_params(meta), metrics,
                                   lambda m: selection_score(m["object_f1"], m["object_dice"]), device)
     result = yield from fit(
-        model, batches, weighted_bce, validate, train_config, device=device, resume_path=resume_path, cancel=cancel
+        model, batches, family.training_step, validate, train_config, device=device, resume_path=resume_path,
+        cancel=cancel,
     )
     return model, result
 
 
 def finetune_batches(model, meta: dict, pairs: list, settings) -> BatchMaker:
     """Batches for fine-tuning on corrected images (``CorrectedImage``), only inside checked regions."""
-    from ...image import rescale
-
     samples = [Sample(f"pair{i}", p.image, np.asarray(p.labels).astype(np.int32)) for i, p in enumerate(pairs)]
     prepared = prepare_samples(samples, meta["in_channels"], meta["pixel_scale"], meta.get("normalisation"))
     regions = None
