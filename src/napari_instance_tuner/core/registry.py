@@ -15,6 +15,10 @@ _FAMILIES: dict[str, str] = {
 }
 
 
+#: The family a new model is of unless told otherwise (``train --family``).
+DEFAULT_FAMILY = "three-branch"
+
+
 def family_names() -> list[str]:
     """Names of all registered families."""
     return sorted(_FAMILIES)
@@ -32,3 +36,8 @@ def get_family(name: str) -> Family:
         raise InstanceTunerError(f"unknown model family {name!r}; valid families: {', '.join(family_names())}")
     module_name, class_name = _FAMILIES[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)()
+
+
+def example_model() -> str:
+    """The shipped model that examples name: the default family's :attr:`~.family.Family.example_model`."""
+    return get_family(DEFAULT_FAMILY).example_model
