@@ -162,11 +162,27 @@ def test_layering_train_with_amp_records_it(worm_split, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in meta["training"]["history"])
 
 
-def test_maskrcnn_train_refuses_amp_with_a_message(toy_split, tmp_path, capsys):
+def test_train_refuses_amp_for_a_family_that_trains_in_float32_only(toy_split, tmp_path, capsys, monkeypatch):
+    from napari_instance_tuner.core.registry import get_family
+
+    monkeypatch.setattr(type(get_family("maskrcnn")), "supports_amp", False)
     out = tmp_path / "never.safetensors"
     assert main(["train", "--family", "maskrcnn", "--data", str(toy_split), "--out", str(out), "--amp"]) == 2
     assert "maskrcnn trains in float32" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.skipif(not bfloat16_supported("cpu"), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+def test_maskrcnn_train_with_amp_records_it(toy_split, tmp_path):
+    ckpt = tmp_path / "det-amp.safetensors"
+    args = ["train", "--family", "maskrcnn", "--data", str(toy_split), "--out", str(ckpt), "--epochs", "1",
+            "--steps-per-epoch", "2", "--base-channels", "4", "--crop", "32", "--batch-size", "1",
+            "--pixel-scale", "1", "--val-fraction", "0.25", "--no-autotune", "--anchor-sizes", "4,8,16,32,64",
+            "--amp", "--workdir", str(tmp_path / "work"), "--quiet"]
+    assert main(args) == 0
+    meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
+    assert meta["training"]["optimiser"]["amp"] is True
+    assert all(np.isfinite(r["loss"]) for r in meta["training"]["history"])
 
 
 @pytest.mark.parametrize("option, value, message", [("--layer-bce", "-1", "--layer-bce must be"),

@@ -11,7 +11,8 @@ import torch
 
 from napari_instance_tuner.core.families.layering import loss as L
 from napari_instance_tuner.core.families.layering.postprocess import LayeringParams, postprocess
-from napari_instance_tuner.core.families.layering.train import BatchMaker, adjacency, prepare_samples
+from napari_instance_tuner.core.families.layering.targets import adjacency
+from napari_instance_tuner.core.families.layering.train import BatchMaker, prepare_samples
 from napari_instance_tuner.core.family import Maps
 
 N = 4
@@ -338,7 +339,7 @@ def test_algorithm_1_per_component_equals_the_literal_whole_image_version(seed, 
 
 
 def test_pasted_object_crosses_an_object_of_the_crop_and_adds_its_contrast_only_inside_its_mask():
-    from napari_instance_tuner.core.families.layering.train import paste_crossing
+    from napari_instance_tuner.core.families.layering.targets import paste_crossing
 
     image = np.full((1, 40, 40), 0.8, np.float32)
     masks = np.zeros((1, 40, 40), bool)
@@ -438,7 +439,7 @@ def _two_touching_objects() -> tuple[list, torch.Tensor]:
 
 
 def test_fixed_layers_come_from_the_whole_training_image():
-    from napari_instance_tuner.core.families.layering.train import fixed_layers
+    from napari_instance_tuner.core.families.layering.targets import fixed_layers
 
     samples, logits = _two_touching_objects()
     model = _ConstantLayers(logits).train()
@@ -456,19 +457,19 @@ def test_fixed_layers_come_from_the_whole_training_image():
 
 
 def test_fixed_layers_are_reloaded_only_when_phase_2_resumes(tmp_path):
-    from napari_instance_tuner.core.families.layering.train import _load_or_assign_layers
+    from napari_instance_tuner.core.families.layering.targets import load_or_assign_layers
 
     samples, logits = _two_touching_objects()
     path = tmp_path / "run.phase2-layers.npz"
-    first = _load_or_assign_layers(_ConstantLayers(logits), samples, True, "cpu", path, resuming=False)
+    first = load_or_assign_layers(_ConstantLayers(logits), samples, True, "cpu", path, resuming=False)
     assert [a.tolist() for a in first] == [[1, 3]] and path.is_file()
     other = logits.clone()
     other[2] = -10.0
     other[1] = 5.0  # a network that now prefers layer 0
     model = _ConstantLayers(other)
-    assert [a.tolist() for a in _load_or_assign_layers(model, samples, True, "cpu", path, True)] == [[1, 3]]
+    assert [a.tolist() for a in load_or_assign_layers(model, samples, True, "cpu", path, True)] == [[1, 3]]
     assert model.inputs == []  # resumed: the saved S, no inference
-    assert [a.tolist() for a in _load_or_assign_layers(model, samples, True, "cpu", path, False)] == [[0, 3]]
+    assert [a.tolist() for a in load_or_assign_layers(model, samples, True, "cpu", path, False)] == [[0, 3]]
 
 
 def test_batches_carry_each_objects_fixed_layer_through_crops_flips_and_pastes():

@@ -12,16 +12,16 @@ from napari_instance_tuner.core.augment import AugmentConfig
 from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
 from napari_instance_tuner.core.data import Sample
 from napari_instance_tuner.core.errors import WeightsError
+from napari_instance_tuner.core.families.maskrcnn.loss import DetectionLoss
 from napari_instance_tuner.core.families.maskrcnn.model import MaskRCNNConfig, build_maskrcnn
-from napari_instance_tuner.core.families.maskrcnn.weights import load_coco_weights, load_torchvision_state_dict
+from napari_instance_tuner.core.families.maskrcnn.targets import targets_from_instances
 from napari_instance_tuner.core.families.maskrcnn.train import (
     DetectionBatches,
-    DetectionLoss,
     MaskRCNNTrainOptions,
     PreparedSample,
-    targets_from_instances,
     train_maskrcnn,
 )
+from napari_instance_tuner.core.families.maskrcnn.weights import load_coco_weights, load_torchvision_state_dict
 from napari_instance_tuner.core.metrics import DSB_THRESHOLDS, dsb_score, evaluate
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.registry import get_family
@@ -111,7 +111,7 @@ def test_coco_layout_resnet50_state_dict_loads_and_fine_tunes(tmp_path):
                                augment=AugmentConfig(enabled=False))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = TrainConfig(epochs=1, steps_per_epoch=1, lr=1e-3, checkpoint_every_s=float("inf"))
-    result = run(fit(model, batches, DetectionLoss(model), None, config))
+    result = run(fit(model, batches, get_family("maskrcnn").training_step, None, config))
     after = model.state_dict()
     assert np.isfinite(result.history[0]["loss"])
     for key in ("roi_heads.box_predictor.cls_score.weight", "backbone.fpn.layer_blocks.0.0.weight",
@@ -239,15 +239,17 @@ def test_batches_augment_consistently():
 
 
 def test_biased_training_weights_the_mask_loss_early():
-    class Fake(torch.nn.Module):
+    class Fake(torch.nn.Module):  # torchvision's training-mode forward: the loss dict
         def forward(self, images, targets):
             return {"loss_classifier": torch.tensor(1.0), "loss_mask": torch.tensor(2.0)}
 
-    loss_fn = DetectionLoss(Fake(), alpha=1.5, biased_steps=2)
-    values = [float(loss_fn(None, type("T", (), {"dicts": []})(), None)[0]) for _ in range(3)]
+    family = get_family("maskrcnn")
+    loss_fn = DetectionLoss(alpha=1.5, biased_steps=2)
+    batch = (None, type("T", (), {"dicts": []})(), None)
+    values = [float(family.training_step(Fake(), batch, loss_fn)[0]) for _ in range(3)]
     assert values == [4.0, 4.0, 3.0]
-    resumed = DetectionLoss(Fake(), 1.5, 2, start_step=2)  # a resumed run continues the schedule
-    assert resumed(None, type("T", (), {"dicts": []})(), None)[1]["mask_alpha"] == 1.0
+    resumed = DetectionLoss(1.5, 2, start_step=2)  # a resumed run continues the schedule
+    assert family.training_step(Fake(), batch, resumed)[1]["mask_alpha"] == 1.0
 
 
 def test_tiny_model_overfits_synthetic_nuclei(tmp_path):
@@ -255,7 +257,7 @@ def test_tiny_model_overfits_synthetic_nuclei(tmp_path):
     sample = Sample("n", image, labels.astype(np.int32))
     meta = tiny_meta()
     config = TrainConfig(epochs=100, steps_per_epoch=1, lr=3e-3, checkpoint_every_s=float("inf"))
-    model, result = run(train_maskrcnn([sample], [], meta, config, options=MaskRCNNTrainOptions(biased_training=True),
+    model, result = run(train_maskrcnn(get_family("maskrcnn"), [sample], [], meta, config, options=MaskRCNNTrainOptions(biased_training=True),
                                        crop=64, batch_size=2, augment=AugmentConfig(enabled=False)))
     losses = [h["loss"] for h in result.history]
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])

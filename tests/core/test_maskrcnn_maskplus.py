@@ -12,6 +12,7 @@ from napari_instance_tuner.core.families.maskrcnn.maskplus import AuxiliaryMaskH
 from napari_instance_tuner.core.families.maskrcnn.model import MaskRCNNConfig, build_maskrcnn
 from napari_instance_tuner.core.families.maskrcnn.train import DetectionBatches, PreparedSample, train_maskrcnn
 from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.registry import get_family
 from napari_instance_tuner.core.synthetic import synthetic_nuclei
 from napari_instance_tuner.core.training import TrainConfig
 
@@ -89,7 +90,7 @@ def test_training_with_both_options_and_checkpoint_round_trip(tmp_path):
     meta = tiny_meta(architecture=arch)
     config = TrainConfig(epochs=4, steps_per_epoch=1, lr=3e-3, checkpoint_every_s=float("inf"))
     torch.manual_seed(0)
-    model, result = run(train_maskrcnn([Sample("n", image, labels.astype(np.int32))], [], meta, config, crop=64,
+    model, result = run(train_maskrcnn(get_family("maskrcnn"), [Sample("n", image, labels.astype(np.int32))], [], meta, config, crop=64,
                                        batch_size=2, augment=AugmentConfig(enabled=False)))
     assert len(result.history) == 4 and np.isfinite([h["loss"] for h in result.history]).all()
     refine = model.roi_heads.mask_predictor.refine

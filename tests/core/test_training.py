@@ -3,8 +3,8 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_ARCH, disks_labels
+
 from napari_instance_tuner.core import training
 from napari_instance_tuner.core.augment import AugmentConfig, photometric, random_symmetry
 from napari_instance_tuner.core.data import Sample
@@ -13,7 +13,7 @@ from napari_instance_tuner.core.families.three_branch.loss import weighted_bce
 from napari_instance_tuner.core.families.three_branch.train import BatchMaker, prepare_samples
 from napari_instance_tuner.core.progress import CancelToken, run
 from napari_instance_tuner.core.registry import get_family
-from napari_instance_tuner.core.training import TrainConfig, bfloat16_supported, fit
+from napari_instance_tuner.core.training import TrainConfig, bfloat16_supported, fit, supervised_step
 
 
 def toy_samples(n=3):
@@ -71,7 +71,7 @@ def _train(tmp_path, epochs, resume=None, cancel=None, workers=0):
     config = TrainConfig(epochs=epochs, steps_per_epoch=2, seed=3, checkpoint_every_s=0, patience=100,
                          loader_workers=workers)
     validate = lambda m: {"score": -float(sum(p.detach().abs().sum() for p in m.parameters()))}
-    result = run(fit(model, batch_maker(), weighted_bce, validate, config, resume_path=resume, cancel=cancel))
+    result = run(fit(model, batch_maker(), get_family("three-branch").training_step, validate, config, resume_path=resume, cancel=cancel))
     return model, result
 
 
@@ -134,7 +134,7 @@ def test_sgd_training_runs_and_is_recorded(tmp_path):
     model = get_family("three-branch").build_model(TINY_ARCH)
     config = TrainConfig(epochs=2, steps_per_epoch=2, lr=0.01, optimizer="sgd", checkpoint_every_s=0, patience=100)
     resume = tmp_path / "sgd.resume.pt"
-    result = run(fit(model, batch_maker(), weighted_bce, None, config, resume_path=resume))
+    result = run(fit(model, batch_maker(), get_family("three-branch").training_step, None, config, resume_path=resume))
     assert len(result.history) == 2 and np.isfinite([h["loss"] for h in result.history]).all()
     saved = torch.load(resume, weights_only=True)
     assert "momentum_buffer" in next(iter(saved["optimiser"]["state"].values()))
@@ -148,7 +148,7 @@ def test_loader_workers_start_after_opencv_used_its_thread_pool():
     code = """
 import cv2, numpy as np, torch
 from napari_instance_tuner.core.progress import run
-from napari_instance_tuner.core.training import TrainConfig, fit
+from napari_instance_tuner.core.training import TrainConfig, fit, supervised_step
 cv2.setNumThreads(2)
 cv2.resize(np.zeros((3000, 3000), np.float32), (1500, 1500))  # the pool's threads now exist
 
@@ -158,7 +158,7 @@ def batch(rng):
 
 model = torch.nn.Conv2d(1, 1, 3, padding=1)
 loss = lambda out, y, valid: (((out - y) ** 2).mean(), {})
-result = run(fit(model, batch, loss, None, TrainConfig(epochs=2, steps_per_epoch=2, loader_workers=2)))
+result = run(fit(model, batch, lambda m, b: supervised_step(m, b, loss), None, TrainConfig(epochs=2, steps_per_epoch=2, loader_workers=2)))
 print("steps", len(result.history) * 2, "threads", cv2.getNumThreads())
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
@@ -187,7 +187,7 @@ def _fit_tiny(epochs, decay, resume=None, score_offset=0.0):
 
     config = TrainConfig(epochs=epochs, steps_per_epoch=3, lr=0.1, seed=1, checkpoint_every_s=0, patience=100,
                          ema_decay=decay)
-    result = run(fit(model, next_batch, loss_fn, validate, config, resume_path=resume))
+    result = run(fit(model, next_batch, lambda m, b: supervised_step(m, b, loss_fn), validate, config, resume_path=resume))
     return result, seen, validated
 
 
@@ -236,7 +236,7 @@ def _fit_recording_dtypes(amp: bool):
         return ((out - y) ** 2).mean(), {}
 
     config = TrainConfig(epochs=1, steps_per_epoch=3, lr=0.05, seed=1, checkpoint_every_s=0, amp=amp)
-    result = run(fit(model, next_batch, loss_fn, None, config))
+    result = run(fit(model, next_batch, lambda m, b: supervised_step(m, b, loss_fn), None, config))
     return forward_dtypes, loss_dtypes, result.best_state["weight"].dtype
 
 
@@ -294,7 +294,7 @@ def test_ema_is_validated_with_batchnorm_statistics_of_its_own_weights():
 
     loss = lambda out, y, valid: ((out - 0.5 * y) ** 2).mean()
     config = TrainConfig(epochs=1, steps_per_epoch=3, lr=1e-3, seed=1, checkpoint_every_s=0, ema_decay=0.99)
-    run(fit(model, _shifted_batches, lambda *a: (loss(*a), {}), validate, config))
+    run(fit(model, _shifted_batches, lambda m, b: supervised_step(m, b, lambda *a: (loss(*a), {})), validate, config))
     # Without recalibration the average's running mean would be the momentum-0.1 estimate of 3 steps (~1.6);
     # recomputed, it is the mean of the conv's output (about 2 * 3).
     assert means[0] == pytest.approx(6.0 * model[0].weight.item() / 2.0, rel=0.05)

@@ -172,7 +172,7 @@ class Family(ABC):
         """
         raise InstanceTunerError(f"training of family {self.name!r} is not available")
 
-    def training_step(self, model: Any, batch: tuple, loss_fn: Any = None) -> tuple[Any, dict]:
+    def training_step(self, model: Any, batch: tuple, loss_fn: Any = None) -> tuple[Any, Any]:
         """One forward pass and loss of training or fine-tuning; :func:`~.training.fit` calls it on every batch.
 
         Parameters
@@ -189,8 +189,8 @@ class Family(ABC):
         -------
         loss : torch.Tensor
             Scalar float32 with gradients.
-        parts : dict
-            Named loss terms (floats) for the progress records.
+        parts : dict or list
+            The loss terms (floats) for the progress records.
         """
         return supervised_step(model, batch, loss_fn or self.default_loss())
 

@@ -196,7 +196,8 @@ def supervised_step(model, batch: tuple, loss_fn: Callable) -> tuple[Any, dict]:
     loss : torch.Tensor
         Scalar float32. Under :func:`fit`'s bfloat16 autocast only the forward pass runs in bfloat16: the
         logits are cast back and the loss is computed in float32 outside autocast.
-    parts : dict
+    parts : dict or list
+        The loss terms, as ``loss_fn`` gives them.
     """
     import torch  # deferred: torch
 
