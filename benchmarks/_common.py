@@ -41,7 +41,7 @@ def worm_like_layer_maps(size: int = 1024, n_layers: int = 8, seed: int = 0) -> 
     Returns (maps, number of worms). Each worm goes to the lowest layer not used by a worm closer than
     15 px (greedy colouring of the adjacency graph), as a trained layering model would place it.
     """
-    from napari_instance_tuner.core.families.layering.train import adjacency
+    from napari_instance_tuner.core.families.layering.targets import adjacency
     from napari_instance_tuner.core.synthetic import synthetic_worms
 
     rng = np.random.default_rng(seed)

@@ -32,7 +32,7 @@ import numpy as np
 from napari_instance_tuner.core.checkpoint import load_model
 from napari_instance_tuner.core.data import load_split
 from napari_instance_tuner.core.families.layering.postprocess import layer_stack
-from napari_instance_tuner.core.families.layering.train import ADJACENCY_DISTANCE, adjacency, object_masks
+from napari_instance_tuner.core.families.layering.targets import ADJACENCY_DISTANCE, adjacency, object_masks
 from napari_instance_tuner.core.metrics import intersection_matrix
 from napari_instance_tuner.core.progress import run
 

@@ -27,7 +27,7 @@ import numpy as np
 from napari_instance_tuner.core.autotune import autotune
 from napari_instance_tuner.core.checkpoint import load_model
 from napari_instance_tuner.core.data import load_split
-from napari_instance_tuner.core.families.layering.train import object_masks
+from napari_instance_tuner.core.families.layering.targets import object_masks
 from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.metrics import aggregated_jaccard_index, average_precision
 from napari_instance_tuner.core.progress import run

@@ -167,8 +167,9 @@ class Family(ABC):
     ) -> Generator[Progress, None, tuple[Any, Any]]:
         """Train a new model described by ``meta``; returns (model with best weights, ``TrainResult``).
 
-        ``options`` is a :class:`~.jobs.TrainOptions`; the family may add what it used to
-        ``meta["training"]``.
+        ``options`` is a :class:`~.jobs.TrainOptions` whose ``family_options`` is an instance of this family's
+        :attr:`TrainOptions`; the family may add what it used to ``meta["training"]``. Each step of the
+        training loop is :meth:`training_step`.
         """
         raise InstanceTunerError(f"training of family {self.name!r} is not available")
 
