@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import disks_labels
+
 from napari_instance_tuner.core.checkpoint import load_model, read_checkpoint
 from napari_instance_tuner.core.errors import InstanceTunerError, ParamsError, WeightsError
 from napari_instance_tuner.core.finetune import CorrectedImage, FinetuneSettings, finetune, save_finetuned
@@ -42,7 +42,7 @@ def test_region_limits_training_and_bad_pairs_are_refused(tiny_checkpoint):
     loaded = load_model(tiny_checkpoint)
     region = np.zeros((48, 48), bool)
     region[:24] = True
-    model, result = run(finetune(loaded, [pair(region)], FinetuneSettings(steps=2, batch_size=1, crop=32)))
+    _, result = run(finetune(loaded, [pair(region)], FinetuneSettings(steps=2, batch_size=1, crop=32)))
     assert len(result.history) == 2
     with pytest.raises(InstanceTunerError, match="at least one"):
         run(finetune(loaded, [], FinetuneSettings()))
@@ -58,7 +58,7 @@ def test_cancel_keeps_the_loaded_model(tiny_checkpoint):
     gen = finetune(loaded, [pair()], FinetuneSettings(steps=50, batch_size=1, crop=32), cancel=token)
     next(gen)
     token.cancel()
-    model, result = run(gen)
+    _, result = run(gen)
     assert result.stopped == "cancelled" and len(result.history) < 50
 
 

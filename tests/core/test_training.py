@@ -96,7 +96,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_cancel_returns_best_weights_so_far(tmp_path):
     token = CancelToken()
     token.cancel()
-    model, result = _train(tmp_path, 5, cancel=token)
+    _, result = _train(tmp_path, 5, cancel=token)
     assert result.stopped == "cancelled" and result.history == []
 
 

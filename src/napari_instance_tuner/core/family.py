@@ -88,7 +88,9 @@ class Family(ABC):
     #: The family's training options: a dataclass whose fields are made with :func:`~.train_options.option`
     #: (each declares its command-line flag, help and type) or are options of the Python API only.
     TrainOptions: ClassVar[type]
-    #: Whether :meth:`postprocess` returns per-object masks (``Instances.masks``: objects may overlap).
+    #: Whether :meth:`postprocess` may return per-object masks (``Instances.masks``: objects may overlap; for
+    #: some families only with a parameter, e.g. Mask R-CNN's ``allow_overlaps``). Batch runs then write the
+    #: object stacks beside the labels.
     keeps_overlaps: ClassVar[bool] = False
     #: Whether training and fine-tuning may run :meth:`training_step` under bfloat16 autocast (``TrainConfig.amp``).
     supports_amp: ClassVar[bool] = True
