@@ -3,6 +3,7 @@ architecture options, and fine-tuning with a frozen encoder."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,17 +34,17 @@ class UNetTrainOptions:
 class UNetFamily(Family):
     """A family whose network is a U-Net with one sigmoid output channel per map (see :mod:`.blocks`)."""
 
+    @abstractmethod
     def network_classes(self) -> tuple[type, type]:
         """``(config dataclass, network class)`` of the family's :mod:`model` module."""
-        raise NotImplementedError
 
+    @abstractmethod
     def out_channels(self, model) -> int:
         """Output channels of ``model``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def maps_from_stack(self, model, stack: np.ndarray) -> Maps:
         """:class:`Maps` from the float32 (C, H, W) sigmoid outputs at the image's size."""
-        raise NotImplementedError
 
     def build_model(self, config: dict):
         """An untrained network for an architecture dict (see the family's config class)."""
