@@ -12,20 +12,30 @@ from .core.registry import example_model
 
 def cmd_predict(args) -> int:
     """Batch segmentation (see :mod:`.core.batch`): files, folders or globs -> labels next to ``recipe.json``."""
-    from .core.batch import BatchJob, check_outputs, expand_inputs, run_batch, summary_table
-    from .core.checkpoint import load_model
-    from .core.distributed import ModelRef, executor
-    from .core.inference import choose_device
-    from .core.jobs import load_params
-    from .core.recipe import make_recipe, recipe_model, recipe_params
-    from .core.slide_segment import parse_roi
-    from .core.streaming import StreamSettings
+    from .core.batch import (  # deferred: the command's stack loads when it runs
+        BatchJob,
+        check_outputs,
+        expand_inputs,
+        run_batch,
+        summary_table,
+    )
+    from .core.checkpoint import load_model  # deferred: the command's stack loads when it runs
+    from .core.distributed import ModelRef, executor  # deferred: the command's stack loads when it runs
+    from .core.inference import choose_device  # deferred: the command's stack loads when it runs
+    from .core.jobs import load_params  # deferred: the command's stack loads when it runs
+    from .core.recipe import (  # deferred: the command's stack loads when it runs
+        make_recipe,
+        recipe_model,
+        recipe_params,
+    )
+    from .core.slide_segment import parse_roi  # deferred: the command's stack loads when it runs
+    from .core.streaming import StreamSettings  # deferred: the command's stack loads when it runs
 
     device = args.device
     network_tile = args.network_tile
     streamed: dict = {}
     if args.recipe:  # the recipe's weights (SHA-256 checked; --model names them if moved) and parameters
-        from .core.recipe import load_recipe
+        from .core.recipe import load_recipe  # deferred: the command's stack loads when it runs
 
         if args.params:
             raise InstanceTunerError("--params cannot be combined with --recipe (the recipe fixes the parameters)")
@@ -104,7 +114,7 @@ def cmd_predict(args) -> int:
 
 def _formats(text: str | None) -> list[str] | None:
     """``--format tif,geojson`` -> ["tif", "geojson"] (checked against the known formats)."""
-    from .core.slide_segment import FORMATS
+    from .core.slide_segment import FORMATS  # deferred: the command's stack loads when it runs
 
     if not text:
         return None
@@ -125,14 +135,14 @@ def _recorded_int(recorded: dict, key: str, default: int, low: int, high: int) -
 
 
 def _cores() -> int:
-    from .core.distributed import default_workers
+    from .core.distributed import default_workers  # deferred: the command's stack loads when it runs
 
     return default_workers(1)
 
 
 def _run_with_bar(work, total: int, quiet: bool):
     """Drive a batch generator with a tqdm progress bar on stderr (images; tiles of a large image as postfix)."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # deferred: tqdm, only while a command runs
 
     with tqdm(total=total, unit="image", disable=quiet, file=sys.stderr, dynamic_ncols=True) as bar:
         while True:

@@ -80,7 +80,7 @@ def run_with_bar(work: Generator[Any, None, Any], quiet: bool, unit: str = "step
     The bar follows each record's ``done``/``total`` (a new stage with another total restarts it) and shows
     its message; ``quiet`` hides it.
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # deferred: tqdm, only while a command runs
 
     with tqdm(total=0, unit=unit, desc=desc, disable=quiet, file=sys.stderr, dynamic_ncols=True,
               mininterval=0.5) as bar:

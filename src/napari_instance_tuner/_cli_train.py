@@ -60,7 +60,7 @@ def _augment_extra(args) -> dict:
 def cmd_train(args) -> int:
     """Train a model of ``--family``; its own options come from the flags its ``TrainOptions`` declares."""
     from .core.jobs import TrainOptions, train_job  # deferred: the training stack
-    from .core.training import TrainConfig
+    from .core.training import TrainConfig  # deferred: the training stack, when train runs
 
     check_out_file(args.out, args.overwrite, inputs=(getattr(args, "init_weights", None),))
     check_data_folder(args.data)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if argv[:1] == ["demo"]:  # the demo has its own parser (argparse's REMAINDER drops options)
-        from .demo import main as demo_main
+        from .demo import main as demo_main  # deferred: napari, only for the demo
 
         return demo_main(argv[1:])
     try:

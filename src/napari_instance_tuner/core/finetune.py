@@ -334,7 +334,7 @@ def finetune(
                       "held_out": [{"pair": h.pair, "pixels": h.pixels, "objects": h.objects} for h in held_out]}
     model = copy.deepcopy(loaded.model)
     if validate is not None:
-        import torch
+        import torch  # deferred: torch
 
         with torch.no_grad():
             validation["start_score"] = validate(model)["score"]

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .checkpoint import LoadedModel, save_checkpoint
+from .checkpoint import LoadedModel, load_model, save_checkpoint
 from .data import Sample, extra_training_samples, load_split, read_groups, validation_split
 from .errors import InstanceTunerError
 from .image import DEFAULT_NORMALISATION
 from .params import params_from_dict, params_to_dict, read_params_file
 from .progress import CancelToken, Progress
+from .registry import get_family
 from .scoring import scorable
 from .training import TrainConfig, refuse_amp
 
@@ -40,7 +41,7 @@ class TrainOptions:
 
     def augment_config(self):
         """The :class:`~.augment.AugmentConfig` these options describe (ValueError on bad values)."""
-        from .augment import AugmentConfig
+        from .augment import AugmentConfig  # deferred: cv2/scipy
 
         return AugmentConfig(enabled=self.augment, **self.augment_extra)
 
@@ -82,7 +83,7 @@ def evaluate_samples(
 
 def summarise(rows: list[dict], groups: dict[str, tuple[str, str]] | None = None) -> dict[str, dict]:
     """Aggregate per-image metric rows overall and per grade (GlaS ``Grade.csv``)."""
-    from .metrics import aggregate
+    from .metrics import aggregate  # deferred: scipy/scikit-image
 
     out = {"all": aggregate(rows)}
     for grade in sorted({g for _, g in (groups or {}).values()}):
@@ -99,9 +100,6 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
     writes the metadata, auto-tunes and evaluates. Returns the checkpoint path. Progress ``info``
     carries the per-epoch history records.
     """
-    from .checkpoint import load_model
-    from .registry import get_family
-
     started = time.time()
     family = get_family(options.family)
     refuse_amp(family, options.train.amp)
@@ -193,7 +191,7 @@ def tune_and_evaluate(
     family = loaded.family
     params = family.default_params(meta)
     if autotune:
-        from .autotune import autotune as search
+        from .autotune import autotune as search  # deferred: scipy/scikit-image
 
         maps = []
         for s in samples:
@@ -212,7 +210,7 @@ def _count_objects(sample: Sample) -> int:
 
 
 def _torch_version() -> str:
-    import torch
+    import torch  # deferred: torch
 
     return torch.__version__
 

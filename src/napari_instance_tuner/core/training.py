@@ -124,7 +124,7 @@ class TrainResult:
 
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) and ask for deterministic algorithms where cheap."""
-    import torch
+    import torch  # deferred: torch
 
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = False  # autotuned kernels would make GPU runs differ
@@ -132,7 +132,7 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(config: TrainConfig, params):
     """The torch optimiser ``config.optimizer`` names, over ``params``."""
-    import torch
+    import torch  # deferred: torch
 
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
@@ -144,7 +144,7 @@ def make_optimizer(config: TrainConfig, params):
 def bfloat16_supported(device: str) -> bool:
     """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU whose oneDNN
     has bfloat16 kernels (AVX512-BF16 or AMX; elsewhere it is emulated and slower than float32)."""
-    import torch
+    import torch  # deferred: torch
 
     if str(device).startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
@@ -161,7 +161,7 @@ def training_autocast(device: str, amp: bool):
     ParamsError
         ``amp`` on a device without native bfloat16 (see :func:`bfloat16_supported`).
     """
-    import torch
+    import torch  # deferred: torch
 
     if not amp:
         return contextlib.nullcontext()
@@ -224,9 +224,9 @@ def fit(
     Each step moves ``next_batch(rng)`` to ``device`` and calls ``training_step(model, batch)`` (under
     bfloat16 autocast with ``config.amp``), then steps the optimiser on the returned loss. Cancelling (``cancel``) stops after the current step and returns the best weights so far.
     """
-    import torch
+    import torch  # deferred: torch
 
-    from .llvm_guard import prepare_torch_training
+    from .llvm_guard import prepare_torch_training  # deferred: imports torch's compiler settings
 
     prepare_torch_training()  # the optimiser imports Triton, which crashes beside napari's OpenGL LLVM
     autocast = training_autocast(device, config.amp)  # refuses amp where it would be slow, before any work
@@ -357,7 +357,7 @@ def read_resume(path: str | Path, map_location: Any = "cpu") -> dict:
         If the file is corrupt, truncated, not a resume file, or holds anything but tensors and plain values;
         the message says to delete it (or choose another work folder) to start afresh.
     """
-    import torch
+    import torch  # deferred: torch
 
     try:
         saved = torch.load(path, map_location=map_location, weights_only=True)

@@ -60,7 +60,7 @@ def _fill_gaps(pieces: list[tuple[int, int, np.ndarray]], inside: np.ndarray, di
     list of (int, int, np.ndarray)
         ``pieces`` with the grown objects' boxes and masks replaced.
     """
-    from scipy import ndimage as ndi
+    from scipy import ndimage as ndi  # deferred: scipy
 
     owner = np.zeros(inside.shape, np.int32)  # 1 + index of an object holding the pixel (the smallest wins)
     for i in sorted(range(len(pieces)), key=lambda i: -int(pieces[i][2].sum())):

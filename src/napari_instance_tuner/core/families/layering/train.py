@@ -206,7 +206,7 @@ class BatchMaker:
         """
         import torch  # deferred: torch
 
-        from .loss import LayeringTargets
+        from .loss import LayeringTargets  # deferred: torch
 
         parts = [self.one(rng, int(i)) for i in rng.integers(0, len(self.samples), self.batch_size)]
         k = max(1, max(p[1].shape[0] for p in parts))

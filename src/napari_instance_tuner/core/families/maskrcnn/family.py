@@ -34,7 +34,7 @@ class MaskRCNNFamily(Family):
     def build_model(self, config: dict):
         """An untrained :class:`~.model.InstanceMaskRCNN` for an architecture dict (see ``MaskRCNNConfig``)."""
         prepare_torch_training()  # torchvision imports Triton: see llvm_guard (napari's OpenGL LLVM)
-        from .model import build_maskrcnn
+        from .model import build_maskrcnn  # deferred: torch(vision)
 
         return build_maskrcnn(config)
 
@@ -52,9 +52,9 @@ class MaskRCNNFamily(Family):
             ``extra`` as :meth:`.tiling.Detections.to_extra`, boxes in pixels of the input image.
         """
         prepare_torch_training()  # torchvision imports Triton: see llvm_guard (napari's OpenGL LLVM)
-        import torch
+        import torch  # deferred: torch
 
-        from .model import network_input
+        from .model import network_input  # deferred: torch(vision)
 
         prepared, shape = network_input(image, meta, model.config)
         device = choose_device(device)
@@ -104,7 +104,7 @@ class MaskRCNNFamily(Family):
 
         ``in_channels`` is not part of the architecture: the detector always sees 3 channels.
         """
-        from .model import MaskRCNNConfig
+        from .model import MaskRCNNConfig  # deferred: torch(vision)
 
         return MaskRCNNConfig.from_dict(options).to_dict()
 
@@ -149,6 +149,6 @@ class MaskRCNNFamily(Family):
 
     def score(self, pred, reference) -> float:
         """The DSB2018 score (mean AP over IoU 0.5:0.05:0.95) of one prediction."""
-        from ...metrics import dsb_score
+        from ...metrics import dsb_score  # deferred: scipy/scikit-image
 
         return dsb_score(pred, reference)

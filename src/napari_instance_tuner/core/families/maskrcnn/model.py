@@ -198,7 +198,7 @@ class TinyResNet(nn.Module):
     """A four-stage ResNet of one ``BasicBlock`` per stage: strides 4, 8, 16, 32; widths c, 2c, 4c, 8c."""
 
     def __init__(self, base: int = 16) -> None:
-        from torchvision.models.resnet import BasicBlock
+        from torchvision.models.resnet import BasicBlock  # deferred: torchvision
 
         super().__init__()
         c = base
@@ -229,8 +229,8 @@ def _backbone(cfg: MaskRCNNConfig) -> nn.Module:
             TinyResNet(c), {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
             [c, 2 * c, 4 * c, 8 * c], cfg.fpn_channels,
         )
-    from torchvision.models import resnet18, resnet50
-    from torchvision.ops.misc import FrozenBatchNorm2d
+    from torchvision.models import resnet18, resnet50  # deferred: torchvision's ResNets, only for those backbones
+    from torchvision.ops.misc import FrozenBatchNorm2d  # deferred: torchvision
 
     norm = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
     net = (resnet50 if cfg.backbone == "resnet50_fpn" else resnet18)(weights=None, norm_layer=norm)
@@ -276,11 +276,11 @@ class InstanceMaskRCNN(MaskRCNN):
             mask_predictor=MaskRCNNPredictor(mask_ch, mask_ch, config.num_classes),
         )
         if config.boundary_refinement:  # the predictor's last child: torchvision's keys stay as they are
-            from .maskplus import DenseBoundaryRefinement
+            from .maskplus import DenseBoundaryRefinement  # deferred: only for MaskPlus models
 
             self.roi_heads.mask_predictor.add_module("refine", DenseBoundaryRefinement(config.num_classes))
         if config.aux_mask_sizes:
-            from .maskplus import AuxiliaryMaskHead, QuasiMultitaskRoIHeads
+            from .maskplus import AuxiliaryMaskHead, QuasiMultitaskRoIHeads  # deferred: only for MaskPlus models
 
             aux = AuxiliaryMaskHead(ch, mask_ch, config.num_classes, config.aux_mask_sizes)
             self.roi_heads = QuasiMultitaskRoIHeads.from_heads(self.roi_heads, aux)
@@ -349,7 +349,7 @@ def network_input(image: np.ndarray, meta: dict, config: MaskRCNNConfig) -> tupl
     shape : tuple of int
         (H, W) of the input image.
     """
-    from ...image import prepare_image
+    from ...image import prepare_image  # deferred: image handling, only at inference
 
     prepared, shape = prepare_image(image, {**meta, "in_channels": 3})
     if config.clahe:
@@ -359,6 +359,6 @@ def network_input(image: np.ndarray, meta: dict, config: MaskRCNNConfig) -> tupl
 
 def clahe(image: np.ndarray) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation of a float (h, w, 3) image, clipped to [0, 1] first."""
-    from skimage.exposure import equalize_adapthist
+    from skimage.exposure import equalize_adapthist  # deferred: scikit-image
 
     return equalize_adapthist(np.clip(image, 0.0, 1.0)).astype(np.float32)

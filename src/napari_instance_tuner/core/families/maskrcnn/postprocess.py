@@ -99,8 +99,8 @@ def score_map(extra: dict, shape: tuple[int, int], min_score: float = 0.05) -> n
 
 def select(extra: dict, score_threshold: float, nms_iou: float) -> np.ndarray:
     """Indices of the detections kept by the score threshold and class-wise NMS, best score first."""
-    import torch
-    from torchvision.ops import batched_nms
+    import torch  # deferred: torch
+    from torchvision.ops import batched_nms  # deferred: torchvision
 
     scores = np.asarray(extra["scores"], np.float32)
     candidates = np.flatnonzero(scores >= score_threshold)

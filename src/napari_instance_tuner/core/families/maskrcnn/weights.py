@@ -174,7 +174,7 @@ def load_coco_weights(model: InstanceMaskRCNN) -> LoadReport:
     """
     if model.config.backbone != "resnet50_fpn":
         raise WeightsError(f"COCO weights exist for the resnet50_fpn backbone only, not {model.config.backbone!r}")
-    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights  # deferred: torchvision's weight registry
 
     weights = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
     try:
@@ -185,7 +185,7 @@ def load_coco_weights(model: InstanceMaskRCNN) -> LoadReport:
             f"offline? Download {weights.url} on another machine and pass the file as init_weights"
         ) from None
     report = load_state_into(model, state, "torchvision COCO_V1 weights")
-    from torchvision.models.detection._utils import overwrite_eps
+    from torchvision.models.detection._utils import overwrite_eps  # deferred: torchvision
 
     overwrite_eps(model, 0.0)  # as torchvision does for these weights (frozen batch norm without epsilon)
     return report

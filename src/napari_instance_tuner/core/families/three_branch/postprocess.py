@@ -93,7 +93,7 @@ def _watershed_from_centroids(arrays: dict, fg: np.ndarray, params: ThreeBranchP
 
     Components of ``fg`` without a marker are dropped (``require_centroid``) or kept whole.
     """
-    from skimage.segmentation import watershed
+    from skimage.segmentation import watershed  # deferred: scikit-image
 
     centroid = erode((arrays["centroid"] >= params.centroid_threshold).view(np.uint8), params.centroid_erosion)
     markers, _ = connected_components(centroid & fg)

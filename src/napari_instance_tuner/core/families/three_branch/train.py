@@ -108,7 +108,7 @@ class BatchMaker:
 
     def __call__(self, rng: np.random.Generator):
         """A batch as torch tensors: x (B, C, c, c), y (B, K, c, c), valid (B, 1, c, c)."""
-        import torch
+        import torch  # deferred: torch
 
         indices = rng.integers(0, len(self.samples), self.batch_size)
         parts = [self.one(rng, int(i)) for i in indices]
