@@ -15,7 +15,7 @@ from .core.registry import example_model
 def format_table(summary: dict[str, dict]) -> str:
     """Metric summary (group -> metric -> value) as an aligned text table: one row per metric, one column
     per group; the rows are :data:`~.core.evaluation.TABLE_ROWS` (plus image count and pixel Dice)."""
-    from .core.evaluation import TABLE_ROWS  # deferred: the command's stack loads when it runs
+    from .core.evaluation import TABLE_ROWS  # deferred: command stack
 
     rows = [("n_images", "images"), *TABLE_ROWS[:5], ("pixel_dice", "pixel Dice"), *TABLE_ROWS[5:]]
     groups = list(summary)
@@ -32,10 +32,10 @@ def format_table(summary: dict[str, dict]) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from .core.checkpoint import load_model  # deferred: the command's stack loads when it runs
-    from .core.data import load_split, read_groups  # deferred: the command's stack loads when it runs
-    from .core.jobs import evaluate_samples, load_params, summarise  # deferred: the command's stack loads when it runs
-    from .core.safe_write import write_text  # deferred: the command's stack loads when it runs
+    from .core.checkpoint import load_model  # deferred: command stack
+    from .core.data import load_split, read_groups  # deferred: command stack
+    from .core.jobs import evaluate_samples, load_params, summarise  # deferred: command stack
+    from .core.safe_write import write_text  # deferred: command stack
 
     loaded = load_model(args.model)
     params = load_params(loaded, args.params)
@@ -44,7 +44,7 @@ def cmd_evaluate(args) -> int:
     check_data_folder(args.data)
     if args.foreground_only:
         # Table V ablation: the foreground branch alone (threshold, denoise, components, S_min).
-        from dataclasses import replace  # deferred: the command's stack loads when it runs
+        from dataclasses import replace  # deferred: command stack
 
         params = replace(params, subtract_boundaries=False, require_centroid=False, grow_back=0)
     samples = load_split(args.data)

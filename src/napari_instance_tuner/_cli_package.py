@@ -10,12 +10,9 @@ from .core.errors import InstanceTunerError
 
 def cmd_export_model(args) -> int:
     """Write a model as a bioimage.io package and check it with the bioimage.io libraries where installed."""
-    from .core.checkpoint import load_model  # deferred: the command's stack loads when it runs
-    from .core.data import read_image  # deferred: the command's stack loads when it runs
-    from .core.io.bioimageio_export import (  # deferred: the command's stack loads when it runs
-        PackageInfo,
-        export_package,
-    )
+    from .core.checkpoint import load_model  # deferred: command stack
+    from .core.data import read_image  # deferred: command stack
+    from .core.io.bioimageio_export import PackageInfo, export_package  # deferred: command stack
 
     loaded = load_model(args.model)
     info = PackageInfo(pixel_size=args.pixel_size, license=args.license, description=args.description,
@@ -27,7 +24,7 @@ def cmd_export_model(args) -> int:
     print(f"wrote bioimage.io package {out} ({loaded.family.name}, from {loaded.name})")
     if args.no_check:
         return 0
-    from .core.io.bioimageio_check import check_package  # deferred: the command's stack loads when it runs
+    from .core.io.bioimageio_check import check_package  # deferred: command stack
 
     try:
         report = check_package(out, reproduce=not args.no_reproduce)

@@ -15,10 +15,7 @@ from .core.registry import example_model
 
 def amp_help() -> str:
     """Help of ``--amp`` (train, finetune), naming the families that cannot train in mixed precision."""
-    from .core.registry import (  # deferred: imports the family modules, only to build the parser
-        family_names,
-        get_family,
-    )
+    from .core.registry import family_names, get_family  # deferred: family modules
 
     refused = "".join(f"; not for {name}" for name in family_names() if not get_family(name).supports_amp)
     return ("mixed precision: bfloat16 forward passes (2-3x faster on CPUs with AVX512-BF16 or AMX; "
@@ -26,12 +23,8 @@ def amp_help() -> str:
 
 
 def cmd_finetune(args) -> int:
-    from .core.checkpoint import load_model  # deferred: the command's stack loads when it runs
-    from .core.finetune import (  # deferred: the command's stack loads when it runs
-        FinetuneSettings,
-        finetune,
-        save_finetuned,
-    )
+    from .core.checkpoint import load_model  # deferred: command stack
+    from .core.finetune import FinetuneSettings, finetune, save_finetuned  # deferred: command stack
     if args.holdout_fraction is not None and not 0 < args.holdout_fraction < 1:
         raise InstanceTunerError(f"--holdout-fraction must lie between 0 and 1, got {args.holdout_fraction}")
     loaded = load_model(args.model)
@@ -59,13 +52,13 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_autotune(args) -> int:
-    from .core.autotune import autotune  # deferred: the command's stack loads when it runs
-    from .core.checkpoint import load_model  # deferred: the command's stack loads when it runs
-    from .core.data import load_split  # deferred: the command's stack loads when it runs
-    from .core.evaluation import score_function  # deferred: the command's stack loads when it runs
-    from .core.jobs import load_params  # deferred: the command's stack loads when it runs
-    from .core.params import params_to_dict  # deferred: the command's stack loads when it runs
-    from .core.safe_write import write_text  # deferred: the command's stack loads when it runs
+    from .core.autotune import autotune  # deferred: command stack
+    from .core.checkpoint import load_model  # deferred: command stack
+    from .core.data import load_split  # deferred: command stack
+    from .core.evaluation import score_function  # deferred: command stack
+    from .core.jobs import load_params  # deferred: command stack
+    from .core.params import params_to_dict  # deferred: command stack
+    from .core.safe_write import write_text  # deferred: command stack
 
     loaded = load_model(args.model)
     params = load_params(loaded, args.params)
