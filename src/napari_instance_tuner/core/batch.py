@@ -32,6 +32,7 @@ from .distributed import ModelRef, SerialExecutor, limit_threads
 from .errors import InstanceTunerError
 from .progress import Progress
 from .safe_write import atomic_folder, remove_stale_temporaries
+from .session import SegmentSession
 from .slide_segment import needs_model_scale, segment_file
 from .streaming import StreamSettings, open_image, segment_tile, stream_segment
 
@@ -213,10 +214,9 @@ def image_task(job: BatchJob, path: Path) -> ImageReport:
         limit_threads(job.threads)
         loaded = job.model.get()
         image = read_image(path)
-        maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device=job.device,
-                                              tile_size=job.settings.network_tile))
-        instances = loaded.family.postprocess(maps, job.params)
-        del maps
+        session = SegmentSession(image, name=path.name)  # one 2D image, as the family takes it
+        instances = run(session.run(loaded, job.params, device=job.device, tile_size=job.settings.network_tile))
+        del session  # its cached maps
         stem = _stem(path)
         outputs = [write_label_tiff(job.out_dir / f"{stem}.tif", instances.labels, overwrite=True).name]
         if instances.masks is not None:  # families that keep overlaps: the exact masks, as in the datasets
