@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 
 from .errors import InstanceTunerError
-from .inference import choose_device
 from .params import params_to_dict
 from .progress import CancelToken, Progress
 from .pyramid import LEVEL0, write_label_pyramid
-from .recipe import build_recipe, recipe_model, recipe_params
+from .recipe import build_recipe, recipe_device, recipe_model, recipe_params
 from .slide_segment import segment_at_model_scale
 from .stack import StackInstances, StackMaps, postprocess_stack, predict_stack
 
@@ -328,11 +327,7 @@ class SegmentSession:
         """
         if loaded is None:
             loaded = recipe_model(recipe, weights)
-        if device is None:
-            try:
-                device = choose_device(recipe.get("device") or "cpu")
-            except InstanceTunerError:
-                device = "cpu"
+        device = recipe_device(recipe) if device is None else device
         self.model, self.params, self.device = loaded, recipe_params(recipe, loaded), device
         self.tile_size = (recipe.get("tiling") or {}).get("tile_size")
         self.maps = self.instances = self.streamed = None

@@ -12,6 +12,8 @@ from functools import partial
 from typing import Any
 
 from ..core.errors import InstanceTunerError
+from ..core.inference import choose_device, device_description
+from ..core.slide_segment import source_from_levels
 from ._base import error_message, notify_error
 from ._layers import write_labels, write_maps
 from ._pixel_size import layer_pixel_size, level_data
@@ -47,8 +49,6 @@ class SegmentRuns:
         session.set_image(layer_data(layer), rgb=bool(layer.rgb), name=layer.name)
 
         def work(cancel):
-            from ..core.inference import choose_device, device_description  # deferred: torch
-
             used = choose_device(device)
             yield from session.run(loaded, params, device=used, cancel=cancel)
             return device_description(used)
@@ -71,8 +71,6 @@ class SegmentRuns:
 
     def _start_stream(self, layer: Any, session: Any, loaded: Any, params: Any, device: str) -> None:
         """Stream ``layer`` tile by tile into a new zarr group, then write its pyramid levels (no maps are kept)."""
-        from ..core.slide_segment import source_from_levels
-
         # Read lazily from the level nearest the model's pixel size, resampled to it (level 0 when unknown).
         source = source_from_levels(level_data(layer), layer_pixel_size(layer, self.pixel_size.value))
         out, settings, min_size = stream_target(layer.name), self.stream_settings(), self.pyramid_min_size()
@@ -81,8 +79,6 @@ class SegmentRuns:
         session.name = layer.name
 
         def work(cancel):
-            from ..core.inference import choose_device, device_description  # deferred: torch
-
             used = choose_device(device)
             yield from session.run_streamed(loaded, source, params, out, roi=roi, settings=settings, device=used,
                                             cancel=cancel, skip_background=slide, min_size=min_size)

@@ -38,7 +38,7 @@ from ._region import region_choices
 from ._segment_note import streamed_note
 from ._segment_runs import SegmentRuns, layer_data
 from ._streamed import streams
-from ._worker import Job
+from ._worker import Job, as_work
 
 #: (label, torch device) choices; "auto" picks CUDA, then Apple MPS, then the CPU.
 DEVICES = [("auto", "auto"), ("CPU", "cpu"), ("CUDA", "cuda"), ("MPS", "mps")]
@@ -242,12 +242,7 @@ class SegmentWidget(SegmentRuns, DockWidget):
             notify_error(error_message(exc))
             return
         maps = session.maps
-
-        def work(_cancel):
-            return session.postprocess(params)
-            yield  # noqa: unreachable - a generator without progress steps
-
-        self._pp_job = Job(work, on_result=lambda _: self._show_labels(image, session, maps),
+        self._pp_job = Job(as_work(lambda: session.postprocess(params)), on_result=lambda _: self._show_labels(image, session, maps),
                            on_finished=self._pp_finished)
         self._pp_job.start()
 
