@@ -159,9 +159,9 @@ class Sessions:
         return None
 
     def labels_layer(self, image: Any) -> Any:
-        """The plugin's Labels layer of ``image`` (in-memory, else streamed), or None."""
-        shown = self.shown(image)
-        track = shown.labels or shown.streamed_labels
+        """The plugin's Labels layer of the last run of ``image`` (multiscale after a streamed run), or None."""
+        session, shown = self.get(image), self.shown(image)
+        track = shown.streamed_labels if session is not None and session.streamed is not None else shown.labels
         return None if track is None else track.layer
 
     def _removed(self, event: Any) -> None:
