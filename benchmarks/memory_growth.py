@@ -66,7 +66,7 @@ def main() -> None:
         _settle(20)
         gc.collect()
         samples.append(rss_mib())
-    maps_ref = weakref.ref(widget.results[layer].maps)
+    maps_ref = weakref.ref(widget.sessions.get(layer).maps)
     viewer.layers.remove(layer)
     _settle(200)
     gc.collect()

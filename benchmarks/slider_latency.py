@@ -65,8 +65,9 @@ def main() -> None:
     widget.models.load("three-branch-glas")
     status = _wait(widget.run_finished, widget.run)
     assert status == "ok", f"run ended with {status!r}"
-    result = widget.results[layer]
-    labels_layer = result.labels_layer
+    session = widget.sessions.get(layer)
+    track = widget.sessions.shown(layer).labels
+    labels_layer = track.layer
     _settle(500)
 
     scene = viewer.window._qt_viewer.canvas._scene_canvas
@@ -123,9 +124,9 @@ def main() -> None:
         _settle(100)
 
     # Direct measurement on the real layer; ``writing`` keeps the widget from taking it as a user edit.
-    family, maps, params = result.family, result.maps.slices[0], widget.params.params()
+    family, maps, params = session.family, session.maps.slices[0], widget.params.params()
     direct, pp_only = [], []
-    result.labels.writing = True
+    track.writing = True
     try:
         for i in range(args.warmup + args.repeats):
             start = time.perf_counter()
@@ -138,7 +139,7 @@ def main() -> None:
                 direct.append(1000 * (end - start))
                 pp_only.append(1000 * (middle - start))
     finally:
-        result.labels.writing = False
+        track.writing = False
 
     rows: dict = {}
     for key, values in series.items():
@@ -148,7 +149,7 @@ def main() -> None:
         stats(rows, f"change -> drawn, {name} only", series["change -> drawn"][(first - args.warmup) % 2::2])
     stats(rows, "direct postprocess + layer write", direct)
     stats(rows, "  of which family.postprocess", pp_only)
-    print(f"slider latency, 1024x1024 RGB, model three-branch-glas, {result.count} instances at the end")
+    print(f"slider latency, 1024x1024 RGB, model three-branch-glas, {session.count} instances at the end")
     print(f"device: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
           f"(affinity {len(os.sched_getaffinity(0))}), GL renderer: {info.get('renderer', '?')}")
     print(f"{'measurement':<36}{'median ms':>10}{'p90 ms':>10}{'N':>5}")

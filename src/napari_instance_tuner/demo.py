@@ -202,8 +202,8 @@ def _run_napari(args, model: str, keep_open: bool) -> int:
         print(f"error: the run ended with status {status!r} (see the message above)", file=sys.stderr)
         viewer.close()
         return 2
-    result = widget.results[image]
-    print(f"{result.count} instances; {widget.device_used.value}")
+    session = widget.sessions.get(image)
+    print(f"{session.count} instances; {widget.device_used.value}")
     if keep_open:
         napari.run()
         return 0
@@ -213,7 +213,7 @@ def _run_napari(args, model: str, keep_open: bool) -> int:
         print("warning: napari's canvas came out blank (no working OpenGL); the screenshot shows only the "
               "widgets", file=sys.stderr)
     iio.imwrite(screenshot, viewer.screenshot(canvas_only=False, flash=False))
-    _write_labels(result.labels_layer.data, labels)
+    _write_labels(widget.sessions.labels_layer(image).data, labels)
     print(f"wrote {screenshot}")
     print(f"wrote {labels}")
     viewer.close()

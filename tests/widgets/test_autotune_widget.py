@@ -51,7 +51,7 @@ def segmented(loaded, viewer, network, run, errors):
 def tuner(viewer, segmented, qtbot):
     from napari_instance_tuner.widgets.autotune import AutotuneWidget
 
-    widget = AutotuneWidget(viewer, segment=segmented)
+    widget = AutotuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Auto-tune")
     widget.reference.value = viewer.layers["truth"]
     yield widget
@@ -74,7 +74,7 @@ def test_autotune_improves_the_metric_and_moves_the_sliders_without_the_network(
     assert tuner.result.value == "object F1: 0.000 → 1.000"
     threshold = segmented.params.controls["fg_threshold"].value
     assert 0.02 <= threshold < 0.25  # the slider moved to a threshold that separates the disks
-    assert segmented.current_result.params.fg_threshold == pytest.approx(threshold)
+    assert segmented.current_session.params.fg_threshold == pytest.approx(threshold)
     assert object_f1(labels.data, viewer.layers["truth"].data)["f1"] == 1.0  # the labels were re-computed
     assert network == [(64, 64)]  # only the first Run called the network
     assert tuner.tune_button.enabled and errors == []
@@ -133,7 +133,7 @@ def test_a_large_streamed_image_has_no_maps_to_tune(loaded, viewer, run, errors,
     image = viewer.add_image(rgb, name="slide", rgb=True)
     viewer.add_labels(disks_labels((64, 64)), name="truth")
     loaded.image.value = image
-    tuner = AutotuneWidget(viewer, segment=loaded)
+    tuner = AutotuneWidget(viewer)
     viewer.window.add_dock_widget(tuner, name="Auto-tune")
     tuner.reference.value = viewer.layers["truth"]
     params = loaded.params.params()
@@ -141,7 +141,7 @@ def test_a_large_streamed_image_has_no_maps_to_tune(loaded, viewer, run, errors,
     tuner.tune()  # not run yet, but Run would stream it: segmenting first would not help
     assert errors == [STREAMED_MESSAGE.format(name="slide")]
     assert run(loaded) == "ok", errors
-    assert image in loaded.streamed and loaded.current_result is None
+    assert loaded.sessions.get(image).streamed is not None and loaded.current_session is None
     tuner.tune()  # streamed: still no maps
     assert len(errors) == 2 and errors[-1] == errors[0]
     message = errors[-1]
@@ -173,7 +173,7 @@ def test_tool_widgets_find_the_segment_widget_through_naparis_plugin_proxies(
     viewer = make_napari_viewer()
     tuner = AutotuneWidget(PublicOnlyProxy(viewer))
     viewer.window.add_dock_widget(tuner, name="Auto-tune")
-    assert tuner.link.widget is None  # no Segment widget yet
+    assert tuner.sessions.current is None and tuner.sessions.model is None  # no Segment widget yet
     segment = SegmentWidget(PublicOnlyProxy(viewer))
     viewer.window.add_dock_widget(segment, name="Segment")
     finetune = FinetuneWidget(PublicOnlyProxy(viewer))
@@ -183,8 +183,8 @@ def test_tool_widgets_find_the_segment_widget_through_naparis_plugin_proxies(
     segment.image.value = image
     segment.load_weights(tiny_checkpoint)
     assert run(segment) == "ok", errors
-    assert tuner.link.widget is segment and finetune.link.widget is segment
-    assert finetune.link.model is segment.current_model and finetune.link.model.name == "tiny"
+    assert tuner.sessions is segment.sessions and finetune.sessions is segment.sessions  # one registry per viewer
+    assert finetune.model() is segment.current_model and finetune.model().name == "tiny"
     tuner.reference.value = tuner.viewer.layers["truth"]
     with qtbot.waitSignal(segment.labels_updated, timeout=TIMEOUT_MS):
         with qtbot.waitSignal(tuner.tune_finished, timeout=TIMEOUT_MS) as done:

@@ -55,7 +55,7 @@ def tuner(viewer, with_image, corrected, qtbot, dialogs):
     """The Fine-tune widget linked to the Segment widget (tiny model loaded), with one pair chosen."""
     from napari_instance_tuner.widgets.finetune import FinetuneWidget
 
-    widget = FinetuneWidget(viewer, segment=with_image, ask_path=dialogs.ask_path, confirm_overwrite=dialogs.confirm)
+    widget = FinetuneWidget(viewer, ask_path=dialogs.ask_path, confirm_overwrite=dialogs.confirm)
     viewer.window.add_dock_widget(widget, name="Fine-tune")
     widget.pairs.image.value, widget.pairs.labels.value = viewer.layers["img"], corrected
     assert widget.pairs.add() is not None
@@ -70,10 +70,10 @@ def train(qtbot, widget) -> str:
     return blocker.args[0]
 
 
-def test_finetune_plots_the_loss_resegments_and_keeps_the_old_labels(tuner, viewer, qtbot, run, errors):
+def test_finetune_plots_the_loss_resegments_and_keeps_the_old_labels(with_image, tuner, viewer, qtbot, run, errors):
     from napari_instance_tuner.core.checkpoint import file_sha256
 
-    segment = tuner.link.widget
+    segment = with_image
     assert run(segment) == "ok"
     parent = segment.current_model
     parent_sha = file_sha256(parent.path)
@@ -100,12 +100,13 @@ def test_finetune_plots_the_loss_resegments_and_keeps_the_old_labels(tuner, view
     assert tuner.save_button.enabled and tuner.start_button.enabled and errors == []
 
 
-def test_cancel_keeps_the_loaded_model_maps_and_layers(tuner, viewer, qtbot, run, errors):
+def test_cancel_keeps_the_loaded_model_maps_and_layers(with_image, tuner, viewer, qtbot, run, errors):
     import torch
 
-    segment = tuner.link.widget
+    segment = with_image
     assert run(segment) == "ok"
-    loaded, result = segment.current_model, segment.current_result
+    loaded, result = segment.current_model, segment.current_session
+    maps = result.maps
     weights = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     layers = {layer.name: np.copy(layer.data) for layer in viewer.layers}
     tuner.steps.value = 2000
@@ -119,7 +120,7 @@ def test_cancel_keeps_the_loaded_model_maps_and_layers(tuner, viewer, qtbot, run
     assert 2 <= steps < 2000 and tuner.tuned.result.stopped == "cancelled"
     assert "cancelled after" in tuner.status.value and tuner.save_button.enabled
     # Nothing changed in the Segment widget or the viewer...
-    assert segment.current_model is loaded and segment.current_result is result and result.maps is not None
+    assert segment.current_model is loaded and segment.current_session is result and result.maps is maps is not None
     assert all(torch.equal(weights[k], v) for k, v in loaded.model.state_dict().items())
     assert {layer.name: np.copy(layer.data) for layer in viewer.layers}.keys() == layers.keys()
     assert all(np.array_equal(viewer.layers[name].data, data) for name, data in layers.items())
@@ -261,7 +262,7 @@ def test_without_a_segment_widget_a_shipped_model_is_loaded_by_name(
     monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", weights)  # start with no shipped model at all
     widget = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune")
-    assert widget.link.widget is None and widget.model() is None and widget.fallback.selected is None
+    assert widget.sessions.model is None and widget.model() is None and widget.fallback.selected is None
     widget.pairs.labels.value = corrected
     widget.pairs.add()
     widget.start()
@@ -278,7 +279,8 @@ def test_without_a_segment_widget_a_shipped_model_is_loaded_by_name(
     assert [layer.name for layer in viewer.layers] == ["img", "img corrected"]
 
 
-def test_export_package_of_the_fine_tuned_model_loads_in_the_segment_widget(tuner, viewer, qtbot, tmp_path, run,
+def test_export_package_of_the_fine_tuned_model_loads_in_the_segment_widget(with_image, tuner, viewer, qtbot,
+                                                                             tmp_path, run,
                                                                              errors):
     """"Export bioimage.io package…" writes the fine-tuned model; the Segment widget's picker loads the zip and
     segments exactly as the fine-tuned checkpoint does."""
@@ -289,7 +291,7 @@ def test_export_package_of_the_fine_tuned_model_loads_in_the_segment_widget(tune
     with qtbot.waitSignal(tuner.exported, timeout=TIMEOUT_MS) as exported:
         tuner.export_package()  # nothing fine-tuned yet: the Segment widget's model, ".zip" added
     assert exported.args == [str(tmp_path / "current.zip")] and errors == []
-    assert load_model(tmp_path / "current.zip").meta == tuner.link.model.meta
+    assert load_model(tmp_path / "current.zip").meta == with_image.current_model.meta
 
     tuner.resegment.value = False
     assert train(qtbot, tuner) == "ok", errors
@@ -301,7 +303,7 @@ def test_export_package_of_the_fine_tuned_model_loads_in_the_segment_widget(tune
     state = tuner.tuned.model.state_dict()
     assert all(np.array_equal(state[k].numpy(), package.model.state_dict()[k].numpy()) for k in state)
 
-    segment = tuner.link.widget
+    segment = with_image
     segment.load_weights(str(tmp_path / "tuned.zip"))
     qtbot.waitUntil(lambda: segment.models.loaded_key == str(tmp_path / "tuned.zip") and not segment.busy,
                     timeout=TIMEOUT_MS)

@@ -51,13 +51,13 @@ def _info(layer) -> dict:
 
 
 def _assert_masks_match_labels(widget, layer) -> np.ndarray:
-    """The masks recorded on ``layer`` are those of the labels it shows; returns them."""
-    info = _info(layer)
-    masks = info["masks"]
+    """The masks recorded for ``layer`` are those of the labels it shows; returns them."""
+    track = widget.sessions.track(layer)  # the registry's record of the Labels layer
+    masks = track.masks
     assert masks.dtype == bool and masks.shape == (int(widget.count.value), *SHAPE)
     np.testing.assert_array_equal(masks.any(0), layer.data > 0)
-    assert info["scores"].shape == (masks.shape[0],)
-    assert masks is widget.current_result.masks  # the result's array itself, not a copy
+    assert track.scores.shape == (masks.shape[0],)
+    assert masks is widget.current_session.masks  # the session's array itself, not a copy
     return masks
 
 
@@ -149,7 +149,8 @@ def test_three_branch_labels_carry_no_masks(with_image, viewer, run, errors):
     assert run(with_image) == "ok", errors
     info = _info(viewer.layers["img instances"])
     assert "masks" not in info and "scores" not in info and info["labels_digest"]
-    assert with_image.current_result.masks is None
+    assert with_image.current_session.masks is None
+    assert with_image.sessions.track(viewer.layers["img instances"]).masks is None
 
 
 # -- live tuning ---------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def test_crossing_objects_keep_their_overlap(crossed, viewer, crossing):
     assert widget.count.value == "2"
     masks = _assert_masks_match_labels(widget, labels)
     np.testing.assert_array_equal(masks, _bar_masks())  # larger object first; the crossing is in both
-    np.testing.assert_allclose(_info(labels)["scores"], [0.9, 0.8], atol=1e-6)
+    np.testing.assert_allclose(widget.sessions.track(labels).scores, [0.9, 0.8], atol=1e-6)
     assert crossing == [SHAPE]
 
 
@@ -179,7 +180,7 @@ def test_parameter_changes_update_labels_and_masks_without_the_network(
 ):
     widget = crossed
     labels = viewer.layers["worms instances"]
-    before = _info(labels)["masks"]
+    before = widget.sessions.track(labels).masks
     with qtbot.waitSignal(widget.labels_updated, timeout=10_000):
         _set(widget, **values)
     assert viewer.layers["worms instances"] is labels and widget.count.value == str(count)
@@ -210,7 +211,8 @@ def test_a_stack_keeps_labels_only(layering, viewer, crossing, run, errors):
     assert run(layering) == "ok", errors
     labels = viewer.layers["stack instances"]
     assert labels.data.shape == (2, *SHAPE) and layering.count.value == "4"
-    assert "masks" not in _info(labels) and layering.current_result.masks is None
+    assert "masks" not in _info(labels) and layering.current_session.masks is None
+    assert layering.sessions.track(labels).masks is None
     assert len(np.unique(labels.data[labels.data > 0])) >= 2  # ids continue across slices
 
 
@@ -251,9 +253,9 @@ def test_export_writes_the_overlapping_masks_and_one_row_per_mask(crossed, viewe
     out = tmp_path / "out"
     with np.load(out / "worms instances_masks.npz") as npz:
         assert npz["masks"].dtype == bool and npz["masks"].shape == (2, *SHAPE)
-        np.testing.assert_array_equal(npz["masks"], _info(layer)["masks"])
+        np.testing.assert_array_equal(npz["masks"], crossed.sessions.track(layer).masks)
         np.testing.assert_array_equal(npz["labels"], [1, 2])
-        np.testing.assert_allclose(npz["scores"], _info(layer)["scores"])
+        np.testing.assert_allclose(npz["scores"], crossed.sessions.track(layer).scores)
     rows = _rows(out / "worms instances.csv")
     # One row per mask with the whole object's area: the labels alone give the vertical bar 720 - 144.
     assert [(r["label"], float(r["area"])) for r in rows] == [("1", 864.0), ("2", 720.0)]

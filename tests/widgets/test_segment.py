@@ -113,11 +113,11 @@ def test_reset_restores_model_defaults(with_image, qtbot, run):
     defaults = widget.models.loaded.family.default_params(widget.models.loaded.meta)
     assert run(widget) == "ok"
     _set(widget, min_size=5000, open_radius=7)
-    qtbot.waitUntil(lambda: widget.results[widget.image.value].params.min_size == 5000, timeout=10_000)
+    qtbot.waitUntil(lambda: widget.sessions.get(widget.image.value).params.min_size == 5000, timeout=10_000)
     with qtbot.waitSignal(widget.labels_updated, timeout=10_000):
         widget.params.reset_button.native.click()
     assert widget.params.params() == defaults
-    assert widget.results[widget.image.value].params == defaults
+    assert widget.sessions.get(widget.image.value).params == defaults
 
 
 def test_cancel_leaves_no_half_made_layer(with_image, viewer, qtbot, slow_network):
@@ -128,7 +128,7 @@ def test_cancel_leaves_no_half_made_layer(with_image, viewer, qtbot, slow_networ
         qtbot.wait(120)
         widget.cancel()
     assert blocker.args == ["cancelled"]
-    assert _layer_names(viewer) == ["img"] and widget.results == {}
+    assert _layer_names(viewer) == ["img"] and widget.sessions.segmented() == []
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
@@ -136,7 +136,8 @@ def test_cancelled_rerun_keeps_previous_layers(with_image, viewer, qtbot, run, m
     widget = with_image
     assert run(widget) == "ok"
     before = {layer.name: np.copy(layer.data) for layer in viewer.layers}
-    result = widget.results[widget.image.value]
+    session = widget.sessions.get(widget.image.value)
+    maps = session.maps
     from napari_instance_tuner.core.families.three_branch.family import ThreeBranchFamily
     from napari_instance_tuner.core.progress import Progress
 
@@ -154,7 +155,7 @@ def test_cancelled_rerun_keeps_previous_layers(with_image, viewer, qtbot, run, m
     assert blocker.args == ["cancelled"]
     assert {layer.name for layer in viewer.layers} == set(before)
     assert all(np.array_equal(viewer.layers[name].data, data) for name, data in before.items())
-    assert widget.results[widget.image.value] is result
+    assert widget.sessions.get(widget.image.value) is session and session.maps is maps
 
 
 def test_edited_labels_are_kept_on_rerun(with_image, viewer, run):
@@ -233,9 +234,9 @@ def test_viewer_stays_responsive_during_inference(with_image, qtbot, slow_networ
 def test_closing_the_image_releases_its_cached_maps(with_image, viewer, run):
     widget = with_image
     assert run(widget) == "ok"
-    maps = weakref.ref(widget.results[widget.image.value].maps)
+    maps = weakref.ref(widget.sessions.get(widget.image.value).maps)
     viewer.layers.remove("img")
-    assert widget.results == {} and widget.image.value is None and not widget.run_button.enabled
+    assert widget.sessions.segmented() == [] and widget.image.value is None and not widget.run_button.enabled
     gc.collect()
     assert maps() is None
 
@@ -282,7 +283,7 @@ def test_widget_opens_from_the_plugin_menu(make_napari_viewer, tiny_checkpoint, 
         widget.params.controls["fg_threshold"].value = 1.0
     assert not labels.data.any()
     viewer.layers.remove(image)
-    assert widget.results == {}
+    assert widget.sessions.segmented() == []
     qtbot.waitUntil(lambda: not widget.busy, timeout=10_000)
 
 
@@ -311,7 +312,7 @@ def test_closing_the_image_during_a_run_adds_no_layer(with_image, viewer, qtbot,
         widget.run()
         qtbot.wait(100)
         viewer.layers.remove("img")
-    assert blocker.args == ["cancelled"] and len(viewer.layers) == 0 and widget.results == {}
+    assert blocker.args == ["cancelled"] and len(viewer.layers) == 0 and widget.sessions.segmented() == []
 
 
 def test_cancel_while_the_model_loads_runs_nothing(segment, image, viewer, qtbot, tiny_checkpoint, predict_calls):
@@ -346,11 +347,11 @@ def test_removing_the_image_releases_its_cached_maps(with_image, viewer, run, qt
         assert run(with_image) == "ok"
         with qtbot.waitSignal(with_image.labels_updated, timeout=10_000):
             with_image.params.controls[0].value = value
-    maps = weakref.ref(with_image.results[layer].maps)
+    maps = weakref.ref(with_image.sessions.get(layer).maps)
     viewer.layers.remove(layer)
     qtbot.wait(50)
     gc.collect()
-    assert maps() is None and layer not in with_image.results
+    assert maps() is None and with_image.sessions.get(layer) is None
 
 
 def test_an_rgb_image_is_proposed_the_default_gland_model_until_the_user_chooses(segment, viewer, qtbot):

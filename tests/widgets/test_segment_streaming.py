@@ -119,7 +119,8 @@ def test_a_large_image_is_streamed_into_a_multiscale_labels_layer(loaded, viewer
     # Every tile went through the network, one window (core + halo) at a time; no maps were cached.
     assert len(windows) == 9 and max(max(shape[:2]) for shape in windows) <= 64 + 2 * 16
     assert [lyr.name for lyr in viewer.layers] == ["big slide", "big slide instances"]
-    assert widget.results == {} and widget.streamed[image].labels_layer is layer
+    assert widget.current_session is None and widget.sessions.labels_layer(image) is layer
+    assert widget.sessions.get(image).streamed is not None
 
     info = _info(layer)
     assert info["streamed"] is True and info["role"] == "instances"
@@ -201,7 +202,8 @@ def test_an_image_below_the_limit_keeps_cached_maps(loaded, viewer, qtbot, run, 
     assert run(loaded) == "ok", errors
     labels = viewer.layers["small instances"]
     assert not labels.multiscale and labels.data.shape == (48, 64)
-    assert "small foreground" in viewer.layers and loaded.results and not loaded.streamed
+    assert "small foreground" in viewer.layers and loaded.current_session is not None
+    assert loaded.current_session.streamed is None
     assert loaded.note.value == ""
     with qtbot.waitSignal(loaded.labels_updated, timeout=10_000):  # the sliders still post-process
         loaded.params.controls["fg_threshold"].value = 1.0
@@ -218,7 +220,7 @@ def test_cancel_stops_a_streamed_run_and_leaves_nothing(loaded, viewer, qtbot, s
         widget.cancel()
     assert blocker.args == ["cancelled"]
     assert len(slow_network) < 9  # stopped before the last tile
-    assert [lyr.name for lyr in viewer.layers] == ["big"] and widget.streamed == {}
+    assert [lyr.name for lyr in viewer.layers] == ["big"] and widget.sessions.segmented() == []
     assert list(small_limits.iterdir()) == []  # the half-written array was deleted
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
@@ -250,7 +252,7 @@ def test_closing_a_streamed_image_forgets_it(loaded, viewer, run, errors):
     loaded.image.value = image
     assert run(loaded) == "ok", errors
     viewer.layers.remove(image)
-    assert loaded.streamed == {} and loaded.count.value == "–" and loaded.note.value == ""
+    assert loaded.sessions.segmented() == [] and loaded.count.value == "–" and loaded.note.value == ""
     assert "big instances" in viewer.layers  # the labels stay
 
 

@@ -8,6 +8,8 @@ Outputs go to one folder next to ``recipe.json`` (how they were made). Per image
   objects overlap, ``<stem>_objects.npz`` (per-object boxes and bit-packed masks, see :func:`write_objects`);
 * ``<stem>.tuner.json``: a sidecar with the recipe's key, the input's size and time, the outputs and counts.
 
+Inputs are listed by :mod:`.batch_inputs`, reports and the summary table made by :mod:`.batch_report`.
+
 Resume: an image whose sidecar has the same recipe key and input signature, with its outputs present, is
 skipped. Small images are independent tasks (one per worker at a time); a large image's tiles are the tasks,
 stitched here as they come back.
@@ -15,7 +17,6 @@ stitched here as they come back.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import time
@@ -27,50 +28,17 @@ from typing import Any
 import numpy as np
 
 from .batch_folder import RECIPE, SIDECAR, check_output_folder, folder_lock, output_stem, recipe_name
-from .data import IMAGE_SUFFIXES
+from .batch_inputs import expand_inputs, input_signature
+from .batch_report import ImageReport, one_line, summary_table
 from .distributed import ModelRef, SerialExecutor, limit_threads
-from .errors import InstanceTunerError
 from .progress import Progress
 from .safe_write import atomic_folder, remove_stale_temporaries
+from .session import SegmentSession
 from .slide_segment import needs_model_scale, segment_file
 from .streaming import StreamSettings, open_image, segment_tile, stream_segment
 
-_EXTRA_SUFFIXES = (".svs", ".ndpi", ".scn", ".btf")
-
-
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Image files named by ``patterns``: files, folders (their images, not recursive) or glob patterns
-    (``**`` recursive), in order, without duplicates.
-
-    Raises
-    ------
-    InstanceTunerError
-        If a pattern matches nothing, or two inputs share a file stem (their outputs would collide).
-    """
-    found: list[Path] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if _is_image(p))
-        elif path.is_file():
-            matches = [path]
-        else:
-            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if _is_image(Path(p)))
-        if not matches:
-            raise InstanceTunerError(f"no images found for {pattern!r}")
-        found.extend(m for m in matches if m not in found)
-    stems: dict[str, Path] = {}
-    for p in found:
-        if _stem(p) in stems:
-            raise InstanceTunerError(f"{stems[_stem(p)]} and {p} would write the same outputs ({_stem(p)}.*); "
-                                     "segment them into different --out folders")
-        stems[_stem(p)] = p
-    return found
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES + _EXTRA_SUFFIXES
-
+__all__ = ["BatchJob", "ImageReport", "check_outputs", "expand_inputs", "input_signature", "recipe_key",
+           "run_batch", "summary_table", "write_objects"]
 
 _stem = output_stem
 
@@ -83,12 +51,6 @@ def recipe_key(recipe: dict) -> str:
     if recipe.get("output"):  # formats, region, pixel size (issue 21); absent from older recipes' keys
         core["output"] = recipe["output"]
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
-
-
-def input_signature(path: Path) -> dict:
-    """Size and modification time of an input (a changed image is segmented again)."""
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 @dataclass
@@ -139,22 +101,6 @@ class BatchJob:
     def key(self) -> str:
         """The recipe key stored in every sidecar."""
         return recipe_key(self.recipe)
-
-
-@dataclass
-class ImageReport:
-    """One row of the summary: what happened to one image."""
-
-    image: str
-    status: str  # "done", "skipped" or "failed"
-    shape: tuple[int, ...] = ()
-    objects: int = 0
-    seconds: float = 0.0
-    outputs: list[str] = field(default_factory=list)
-    tiles: int = 1
-    error: str = ""
-    note: str = ""  # about this image (e.g. its channels converted for the model)
-    notes: list[str] = field(default_factory=list)  # about the run, printed once per batch (e.g. pixel size)
 
 
 def _sidecar(job: BatchJob, path: Path) -> Path:
@@ -213,17 +159,16 @@ def image_task(job: BatchJob, path: Path) -> ImageReport:
         limit_threads(job.threads)
         loaded = job.model.get()
         image = read_image(path)
-        maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device=job.device,
-                                              tile_size=job.settings.network_tile))
-        instances = loaded.family.postprocess(maps, job.params)
-        del maps
+        session = SegmentSession(image, name=path.name)  # one 2D image, as the family takes it
+        instances = run(session.run(loaded, job.params, device=job.device, tile_size=job.settings.network_tile))
+        del session  # its cached maps
         stem = _stem(path)
         outputs = [write_label_tiff(job.out_dir / f"{stem}.tif", instances.labels, overwrite=True).name]
         if instances.masks is not None:  # families that keep overlaps: the exact masks, as in the datasets
             outputs.append(write_mask_stack(job.out_dir / f"{stem}_instances.npz", instances.masks,
                                             scores=instances.scores, overwrite=True).name)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch of hundreds
-        return ImageReport(str(path), "failed", error=_one_line(exc), seconds=time.perf_counter() - start)
+        return ImageReport(str(path), "failed", error=one_line(exc), seconds=time.perf_counter() - start)
     return ImageReport(str(path), "done", tuple(np.shape(image)), instances.count,
                        time.perf_counter() - start, outputs, notes=_unknown_size_note(loaded.meta))
 
@@ -253,13 +198,6 @@ def tile_task(job: BatchJob, path: Path, grid, index: int, normaliser) -> Any:
     finally:
         if hasattr(source, "close"):
             source.close()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    if isinstance(exc, InstanceTunerError) and text:  # a message written for the user: as it is
-        return text[0]
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _stream_image(job: BatchJob, path: Path, executor) -> Generator[Progress, None, ImageReport]:
@@ -377,7 +315,7 @@ def _run_locked(job: BatchJob, executor) -> Generator[Progress, None, list[Image
         try:
             shape, note = _plan(job, path)
         except Exception as exc:  # noqa: BLE001 - an unreadable image fails alone
-            reports[str(path)] = ImageReport(str(path), "failed", error=_one_line(exc))
+            reports[str(path)] = ImageReport(str(path), "failed", error=one_line(exc))
             continue
         notes[str(path)] = note or ""
         grid = job.settings.grid(shape)
@@ -391,7 +329,7 @@ def _run_locked(job: BatchJob, executor) -> Generator[Progress, None, list[Image
         try:
             report = finish(Path(report.image), report)
         except Exception as exc:  # noqa: BLE001 - e.g. the disk filled up: this image failed
-            report = ImageReport(report.image, "failed", error=_one_line(exc))
+            report = ImageReport(report.image, "failed", error=one_line(exc))
         reports[report.image] = report
         yield Progress(len(reports), total, f"{Path(report.image).name}: {report.status}", {"report": report})
     for path in large:
@@ -407,7 +345,7 @@ def _run_locked(job: BatchJob, executor) -> Generator[Progress, None, list[Image
             report.note = notes.get(str(path), "")
             report = finish(path, report)
         except Exception as exc:  # noqa: BLE001 - a failed slide fails alone
-            report = ImageReport(str(path), "failed", error=_one_line(exc))
+            report = ImageReport(str(path), "failed", error=one_line(exc))
         reports[str(path)] = report
         yield Progress(len(reports), total, f"{path.name}: {report.status}", {"report": report})
     return [reports[str(p)] for p in job.inputs]
@@ -420,20 +358,3 @@ def _plan(job: BatchJob, path: Path) -> tuple[tuple[int, int], str | None]:
 
     shape = check_image_file(path, streamed=True)
     return shape, channel_note(header_shape(path), int(job.recipe.get("in_channels") or 3))
-
-
-def summary_table(reports: list[ImageReport]) -> str:
-    """The batch summary as an aligned text table, with a totals line."""
-    rows = [("image", "status", "size", "objects", "tiles", "seconds", "output / error")]
-    for r in reports:
-        size = "x".join(str(n) for n in r.shape[:2]) if r.shape else "-"
-        rows.append((Path(r.image).name, r.status, size, str(r.objects), str(r.tiles), f"{r.seconds:.1f}",
-                     r.error or ", ".join(r.outputs)))
-    counts = {s: sum(r.status == s for r in reports) for s in ("done", "skipped", "failed")}
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
-    lines.append(f"{len(reports)} images: {counts['done']} done, {counts['skipped']} skipped (same recipe), "
-                 f"{counts['failed']} failed; {sum(r.objects for r in reports)} objects; "
-                 f"{sum(r.seconds for r in reports):.1f} s of work")
-    return "\n".join(lines)
-

@@ -292,6 +292,16 @@ def recipe_params(recipe: dict, loaded: LoadedModel) -> Any:
     return params_from_dict(loaded.family.Params, recipe["postprocess"], loaded.family.default_params(loaded.meta))
 
 
+def recipe_device(recipe: dict) -> str:
+    """The torch device the recipe records, where this machine has it; else the CPU."""
+    from .inference import choose_device
+
+    try:
+        return choose_device(recipe.get("device") or "cpu")
+    except InstanceTunerError:
+        return "cpu"
+
+
 def replay_instances(
     recipe: dict,
     image: np.ndarray,
@@ -315,17 +325,12 @@ def replay_instances(
     weights : path-like, optional
         The weights file, when it has moved; its SHA-256 must still match.
     """
-    from .inference import choose_device
     from .progress import run
 
     if loaded is None:
         loaded = recipe_model(recipe, weights)
     params = recipe_params(recipe, loaded)
-    if device is None:
-        try:
-            device = choose_device(recipe.get("device") or "cpu")
-        except InstanceTunerError:
-            device = "cpu"
+    device = recipe_device(recipe) if device is None else device
     tile_size = (recipe.get("tiling") or {}).get("tile_size")
     maps = run(loaded.family.predict_maps(loaded.model, image, loaded.meta, device=device, tile_size=tile_size))
     return loaded.family.postprocess(maps, params)

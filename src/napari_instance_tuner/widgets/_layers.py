@@ -1,30 +1,29 @@
 """Layer bookkeeping: the plugin writes only its own layers and never overwrites a user's edits.
 
-Every layer the plugin adds carries a metadata tag (:data:`TAG`). A :class:`SegmentResult` remembers,
-for one image layer, the cached maps, the map layers and the Labels layer it wrote, and a digest of
-the labels as written. Before the labels are replaced, a layer the user painted on (napari's ``paint``
-event), replaced (``data`` event) or changed in place (digest mismatch) is renamed "<name> (edited)",
-loses the tag, and a new Labels layer is written instead.
+Every layer the plugin adds carries a metadata tag (:data:`TAG`) whose value records the run (for the user's
+files and recipes: :data:`~..core.recipe.LAYER_KEYS`, ``"labels_digest"``). For one image's session, the
+registry (:mod:`._sessions`) remembers the map layers and the Labels layer written, and a digest of the labels
+as written. Before the labels are replaced, a layer the user painted on (napari's ``paint`` event), replaced
+(``data`` event) or changed in place (digest mismatch) is renamed "<name> (edited)", loses the tag, and a new
+Labels layer is written instead.
 
 Map layers: the maps a family names in ``family.map_names`` (foreground, boundary, ...) follow the
 widget's "show maps" box; any further maps (the layering family's "layer_1" ... "layer_N") are added
 hidden, each with its own colormap, for the user to switch on in the layer list.
 
 Overlapping objects: for a 2D image of a family whose ``postprocess`` returns per-object ``masks``
-(layering, Mask R-CNN), the Labels layer's ``metadata[TAG]`` also holds ``"masks"`` (bool (K, H, W)) and
-``"scores"`` (float32 (K,) or None), the very arrays behind the labels shown (references, not copies),
-and ``"labels_digest"``, so the Export widget can tell whether the labels were edited since.
+(layering, Mask R-CNN), the :class:`LabelsTrack` of the Labels layer holds the ``masks`` (bool (K, H, W)) and
+``scores`` (float32 (K,) or None) behind the labels written (the session's arrays, not copies), so Export can
+write them while the labels are unedited.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from ..core.stack import StackInstances, StackMaps
 
 #: Metadata key marking the layers this plugin made.
 TAG = "napari_instance_tuner"
@@ -54,6 +53,8 @@ class LabelsTrack:
     digest: str
     edited: bool = False
     writing: bool = False
+    masks: np.ndarray | None = None
+    scores: np.ndarray | None = None
 
 
 def source_images(viewer: Any) -> list:
@@ -63,78 +64,10 @@ def source_images(viewer: Any) -> list:
     return [layer for layer in viewer.layers if isinstance(layer, Image) and not is_plugin_layer(layer)]
 
 
-def forget_layer(results: dict, layer: Any) -> None:
-    """Drop what ``results`` (image layer -> :class:`SegmentResult`) knows about a removed layer.
-
-    A removed image loses its result, which releases its cached maps; a removed plugin layer is
-    forgotten, so the next run writes a new one. Layers are compared with ``==``, as napari may hand
-    plugins proxies of them.
-    """
-    results.pop(layer, None)
-    for result in results.values():
-        result.map_layers = {name: kept for name, kept in result.map_layers.items() if kept != layer}
-        if result.labels_layer == layer:
-            result.labels = None
-
-
 def digest(data: Any) -> str:
     """Short content hash of an array (cheap bookkeeping: about 1 GB/s)."""
     array = np.ascontiguousarray(np.asarray(data))
     return hashlib.blake2b(array.view(np.uint8).ravel(), digest_size=16).hexdigest() + str(array.shape)
-
-
-@dataclass
-class SegmentResult:
-    """Everything the widget keeps about one segmented image layer.
-
-    Attributes
-    ----------
-    image : napari.layers.Image
-    model : LoadedModel
-        The model whose maps these are; post-processing uses its family.
-    maps : StackMaps
-        Cached network outputs: sliders re-run only post-processing on them.
-    params : Any
-        Parameters of the labels currently shown.
-    count : int
-        Number of instances shown.
-    device : str
-        The torch device the maps were computed on.
-    image_shape : tuple of int
-        Shape of the image data that was segmented.
-    masks : np.ndarray or None
-        bool (K, H, W) per-object masks of the labels shown, for families whose objects may overlap
-        (2D images only, see :class:`..core.stack.StackInstances`); None otherwise.
-    scores : np.ndarray or None
-        float32 (K,) per-object scores of the labels shown, where the family has them.
-    """
-
-    image: Any
-    model: Any
-    maps: StackMaps
-    params: Any
-    count: int = 0
-    device: str = "cpu"
-    image_shape: tuple = ()
-    map_layers: dict[str, Any] = field(default_factory=dict)
-    labels: LabelsTrack | None = None
-    masks: np.ndarray | None = None
-    scores: np.ndarray | None = None
-
-    def set_instances(self, params: Any, instances: StackInstances) -> None:
-        """Record ``instances`` (made with ``params``) as the ones shown: params, count, masks and scores."""
-        self.params, self.count = params, instances.count
-        self.masks, self.scores = instances.masks, instances.scores
-
-    @property
-    def labels_layer(self) -> Any:
-        """The plugin's Labels layer for this image, or None."""
-        return self.labels.layer if self.labels is not None else None
-
-    @property
-    def family(self) -> Any:
-        """The model family that made the maps."""
-        return self.model.family
 
 
 def _spatial(image: Any, factor: float = 1.0, offset: tuple = (0.0, 0.0)) -> dict:
@@ -152,13 +85,13 @@ def _spatial(image: Any, factor: float = 1.0, offset: tuple = (0.0, 0.0)) -> dic
             "translate": np.asarray(image.translate, float) + (shift + (factors - 1) / 2) * scale}
 
 
-def main_maps(result: SegmentResult) -> set[str]:
+def main_maps(session: Any) -> set[str]:
     """The maps "show maps" shows: those the family names in ``map_names`` (all, if it names none).
 
     Other maps (the layering family's "layer_1" ... "layer_N") stay hidden until the user shows them.
     """
-    arrays = result.maps.slices[0].arrays
-    names = set(getattr(result.family, "map_names", ()))
+    arrays = session.maps.slices[0].arrays
+    names = set(getattr(session.family, "map_names", ()))
     return {name for name in arrays if name in names} or set(arrays)
 
 
@@ -167,83 +100,53 @@ def map_colormap(name: str, index: int) -> str:
     return MAP_COLORMAPS.get(name) or EXTRA_COLORMAPS[index % len(EXTRA_COLORMAPS)]
 
 
-def write_maps(viewer: Any, result: SegmentResult, visible: bool) -> None:
-    """Show ``result.maps`` as Image layers "<image> <map>", updating the plugin's own layers in place.
+def write_maps(viewer: Any, image: Any, session: Any, shown: Any, visible: bool) -> None:
+    """Show ``session.maps`` as Image layers "<image> <map>", updating the plugin's own layers in place.
 
     New layers of the family's main maps are ``visible`` ("show maps"); further maps are added hidden
-    (:func:`main_maps`). Existing layers keep the visibility the user gave them.
+    (:func:`main_maps`). Existing layers keep the visibility the user gave them. ``shown`` is the
+    registry's :class:`._sessions.Shown` of ``image``.
     """
-    arrays = result.maps.arrays()
-    main = main_maps(result)
-    for name, layer in list(result.map_layers.items()):
+    arrays = session.maps.arrays()
+    main = main_maps(session)
+    for name, layer in list(shown.map_layers.items()):
         if name not in arrays and layer in viewer.layers and is_plugin_layer(layer):
             viewer.layers.remove(layer)  # a map the new model does not produce
     extra = 0
     layers = {}
     for name, array in arrays.items():
-        layer = result.map_layers.get(name)
+        layer = shown.map_layers.get(name)
         if layer is not None and layer in viewer.layers and is_plugin_layer(layer):
             layer.data = array
         else:
             layer = viewer.add_image(
                 array,
-                name=f"{result.image.name} {name}",
+                name=f"{image.name} {name}",
                 colormap=map_colormap(name, extra),
                 blending="additive",
                 contrast_limits=(0.0, 1.0),
                 visible=visible and name in main,
                 metadata={TAG: {"role": "map", "map": name}},
-                **_spatial(result.image),
+                **_spatial(image),
             )
         layers[name] = layer
         extra += name not in MAP_COLORMAPS
-    result.map_layers = layers
+    shown.map_layers = layers
 
 
-def set_maps_visible(result: SegmentResult, visible: bool) -> None:
-    """Show the main map layers of one result (:func:`main_maps`), or hide all its map layers."""
-    main = main_maps(result)
-    for name, layer in result.map_layers.items():
+def set_maps_visible(session: Any, shown: Any, visible: bool) -> None:
+    """Show the main map layers of one session (:func:`main_maps`), or hide all its map layers."""
+    main = main_maps(session)
+    for name, layer in shown.map_layers.items():
         if not visible or name in main:
             layer.visible = visible
 
 
-def labels_edited(viewer: Any, result: SegmentResult) -> bool:
-    """True if the plugin's Labels layer of ``result`` was changed by someone else since it was written."""
-    track = result.labels
+def labels_edited(viewer: Any, track: LabelsTrack | None) -> bool:
+    """True if the plugin's Labels layer of ``track`` was changed by someone else since it was written."""
     if track is None or track.layer not in viewer.layers or not is_plugin_layer(track.layer):
         return False
     return track.edited or digest(track.layer.data) != track.digest
-
-
-def run_record(model: Any, params: Any, device: str, tile_size: int | None, image: Any, image_shape: tuple) -> dict:
-    """The keys of :data:`~..core.recipe.LAYER_KEYS` (and ``"role"``) for a run: enough to replay it."""
-    from ..core.params import params_to_dict
-
-    return {
-        "role": "instances",
-        "weights_path": str(model.path),
-        "weights_sha256": model.sha256,
-        "family": model.family.name,
-        "params": params_to_dict(params),
-        "device": device,
-        "tile_size": tile_size,
-        "image_name": image.name,
-        "image_shape": list(image_shape),
-    }
-
-
-def labels_metadata(result: SegmentResult, labels_digest: str | None = None) -> dict:
-    """What the plugin records on its Labels layer: enough to replay the run, and the overlapping masks.
-
-    The keys are :data:`~..core.recipe.LAYER_KEYS` plus ``"role"`` and ``"labels_digest"`` (the
-    :func:`digest` of the labels as written); the Export widget turns them into a recipe that reproduces
-    the labels headlessly. Where ``result.masks`` is set (families whose objects may overlap), ``"masks"``
-    and ``"scores"`` hold the arrays themselves, not copies; other families' layers have neither key.
-    """
-    extra = {} if result.masks is None else {"masks": result.masks, "scores": result.scores}
-    record = run_record(result.model, result.params, result.device, None, result.image, result.image_shape)
-    return {**record, "labels_digest": labels_digest, **extra}
 
 
 def place_labels(
@@ -283,16 +186,19 @@ def place_labels(
     return track
 
 
-def write_labels(viewer: Any, result: SegmentResult, labels: np.ndarray) -> Any:
-    """Show ``labels`` (made with ``result.params``) in the plugin's Labels layer "<image> instances".
+def write_labels(viewer: Any, image: Any, session: Any, shown: Any) -> LabelsTrack:
+    """Show ``session.labels`` in the plugin's Labels layer "<image> instances"; returns its track.
 
-    Returns the layer written (see :func:`place_labels`). The layer's ``metadata[TAG]`` records the run and
-    the masks of ``result`` (:func:`labels_metadata`), which must be those of ``labels``.
+    The layer's ``metadata[TAG]`` records the run (:meth:`~..core.session.SegmentSession.record`) and the
+    digest of the labels as written; the track holds the session's masks and scores of these labels.
     """
-    written = digest(labels)
-    result.labels = place_labels(viewer, result.labels, labels, labels_metadata(result, written), result.image,
-                                 edited=labels_edited(viewer, result), digest=written)
-    return result.labels.layer
+    written = digest(session.labels)
+    info = {**session.record(), "labels_digest": written}
+    track = place_labels(viewer, shown.labels, session.labels, info, image,
+                         edited=labels_edited(viewer, shown.labels), digest=written)
+    track.masks, track.scores = session.masks, session.scores
+    shown.labels = track
+    return track
 
 
 def _watch_edits(track: LabelsTrack) -> None:
@@ -304,8 +210,21 @@ def _watch_edits(track: LabelsTrack) -> None:
     track.layer.events.data.connect(edited)
 
 
-def adopt(result: SegmentResult, previous: SegmentResult | None) -> None:
-    """Let a new result of the same image reuse (and so replace) the layers of the previous one."""
-    if previous is not None:
-        result.map_layers = previous.map_layers
-        result.labels = previous.labels
+def keep_labels(viewer: Any, session: Any, shown: Any, suffix: str) -> Any:
+    """Detach the plugin's Labels layer of a session (``shown``: its layers), renamed "<name> (<suffix>)".
+
+    Returns the layer, or None when there is none or the user edited it (the usual "(edited)" rule applies).
+    The next run or parameter change writes a new layer; the kept one keeps its record of the run.
+    """
+    streamed = session is not None and session.streamed is not None
+    track = shown.streamed_labels if streamed else shown.labels
+    if track is None or track.layer not in viewer.layers:
+        return None
+    if track.edited if streamed else labels_edited(viewer, track):
+        return None
+    track.layer.name = f"{track.layer.name} ({suffix})"
+    if streamed:
+        shown.streamed_labels = None
+    else:
+        shown.labels = None
+    return track.layer

@@ -15,14 +15,19 @@ the layer shown before it intact; the group of a run that made no layer is delet
 from __future__ import annotations
 
 import atexit
-import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._layers import LabelsTrack, is_plugin_layer, place_labels, run_record
+import numpy as np
+
+from ..core.pyramid import needs_streaming
+from ..core.resample import model_pixel_size, scale_factor
+from ..core.stack import slice_count
+from ._file_names import safe_name
+from ._layers import LabelsTrack, is_plugin_layer, place_labels
+from ._pixel_size import layer_pixel_size
 
 _DIR: Path | None = None
 
@@ -36,19 +41,24 @@ def stream_dir() -> Path:
     return _DIR
 
 
-def safe_name(name: str) -> str:
-    """``name`` reduced to letters, digits, ``.``, ``_`` and ``-`` (for a file name); "image" if nothing is left."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "image"
-
-
 def stream_target(name: str) -> Path:
     """A zarr group path that does not exist yet: "<dir>/<safe name>.zarr", else "<safe name>-2.zarr", ..."""
-    folder, stem = stream_dir(), safe_name(name)
+    folder, stem = stream_dir(), "_".join(safe_name(name, "image").split())  # no spaces in scratch paths
     path, n = folder / f"{stem}.zarr", 1
     while path.exists():
         n += 1
         path = folder / f"{stem}-{n}.zarr"
     return path
+
+
+def streams(layer: Any, loaded: Any, pixel_size: float, region: Any, stream_pixels: int) -> bool:
+    """Whether Run streams ``layer``: a large (more than ``stream_pixels``) or multiscale 2D image, a region of
+    one, or one whose pixel size differs from the model's. Raises InstanceTunerError for unsupported shapes."""
+    shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
+    resample = loaded is not None and slice_count(shape, layer.rgb) is None and scale_factor(
+        layer_pixel_size(layer, pixel_size), model_pixel_size(loaded.meta)) != 1.0
+    in_region = region is not None and slice_count(shape, layer.rgb) is None
+    return resample or in_region or needs_streaming(shape, layer.multiscale, stream_pixels, rgb=layer.rgb)
 
 
 def discard(path: Path | None) -> None:
@@ -57,95 +67,36 @@ def discard(path: Path | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@dataclass
-class StreamedResult:
-    """What the Segment widget keeps about one streamed image layer (no maps: there are none).
-
-    Attributes
-    ----------
-    image : napari.layers.Image
-    model : LoadedModel
-    params : Any
-        Post-processing parameters of the labels shown.
-    count : int
-        Number of instances.
-    tiles : int
-        Number of tiles the run took.
-    path : Path
-        The zarr group behind the Labels layer: level k of the pyramid, uint32 of shape
-        (ceil(H / 2**k), ceil(W / 2**k)), is its array "k" (level 0: the labels at full resolution).
-    settings : StreamSettings
-        How the image was cut (tile, halo).
-    device : str
-    image_shape : tuple of int
-        Shape of the image data segmented (level 0 of a multiscale layer).
-    labels : LabelsTrack or None
-        The plugin's Labels layer of this image.
-    factor : float
-        Image (level-0) pixels per label pixel: the labels are at the model's pixel size.
-    offset : (float, float)
-        (y, x) of the segmented region's origin in the image's level-0 pixels.
-    """
-
-    image: Any
-    model: Any
-    params: Any
-    count: int
-    tiles: int
-    path: Path
-    settings: Any
-    device: str = "cpu"
-    image_shape: tuple = ()
-    labels: LabelsTrack | None = None
-    factor: float = 1.0
-    offset: tuple = (0.0, 0.0)
-
-    @property
-    def labels_layer(self) -> Any:
-        """The plugin's Labels layer for this image, or None."""
-        return self.labels.layer if self.labels is not None else None
-
-
-def streamed_metadata(result: StreamedResult) -> dict:
+def streamed_metadata(session: Any) -> dict:
     """``metadata[TAG]`` of a streamed Labels layer.
 
-    The run record of :func:`._layers.run_record` (so Export can write a recipe) plus ``"streamed"`` (True),
-    ``"zarr_path"`` (the pyramid's zarr group), ``"model"`` (its name), ``"streaming"`` (tile, halo and amp:
-    :meth:`~..core.streaming.StreamSettings.to_dict`), ``"tiles"``, ``"count"`` and ``"labels_digest"``
-    (None: the labels are not hashed, they may be huge).
+    The session's run record (:meth:`~..core.session.SegmentSession.record`, with ``"streaming"``: tile, halo
+    and amp, so Export can write a recipe) plus ``"streamed"`` (True), ``"zarr_path"`` (the pyramid's zarr
+    group), ``"model"`` (its name), ``"tiles"``, ``"count"`` and ``"labels_digest"`` (None: the labels are
+    not hashed, they may be huge).
     """
-    record = run_record(result.model, result.params, result.device, result.settings.network_tile, result.image,
-                        result.image_shape)
+    run = session.streamed
     return {
-        **record,
+        **session.record(),
         "streamed": True,
-        "zarr_path": str(result.path),
-        "model": result.model.name,
-        "streaming": result.settings.to_dict(),
-        "tiles": int(result.tiles),
-        "count": int(result.count),
+        "zarr_path": str(run.path),
+        "model": session.model.name,
+        "tiles": int(run.tiles),
+        "count": int(run.count),
         "labels_digest": None,
     }
 
 
-def write_streamed_labels(viewer: Any, result: StreamedResult, previous: Any, levels: list) -> Any:
-    """Show ``levels`` (a label pyramid, largest first) as the multiscale Labels layer "<image> instances".
+def write_streamed_labels(viewer: Any, image: Any, session: Any, shown: Any) -> LabelsTrack:
+    """Show the session's streamed label pyramid (largest level first) as the multiscale Labels layer
+    "<image> instances"; returns its track.
 
-    ``previous`` is the :class:`StreamedResult` of the image's last streamed run, or None: its layer is
-    updated in place if it is still the plugin's and unedited, else kept as "(edited)" and a new layer added
-    (:func:`._layers.place_labels`). Returns the layer.
+    The layer of the image's last streamed run (``shown.streamed_labels``) is updated in place if it is still
+    the plugin's and unedited, else kept as "(edited)" and a new layer added (:func:`._layers.place_labels`).
     """
-    track = getattr(previous, "labels", None)
+    track, run = shown.streamed_labels, session.streamed
     edited = (track is not None and track.edited and track.layer in viewer.layers
               and is_plugin_layer(track.layer))
-    result.labels = place_labels(viewer, track, levels, streamed_metadata(result), result.image, edited=edited,
-                                 multiscale=True, factor=result.factor, offset=result.offset)
-    return result.labels.layer
-
-
-def forget_streamed(streamed: dict, layer: Any) -> None:
-    """Drop what ``streamed`` (image layer -> :class:`StreamedResult`) knows about a removed layer."""
-    streamed.pop(layer, None)
-    for result in streamed.values():
-        if result.labels_layer == layer:
-            result.labels = None
+    shown.streamed_labels = place_labels(viewer, track, run.levels, streamed_metadata(session), image,
+                                         edited=edited, multiscale=True, factor=run.factor, offset=run.offset)
+    return shown.streamed_labels

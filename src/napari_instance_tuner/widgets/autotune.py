@@ -1,11 +1,11 @@
 """The Auto-tune dock widget: search the post-processing parameters against corrected labels.
 
-It works on the Segment widget's cached maps of its selected image (see :mod:`._link`); a large image that
-Segment streams tile by tile has none, and the widget says to tune on a crop instead. One core call,
+It works on the cached maps of the session of the image in hand (the viewer's registry, :mod:`._sessions`); a
+large image that Segment streams tile by tile has none, and the widget says to tune on a crop instead. One core call,
 :func:`..core.autotune.autotune` (a coarse pass, then coordinate line searches), runs in a thread worker
 with progress and Cancel; only post-processing runs, never the network. The widget shows the metric
-before → after and hands the best parameters to the Segment widget, whose sliders move and whose
-labels are re-computed.
+before → after and proposes the best parameters through the registry: the Segment widget's sliders move and
+the labels are re-computed.
 
 A widget of its own rather than a section of the Segment widget: that file is already at its size
 limit, and tuning has its own inputs (reference layer, metric) and its own long-running job.
@@ -18,10 +18,9 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
-from ._link import SegmentLink
-from ._worker import Job, error_message, notify_error
+from ._base import DockWidget, error_message, notify_error
 
 #: Metric choices: (display name, key of :data:`..core.evaluation.TUNABLE`).
 METRICS = [("object F1", "object_f1"), ("mean AP", "mean_ap"), ("AJI", "aji"), ("object Dice", "object_dice")]
@@ -34,29 +33,24 @@ STREAMED_MESSAGE = (
 )
 
 
-class AutotuneWidget(QWidget):
-    """Tune the Segment widget's post-processing parameters to match a reference Labels layer.
+class AutotuneWidget(DockWidget):
+    """Tune the post-processing parameters of the image in hand to match a reference Labels layer.
 
     Parameters
     ----------
     napari_viewer : napari.viewer.Viewer
-    segment : SegmentWidget, optional
-        The Segment widget to tune; else looked up among the viewer's dock widgets.
     """
 
     #: Emitted when a search ends: "ok", "cancelled" or "error".
     tune_finished = Signal(str)
 
-    def __init__(self, napari_viewer: Any, parent: QWidget | None = None, segment: Any = None) -> None:
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.link = SegmentLink(napari_viewer, segment)
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(napari_viewer, parent)
         self.before: float | None = None
         self.after: float | None = None
-        self._job: Job | None = None
         self._outcome = "error"
 
-        self.reference = ComboBox(label="reference labels", choices=self._labels_choices)
+        self.reference = ComboBox(label="reference labels", choices=lambda *_: self.layers_of("Labels"))
         self.reference.tooltip = "Corrected (or ground-truth) labels of the Segment widget's selected image"
         # Not ``self.metric``: that would shadow QWidget.metric(), which Qt calls while painting.
         self.metric_choice = ComboBox(label="metric", choices=METRICS, value="object_f1")
@@ -70,46 +64,35 @@ class AutotuneWidget(QWidget):
 
         choose = Container(widgets=[self.reference, self.metric_choice], labels=True)
         buttons = Container(widgets=[self.tune_button, self.cancel_button], layout="horizontal", labels=False)
-        layout = QVBoxLayout(self)
-        for part in (choose, buttons, self.progress, self.result):
-            layout.addWidget(part.native)
-        layout.addStretch(1)
-        events = napari_viewer.layers.events
-        for emitter in (events.inserted, events.removed):
-            emitter.connect(self._refresh)
-        self.destroyed.connect(partial(_disconnect, events, self._refresh))
+        self.stack(choose, buttons, self.progress, self.result)
+        self.watch_layers(lambda *_: self.reference.reset_choices())
         self._update()
-
-    @property
-    def busy(self) -> bool:
-        """True while a search runs."""
-        return self._job is not None
 
     def tune(self) -> None:
         """Search the parameters on the cached maps in a worker; problems become notifications."""
         if self._job is not None:
             return
-        segment = self.link.widget
-        if segment is None:
+        image = self.sessions.current
+        if image is None:
             notify_error("auto-tune works on the Segment widget's results: open it and segment an image first")
             return
-        image, result = segment.image.value, segment.current_result
-        if result is None and segment.keeps_no_maps(image):
+        session = self.sessions.with_maps(image)
+        if session is None and self.sessions.would_stream(image):
             notify_error(STREAMED_MESSAGE.format(name=image.name))
             return
-        if result is None:
+        if session is None:
             notify_error("segment the selected image first: auto-tune re-uses its cached network maps")
             return
         reference = self.reference.value
         if reference is None or reference not in self.viewer.layers:
             notify_error("choose the reference Labels layer (the corrected labels of the image)")
             return
-        if reference == result.labels_layer:
+        if reference == self.sessions.labels_layer(image):
             notify_error("the reference is the Segment widget's own output; choose the corrected labels")
             return
-        params = result.params  # those of the labels shown: the maps' own family
+        params = session.params  # those of the labels shown: the maps' own family
         metric = self.metric_choice.value
-        maps, family, data = result.maps, result.family, reference.data
+        maps, family, data = session.maps, session.family, reference.data
         stacked = maps.stacked
 
         def work(cancel):
@@ -125,22 +108,14 @@ class AutotuneWidget(QWidget):
         self.progress.value = 0
         self.result.value = "searching…"
         self._outcome = "error"
-        self._job = Job(
-            work,
-            on_result=partial(self._tuned, segment, image, result, metric),
-            on_error=self._failed,
-            on_cancelled=self._cancelled,
-            on_finished=self._finished,
-            progress="Auto-tuning post-processing",
-        )
-        self._job.worker.yielded.connect(self._show_progress)
-        self._job.start()
+        self.start_job(work, on_result=partial(self._tuned, image, session, maps, metric), on_error=self._failed,
+                       on_cancelled=self._cancelled, on_finished=self._finished, on_yielded=self._show_progress,
+                       progress="Auto-tuning post-processing")
         self._update()
 
     def cancel(self) -> None:
         """Stop the search at its next trial; the parameters stay as they were."""
-        if self._job is not None:
-            self._job.cancel()
+        self.cancel_job()
 
     # -- outcome ----------------------------------------------------------------------------------
 
@@ -150,17 +125,18 @@ class AutotuneWidget(QWidget):
         if "score" in getattr(item, "info", {}):
             self.result.value = f"searching… best so far {item.info['score']:.3f}"
 
-    def _tuned(self, segment: Any, image: Any, result: Any, metric: str, value: tuple) -> None:
+    def _tuned(self, image: Any, session: Any, maps: Any, metric: str, value: tuple) -> None:
         best, before, after = value
         self.before, self.after = before, after
-        name = dict((key, label) for label, key in METRICS)[metric]
+        name = {key: label for label, key in METRICS}[metric]
         self.result.value = f"{name}: {before:.3f} → {after:.3f}"
-        if segment.results.get(image) is not result or segment.params.params_class is not type(best):
+        current = self.sessions.get(image)
+        model = self.sessions.model
+        if current is not session or session.maps is not maps or model is None or \
+                model.family.Params is not type(best):
             self.result.value += " (not applied: the image was re-segmented, or the model changed, meanwhile)"
             return
-        if segment.image.value != image:
-            segment.image.value = image
-        segment.apply_params(best)
+        self.sessions.params_proposed.emit(image, best)  # the Segment widget shows them and post-processes
         self._outcome = "ok"
 
     def _failed(self, exc: BaseException) -> None:
@@ -172,23 +148,10 @@ class AutotuneWidget(QWidget):
         self._outcome = "cancelled"
 
     def _finished(self) -> None:
-        self._job = None
         self._update()
         self.tune_finished.emit(self._outcome)
-
-    def _labels_choices(self, *_: Any) -> list:
-        from napari.layers import Labels
-
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
-
-    def _refresh(self, *_: Any) -> None:
-        self.reference.reset_choices()
 
     def _update(self) -> None:
         self.tune_button.enabled = self._job is None
         self.cancel_button.enabled = self._job is not None
 
-
-def _disconnect(events: Any, callback: Any) -> None:
-    for emitter in (events.inserted, events.removed):
-        emitter.disconnect(callback)

@@ -15,10 +15,10 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem, QWidget
 
+from ._base import DockWidget, error_message, notify_error
 from ._layers import TAG
-from ._worker import Job, error_message, notify_error
 
 #: Matching rules of the error layer: (display name, rule of :func:`..core.error_map.error_ids`).
 RULES = [("GlaS: covers > 50 % of a reference object", "glas"), ("IoU > 0.5", "iou")]
@@ -34,7 +34,7 @@ def format_value(value: float) -> str:
     return "∞" if math.isinf(value) else f"{value:.3f}"
 
 
-class EvaluateWidget(QWidget):
+class EvaluateWidget(DockWidget):
     """Compare a prediction Labels layer with a reference Labels layer.
 
     Parameters
@@ -55,11 +55,9 @@ class EvaluateWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         from ..core.evaluation import TABLE_ROWS
 
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self.values: dict[str, float] = {}
         self.error_layer: Any = None
-        self._job: Job | None = None
         self._outcome = "error"
         self._rows = TABLE_ROWS
 
@@ -83,20 +81,9 @@ class EvaluateWidget(QWidget):
         self.table.setMinimumHeight(rows + self.table.horizontalHeader().sizeHint().height() + 4)
 
         choose = Container(widgets=[self.prediction, self.reference, self.rule], labels=True)
-        layout = QVBoxLayout(self)
-        for part in (choose, self.show_errors, self.evaluate_button, self.summary):
-            layout.addWidget(part.native)
-        layout.addWidget(self.table)
-        events = napari_viewer.layers.events
-        for emitter in (events.inserted, events.removed):
-            emitter.connect(self._refresh)
-        self.destroyed.connect(partial(_disconnect, events, self._refresh))
+        self.stack(choose, self.show_errors, self.evaluate_button, self.summary, self.table, stretch=False)
+        self.watch_layers(self._refresh)
         self._select_defaults()
-
-    @property
-    def busy(self) -> bool:
-        """True while an evaluation runs."""
-        return self._job is not None
 
     def shown(self) -> dict[str, str]:
         """The table as displayed: metric name -> text."""
@@ -128,9 +115,8 @@ class EvaluateWidget(QWidget):
 
         self._outcome = "error"
         self.summary.value = "evaluating…"
-        self._job = Job(work, on_result=partial(self._show, pred, ref, rule), on_error=self._failed,
-                        on_finished=self._finished, progress=f"Evaluating {pred.name}")
-        self._job.start()
+        self.start_job(work, on_result=partial(self._show, pred, ref, rule), on_error=self._failed,
+                       on_finished=self._finished, progress=f"Evaluating {pred.name}")
         self.evaluate_button.enabled = False
 
     # -- outcome ----------------------------------------------------------------------------------
@@ -167,21 +153,16 @@ class EvaluateWidget(QWidget):
         notify_error(f"evaluation failed: {error_message(exc)}")
 
     def _finished(self) -> None:
-        self._job = None
         self.evaluate_button.enabled = True
         self.evaluated.emit(self._outcome)
 
     # -- layers -----------------------------------------------------------------------------------
 
     def _labels_choices(self, *_: Any) -> list:
-        from napari.layers import Labels
-
         def is_error_map(layer: Any) -> bool:
             return getattr(layer, "metadata", {}).get(TAG, {}).get("role") == "errors"
 
-        return [
-            (layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels) and not is_error_map(layer)
-        ]
+        return [(name, layer) for name, layer in self.layers_of("Labels") if not is_error_map(layer)]
 
     def _refresh(self, *_: Any) -> None:
         for combo in (self.prediction, self.reference):
@@ -199,7 +180,3 @@ class EvaluateWidget(QWidget):
         if others:
             self.reference.value = others[0]
 
-
-def _disconnect(events: Any, callback: Any) -> None:
-    for emitter in (events.inserted, events.removed):
-        emitter.disconnect(callback)

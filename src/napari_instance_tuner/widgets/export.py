@@ -2,13 +2,15 @@
 
 The widget reads its controls, asks before replacing files, and runs one core call
 (:func:`..core.export.export_instances`) in a background job. When the Segment widget made the Labels
-layer, the layer's ``metadata["napari_instance_tuner"]`` holds the run's weights, parameters and image
-(see :data:`..core.recipe.LAYER_KEYS`) and a replayable recipe is written beside the export.
+layer, the layer's ``metadata["napari_instance_tuner"]`` records the run's weights, parameters and image
+(see :data:`..core.recipe.LAYER_KEYS`: the user's record, kept with the layer) and a replayable recipe is
+written beside the export.
 
-For families whose objects may overlap (layering, Mask R-CNN) the metadata also holds the per-object
-``"masks"`` and ``"scores"`` behind the labels: the CSV and GeoJSON then have one object per mask and the
-NPZ mask stack keeps the overlaps. Once the labels were edited after the run (their digest differs from
-``"labels_digest"``) those masks no longer describe them, and everything is exported from the labels.
+For families whose objects may overlap (layering, Mask R-CNN) the viewer's session registry (:mod:`._sessions`)
+knows the per-object masks and scores behind the labels the plugin wrote: the CSV and GeoJSON then have one
+object per mask and the NPZ mask stack keeps the overlaps. Once the labels were edited after the run (their
+digest differs from ``"labels_digest"``) those masks no longer describe them, and everything is exported from
+the labels.
 
 A multiscale Labels layer (the labels of a large, streamed image: a zarr array that may not fit in memory)
 is handed to the core as it is, never copied: its TIFF is written tile by tile, and the recipe records the
@@ -17,7 +19,6 @@ streaming settings (``"streaming"``: tile, halo) of the run.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QMessageBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QMessageBox, QWidget
 
 from ..core.errors import InstanceTunerError
 from ..core.export import OBJECT_TYPES, ExportOptions, check_target, export_instances, export_targets
-from ._layers import TAG
-from ._worker import Job, as_work, error_message, notify_error
+from ._base import DockWidget, error_message, notify_error
+from ._file_names import safe_name
+from ._layers import TAG, is_plugin_layer
+from ._worker import as_work
 
 #: Checkbox label -> export format.
 FORMATS = {
@@ -40,11 +43,6 @@ FORMATS = {
     "QuPath GeoJSON": "geojson",
     "per-object mask stack (NPZ)": "masks",
 }
-
-
-def safe_name(name: str) -> str:
-    """A layer name as a file base name: path separators and odd characters become ``_``."""
-    return re.sub(r"[^\w.\- ]+", "_", name).strip(" .") or "labels"
 
 
 def ask_overwrite(parent: QWidget, paths: list[Path]) -> bool:
@@ -57,7 +55,7 @@ def ask_overwrite(parent: QWidget, paths: list[Path]) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
-class ExportWidget(QWidget):
+class ExportWidget(DockWidget):
     """Export a Labels layer (and its measurements on a chosen image) to files other tools open.
 
     Parameters
@@ -77,15 +75,13 @@ class ExportWidget(QWidget):
         parent: QWidget | None = None,
         confirm_overwrite: Callable[[list[Path]], bool] | None = None,
     ) -> None:
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self.confirm_overwrite = confirm_overwrite or (lambda paths: ask_overwrite(self, paths))
-        self._job: Job | None = None
         self._outcome = "error"
         self._auto_name = ""
         self._note = ""
 
-        self.labels = ComboBox(label="labels", choices=self._labels_choices)
+        self.labels = ComboBox(label="labels", choices=lambda *_: self.layers_of("Labels"))
         self.labels.changed.connect(self._labels_selected)
         self.image = ComboBox(label="intensities", choices=self._image_choices)
         self.image.tooltip = "Image layer whose per-channel intensities the CSV and GeoJSON measure"
@@ -106,19 +102,9 @@ class ExportWidget(QWidget):
         formats = Container(widgets=list(self.formats.values()), labels=False)
         qupath = Container(widgets=[self.object_type, self.classification], labels=True)
         target = Container(widgets=[self.folder, self.base_name], labels=True)
-        layout = QVBoxLayout(self)
-        for part in (layers, formats, qupath, self.recipe, target, self.export_button, self.status):
-            layout.addWidget(part.native)
-        layout.addStretch(1)
-
-        napari_viewer.layers.events.inserted.connect(self._refresh)
-        napari_viewer.layers.events.removed.connect(self._refresh)
+        self.stack(layers, formats, qupath, self.recipe, target, self.export_button, self.status)
+        self.watch_layers(self._refresh)
         self._labels_selected()
-
-    @property
-    def busy(self) -> bool:
-        """True while files are being written."""
-        return self._job is not None
 
     def export(self) -> None:
         """Write the chosen formats; asks before replacing files, reports problems as notifications."""
@@ -154,10 +140,9 @@ class ExportWidget(QWidget):
         labels, image, extra = self._data(layer, info, edited)
         self._outcome = "error"
         work = as_work(lambda: export_instances(labels, options, image=image, recipe=recipe, **extra))
-        self._job = Job(work, on_result=self._written, on_error=self._failed, on_finished=self._finished,
-                        progress=f"Exporting {layer.name}")
         self.export_button.enabled = False
-        self._job.start()
+        self.start_job(work, on_result=self._written, on_error=self._failed, on_finished=self._finished,
+                       progress=f"Exporting {layer.name}")
 
     # -- reading the controls and layers ---------------------------------------------------------------
 
@@ -207,10 +192,11 @@ class ExportWidget(QWidget):
             labels = np.array(layer.data)  # a copy: painting may go on
             image = None if source is None else np.asarray(source.data[0] if source.multiscale else source.data)
         extra = {}
-        masks = info.get("masks")
+        track = self.sessions.track(layer) if is_plugin_layer(layer) else None
+        masks = None if track is None else track.masks
         # Masks describe the labels as Segment wrote them: unusable once the labels were edited.
         if masks is not None and not edited and np.shape(masks)[1:] == labels.shape:
-            extra = {key: info[key] for key in ("masks", "scores") if info.get(key) is not None}
+            extra = {"masks": masks, **({} if track.scores is None else {"scores": track.scores})}
         elif masks is not None:
             self._note = " (labels edited after segmentation: exported from the labels, overlaps not kept)"
         return labels, image, extra
@@ -236,22 +222,13 @@ class ExportWidget(QWidget):
             self.export_finished.emit("error")
 
     def _finished(self) -> None:
-        self._job = None
         self.export_button.enabled = True
         self.export_finished.emit(self._outcome)
 
     # -- layer lists -------------------------------------------------------------------------------------
 
-    def _labels_choices(self, *_: Any) -> list[tuple[str, Any]]:
-        from napari.layers import Labels
-
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
-
     def _image_choices(self, *_: Any) -> list[tuple[str, Any]]:
-        from napari.layers import Image
-
-        images = [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
-        return [("(none)", None), *images]
+        return [("(none)", None), *self.layers_of("Image")]
 
     def _refresh(self, *_: Any) -> None:
         self.labels.reset_choices()
@@ -263,8 +240,9 @@ class ExportWidget(QWidget):
         if self.base_name.value in ("", self._auto_name):  # follow the layer until the user types a name
             self.base_name.value = name
         self._auto_name = name
+        source = self.sessions.image_of(layer) if layer is not None else None
         info = layer.metadata.get(TAG) if layer is not None else None
-        image_name = info.get("image_name") if isinstance(info, dict) else None
+        image_name = info.get("image_name") if isinstance(info, dict) else None  # labels recorded elsewhere
         for _, candidate in self._image_choices():
-            if candidate is not None and candidate.name == image_name:
+            if candidate is not None and (candidate == source or source is None and candidate.name == image_name):
                 self.image.value = candidate  # the image the labels were segmented from

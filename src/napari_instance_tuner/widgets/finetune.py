@@ -1,14 +1,14 @@
 """The Fine-tune dock widget: teach the current model the user's corrections, in the background.
 
-The model is the Segment widget's current one (see :mod:`._link`), else one loaded here by name or
-file. Fine-tune runs one core generator (:func:`..core.finetune.finetune`, which trains a *copy*) in a
+The model is the Segment widget's current one (published in the viewer's registry, :mod:`._sessions`), else
+one loaded here by name or file. Fine-tune runs one core generator (:func:`..core.finetune.finetune`, which trains a *copy*) in a
 thread worker: a progress bar and a live loss curve follow it, and Cancel stops after the current step,
 keeping the weights of the last finished step. A pair with a held-out region (a Shapes layer) is scored
-there every "validate every" steps with the Segment widget's post-processing parameters: the score is
+there every "validate every" steps with the post-processing parameters of the image in hand: the score is
 the plot's second curve, the status line tells the best one, and the best-scoring weights are kept.
 A finished run is written to a scratch checkpoint (with
-its parent's hash, see :func:`..core.finetune.save_finetuned`), which the Segment widget loads to
-re-segment its image; the previous Labels layer is kept as "<name> (before fine-tune)". "Save
+its parent's hash, see :func:`..core.finetune.save_finetuned`), which is proposed through the registry: the
+Segment widget loads it to re-segment its image; the previous Labels layer is kept as "<name> (before fine-tune)". "Save
 fine-tuned weights…" writes the checkpoint where the user chooses, never over a loaded file; "Export
 bioimage.io package…" writes the fine-tuned model (else the current one) as a bioimage.io model package.
 """
@@ -23,28 +23,25 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
 from ..core.finetune import FinetuneSettings
-from ._link import SegmentLink
+from ._base import DockWidget, error_message, notify_error
 from ._models import ModelPicker
 from ._package_export import PackageExporter, ask_package_path
 from ._pairs import PairList
 from ._plot import LossPlot
 from ._save_weights import Tuned, WeightsSaver, ask_save_path
-from ._worker import Job, error_message, notify_error
 
 BEFORE = "before fine-tune"
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(DockWidget):
     """Fine-tune a model on (image, corrected labels) pairs, optionally inside checked regions.
 
     Parameters
     ----------
     napari_viewer : napari.viewer.Viewer
-    segment : SegmentWidget, optional
-        The Segment widget whose model is tuned and which re-segments; else looked up in the viewer.
     ask_path : callable, optional
         ``ask_path(suggested) -> str | None``, the save dialog (tests pass their own).
     ask_package : callable, optional
@@ -64,16 +61,13 @@ class FinetuneWidget(QWidget):
         self,
         napari_viewer: Any,
         parent: QWidget | None = None,
-        segment: Any = None,
         ask_path: Callable[[str], str | None] | None = None,
         confirm_overwrite: Callable[[Path], bool] | None = None,
         ask_package: Callable[[str], str | None] | None = None,
     ) -> None:
         from .export import ask_overwrite
 
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.link = SegmentLink(napari_viewer, segment)
+        super().__init__(napari_viewer, parent)
         self.saver = WeightsSaver(
             ask_path or partial(ask_save_path, self),
             confirm_overwrite or (lambda path: ask_overwrite(self, [Path(path)])),
@@ -84,7 +78,6 @@ class FinetuneWidget(QWidget):
         self.exporter = PackageExporter(ask_package or partial(ask_package_path, self), on_exported=self._exported,
                                         on_finished=self._update)
         self.tuned: Tuned | None = None
-        self._job: Job | None = None
         self._pending = False
         self._stop = None
         self._scratch_dir: Path | None = None
@@ -128,19 +121,11 @@ class FinetuneWidget(QWidget):
 
         settings = Container(widgets=[self.steps, self.lr, self.batch_size, self.validate_every], labels=True)
         buttons = Container(widgets=[self.start_button, self.cancel_button], layout="horizontal", labels=False)
-        layout = QVBoxLayout(self)
-        for part in (self.pairs.widget, self.model_info, self.fallback.widget, settings, self.augment,
-                     self.freeze_encoder, self.amp, self.resegment, buttons, self.progress):
-            layout.addWidget(part.native)
-        layout.addWidget(self.plot)
-        for part in (self.status, self.save_button, self.export_button):
-            layout.addWidget(part.native)
-        layout.addStretch(1)
-
-        events = napari_viewer.layers.events
-        events.inserted.connect(self._layers_changed)
-        events.removed.connect(self._layer_removed)
-        self.destroyed.connect(partial(_disconnect, events, self._layers_changed, self._layer_removed))
+        self.stack(self.pairs.widget, self.model_info, self.fallback.widget, settings, self.augment,
+                   self.freeze_encoder, self.amp, self.resegment, buttons, self.progress, self.plot, self.status,
+                   self.save_button, self.export_button)
+        self.watch_layers(self._layers_changed, emitters=("inserted",))
+        self.watch_layers(self._layer_removed, emitters=("removed",))
         self._update()
 
     # -- public actions -------------------------------------------------------------------------
@@ -153,7 +138,7 @@ class FinetuneWidget(QWidget):
 
     def model(self) -> Any:
         """The model that Fine-tune would start from: the Segment widget's, else the one loaded here."""
-        return self.link.model or self.fallback.loaded
+        return self.sessions.model or self.fallback.loaded
 
     def settings(self) -> FinetuneSettings:
         """The settings shown."""
@@ -169,7 +154,7 @@ class FinetuneWidget(QWidget):
         if not self.pairs.pairs:
             notify_error("no pairs to fine-tune on: choose an image and its corrected Labels layer, then “Add pair”")
             return
-        if self.link.model is None and (self.fallback.loading or self.fallback.loaded is None):
+        if self.sessions.model is None and (self.fallback.loading or self.fallback.loaded is None):
             if not self.fallback.loading:
                 if self.fallback.selected is None:
                     notify_error("no model: load one in the Segment widget, or choose one here")
@@ -192,7 +177,7 @@ class FinetuneWidget(QWidget):
         if self.tuned is None:
             notify_error("nothing to save yet: fine-tune a model first")
             return
-        current = self.link.model
+        current = self.sessions.model
         loaded = (self.tuned.parent.path, None if current is None else current.path, self.tuned.scratch)
         if self.saver.save(self.tuned, loaded):
             self._update()
@@ -200,9 +185,7 @@ class FinetuneWidget(QWidget):
     def export_package(self) -> None:
         """Write the fine-tuned model, else the current one, as a bioimage.io package (a .zip the user names)."""
         model = self.tuned or self.model()
-        segment = self.link.widget
-        layer = segment.image.value if segment is not None and segment.image.value is not None else (
-            self.pairs.pairs[0].image if self.pairs.pairs else None)
+        layer = self.sessions.current or (self.pairs.pairs[0].image if self.pairs.pairs else None)
         if model is None:
             notify_error("no model to export: load one in the Segment widget, or choose one here")
         elif layer is None:
@@ -220,8 +203,7 @@ class FinetuneWidget(QWidget):
         self._pending = False
         loaded, settings = self.model(), self.settings()
         data = [pair.capture() for pair in self.pairs.pairs]
-        segment = self.link.widget
-        device = segment.device.value if segment is not None else "auto"
+        device = self.sessions.device
         scratch = self._scratch_path(loaded) if self.resegment.value else None
         params = self._segment_params(loaded)
         stop = self._stop = CancelToken()
@@ -242,23 +224,17 @@ class FinetuneWidget(QWidget):
         self.progress.max, self.progress.value = settings.steps, 0
         self._running = self.status.value = f"fine-tuning {loaded.name}…"
         self._outcome = "error"
-        self._job = Job(work, on_result=self._trained, on_error=self._failed, on_finished=self._training_done,
-                        progress=f"Fine-tuning {loaded.name}")
-        self._job.worker.yielded.connect(self._show_step)
-        self._job.start()
+        self.start_job(work, on_result=self._trained, on_error=self._failed, on_finished=self._training_done,
+                       on_yielded=self._show_step, progress=f"Fine-tuning {loaded.name}")
         self._update()
 
     def _segment_params(self, loaded: Any) -> Any:
-        """The Segment widget's post-processing parameters when it holds ``loaded``, else None (defaults)."""
-        from ..core.errors import InstanceTunerError
-
-        segment = self.link.widget
-        if segment is None or segment.current_model is not loaded:
+        """The post-processing parameters of the image in hand when its session holds ``loaded``'s family and
+        the Segment widget holds ``loaded``, else None (the model's defaults)."""
+        session = self.sessions.current_session()
+        if self.sessions.model is not loaded or session is None or session.model is None:
             return None
-        try:
-            return segment.params.params()
-        except InstanceTunerError:
-            return None
+        return session.params if session.family.name == loaded.family.name else None
 
     def _show_step(self, item: Any) -> None:
         info = getattr(item, "info", {})
@@ -310,24 +286,22 @@ class FinetuneWidget(QWidget):
             self._resegment(tuned.scratch)
 
     def _resegment(self, path: Path) -> None:
-        segment = self.link.widget
-        if segment is None or segment.image.value is None:
+        image = self.sessions.current
+        if image is None:
             self.status.value += "; open the Segment widget and load the saved weights to segment with them"
             return
-        if segment.busy:
+        if self.sessions.running:
             self.status.value += f"; the Segment widget is busy: load {path} there to segment with it"
             return
-        segment.keep_labels(segment.image.value, BEFORE)
-        segment.load_weights(str(path))
-        segment.run()  # waits for the load, then segments with the fine-tuned model
-        self.status.value += f"; re-segmenting {segment.image.value.name}"
+        self.sessions.weights_proposed.emit(image, str(path), BEFORE)  # the Segment widget keeps, loads, runs
+        self.status.value += f"; re-segmenting {image.name}"
 
     def _failed(self, exc: BaseException) -> None:
         self.status.value = "fine-tuning failed"
         notify_error(f"fine-tuning failed: {error_message(exc)}")
 
     def _training_done(self) -> None:
-        self._job, self._stop = None, None
+        self._stop = None
         self._update()
         self.finetune_finished.emit(self._outcome)
 
@@ -373,15 +347,10 @@ class FinetuneWidget(QWidget):
         self.save_button.enabled = self.tuned is not None and self.saver.job is None
         self.export_button.enabled = self.exporter.job is None and not running
         self.pairs.add_button.enabled = self.pairs.remove_button.enabled = not running
-        linked = self.link.model
+        linked = self.sessions.model
         self.fallback.widget.visible = linked is None  # the picker is only the fallback
         self.model_info.value = (
             f"model: {linked.name} (the Segment widget's)" if linked is not None
             else "model: none in a Segment widget; choose one here"
         )
 
-
-def _disconnect(events: Any, *callbacks: Any) -> None:
-    for callback in callbacks:
-        for emitter in (events.inserted, events.removed):
-            emitter.disconnect(callback)

@@ -2,9 +2,10 @@
 
 Run computes the network maps once in a background thread (:func:`..core.stack.predict_stack`); every
 change of a post-processing control re-runs only ``family.postprocess`` on the cached maps, one job at
-a time with the latest values (:class:`._params.ParamsPanel` coalesces rapid changes). The widget
-holds no array maths: it reads values, starts one core call, and writes layers through
-:mod:`._layers`.
+a time with the latest values (:class:`._params.ParamsPanel` coalesces rapid changes). The state of
+each image lives in its :class:`~..core.session.SegmentSession` (the viewer's registry,
+:mod:`._sessions`): Run calls ``session.run``, a control change ``session.postprocess``. The widget holds no
+array maths: it reads values, starts one core call, and writes layers through :mod:`._layers`.
 
 Large images: a 2D image of more than :data:`STREAM_PIXELS` pixels, or any multiscale (pyramid) image, is
 streamed instead (:func:`..core.streaming.stream_segment`: tile by tile, objects stitched across tile
@@ -22,29 +23,22 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
 from ..core.errors import InstanceTunerError
-from ..core.pyramid import LEVEL0, needs_streaming, write_label_pyramid
 from ..core.registry import get_family
-from ..core.stack import postprocess_stack, predict_stack, slice_count
+from ..core.stack import slice_count
 from ..core.streaming import StreamSettings
-from ._layers import (
-    SegmentResult,
-    adopt,
-    forget_layer,
-    labels_edited,
-    set_maps_visible,
-    source_images,
-    write_labels,
-    write_maps,
-)
+from ._base import DockWidget, error_message, notify_error
+from ._layers import keep_labels, set_maps_visible, source_images, write_labels
 from ._models import ModelPicker
 from ._params import ParamsPanel
-from ._pixel_size import describe, layer_pixel_size, level_data
-from ._region import region_choices, region_roi
-from ._streamed import StreamedResult, discard, forget_streamed, stream_target, write_streamed_labels
-from ._worker import Job, as_work, error_message, notify_error
+from ._pixel_size import describe
+from ._region import region_choices
+from ._segment_note import streamed_note
+from ._segment_runs import SegmentRuns, layer_data
+from ._streamed import streams
+from ._worker import Job, as_work
 
 #: (label, torch device) choices; "auto" picks CUDA, then Apple MPS, then the CPU.
 DEVICES = [("auto", "auto"), ("CPU", "cpu"), ("CUDA", "cuda"), ("MPS", "mps")]
@@ -56,13 +50,7 @@ STREAM_SETTINGS = StreamSettings()
 PYRAMID_MIN_SIZE = 512
 
 
-def _disconnect(events: Any, *callbacks: Any) -> None:
-    for callback in callbacks:
-        for emitter in (events.inserted, events.removed):
-            emitter.disconnect(callback)
-
-
-class SegmentWidget(QWidget):
+class SegmentWidget(SegmentRuns, DockWidget):
     """Segment the selected image layer with an instance-segmentation model and tune the result.
 
     Parameters
@@ -72,11 +60,9 @@ class SegmentWidget(QWidget):
 
     Attributes
     ----------
-    results : dict[int, SegmentResult]
-        image layer -> cached maps and the layers written for it. Layers are compared with ``==``, never
-        ``is``: napari may hand a plugin proxies of its layers.
-    streamed : dict[int, StreamedResult]
-        image layer -> its last streamed run (large and multiscale images; no maps).
+    sessions : Sessions
+        The viewer's image layer -> :class:`~..core.session.SegmentSession` registry (maps, parameters, labels
+        of every segmented image) and the layers showing each.
     """
 
     #: Emitted when a run ends, with "ok", "cancelled" or "error".
@@ -85,11 +71,7 @@ class SegmentWidget(QWidget):
     labels_updated = Signal()
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.results: dict[Any, SegmentResult] = {}
-        self.streamed: dict[Any, StreamedResult] = {}
-        self._run_job: Job | None = None
+        super().__init__(napari_viewer, parent)
         self._pp_job: Job | None = None
         self._pp_again = False
         self._pending_run = False
@@ -100,6 +82,7 @@ class SegmentWidget(QWidget):
         self.models = ModelPicker(on_loaded=self._model_loaded, on_busy=self._model_busy)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.device.tooltip = "auto picks CUDA, then Apple MPS, then the CPU"
+        self.device.changed.connect(lambda value: setattr(self.sessions, "device", value))
         self.device_used = Label(value="")
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.image.changed.connect(self._image_selected)
@@ -133,21 +116,19 @@ class SegmentWidget(QWidget):
         image = Container(widgets=[self.image, self.count, self.pixel_size, self.pixel_info, self.region],
                           labels=True)
         self.count.label = "instances"
-        parts = (self.models.widget, device, self.device_used, image, self.note, self.show_maps, buttons,
-                 self.params.widget)
-        layout = QVBoxLayout(self)
-        for part in parts:
-            layout.addWidget(part.native)
-        layout.addStretch(1)
+        self.stack(self.models.widget, device, self.device_used, image, self.note, self.show_maps, buttons,
+                   self.params.widget)
         self.setMinimumWidth(400)  # room for the slider read-outs
 
-        napari_viewer.layers.events.inserted.connect(self._layer_inserted)
-        napari_viewer.layers.events.removed.connect(self._layer_removed)
-        # A closed dock widget must stop reacting to the viewer's layers.
-        callbacks = (self._layer_inserted, self._layer_removed)
-        self.destroyed.connect(partial(_disconnect, napari_viewer.layers.events, *callbacks))
+        self.watch_layers(self._layer_inserted, emitters=("inserted",))
+        self.watch_layers(self._layer_removed, emitters=("removed",))
         for layer in napari_viewer.layers:
             layer.events.name.connect(self._refresh_images)
+        self.sessions.set_stream_rule(self.will_stream)
+        self.sessions.params_proposed.connect(self._params_proposed)
+        self.sessions.weights_proposed.connect(self._weights_proposed)
+        self.destroyed.connect(partial(_forget_signals, self.sessions, self._params_proposed, self._weights_proposed))
+        self.sessions.current = self.image.value
         self._build_params()
         self._update_controls()
 
@@ -156,7 +137,7 @@ class SegmentWidget(QWidget):
     @property
     def busy(self) -> bool:
         """True while a model loads, a run is under way or labels are being re-computed."""
-        return self._pending_run or self._run_job is not None or self._pp_job is not None or self.models.loading
+        return self._pending_run or self._job is not None or self._pp_job is not None or self.models.loading
 
     @property
     def current_model(self) -> Any:
@@ -164,15 +145,17 @@ class SegmentWidget(QWidget):
         return self.models.loaded
 
     @property
-    def current_result(self) -> SegmentResult | None:
-        """Cached maps and layers of the selected image layer, or None if it was not segmented."""
-        return self.results.get(self.image.value)
+    def current_session(self) -> Any:
+        """The session of the selected image layer if it holds cached maps, else None."""
+        return self.sessions.with_maps(self.image.value)
 
-    def keeps_no_maps(self, layer: Any) -> bool:
-        """Whether ``layer`` was, or would be, streamed tile by tile: such an image has no cached maps."""
-        if layer in self.streamed:
-            return True
-        return layer is not None and layer not in self.results and self.will_stream(layer)
+    def stream_settings(self) -> StreamSettings:
+        """How a streamed image is cut (:data:`STREAM_SETTINGS`)."""
+        return STREAM_SETTINGS
+
+    def pyramid_min_size(self) -> int:
+        """The smallest side of a streamed Labels layer's pyramid (:data:`PYRAMID_MIN_SIZE`)."""
+        return PYRAMID_MIN_SIZE
 
     def will_stream(self, layer: Any) -> bool:
         """Whether Run streams ``layer`` (a large or multiscale 2D image); False for unsupported shapes too."""
@@ -193,21 +176,7 @@ class SegmentWidget(QWidget):
         The next run or parameter change writes a new layer; the kept one keeps its record of the run.
         A layer the user edited is left to the usual "(edited)" rule (None is returned).
         """
-        streamed = self.streamed.get(image)
-        if streamed is not None:
-            layer, track = streamed.labels_layer, streamed.labels
-            if layer is None or layer not in self.viewer.layers or track.edited:
-                return None
-            layer.name = f"{layer.name} ({suffix})"
-            streamed.labels = None
-            return layer
-        result = self.results.get(image)
-        layer = None if result is None else result.labels_layer
-        if layer is None or layer not in self.viewer.layers or labels_edited(self.viewer, result):
-            return None
-        layer.name = f"{layer.name} ({suffix})"
-        result.labels = None
-        return layer
+        return keep_labels(self.viewer, self.sessions.get(image), self.sessions.shown(image), suffix)
 
     def load_weights(self, path: str) -> None:
         """Load a checkpoint file in the background and select it (what "Load weights…" does)."""
@@ -215,14 +184,14 @@ class SegmentWidget(QWidget):
 
     def run(self) -> None:
         """Segment the selected image layer: network maps in a worker, then labels and map layers."""
-        if self._pending_run or self._run_job is not None:
+        if self._pending_run or self._job is not None:
             return
         layer = self.image.value
         if layer is None:
             notify_error("no image layer to segment: open an image first")
             return
         try:
-            slice_count(tuple(layer.data[0].shape if layer.multiscale else layer.data.shape), layer.rgb)
+            slice_count(tuple(np.shape(layer_data(layer))), layer.rgb)
         except InstanceTunerError as exc:
             notify_error(error_message(exc))
             return
@@ -242,8 +211,8 @@ class SegmentWidget(QWidget):
 
     def cancel(self) -> None:
         """Stop the run at its next tile; the layers stay as they were before it."""
-        if self._run_job is not None:
-            self._run_job.cancel()
+        if self._job is not None:
+            self.cancel_job()
         elif self._pending_run:
             self._pending_run = False
             self._finish_run("cancelled")
@@ -260,8 +229,9 @@ class SegmentWidget(QWidget):
         A streamed image has no cached maps: only the note saying that the next Run applies the values changes.
         """
         self._show_note()
-        result = self.results.get(self.image.value)
-        if result is None or result.family.name != self._params_family:
+        image = self.image.value
+        session = self.sessions.with_maps(image)
+        if session is None or session.family.name != self._params_family:
             return
         if self._pp_job is not None:
             self._pp_again = True  # the latest values run when the current job ends
@@ -271,144 +241,10 @@ class SegmentWidget(QWidget):
         except InstanceTunerError as exc:
             notify_error(error_message(exc))
             return
-        work = as_work(lambda: postprocess_stack(result.family, result.maps, params))
-        self._pp_job = Job(work, on_result=partial(self._show_labels, result, params), on_finished=self._pp_finished)
+        maps = session.maps
+        self._pp_job = Job(as_work(lambda: session.postprocess(params)), on_result=lambda _: self._show_labels(image, session, maps),
+                           on_finished=self._pp_finished)
         self._pp_job.start()
-
-    # -- runs -------------------------------------------------------------------------------------
-
-    def _start_run(self) -> None:
-        layer, loaded = self.image.value, self.models.loaded
-        if layer is None or loaded is None:
-            self._finish_run("error")
-            return
-        try:
-            params = self.params.params()
-        except InstanceTunerError as exc:
-            notify_error(error_message(exc))
-            self._finish_run("error")
-            return
-        try:
-            streaming = self._streams(layer)
-        except InstanceTunerError as exc:
-            notify_error(error_message(exc))
-            self._finish_run("error")
-            return
-        if streaming:
-            self._start_stream(layer, loaded, params)
-            return
-        data = layer.data[0] if layer.multiscale else layer.data
-        rgb, device = layer.rgb, self.device.value
-
-        def work(cancel):
-            from ..core.inference import choose_device, device_description
-
-            used = choose_device(device)
-            family = loaded.family
-            maps = yield from predict_stack(family, loaded.model, data, rgb, loaded.meta, device=used, cancel=cancel)
-            cancel.check()
-            return used, device_description(used), maps, postprocess_stack(family, maps, params)
-
-        self._run_job = Job(
-            work,
-            on_result=partial(self._run_done, layer, loaded, params),
-            on_error=self._run_failed,
-            on_cancelled=lambda: setattr(self, "_status", "cancelled"),
-            on_finished=lambda: self._finish_run(self._status),
-            progress=f"Segmenting {layer.name}",
-        )
-        self._run_job.start()
-        self._update_controls()
-
-    def _run_done(self, layer: Any, loaded: Any, params: Any, value: tuple) -> None:
-        device, described, maps, instances = value
-        if layer not in self.viewer.layers:
-            self._status = "cancelled"  # the image was closed during the run
-            return
-        shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
-        result = SegmentResult(layer, loaded, maps, params, device=device, image_shape=shape)
-        result.set_instances(params, instances)
-        adopt(result, self.results.get(layer))
-        write_maps(self.viewer, result, self.show_maps.value)
-        write_labels(self.viewer, result, instances.labels)
-        self.results[layer] = result
-        self.streamed.pop(layer, None)  # an earlier streamed run of this layer (its data changed since)
-        self.device_used.value = f"ran on {described}"
-        self._show_count()
-        self._show_note()
-        self.labels_updated.emit()
-        if self._params_family == loaded.family.name and self._current_params() != params:
-            self.refresh_labels()  # the controls moved while the network ran
-
-    def _start_stream(self, layer: Any, loaded: Any, params: Any) -> None:
-        """Stream ``layer`` tile by tile into a new zarr group, then write its pyramid levels (no maps are kept)."""
-        from ..core.slide_segment import source_from_levels
-
-        # Read lazily from the level nearest the model's pixel size, resampled to it (level 0 when unknown).
-        source = source_from_levels(level_data(layer), layer_pixel_size(layer, self.pixel_size.value))
-        out, settings, device = stream_target(layer.name), STREAM_SETTINGS, self.device.value
-        roi = region_roi(self.region.value, self.viewer, layer)
-        min_size = PYRAMID_MIN_SIZE
-        slide = len(source.levels) > 1  # a slide's glass is found on its coarsest level and never run
-
-        def work(cancel):
-            from ..core.inference import choose_device, device_description
-            from ..core.slide_segment import segment_at_model_scale
-
-            used = choose_device(device)
-            result = yield from segment_at_model_scale(loaded, source, params, roi=roi, out=out / LEVEL0,
-                                                       settings=settings, device=used, cancel=cancel,
-                                                       skip_background=slide)
-            # napari needs 2 levels; written here once, so drawing never reads all of level 0
-            levels = yield from write_label_pyramid(out, min_size, min_levels=2, cancel=cancel)
-            return used, device_description(used), result, levels
-
-        def cancelled() -> None:
-            self._status = "cancelled"
-            discard(out)
-
-        def failed(exc: BaseException) -> None:
-            discard(out)
-            self._run_failed(exc)
-
-        self._run_job = Job(
-            work,
-            on_result=partial(self._stream_done, layer, loaded, params, out, settings),
-            on_error=failed,
-            on_cancelled=cancelled,
-            on_finished=lambda: self._finish_run(self._status),
-            progress=f"Segmenting {layer.name} (streamed)",
-        )
-        self._run_job.start()
-        self._update_controls()
-
-    def _stream_done(self, layer: Any, loaded: Any, params: Any, out: Any, settings: Any, value: tuple) -> None:
-        device, described, stream, levels = value
-        if layer not in self.viewer.layers:
-            self._status = "cancelled"  # the image was closed during the run
-            discard(out)
-            return
-        shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
-        result = StreamedResult(layer, loaded, params, count=stream.count, tiles=stream.tiles, path=out,
-                                settings=settings, device=device, image_shape=shape, factor=stream.frame.factor,
-                                offset=stream.frame.offset)
-        write_streamed_labels(self.viewer, result, self.streamed.get(layer), levels)
-        self.streamed[layer] = result
-        self.results.pop(layer, None)  # cached maps of an earlier, smaller version of this layer
-        self.device_used.value = f"ran on {described}"
-        self._show_count()
-        self._show_note()
-        self.labels_updated.emit()
-
-    def _run_failed(self, exc: BaseException) -> None:
-        self._status = "error"
-        notify_error(f"segmentation failed: {error_message(exc)}")
-
-    def _finish_run(self, status: str) -> None:
-        self._run_job = None
-        self._pending_run = False
-        self._update_controls()
-        self.run_finished.emit(status)
 
     # -- post-processing ----------------------------------------------------------------------
 
@@ -416,13 +252,13 @@ class SegmentWidget(QWidget):
         self._touched = True
         self.refresh_labels()
 
-    def _show_labels(self, result: SegmentResult, params: Any, instances: Any) -> None:
-        if self.results.get(result.image) is not result:
+    def _show_labels(self, image: Any, session: Any, maps: Any) -> None:
+        if self.sessions.get(image) is not session or session.maps is not maps:
             return  # a newer run replaced these maps, or the image was closed
-        result.set_instances(params, instances)  # the masks recorded on the layer are those of these labels
-        write_labels(self.viewer, result, instances.labels)
+        self.sessions.remember(write_labels(self.viewer, image, session, self.sessions.shown(image)))
         self._show_count()
         self.labels_updated.emit()
+        self.sessions.changed.emit(image)
 
     def _pp_finished(self) -> None:
         self._pp_job = None
@@ -430,31 +266,31 @@ class SegmentWidget(QWidget):
             self._pp_again = False
             self.refresh_labels()
 
+    def _params_proposed(self, image: Any, params: Any) -> None:
+        """Auto-tune's result: select ``image``, show ``params`` and post-process with them."""
+        if self.params.params_class is not type(params):
+            return
+        if self.image.value != image:
+            self.image.value = image
+        self.apply_params(params)
+
+    def _weights_proposed(self, image: Any, path: str, suffix: str) -> None:
+        """Fine-tune's result: keep the labels of ``image`` as "(suffix)", load ``path`` and segment again."""
+        if self.image.value != image:
+            self.image.value = image
+        self.keep_labels(image, suffix)
+        self.load_weights(path)
+        self.run()  # waits for the load, then segments with the new weights
+
     def _streams(self, layer: Any) -> bool:
         """Whether Run streams ``layer`` (large or multiscale 2D image); raises InstanceTunerError for bad shapes."""
-        from ..core.resample import model_pixel_size, scale_factor
-
-        shape = tuple(np.shape(layer.data[0] if layer.multiscale else layer.data))
-        loaded = self.models.loaded
-        resample = loaded is not None and slice_count(shape, layer.rgb) is None and scale_factor(
-            layer_pixel_size(layer, self.pixel_size.value), model_pixel_size(loaded.meta)) != 1.0
-        region = self.region.value is not None and slice_count(shape, layer.rgb) is None
-        return resample or region or needs_streaming(shape, layer.multiscale, STREAM_PIXELS, rgb=layer.rgb)
+        return streams(layer, self.models.loaded, self.pixel_size.value, self.region.value, STREAM_PIXELS)
 
     def _show_note(self) -> None:
         """Say, for a large (streamed) image, that the controls apply on the next Run; empty otherwise."""
         layer = self.image.value
-        streamed = self.streamed.get(layer)
-        if streamed is not None:
-            tiles = f"{streamed.tiles} tile{'s' if streamed.tiles != 1 else ''}"
-            note = f"large image: streamed in {tiles}; parameter changes apply on the next Run"
-            if self._params_family == streamed.model.family.name and self._current_params() != streamed.params:
-                note += " (the labels shown were made with other values)"
-        elif layer is not None and layer not in self.results and self.will_stream(layer):
-            note = "large image: Run streams it tile by tile (no cached maps); parameter changes apply on the next Run"
-        else:
-            note = ""
-        self.note.value = note
+        self.note.value = streamed_note(self.sessions.get(layer), self._params_family, self._current_params(),
+                                        layer is not None and self.sessions.would_stream(layer))
 
     def _current_params(self) -> Any:
         try:
@@ -481,6 +317,7 @@ class SegmentWidget(QWidget):
         self._touched = False
 
     def _model_loaded(self, loaded: Any) -> None:
+        self.sessions.model = loaded
         if loaded.family.name != self._params_family:
             self._build_params()
         elif not self._touched:
@@ -489,7 +326,7 @@ class SegmentWidget(QWidget):
             self._start_run()
 
     def _model_busy(self, busy: bool) -> None:
-        if not busy and self._pending_run and self._run_job is None:
+        if not busy and self._pending_run and self._job is None:
             self._finish_run("error")  # the model did not load; its error is already shown
         self._update_controls()
 
@@ -509,33 +346,44 @@ class SegmentWidget(QWidget):
 
     def _layer_removed(self, event: Any) -> None:
         event.value.events.name.disconnect(self._refresh_images)
-        forget_layer(self.results, event.value)  # a closed image's cached maps are released here
-        forget_streamed(self.streamed, event.value)
-        self._refresh_images()
+        self._refresh_images()  # the registry released a closed image's session
         self._show_count()
         self._show_note()
 
     def _image_selected(self, *_: Any) -> None:
-        if self.image.value is not None:
-            self.models.propose(bool(getattr(self.image.value, "rgb", False)))
-        result = self.results.get(self.image.value) or self.streamed.get(self.image.value)
-        if result is not None and result.model.family.name == self._params_family:
-            self.params.set_values(result.params)
+        image = self.image.value
+        self.sessions.current = image
+        if image is not None:
+            self.models.propose(bool(getattr(image, "rgb", False)))
+        session = self.sessions.get(image)
+        if session is not None and session.model is not None and session.family.name == self._params_family:
+            self.params.set_values(session.params)
         self._show_count()
         self._show_note()
         self._update_controls()
 
     def _toggle_maps(self, visible: bool) -> None:
-        for result in self.results.values():
-            set_maps_visible(result, visible)
+        for image in self.sessions.segmented():
+            session = self.sessions.get(image)
+            if session.maps is not None:
+                set_maps_visible(session, self.sessions.shown(image), visible)
 
     def _show_count(self) -> None:
-        result = self.results.get(self.image.value) or self.streamed.get(self.image.value)
-        self.count.value = "–" if result is None else str(result.count)
+        session = self.sessions.get(self.image.value)
+        ran = session is not None and (session.maps is not None or session.streamed is not None)
+        self.count.value = str(session.count) if ran else "–"
 
     def _update_controls(self) -> None:
-        running = self._pending_run or self._run_job is not None
+        running = self._pending_run or self._job is not None
+        self.sessions.running = running or self.models.loading
         self.pixel_info.value = describe(self.models.loaded, self.image.value, self.pixel_size.value)
         self.run_button.enabled = not running and self.image.value is not None
         self.cancel_button.enabled = running
         self.models.combo.enabled = self.models.browse.enabled = not running
+
+
+def _forget_signals(sessions: Any, *callbacks: Any) -> None:
+    """A closed Segment widget: nothing runs for the other widgets any more."""
+    sessions.params_proposed.disconnect(callbacks[0])
+    sessions.weights_proposed.disconnect(callbacks[1])
+    sessions.current, sessions.model, sessions.running = None, None, False
