@@ -102,7 +102,7 @@ class FinetuneWidget(DockWidget):
         self.freeze_encoder = CheckBox(text="freeze the encoder", value=defaults.freeze_encoder)
         self.amp = CheckBox(text="mixed precision (bfloat16)", value=defaults.amp)
         self.amp.tooltip = ("bfloat16 forward passes: 2-3x faster on CPUs with AVX512-BF16 or AMX and on recent GPUs; "
-                            "refused where the device lacks bfloat16 and for Mask R-CNN")
+                            "refused where the device lacks bfloat16")
         self.resegment = CheckBox(text="re-segment the Segment widget's image when done", value=True)
         self.start_button = PushButton(text="Fine-tune")
         self.start_button.changed.connect(lambda *_: self.start())
