@@ -34,6 +34,7 @@ from .checkpoint import LoadedModel, load_model, model_sha256, read_metadata, re
 from .errors import InstanceTunerError, WeightsError
 from .family import Instances
 from .params import params_from_dict, params_to_dict
+from .safe_write import write_text
 
 FORMAT = "napari-instance-tuner-recipe"
 FORMAT_VERSION = 1
@@ -165,8 +166,6 @@ def recipe_text(recipe: dict) -> str:
 
 def save_recipe(path: str | os.PathLike, recipe: dict, overwrite: bool = False) -> Path:
     """Write a recipe as indented JSON, atomically; refuses to replace a file unless ``overwrite``."""
-    from .export import write_text
-
     validate_recipe(recipe, str(path))
     return write_text(path, recipe_text(recipe), overwrite)
 

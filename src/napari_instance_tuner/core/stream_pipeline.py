@@ -24,8 +24,10 @@ from collections.abc import Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
+from .lazy_image import read_window
 from .progress import CancelToken, Progress
 from .stitch import Stitcher, TileGrid, TileResult, classify
+from .stream_tile import predict_window
 
 #: Upper bound of the automatic thread count (beyond it the stitching thread is the limit).
 MAX_AUTO_THREADS = 8
@@ -80,10 +82,10 @@ def pipelined_tiles(
     params : dataclass
         The family's post-processing parameters.
     source : array-like
-        The lazy (H, W[, C]) image (see :func:`.streaming.open_image`); read on one reader thread.
+        The lazy (H, W[, C]) image (see :func:`.lazy_image.open_image`); read on one reader thread.
     grid : TileGrid
     normaliser : Normaliser
-        Whole-image normalisation (:func:`.streaming.fit_normaliser`).
+        Whole-image normalisation (:func:`.lazy_image.fit_normaliser`).
     settings : StreamSettings
     stitcher : Stitcher
         Receives every tile's result (painted in index order).
@@ -106,8 +108,6 @@ def pipelined_tiles(
     int
         Number of tiles run.
     """
-    from .streaming import predict_window, read_window
-
     order = list(range(len(grid)) if indices is None else indices)
     total = len(grid)
     family, model, meta = loaded.family, loaded.model, loaded.meta
