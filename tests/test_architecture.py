@@ -139,7 +139,8 @@ def test_core_imports_no_gui_library():
                 names = [node.module or ""]
             else:
                 continue
-            offenders += [f"{path.relative_to(SRC)}:{node.lineno} {n}" for n in names if n.split(".")[0] in GUI_LIBRARIES]
+            where = f"{path.relative_to(SRC)}:{node.lineno}"
+            offenders += [f"{where} {name}" for name in names if name.split(".")[0] in GUI_LIBRARIES]
     assert not offenders, "core/ imports a GUI library:\n" + "\n".join(offenders)
 
 

@@ -5,8 +5,8 @@ leaves a partial file, and an existing file is replaced only with ``overwrite=Tr
 scikit-image, tifffile and imageio only.
 
 Labels larger than memory (a zarr or dask array, e.g. level 0 of a streamed segmentation) are written as a
-tiled TIFF one tile at a time (:func:`write_label_tiff_tiles`, in :mod:`.export_tiff`); the other formats need the whole label image
-in memory and take such labels only up to :data:`MAX_IN_MEMORY_PIXELS`.
+tiled TIFF one tile at a time (:func:`~.export_tiff.write_label_tiff_tiles`); the other formats need the whole
+label image in memory and take such labels only up to :data:`MAX_IN_MEMORY_PIXELS`.
 
 Examples
 --------

@@ -25,9 +25,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from .lazy_image import read_window
-from .progress import CancelToken, Progress
+from .progress import CancelToken, Progress, relay
 from .stitch import Stitcher, TileGrid, TileResult, classify
-from .stream_tile import predict_window
+from .stream_tile import oom_only, predict_window
 
 #: Upper bound of the automatic thread count (beyond it the stitching thread is the limit).
 MAX_AUTO_THREADS = 8
@@ -142,14 +142,7 @@ def pipelined_tiles(
             if following is not None:
                 reads.append(reader.submit(read, following))
             gen = predict_window(family, model, window, tile_meta, settings, state, device=device, cancel=cancel)
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    maps = stop.value
-                    break
-                if p.info.get("oom"):
-                    yield Progress(done, total, p.message, p.info)
+            maps = yield from relay(gen, lambda p: oom_only(p, done, total))
             del window
             posts.add(pool.submit(_postprocess, family, maps, params, grid, index))
             del maps

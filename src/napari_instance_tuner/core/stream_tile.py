@@ -145,6 +145,12 @@ def predict_window(
                                  f"retrying with {old // 2} px", {"oom": True, "network_tile": old // 2})
 
 
+def oom_only(progress: Progress, done: int, total: int) -> Progress | None:
+    """A window's progress as the whole run reports it (tile ``done`` of ``total``): only the out-of-memory
+    retries of :func:`predict_window` are passed on, for :func:`.progress.relay`."""
+    return Progress(done, total, progress.message, progress.info) if progress.info.get("oom") else None
+
+
 def _free_cuda() -> None:
     import torch
 

@@ -30,10 +30,10 @@ import numpy as np
 from .family import Instances
 from .inference import choose_device
 from .lazy_image import Normaliser, TiffImage, fit_normaliser, image_shape, open_image, read_window
-from .progress import CancelToken, Progress
+from .progress import CancelToken, Progress, relay
 from .stitch import Stitcher, TileResult
 from .stream_pipeline import auto_threads, pipelined_tiles
-from .stream_tile import StreamSettings, inference_autocast, predict_window, segment_tile
+from .stream_tile import StreamSettings, inference_autocast, oom_only, predict_window, segment_tile
 
 __all__ = [
     "Normaliser", "StreamResult", "StreamSettings", "TiffImage", "create_labels", "fit_normaliser", "image_shape",
@@ -152,14 +152,7 @@ def _stream(loaded, source, params, out, settings, device, keep_objects, cancel,
                 cancel.check()
             gen = segment_tile(loaded.family, loaded.model, loaded.meta, params, source, grid, index, normaliser,
                                settings, state, device=device, cancel=cancel)
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    stitcher.add(stop.value)
-                    break
-                if p.info.get("oom"):
-                    yield Progress(index, total, p.message, p.info)
+            stitcher.add((yield from relay(gen, lambda p, i=index: oom_only(p, i, total))))
             yield Progress(index + 1, total, f"tile {index + 1}/{total}")
     count = stitcher.finish()
     return StreamResult(labels, count, stitcher.objects if keep_objects else None, len(run))
