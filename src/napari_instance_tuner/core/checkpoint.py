@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import WeightsError
 from .io.bioimageio_import import is_package, package_sha256, read_package, read_package_meta
+from .registry import get_family
 from .safe_write import replace_atomic
 
 META_KEY = "napari_instance_tuner"
@@ -227,8 +228,6 @@ def build_with_weights(meta: dict, state: dict, source: str) -> tuple[Any, Any]:
         If the family is unknown, the architecture cannot be built or ``state`` does not fit it; the message
         names ``source``.
     """
-    from .registry import get_family
-
     try:
         family = get_family(meta["family"])
     except ValueError as exc:

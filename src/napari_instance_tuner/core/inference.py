@@ -12,6 +12,7 @@ from collections.abc import Generator
 import numpy as np
 
 from .errors import InstanceTunerError
+from .image import prepare_image, resize_to
 from .progress import CancelToken, Progress, relay
 
 
@@ -211,8 +212,6 @@ def predict_image(
     np.ndarray
         float32 (out_channels, H, W) in [0, 1].
     """
-    from .image import prepare_image, resize_to
-
     prepared, shape = prepare_image(image, meta)
     probs = yield from predict_flips(
         model,
