@@ -106,3 +106,21 @@ def tiny_loaded():
     """``tiny_loaded(family, folder, seed=0) -> LoadedModel``: a tiny random-weight model of ``family``
     (a key of ``tiny_archs``), saved in ``folder`` and loaded back."""
     return _tiny_loaded
+
+
+@pytest.fixture(scope="session")
+def cancel_after():
+    """``cancel_after(start, messages=3) -> result``: run the progress generator ``start(token)`` and cancel its
+    ``CancelToken`` once it has yielded ``messages + 1`` progress messages; returns what the generator returns."""
+    from napari_instance_tuner.core.progress import CancelToken, run
+
+    def cancelled(start, messages: int = 3):
+        token = CancelToken()
+        work = start(token)
+        for i, _ in enumerate(work):
+            if i == messages:
+                token.cancel()
+                break
+        return run(work)
+
+    return cancelled

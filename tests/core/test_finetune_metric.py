@@ -11,7 +11,7 @@ import pytest
 from napari_instance_tuner.core.family import scorable
 from napari_instance_tuner.core.finetune import CorrectedImage, FinetuneSettings, finetune
 from napari_instance_tuner.core.params import params_from_dict
-from napari_instance_tuner.core.progress import CancelToken, run
+from napari_instance_tuner.core.progress import run
 
 #: Post-processing that lets a barely trained tiny model show objects (no centroid rule, small S_min).
 LENIENT = {
@@ -54,16 +54,12 @@ def test_finetuning_improves_the_metric_of_a_wrong_model(family, tmp_path, tiny_
 
 
 @pytest.mark.parametrize("family", ["three-branch", "layering", "maskrcnn"])
-def test_cancel_mid_run_leaves_a_working_model_and_an_unchanged_file(family, tmp_path, tiny_loaded, make_pair):
+def test_cancel_mid_run_leaves_a_working_model_and_an_unchanged_file(family, tmp_path, tiny_loaded, make_pair,
+                                                                       cancel_after):
     loaded = tiny_loaded(family, tmp_path)
     digest = hashlib.sha256(loaded.path.read_bytes()).hexdigest()
-    token = CancelToken()
-    gen = finetune(loaded, [make_pair()], FinetuneSettings(steps=40, batch_size=1, crop=32), cancel=token)
-    for i, _ in enumerate(gen):
-        if i == 3:
-            token.cancel()
-            break
-    model, result = run(gen)
+    settings = FinetuneSettings(steps=40, batch_size=1, crop=32)
+    model, result = cancel_after(lambda token: finetune(loaded, [make_pair()], settings, cancel=token))
     assert result.stopped == "cancelled" and 0 < len(result.history) < 40
     maps = run(loaded.family.predict_maps(model, make_pair().image, loaded.meta, device="cpu"))
     assert all(np.isfinite(a).all() for a in maps.arrays.values())

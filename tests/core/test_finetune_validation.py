@@ -19,7 +19,7 @@ from napari_instance_tuner.core.finetune import (
     split_holdout,
 )
 from napari_instance_tuner.core.params import params_from_dict
-from napari_instance_tuner.core.progress import CancelToken, run
+from napari_instance_tuner.core.progress import run
 
 #: Post-processing that lets a barely trained tiny model show objects (as in test_finetune_metric).
 LENIENT = {"subtract_boundaries": False, "require_centroid": False, "min_size": 20, "grow_back": 0,
@@ -119,16 +119,12 @@ def test_bad_held_out_regions_are_refused(tmp_path, tiny_loaded, make_pair):
     assert [h["pair"] for h in result.validation["held_out"]] == [2]
 
 
-def test_cancel_before_the_first_validation_keeps_the_start_and_patience_stops_early(tmp_path, tiny_loaded, make_pair):
+def test_cancel_before_the_first_validation_keeps_the_start_and_patience_stops_early(tmp_path, tiny_loaded, make_pair,
+                                                                                     cancel_after):
     loaded = tiny_loaded("three-branch", tmp_path)
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
-    token = CancelToken()
-    gen = finetune(loaded, [make_pair()], FinetuneSettings(steps=20, batch_size=1, crop=32, lr=1e-2), cancel=token)
-    for i, _ in enumerate(gen):
-        if i == 3:
-            token.cancel()
-            break
-    model, result = run(gen)
+    settings = FinetuneSettings(steps=20, batch_size=1, crop=32, lr=1e-2)
+    model, result = cancel_after(lambda token: finetune(loaded, [make_pair()], settings, cancel=token))
     assert result.stopped == "cancelled" and 0 < len(result.history) < 10
     assert result.validation["best_step"] == 0 and result.validation["best_score"] is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
