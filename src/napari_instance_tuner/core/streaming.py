@@ -10,6 +10,10 @@ Normalisation uses statistics of the *whole* image (the same percentile sample a
 every tile sees the same intensity mapping. On CUDA out-of-memory the network tile is halved and the tile
 retried, with a progress message saying so.
 
+The parts: lazy reading and whole-image normalisation in :mod:`.lazy_image`; one window (network with
+out-of-memory retries, post-processing) in :mod:`.stream_tile`; the overlapped loop in :mod:`.stream_pipeline`;
+this module runs the whole image and re-exports the names of the other three.
+
 Example
 -------
 >>> from napari_instance_tuner.core.progress import run
