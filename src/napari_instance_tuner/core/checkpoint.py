@@ -16,6 +16,7 @@ import math
 import os
 import struct
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ from .safe_write import replace_atomic
 
 META_KEY = "napari_instance_tuner"
 FORMAT_VERSION = 1
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+#: The shipped weights: the package's ``weights/`` folder (found from the package, wherever this module sits).
+WEIGHTS_DIR = Path(str(resources.files(__name__.partition(".")[0]))).resolve() / "weights"
 _MAX_HEADER = 100 * 1024 * 1024
 
 
