@@ -1,4 +1,10 @@
-"""Shared fixtures: small synthetic label images and a tiny random-weight three-branch checkpoint."""
+"""Shared fixtures: small synthetic label images and tiny random-weight checkpoints of every family.
+
+Tests ask for what they need by name: ``tiny_arch`` / ``tiny_archs`` (architectures), ``tiny_meta`` (a
+factory of checkpoint metadata), ``disks_labels`` (a factory of label images of disks), ``tiny_loaded`` (a
+factory of saved and reloaded tiny models), ``tiny_checkpoint`` (the path of one). The factories are
+session-scoped, so module-scoped fixtures can use them too.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ TINY_ARCHS = {
 }
 
 
-def tiny_meta(**overrides) -> dict:
+def _tiny_meta(**overrides) -> dict:
     """Metadata of a tiny three-branch checkpoint at native scale."""
     meta = {
         "name": "tiny",
@@ -31,12 +37,12 @@ def tiny_meta(**overrides) -> dict:
     return meta
 
 
-def tiny_family_meta(family: str, **overrides) -> dict:
+def _tiny_family_meta(family: str, **overrides) -> dict:
     """Metadata of a tiny checkpoint of ``family`` (a key of :data:`TINY_ARCHS`)."""
-    return tiny_meta(family=family, architecture=dict(TINY_ARCHS[family]), **overrides)
+    return _tiny_meta(family=family, architecture=dict(TINY_ARCHS[family]), **overrides)
 
 
-def tiny_loaded(family: str, folder, seed: int = 0):
+def _tiny_loaded(family: str, folder, seed: int = 0):
     """A saved and reloaded tiny random-weight model of ``family`` (``LoadedModel``)."""
     import torch
 
@@ -45,7 +51,7 @@ def tiny_loaded(family: str, folder, seed: int = 0):
 
     torch.manual_seed(seed)
     model = get_family(family).build_model(TINY_ARCHS[family])
-    return load_model(save_checkpoint(folder / f"{family}.safetensors", model.state_dict(), tiny_family_meta(family)))
+    return load_model(save_checkpoint(folder / f"{family}.safetensors", model.state_dict(), _tiny_family_meta(family)))
 
 
 @pytest.fixture
@@ -58,13 +64,63 @@ def tiny_checkpoint(tmp_path):
 
     torch.manual_seed(0)
     model = get_family("three-branch").build_model(TINY_ARCH)
-    return save_checkpoint(tmp_path / "tiny.safetensors", model.state_dict(), tiny_meta())
+    return save_checkpoint(tmp_path / "tiny.safetensors", model.state_dict(), _tiny_meta())
 
 
-def disks_labels(shape=(64, 64), centres=((20, 20), (20, 44), (46, 30)), radius=9) -> np.ndarray:
+def _disks_labels(shape=(64, 64), centres=((20, 20), (20, 44), (46, 30)), radius=9) -> np.ndarray:
     """int32 label image of disks (touching when centres are close)."""
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     labels = np.zeros(shape, np.int32)
     for i, (cy, cx) in enumerate(centres, start=1):
         labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = i
     return labels
+
+
+@pytest.fixture(scope="session")
+def tiny_arch() -> dict:
+    """The architecture of the tiny three-branch network (do not modify; copy it with ``{**tiny_arch}``)."""
+    return TINY_ARCH
+
+
+@pytest.fixture(scope="session")
+def tiny_archs() -> dict:
+    """Family name -> the architecture of its tiny network, for every trainable family."""
+    return TINY_ARCHS
+
+
+@pytest.fixture(scope="session")
+def tiny_meta():
+    """``tiny_meta(**overrides) -> dict``: metadata of a tiny three-branch checkpoint at native scale."""
+    return _tiny_meta
+
+
+@pytest.fixture(scope="session")
+def disks_labels():
+    """``disks_labels(shape=(64, 64), centres=..., radius=9) -> np.ndarray``: int32 label image of disks
+    (touching when centres are close)."""
+    return _disks_labels
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded():
+    """``tiny_loaded(family, folder, seed=0) -> LoadedModel``: a tiny random-weight model of ``family``
+    (a key of ``tiny_archs``), saved in ``folder`` and loaded back."""
+    return _tiny_loaded
+
+
+@pytest.fixture(scope="session")
+def cancel_after():
+    """``cancel_after(start, messages=3) -> result``: run the progress generator ``start(token)`` and cancel its
+    ``CancelToken`` once it has yielded ``messages + 1`` progress messages; returns what the generator returns."""
+    from napari_instance_tuner.core.progress import CancelToken, run
+
+    def cancelled(start, messages: int = 3):
+        token = CancelToken()
+        work = start(token)
+        for i, _ in enumerate(work):
+            if i == messages:
+                token.cancel()
+                break
+        return run(work)
+
+    return cancelled

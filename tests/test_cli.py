@@ -5,14 +5,13 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from conftest import disks_labels
 
 from napari_instance_tuner.cli import main
 from napari_instance_tuner.core.training import bfloat16_supported
 
 
 @pytest.fixture
-def toy_split(tmp_path):
+def toy_split(tmp_path, disks_labels):
     import imageio.v3 as iio
 
     rng = np.random.default_rng(0)

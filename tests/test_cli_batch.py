@@ -12,9 +12,7 @@ from napari_instance_tuner.cli import main
 
 
 @pytest.fixture
-def batch_folder(tmp_path):
-    from conftest import tiny_loaded
-
+def batch_folder(tmp_path, tiny_loaded):
     loaded = tiny_loaded("three-branch", tmp_path)
     folder = tmp_path / "slides"
     (folder / "more").mkdir(parents=True)

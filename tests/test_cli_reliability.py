@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import TINY_ARCH, disks_labels, tiny_meta
 
 from napari_instance_tuner.cli import build_parser, main
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tiny_arch, disks_labels, tiny_meta):
     """A tiny checkpoint, an annotated split, images of many kinds and bad files, made once for the module."""
     import imageio.v3 as iio
     import torch
@@ -35,7 +34,7 @@ def world(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("world")
     torch.manual_seed(0)
-    state = get_family("three-branch").build_model(TINY_ARCH).state_dict()
+    state = get_family("three-branch").build_model(tiny_arch).state_dict()
     model = save_checkpoint(root / "tiny.safetensors", state, tiny_meta())
     save_checkpoint(root / "flat.safetensors", state, tiny_meta(pixel_scale=0))
     rng = np.random.default_rng(0)

@@ -13,9 +13,7 @@ from napari_instance_tuner.core.io.slides import write_svs
 
 
 @pytest.fixture
-def model_and_slide(tmp_path):
-    from conftest import tiny_loaded
-
+def model_and_slide(tmp_path, tiny_loaded):
     from napari_instance_tuner.core.checkpoint import read_checkpoint, save_checkpoint
 
     state, meta = read_checkpoint(tiny_loaded("three-branch", tmp_path).path)

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .core.io.geojson import labels_extent, objects_to_labels, objects_to_shapes, read_geojson
+from .core.io.slides import is_slide, open_slide
+
 #: GeoJSON larger than this many level-0 pixels (H * W) is rasterised on a coarser grid (layer scale > 1).
 MAX_LABEL_PIXELS = 16384 * 16384
 _GEOJSON_SUFFIXES = (".geojson", ".json", ".geojson.gz")
@@ -27,16 +30,12 @@ def _one_path(path: str | list[str]) -> str | None:
 
 def get_slide_reader(path: str | list[str]) -> Callable[[str], LayerData] | None:
     """The slide reader for SVS/NDPI/SCN/MRXS/BIF files and tiled pyramidal TIFFs; None for other paths."""
-    from .core.io.slides import is_slide
-
     one = _one_path(path)
     return read_slide if one is not None and is_slide(one) else None
 
 
 def read_slide(path: str | list[str]) -> LayerData:
     """One multiscale RGB image layer: a dask array per pyramid level, scale = the pixel size in µm."""
-    from .core.io.slides import open_slide
-
     slide = open_slide(_one_path(path))
     size = slide.pixel_size_um
     meta = {"slide": slide.metadata(), "pixel_size_um": size}
@@ -78,8 +77,6 @@ def read_geojson_labels(path: str | list[str]) -> LayerData:
     """
     import numpy as np
 
-    from .core.io.geojson import labels_extent, objects_to_labels, read_geojson
-
     one = Path(_geojson_path(path) or _one_path(path))
     objects = read_geojson(one)
     shape = labels_extent(objects)
@@ -97,8 +94,6 @@ def read_geojson_labels(path: str | list[str]) -> LayerData:
 
 def read_geojson_shapes(path: str | list[str]) -> LayerData:
     """A Shapes layer of polygons (exterior rings; holes cannot be drawn), with the class of each."""
-    from .core.io.geojson import objects_to_shapes, read_geojson
-
     one = Path(_geojson_path(path) or _one_path(path))
     data, classes = objects_to_shapes(read_geojson(one))
     kwargs = {"name": one.name.split(".")[0], "shape_type": "polygon", "features": {"class": classes},

@@ -11,6 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from .core.export import (
+    geojson_features,
+    measurements,
+    write_geojson,
+    write_label_png,
+    write_label_tiff,
+    write_measurements_csv,
+)
+
 
 def pixel_size(attributes: dict) -> tuple[tuple[float, float] | None, str]:
     """((y, x) pixel size, unit) from a layer's ``scale`` and ``units``; None for an uncalibrated layer.
@@ -39,30 +48,22 @@ def _labels(data: Any) -> np.ndarray:
 
 def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
     """Write a Labels layer as a compressed uint16/uint32 TIFF with its pixel size."""
-    from .core.export import write_label_tiff
-
     size, unit = pixel_size(attributes)
     return [str(write_label_tiff(path, _labels(data), size, unit, overwrite=True))]
 
 
 def write_labels_png(path: str, data: Any, attributes: dict) -> list[str]:
     """Write a 2D Labels layer with at most 65535 labels as a 16-bit PNG."""
-    from .core.export import write_label_png
-
     return [str(write_label_png(path, _labels(data), overwrite=True))]
 
 
 def write_labels_csv(path: str, data: Any, attributes: dict) -> list[str]:
     """Write the per-object measurements (shape only: a writer sees no image) of a Labels layer as CSV."""
-    from .core.export import measurements, write_measurements_csv
-
     return [str(write_measurements_csv(path, measurements(_labels(data)), overwrite=True))]
 
 
 def write_labels_geojson(path: str, data: Any, attributes: dict) -> list[str]:
     """Write a 2D Labels layer as a QuPath GeoJSON FeatureCollection of detections."""
-    from .core.export import geojson_features, measurements, write_geojson
-
     labels = _labels(data)
     size, unit = pixel_size(attributes)
     collection = geojson_features(labels, measurements(labels), object_type="detection",

@@ -18,6 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ._render import render_overlay
+from ._sample_data import SAMPLES
+from .core.checkpoint import load_model, model_card, shipped_models
+from .core.export import write_label_tiff
+from .core.progress import run
+
 #: Words that tie a shipped model's card to a sample (searched in its "trained_on" and "name").
 SAMPLE_WORDS = {"glands": ("gland", "glas"), "nuclei": ("nucle", "dsb"), "worms": ("worm", "bbbc010", "elegans")}
 
@@ -29,8 +35,6 @@ def model_for_sample(sample: str, fallback: bool = True) -> str | None:
     ``"name"`` mentions the data (e.g. "GlaS" for glands). With ``fallback``, the first shipped model is
     returned when none suits; None when nothing is shipped.
     """
-    from .core.checkpoint import model_card, shipped_models
-
     names = list(shipped_models())
     cards = {name: model_card(name) for name in names}
     for name in names:
@@ -90,8 +94,6 @@ def missing_xcb_libraries() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._sample_data import SAMPLES
-
     parser = argparse.ArgumentParser(prog="napari-instance-tuner demo", description=__doc__.splitlines()[0])
     parser.add_argument("--sample", default="glands", choices=sorted(SAMPLES), help="synthetic sample to segment")
     parser.add_argument("--model", help="shipped model name or checkpoint path (default: one that suits the sample)")
@@ -111,8 +113,6 @@ def _paths(args, sample: str) -> tuple[Path, Path]:
 
 
 def _write_labels(labels, path: Path) -> None:
-    from .core.export import write_label_tiff
-
     write_label_tiff(path, labels, overwrite=True)
 
 
@@ -140,11 +140,6 @@ def _wait(signal, start) -> str:
 def run_without_napari(args, model: str) -> int:
     """Segment the sample headlessly and write a software rendering plus the labels."""
     import imageio.v3 as iio
-
-    from ._render import render_overlay
-    from ._sample_data import SAMPLES
-    from .core.checkpoint import load_model
-    from .core.progress import run
 
     (image, _, _), _ = SAMPLES[args.sample]()
     loaded = load_model(model)
@@ -183,8 +178,7 @@ def _run_napari(args, model: str, keep_open: bool) -> int:
     import imageio.v3 as iio
     import napari
 
-    from ._sample_data import SAMPLES
-    from .widgets.segment import SegmentWidget
+    from .widgets.segment import SegmentWidget  # deferred: napari and Qt, only when a viewer opens
 
     viewer = napari.Viewer(title="napari-instance-tuner demo")
     viewer.window.resize(1400, 860)

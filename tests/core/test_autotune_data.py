@@ -3,7 +3,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conftest import disks_labels
 from napari_instance_tuner.core.autotune import autotune
 from napari_instance_tuner.core.data import load_split, validation_split
 from napari_instance_tuner.core.errors import Cancelled, InstanceTunerError
@@ -13,7 +12,7 @@ from napari_instance_tuner.core.metrics import object_f1
 from napari_instance_tuner.core.progress import CancelToken, run
 
 
-def test_autotune_finds_a_better_threshold_without_the_network():
+def test_autotune_finds_a_better_threshold_without_the_network(disks_labels):
     labels = disks_labels((64, 64), ((20, 20), (44, 44)), 9)
     fg = np.where(labels > 0, 0.45, 0.05).astype(np.float32)  # weak foreground: default 0.5 misses it
     maps = Maps({"foreground": fg, "centroid": (labels > 0).astype(np.float32)})
@@ -31,7 +30,7 @@ def test_autotune_finds_a_better_threshold_without_the_network():
     assert replace(best, fg_threshold=0.5) == start  # nothing else changed
 
 
-def test_autotune_cancels():
+def test_autotune_cancels(disks_labels):
     labels = disks_labels()
     maps = Maps({"foreground": (labels > 0).astype(np.float32)})
     token = CancelToken()

@@ -43,9 +43,7 @@ inputs = st.tuples(st.sampled_from(DTYPES), st.sampled_from(SHAPES), st.sampled_
 
 
 @pytest.fixture(scope="module", params=["three-branch", "layering", "maskrcnn"])
-def loaded(request, tmp_path_factory):
-    from conftest import tiny_loaded
-
+def loaded(request, tmp_path_factory, tiny_loaded):
     return tiny_loaded(request.param, tmp_path_factory.mktemp("m"))
 
 

@@ -8,16 +8,17 @@ import zipfile
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_ARCHS, tiny_loaded
 
 from napari_instance_tuner.core.checkpoint import load_model, read_metadata
 from napari_instance_tuner.core.errors import InstanceTunerError, WeightsError
 from napari_instance_tuner.core.io.bioimageio_export import PackageInfo, export_package
 from napari_instance_tuner.core.io.bioimageio_import import is_package
 from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.registry import family_names
 from napari_instance_tuner.core.synthetic import synthetic_glands, synthetic_nuclei
 
-FAMILIES = sorted(TINY_ARCHS)
+#: Every registered family (each has a tiny architecture in the ``tiny_archs`` fixture).
+FAMILIES = family_names()
 
 
 def _image(family: str, seed: int) -> np.ndarray:
@@ -32,7 +33,7 @@ def _labels(loaded, image: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory):
+def packages(tmp_path_factory, tiny_loaded):
     """family -> (original LoadedModel, exported .zip), tiny random-weight models."""
     folder = tmp_path_factory.mktemp("bioimageio")
     out = {}

@@ -4,7 +4,6 @@ import struct
 
 import pytest
 
-from conftest import TINY_ARCH, tiny_meta
 from napari_instance_tuner.core.checkpoint import load_model, read_checkpoint, resolve_model_path, save_checkpoint
 from napari_instance_tuner.core.errors import WeightsError
 
@@ -16,12 +15,12 @@ def test_roundtrip_keeps_weights_and_meta(tiny_checkpoint):
     assert len(loaded.sha256) == 64 and loaded.name == "tiny"
 
 
-def test_half_precision_file_loads_as_float32(tmp_path):
+def test_half_precision_file_loads_as_float32(tmp_path, tiny_arch, tiny_meta):
     import torch
 
     from napari_instance_tuner.core.registry import get_family
 
-    model = get_family("three-branch").build_model(TINY_ARCH)
+    model = get_family("three-branch").build_model(tiny_arch)
     full = save_checkpoint(tmp_path / "f.safetensors", model.state_dict(), tiny_meta())
     half = save_checkpoint(tmp_path / "h.safetensors", model.state_dict(), tiny_meta(), half=True)
     assert half.stat().st_size < 0.75 * full.stat().st_size  # the JSON header is the same in both
@@ -75,19 +74,20 @@ def test_foreign_safetensors_file(tmp_path):
         read_checkpoint(path)
 
 
-def test_future_version_and_wrong_shapes_and_family(tmp_path):
+def test_future_version_and_wrong_shapes_and_family(tmp_path, tiny_arch, tiny_meta):
     import torch
     from safetensors.torch import save_file
 
     from napari_instance_tuner.core.registry import get_family
 
-    model = get_family("three-branch").build_model(TINY_ARCH)
+    model = get_family("three-branch").build_model(tiny_arch)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     future = tmp_path / "future.safetensors"
     save_file(state, str(future), metadata={"napari_instance_tuner": json.dumps({**tiny_meta(), "format_version": 99})})
     with pytest.raises(WeightsError, match="format version 99"):
         load_model(future)
-    wrong = save_checkpoint(tmp_path / "wrong.safetensors", state, tiny_meta(architecture={**TINY_ARCH, "base_channels": 8}))
+    wrong = save_checkpoint(tmp_path / "wrong.safetensors", state,
+                            tiny_meta(architecture={**tiny_arch, "base_channels": 8}))
     with pytest.raises(WeightsError, match="do not fit"):
         load_model(wrong)
     unknown = save_checkpoint(tmp_path / "unknown.safetensors", state, tiny_meta(family="no-such-family"))
@@ -106,7 +106,7 @@ def test_missing_file_and_unknown_name():
         resolve_model_path("no-such-model")
 
 
-def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
+def test_save_is_atomic_on_failure(tmp_path, monkeypatch, tiny_meta):
     import os
 
     target = tmp_path / "keep.safetensors"
@@ -123,11 +123,11 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("first_byte", [0x80, 0x50])
-def test_header_lengths_that_look_like_pickle_or_zip_magic_still_load(tmp_path, first_byte):
+def test_header_lengths_that_look_like_pickle_or_zip_magic_still_load(tmp_path, first_byte, tiny_arch, tiny_meta):
     """The 8-byte header length may start with 0x80 (pickle) or 'P' (zip): the file is still safetensors."""
     from napari_instance_tuner.core.registry import get_family
 
-    model = get_family("three-branch").build_model(TINY_ARCH)
+    model = get_family("three-branch").build_model(tiny_arch)
     for pad in range(0, 4096, 7):
         path = save_checkpoint(tmp_path / "m.safetensors", model.state_dict(), tiny_meta(note="x" * pad))
         if path.read_bytes()[0] == first_byte:

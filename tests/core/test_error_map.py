@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import disks_labels
 from napari_instance_tuner.core.error_map import BOTH, FALSE_NEGATIVE, FALSE_POSITIVE, error_ids, error_map
 from napari_instance_tuner.core.errors import InstanceTunerError
 from napari_instance_tuner.core.metrics import average_precision, evaluate
@@ -68,7 +67,7 @@ def test_ties_go_to_the_smallest_reference_label():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_counts_agree_with_the_metrics_on_random_labels(seed):
+def test_counts_agree_with_the_metrics_on_random_labels(seed, disks_labels):
     rng = np.random.default_rng(seed)
     centres = rng.integers(8, 56, (6, 2))
     ref = disks_labels((64, 64), [tuple(c) for c in centres], 7)

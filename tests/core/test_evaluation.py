@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import disks_labels
 from napari_instance_tuner.core import metrics
 from napari_instance_tuner.core.errors import InstanceTunerError
 from napari_instance_tuner.core.evaluation import TABLE_ROWS, TUNABLE, evaluate_labels, score_function, split_slices
 
 
-def test_evaluate_labels_of_an_image_and_of_a_stack():
+def test_evaluate_labels_of_an_image_and_of_a_stack(disks_labels):
     ref = disks_labels()
     pred = disks_labels(centres=((20, 20), (20, 44)))
     one = evaluate_labels(pred, ref)
@@ -25,7 +24,7 @@ def test_evaluate_labels_of_an_image_and_of_a_stack():
         evaluate_labels(pred[None, None], ref[None, None])
 
 
-def test_split_slices_checks_the_shape():
+def test_split_slices_checks_the_shape(disks_labels):
     ref = disks_labels()
     assert split_slices(ref, (64, 64), None)[0] is ref
     assert len(split_slices(np.stack([ref] * 3), (64, 64), 3)) == 3
@@ -33,7 +32,7 @@ def test_split_slices_checks_the_shape():
         split_slices(ref, (64, 65), None)
 
 
-def test_tunable_scores_are_one_for_a_perfect_prediction():
+def test_tunable_scores_are_one_for_a_perfect_prediction(disks_labels):
     ref = disks_labels()
     assert set(TUNABLE) == {"object_f1", "mean_ap", "aji", "object_dice", "dsb_score"}
     for name in TUNABLE:

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from conftest import disks_labels
 
 from napari_instance_tuner.core.checkpoint import load_model, read_checkpoint
 from napari_instance_tuner.core.errors import InstanceTunerError, ParamsError, WeightsError
@@ -10,17 +9,23 @@ from napari_instance_tuner.core.progress import CancelToken, run
 from napari_instance_tuner.core.training import bfloat16_supported, refuse_amp
 
 
-def pair(region=None):
-    labels = disks_labels((48, 48), ((14, 14), (14, 34), (34, 24)), 8)
-    image = np.stack([(labels > 0) * 200 + 20] * 3, -1).astype(np.uint8)
-    return CorrectedImage(image, labels, region)
+@pytest.fixture
+def make_pair(disks_labels):
+    """``make_pair(region=None) -> CorrectedImage``: three bright disks on a 48 x 48 image."""
+
+    def make(region=None):
+        labels = disks_labels((48, 48), ((14, 14), (14, 34), (34, 24)), 8)
+        image = np.stack([(labels > 0) * 200 + 20] * 3, -1).astype(np.uint8)
+        return CorrectedImage(image, labels, region)
+
+    return make
 
 
-def test_finetune_learns_trains_a_copy_and_records_its_parent(tiny_checkpoint, tmp_path):
+def test_finetune_learns_trains_a_copy_and_records_its_parent(tiny_checkpoint, tmp_path, make_pair):
     loaded = load_model(tiny_checkpoint)
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     settings = FinetuneSettings(steps=30, lr=3e-3, batch_size=2, crop=32, freeze_encoder=True)
-    model, result = run(finetune(loaded, [pair()], settings))
+    model, result = run(finetune(loaded, [make_pair()], settings))
     # The loaded model is untouched; the copy's decoders moved and its frozen encoder did not.
     assert all(torch.equal(before[k], v) for k, v in loaded.model.state_dict().items())
     new = model.state_dict()
@@ -30,32 +35,32 @@ def test_finetune_learns_trains_a_copy_and_records_its_parent(tiny_checkpoint, t
     assert any(not torch.equal(new[k], before[k]) for k in dec)
     losses = [h["loss"] for h in result.history]
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
-    out = save_finetuned(tmp_path / "tuned.safetensors", loaded, model, result, [pair()], settings)
+    out = save_finetuned(tmp_path / "tuned.safetensors", loaded, model, result, [make_pair()], settings)
     _, meta = read_checkpoint(out)
     assert meta["parent"]["sha256"] == loaded.sha256 and meta["finetune"]["data"][0]["objects"] == 3
     assert len(meta["finetune"]["history"]) == 30
     with pytest.raises(WeightsError, match="refusing to overwrite"):
-        save_finetuned(tiny_checkpoint, loaded, model, result, [pair()], settings)
+        save_finetuned(tiny_checkpoint, loaded, model, result, [make_pair()], settings)
 
 
-def test_region_limits_training_and_bad_pairs_are_refused(tiny_checkpoint):
+def test_region_limits_training_and_bad_pairs_are_refused(tiny_checkpoint, make_pair):
     loaded = load_model(tiny_checkpoint)
     region = np.zeros((48, 48), bool)
     region[:24] = True
-    _, result = run(finetune(loaded, [pair(region)], FinetuneSettings(steps=2, batch_size=1, crop=32)))
+    _, result = run(finetune(loaded, [make_pair(region)], FinetuneSettings(steps=2, batch_size=1, crop=32)))
     assert len(result.history) == 2
     with pytest.raises(InstanceTunerError, match="at least one"):
         run(finetune(loaded, [], FinetuneSettings()))
     with pytest.raises(InstanceTunerError, match="do not match"):
         run(finetune(loaded, [CorrectedImage(np.zeros((10, 10)), np.zeros((5, 5), int))], FinetuneSettings()))
     with pytest.raises(InstanceTunerError, match="region is empty"):
-        run(finetune(loaded, [pair(np.zeros((48, 48), bool))], FinetuneSettings()))
+        run(finetune(loaded, [make_pair(np.zeros((48, 48), bool))], FinetuneSettings()))
 
 
-def test_cancel_keeps_the_loaded_model(tiny_checkpoint):
+def test_cancel_keeps_the_loaded_model(tiny_checkpoint, make_pair):
     loaded = load_model(tiny_checkpoint)
     token = CancelToken()
-    gen = finetune(loaded, [pair()], FinetuneSettings(steps=50, batch_size=1, crop=32), cancel=token)
+    gen = finetune(loaded, [make_pair()], FinetuneSettings(steps=50, batch_size=1, crop=32), cancel=token)
     next(gen)
     token.cancel()
     _, result = run(gen)
@@ -63,14 +68,15 @@ def test_cancel_keeps_the_loaded_model(tiny_checkpoint):
 
 
 @pytest.mark.skipif(not bfloat16_supported("cpu"), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
-def test_finetune_with_amp_learns_and_records_it(tiny_checkpoint, tmp_path):
+def test_finetune_with_amp_learns_and_records_it(tiny_checkpoint, tmp_path, make_pair):
     loaded = load_model(tiny_checkpoint)
     settings = FinetuneSettings(steps=30, lr=3e-3, batch_size=2, crop=32, amp=True)
-    model, result = run(finetune(loaded, [pair()], settings))
+    model, result = run(finetune(loaded, [make_pair()], settings))
     losses = [h["loss"] for h in result.history]
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
     assert all(v.dtype == torch.float32 for v in model.state_dict().values() if v.is_floating_point())
-    _, meta = read_checkpoint(save_finetuned(tmp_path / "amp.safetensors", loaded, model, result, [pair()], settings))
+    out = save_finetuned(tmp_path / "amp.safetensors", loaded, model, result, [make_pair()], settings)
+    _, meta = read_checkpoint(out)
     assert meta["finetune"]["settings"]["amp"] is True
 
 

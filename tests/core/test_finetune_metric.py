@@ -7,12 +7,11 @@ import hashlib
 
 import numpy as np
 import pytest
-from conftest import disks_labels, tiny_loaded
 
 from napari_instance_tuner.core.family import scorable
 from napari_instance_tuner.core.finetune import CorrectedImage, FinetuneSettings, finetune
 from napari_instance_tuner.core.params import params_from_dict
-from napari_instance_tuner.core.progress import CancelToken, run
+from napari_instance_tuner.core.progress import run
 
 #: Post-processing that lets a barely trained tiny model show objects (no centroid rule, small S_min).
 LENIENT = {
@@ -22,11 +21,17 @@ LENIENT = {
 }
 
 
-def _pair() -> CorrectedImage:
-    labels = disks_labels((48, 48), ((13, 13), (13, 35), (35, 24)), 8)
-    rng = np.random.default_rng(0)
-    image = (np.stack([(labels > 0) * 150 + 40] * 3, -1) + rng.integers(0, 30, (48, 48, 3))).astype(np.uint8)
-    return CorrectedImage(image, labels)
+@pytest.fixture
+def make_pair(disks_labels):
+    """``make_pair() -> CorrectedImage``: three disks on a 48 x 48 image."""
+
+    def make() -> CorrectedImage:
+        labels = disks_labels((48, 48), ((13, 13), (13, 35), (35, 24)), 8)
+        rng = np.random.default_rng(0)
+        image = (np.stack([(labels > 0) * 150 + 40] * 3, -1) + rng.integers(0, 30, (48, 48, 3))).astype(np.uint8)
+        return CorrectedImage(image, labels)
+
+    return make
 
 
 def _metric(loaded, model, pair: CorrectedImage) -> float:
@@ -36,9 +41,9 @@ def _metric(loaded, model, pair: CorrectedImage) -> float:
 
 
 @pytest.mark.parametrize("family", ["three-branch", "layering"])
-def test_finetuning_improves_the_metric_of_a_wrong_model(family, tmp_path):
+def test_finetuning_improves_the_metric_of_a_wrong_model(family, tmp_path, tiny_loaded, make_pair):
     loaded = tiny_loaded(family, tmp_path)
-    pair = _pair()
+    pair = make_pair()
     before = _metric(loaded, loaded.model, pair)
     settings = FinetuneSettings(steps=80, lr=1e-2, batch_size=2, crop=32, augment=False, freeze_encoder=False)
     model, result = run(finetune(loaded, [pair], settings))
@@ -49,17 +54,13 @@ def test_finetuning_improves_the_metric_of_a_wrong_model(family, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["three-branch", "layering", "maskrcnn"])
-def test_cancel_mid_run_leaves_a_working_model_and_an_unchanged_file(family, tmp_path):
+def test_cancel_mid_run_leaves_a_working_model_and_an_unchanged_file(family, tmp_path, tiny_loaded, make_pair,
+                                                                       cancel_after):
     loaded = tiny_loaded(family, tmp_path)
     digest = hashlib.sha256(loaded.path.read_bytes()).hexdigest()
-    token = CancelToken()
-    gen = finetune(loaded, [_pair()], FinetuneSettings(steps=40, batch_size=1, crop=32), cancel=token)
-    for i, _ in enumerate(gen):
-        if i == 3:
-            token.cancel()
-            break
-    model, result = run(gen)
+    settings = FinetuneSettings(steps=40, batch_size=1, crop=32)
+    model, result = cancel_after(lambda token: finetune(loaded, [make_pair()], settings, cancel=token))
     assert result.stopped == "cancelled" and 0 < len(result.history) < 40
-    maps = run(loaded.family.predict_maps(model, _pair().image, loaded.meta, device="cpu"))
+    maps = run(loaded.family.predict_maps(model, make_pair().image, loaded.meta, device="cpu"))
     assert all(np.isfinite(a).all() for a in maps.arrays.values())
     assert hashlib.sha256(loaded.path.read_bytes()).hexdigest() == digest == loaded.sha256

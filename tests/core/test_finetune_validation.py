@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import disks_labels, tiny_loaded
 
 from napari_instance_tuner.core.checkpoint import read_checkpoint
 from napari_instance_tuner.core.errors import InstanceTunerError
@@ -20,24 +19,31 @@ from napari_instance_tuner.core.finetune import (
     split_holdout,
 )
 from napari_instance_tuner.core.params import params_from_dict
-from napari_instance_tuner.core.progress import CancelToken, run
+from napari_instance_tuner.core.progress import run
 
 #: Post-processing that lets a barely trained tiny model show objects (as in test_finetune_metric).
 LENIENT = {"subtract_boundaries": False, "require_centroid": False, "min_size": 20, "grow_back": 0,
            "close_radius": 0, "open_radius": 0, "fg_threshold": 0.5}
 
 
-def _pair(holdout: bool = True, region=None) -> CorrectedImage:
-    """Five disks on a 48 x 72 image; the right-most 24 columns (two whole disks) held out."""
-    labels = disks_labels((48, 72), ((13, 13), (13, 35), (35, 24), (13, 60), (35, 58)), 8)
-    rng = np.random.default_rng(0)
-    image = (np.stack([(labels > 0) * 150 + 40] * 3, -1) + rng.integers(0, 30, (48, 72, 3))).astype(np.uint8)
-    held = np.zeros((48, 72), bool)
-    held[:, 48:] = True
-    return CorrectedImage(image, labels, region, held if holdout else None)
+@pytest.fixture
+def make_pair(disks_labels):
+    """``make_pair(holdout=True, region=None) -> CorrectedImage``: five disks on 48 x 72, two held out."""
+
+    def make(holdout: bool = True, region=None) -> CorrectedImage:
+        """Five disks on a 48 x 72 image; the right-most 24 columns (two whole disks) held out."""
+        labels = disks_labels((48, 72), ((13, 13), (13, 35), (35, 24), (13, 60), (35, 58)), 8)
+        rng = np.random.default_rng(0)
+        image = (np.stack([(labels > 0) * 150 + 40] * 3, -1) + rng.integers(0, 30, (48, 72, 3))).astype(np.uint8)
+        held = np.zeros((48, 72), bool)
+        held[:, 48:] = True
+        return CorrectedImage(image, labels, region, held if holdout else None)
+
+    return make
 
 
-def test_held_out_region_is_validated_never_trained_on_and_the_best_weights_are_kept(tmp_path, monkeypatch):
+def test_held_out_region_is_validated_never_trained_on_and_the_best_weights_are_kept(tmp_path, monkeypatch, tiny_loaded,
+                                                                                      make_pair):
     loaded = tiny_loaded("three-branch", tmp_path)
     family = loaded.family
     seen = {}
@@ -48,7 +54,7 @@ def test_held_out_region_is_validated_never_trained_on_and_the_best_weights_are_
         return seen["batches"], loss, params
 
     monkeypatch.setattr(family, "finetune_setup", spy)
-    pair = _pair()
+    pair = make_pair()
     params = params_from_dict(family.Params, LENIENT)
     settings = FinetuneSettings(steps=50, lr=1e-2, batch_size=2, crop=32, augment=False, freeze_encoder=False,
                                 validate_every=10)
@@ -82,10 +88,10 @@ def test_held_out_region_is_validated_never_trained_on_and_the_best_weights_are_
     assert record["data"][0]["holdout_pixels"] == 48 * 24
 
 
-def test_bad_held_out_regions_are_refused(tmp_path):
+def test_bad_held_out_regions_are_refused(tmp_path, tiny_loaded, make_pair):
     loaded = tiny_loaded("three-branch", tmp_path)
     settings = FinetuneSettings(steps=1, batch_size=1, crop=32)
-    pair = _pair()
+    pair = make_pair()
     everything = np.ones((48, 72), bool)
     left = np.zeros((48, 72), bool)
     left[:, :24] = True
@@ -107,36 +113,32 @@ def test_bad_held_out_regions_are_refused(tmp_path):
         FinetuneSettings(validate_every=0)
     # A pair held out entirely is fine while another one trains: it is only validated on.
     whole = CorrectedImage(pair.image, pair.labels, None, everything)
-    _, result = run(finetune(loaded, [_pair(holdout=False), whole], FinetuneSettings(
+    _, result = run(finetune(loaded, [make_pair(holdout=False), whole], FinetuneSettings(
         steps=2, batch_size=1, crop=32, validate_every=1)))
     assert [h["epoch"] for h in result.history if "val_score" in h] == [1, 2]
     assert [h["pair"] for h in result.validation["held_out"]] == [2]
 
 
-def test_cancel_before_the_first_validation_keeps_the_start_and_patience_stops_early(tmp_path):
+def test_cancel_before_the_first_validation_keeps_the_start_and_patience_stops_early(tmp_path, tiny_loaded, make_pair,
+                                                                                     cancel_after):
     loaded = tiny_loaded("three-branch", tmp_path)
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
-    token = CancelToken()
-    gen = finetune(loaded, [_pair()], FinetuneSettings(steps=20, batch_size=1, crop=32, lr=1e-2), cancel=token)
-    for i, _ in enumerate(gen):
-        if i == 3:
-            token.cancel()
-            break
-    model, result = run(gen)
+    settings = FinetuneSettings(steps=20, batch_size=1, crop=32, lr=1e-2)
+    model, result = cancel_after(lambda token: finetune(loaded, [make_pair()], settings, cancel=token))
     assert result.stopped == "cancelled" and 0 < len(result.history) < 10
     assert result.validation["best_step"] == 0 and result.validation["best_score"] is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # No learning (lr 0): the first validation (step 2) stays the best; patience 3 stops at step 5.
-    _, result = run(finetune(loaded, [_pair()], FinetuneSettings(steps=30, batch_size=1, crop=32, lr=0.0,
+    _, result = run(finetune(loaded, [make_pair()], FinetuneSettings(steps=30, batch_size=1, crop=32, lr=0.0,
                                                                  validate_every=2, patience=3)))
     assert result.stopped == "early stopping" and len(result.history) == 5 and result.validation["best_step"] == 2
 
 
-def test_split_holdout_and_mostly_inside():
-    pair = _pair(region=np.arange(72)[None, :].repeat(48, 0) >= 12)
+def test_split_holdout_and_mostly_inside(make_pair):
+    pair = make_pair(region=np.arange(72)[None, :].repeat(48, 0) >= 12)
     train, val = split_holdout(pair)
     assert train.sum() == 48 * 36 and val.sum() == 48 * 24 and not (train & val).any()
-    assert split_holdout(_pair(holdout=False)) == (None, None)
+    assert split_holdout(make_pair(holdout=False)) == (None, None)
     # Objects 4 and 5 (centres at column 60 and 58) lie in the right-most 24 columns.
     assert set(np.unique(mostly_inside(pair.labels, pair.holdout))) == {0, 4, 5}
     masks = np.stack([pair.labels == i for i in range(1, 6)])
@@ -144,7 +146,7 @@ def test_split_holdout_and_mostly_inside():
     assert mostly_inside(masks[:0], pair.holdout).shape == (0, 48, 72)
 
 
-def test_cli_holds_out_the_right_most_fraction_of_each_image(tmp_path, tiny_checkpoint, capsys):
+def test_cli_holds_out_the_right_most_fraction_of_each_image(tmp_path, tiny_checkpoint, capsys, make_pair):
     import imageio.v3 as iio
     import tifffile
 
@@ -154,7 +156,7 @@ def test_cli_holds_out_the_right_most_fraction_of_each_image(tmp_path, tiny_chec
     (split / "images").mkdir(parents=True)
     (split / "labels").mkdir()
     for i in range(2):
-        pair = _pair(holdout=False)
+        pair = make_pair(holdout=False)
         iio.imwrite(split / "images" / f"img{i}.png", pair.image)
         tifffile.imwrite(split / "labels" / f"img{i}.tif", pair.labels.astype(np.uint16))
     out = tmp_path / "tuned.safetensors"

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from conftest import disks_labels
 
 from napari_instance_tuner.core.augment import AugmentConfig, elastic, photometric, stain_jitter
 from napari_instance_tuner.core.data import Sample, extra_training_samples
@@ -53,7 +52,7 @@ def test_augment_config_refuses_bad_values(field, value):
         AugmentConfig(**{field: value})
 
 
-def test_elastic_deforms_image_and_labels_with_one_field():
+def test_elastic_deforms_image_and_labels_with_one_field(disks_labels):
     labels = disks_labels((64, 64), ((20, 20), (44, 40)), 10).astype(np.int32)
     image = np.stack([labels.astype(np.float32)] * 3)  # the image carries the labels: alignment is checkable
     rng = np.random.default_rng(0)
@@ -71,7 +70,7 @@ def test_elastic_deforms_image_and_labels_with_one_field():
     assert abs((warped_labels > 0).sum() / (labels > 0).sum() - 1) < 0.25  # a deformation, not a wipe-out
 
 
-def test_batch_maker_deforms_before_the_targets_are_made():
+def test_batch_maker_deforms_before_the_targets_are_made(disks_labels):
     rng = np.random.default_rng(0)
     labels = disks_labels((48, 48), ((14, 14), (14, 34), (34, 24)), 9)
     image = np.stack([(labels > 0) * 200 + rng.integers(0, 30, labels.shape)] * 3, -1).astype(np.uint8)
@@ -136,23 +135,29 @@ def test_watershed_is_off_by_default_and_old_parameter_files_still_load():
     assert params_from_dict(ThreeBranchParams, old).watershed is False
 
 
-def _write_split(folder, names):
-    import tifffile
-    from imageio.v3 import imwrite
+@pytest.fixture
+def write_split(disks_labels):
+    """``write_split(folder, names)``: a split folder (images/, labels/) of one-disk 16 x 16 images."""
 
-    (folder / "images").mkdir(parents=True)
-    (folder / "labels").mkdir()
-    for n in names:
-        labels = disks_labels((16, 16), ((8, 8),), 4).astype(np.uint16)
-        imwrite(folder / "images" / f"{n}.png", np.stack([labels.astype(np.uint8) * 100] * 3, -1))
-        tifffile.imwrite(folder / "labels" / f"{n}.tif", labels)
+    def make(folder, names):
+        import tifffile
+        from imageio.v3 import imwrite
+
+        (folder / "images").mkdir(parents=True)
+        (folder / "labels").mkdir()
+        for n in names:
+            labels = disks_labels((16, 16), ((8, 8),), 4).astype(np.uint16)
+            imwrite(folder / "images" / f"{n}.png", np.stack([labels.astype(np.uint8) * 100] * 3, -1))
+            tifffile.imwrite(folder / "labels" / f"{n}.tif", labels)
+
+    return make
 
 
-def test_extra_training_data_leaves_out_validation_patients(tmp_path):
+def test_extra_training_data_leaves_out_validation_patients(tmp_path, write_split):
     grade = tmp_path / "Grade.csv"
     grade.write_text("name,patient ID, grade (GlaS), grade (Sirinukunwattana et al. 2015)\n"
                      "testA_1,4, benign, healthy\ntestA_2,7, malignant, x\ntestA_3,4, benign, healthy\n")
-    _write_split(tmp_path / "testA", ["testA_1", "testA_2", "testA_3"])
+    write_split(tmp_path / "testA", ["testA_1", "testA_2", "testA_3"])
     samples = extra_training_samples([tmp_path / "testA"], held_patients={"4"})
     assert [s.name for s in samples] == ["testA_2"]
     assert len(extra_training_samples([tmp_path / "testA"], held_patients=set())) == 3

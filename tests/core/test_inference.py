@@ -2,17 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_ARCH, tiny_meta
-from napari_instance_tuner.core.errors import Cancelled, InstanceTunerError, InputImageError
+from napari_instance_tuner.core.errors import Cancelled, InputImageError, InstanceTunerError
 from napari_instance_tuner.core.inference import choose_device, device_description, predict_tiled
 from napari_instance_tuner.core.progress import CancelToken, run
 from napari_instance_tuner.core.registry import family_names, get_family
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(tiny_arch):
     torch.manual_seed(0)
-    return get_family("three-branch").build_model(TINY_ARCH).eval()
+    return get_family("three-branch").build_model(tiny_arch).eval()
 
 
 def test_tiled_equals_untiled_without_seams(model):
@@ -45,7 +44,7 @@ def test_cancel_stops_between_tiles(model):
         next(gen)
 
 
-def test_family_predict_maps_returns_maps_at_image_size(model):
+def test_family_predict_maps_returns_maps_at_image_size(model, tiny_meta):
     family = get_family("three-branch")
     image = (np.random.default_rng(1).random((60, 90, 3)) * 255).astype(np.uint8)
     maps = run(family.predict_maps(model, image, tiny_meta(pixel_scale=0.5), device="cpu"))

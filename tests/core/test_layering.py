@@ -284,9 +284,7 @@ def test_batches_carry_exact_masks_and_the_adjacency_of_the_objects_in_the_crop(
         assert not targets.adjacency[b, k:].any() and not targets.adjacency[b, :, k:].any()
 
 
-def test_predict_maps_returns_foreground_and_n_layers_at_the_image_size(tmp_path):
-    from conftest import tiny_loaded
-
+def test_predict_maps_returns_foreground_and_n_layers_at_the_image_size(tmp_path, tiny_loaded):
     from napari_instance_tuner.core.progress import run
 
     loaded = tiny_loaded("layering", tmp_path)

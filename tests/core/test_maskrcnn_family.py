@@ -6,7 +6,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import disks_labels
 
 from napari_instance_tuner.core.augment import AugmentConfig
 from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
@@ -85,7 +84,7 @@ def test_config_round_trip_and_validation():
 # --- torchvision weights -------------------------------------------------------------------------------------
 
 
-def test_coco_layout_resnet50_state_dict_loads_and_fine_tunes(tmp_path):
+def test_coco_layout_resnet50_state_dict_loads_and_fine_tunes(tmp_path, disks_labels):
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     torch.manual_seed(0)
@@ -223,7 +222,7 @@ def test_targets_from_labels_and_stacks_drop_tiny_pieces():
     assert t2["masks"].shape == (2, 20, 20) and (t2["masks"][0] & t2["masks"][1]).sum() == 25
 
 
-def test_batches_augment_consistently():
+def test_batches_augment_consistently(disks_labels):
     labels = disks_labels((48, 48), ((12, 12), (30, 34)), 6)
     image = np.repeat((labels == 1).astype(np.float32)[..., None], 3, -1)  # only object 1 is bright
     batches = DetectionBatches([PreparedSample(image, labels)], crop=32, batch_size=6)
@@ -276,7 +275,7 @@ def test_tiny_model_overfits_synthetic_nuclei(tmp_path):
 # --- checkpoints and fine-tuning -----------------------------------------------------------------------------
 
 
-def test_checkpoint_round_trip_and_finetune(tmp_path):
+def test_checkpoint_round_trip_and_finetune(tmp_path, disks_labels):
     from napari_instance_tuner.core.finetune import CorrectedImage, FinetuneSettings, finetune
 
     torch.manual_seed(0)

@@ -3,7 +3,6 @@
 import cv2
 import numpy as np
 import pytest
-from conftest import disks_labels
 
 from napari_instance_tuner.core.errors import Cancelled
 from napari_instance_tuner.core.families.maskrcnn.postprocess import MaskRCNNParams, postprocess
@@ -42,7 +41,7 @@ def segment(labels: np.ndarray, tile_size: int, overlap: int, calls: list | None
     return postprocess(maps, MaskRCNNParams(min_size=0))
 
 
-def test_nuclei_on_seams_are_found_once_and_whole():
+def test_nuclei_on_seams_are_found_once_and_whole(disks_labels):
     # 128 x 128 in 64-pixel tiles with 24 overlap: tiles start at 0, 40, 64 -> seams around x, y = 40..64
     centres = ((52, 20), (20, 52), (52, 52), (100, 60), (60, 100), (12, 12), (110, 110), (44, 44))
     gt = disks_labels((128, 128), centres, radius=7)
@@ -56,7 +55,7 @@ def test_nuclei_on_seams_are_found_once_and_whole():
     assert ap["ap80"] == 1.0  # every nucleus matched one-to-one with IoU > 0.8: none is cut
 
 
-def test_tiling_matches_a_single_pass():
+def test_tiling_matches_a_single_pass(disks_labels):
     gt = disks_labels((96, 96), ((10, 48), (47, 47), (48, 30), (80, 70), (30, 80)), radius=6)
     whole = segment(gt, 512, 0)
     tiled = segment(gt, 48, 20)

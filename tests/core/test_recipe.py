@@ -102,16 +102,15 @@ def test_cli_predict_with_recipe_reproduces_the_labels(loaded, sensitive, image,
     assert "--model or --recipe" in capsys.readouterr().err
 
 
-def test_changed_weights_are_refused(loaded, sensitive, image, tmp_path, tiny_checkpoint):
+def test_changed_weights_are_refused(loaded, sensitive, image, tmp_path, tiny_checkpoint, tiny_arch, tiny_meta):
     import torch
 
-    from conftest import TINY_ARCH, tiny_meta
     from napari_instance_tuner.core.checkpoint import save_checkpoint
     from napari_instance_tuner.core.registry import get_family
 
     recipe = rc.make_recipe(loaded, sensitive[0], "img", image.shape, "cpu")
     torch.manual_seed(1)
-    other = get_family("three-branch").build_model(TINY_ARCH)
+    other = get_family("three-branch").build_model(tiny_arch)
     save_checkpoint(tiny_checkpoint, other.state_dict(), tiny_meta())  # same name, other weights
     with pytest.raises(WeightsError, match="SHA-256.*different weights"):
         rc.replay(recipe, image)

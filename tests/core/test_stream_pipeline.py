@@ -37,9 +37,7 @@ def test_threads_give_byte_identical_labels(synthesiser):
         assert [(o.id, o.box) for o in results[threads].objects] == [(o.id, o.box) for o in serial.objects]
 
 
-def test_threads_with_a_real_network_match_the_serial_loop(tmp_path):
-    from conftest import tiny_loaded
-
+def test_threads_with_a_real_network_match_the_serial_loop(tmp_path, tiny_loaded):
     loaded = tiny_loaded("three-branch", tmp_path)
     image = (np.random.default_rng(1).random((130, 150, 3)) * 255).astype(np.uint8)
     params = loaded.family.Params(min_size=5, fg_threshold=0.45)

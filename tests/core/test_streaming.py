@@ -217,10 +217,8 @@ def test_constructed_tiles_duplicate_and_halves():
     assert got == {(o.box, o.mask.tobytes()) for o in tile_objects(Instances(labels, np.stack([small, wide])))}
 
 
-def test_single_tile_equals_whole_image_with_real_network(tmp_path):
+def test_single_tile_equals_whole_image_with_real_network(tmp_path, tiny_loaded):
     """An image that fits in one tile gives exactly the whole-image labels (same ids) with a real model."""
-    from conftest import tiny_loaded
-
     loaded = tiny_loaded("three-branch", tmp_path)
     rng = np.random.default_rng(0)
     image = (rng.random((96, 80, 3)) * 255).astype(np.uint8)
@@ -233,9 +231,7 @@ def test_single_tile_equals_whole_image_with_real_network(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["three-branch", "layering"])
-def test_tiled_real_network_runs_every_family(tmp_path, name):
-    from conftest import tiny_loaded
-
+def test_tiled_real_network_runs_every_family(tmp_path, name, tiny_loaded):
     loaded = tiny_loaded(name, tmp_path)
     rng = np.random.default_rng(1)
     image = (rng.random((100, 120, 3)) * 255).astype(np.uint8)
@@ -260,13 +256,11 @@ def test_tiff_input_read_lazily(tmp_path):
     assert np.array_equal(read_window(open_image([image, image[::2, ::2]]), (0, 0, 5, 5)), image[:5, :5])
 
 
-def test_cuda_oom_halves_the_network_tile_and_says_so(tmp_path):
+def test_cuda_oom_halves_the_network_tile_and_says_so(tmp_path, tiny_loaded):
     """A model that 'runs out of CUDA memory' above 64 px: the tile is halved, retried, and reported."""
     from types import SimpleNamespace
 
     import torch
-    from conftest import tiny_loaded
-
     loaded = tiny_loaded("three-branch", tmp_path)
 
     class OOMAbove(torch.nn.Module):
@@ -295,9 +289,8 @@ def test_cuda_oom_halves_the_network_tile_and_says_so(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["three-branch", "layering", "maskrcnn"])
-def test_amp_runs_the_network_in_bfloat16_on_a_cpu_that_has_it_and_in_float32_elsewhere(family, tmp_path, monkeypatch):
-    from conftest import tiny_loaded
-
+def test_amp_runs_the_network_in_bfloat16_on_a_cpu_that_has_it_and_in_float32_elsewhere(family, tmp_path, monkeypatch,
+                                                                                        tiny_loaded):
     from napari_instance_tuner.core import training
 
     loaded = tiny_loaded(family, tmp_path)

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from conftest import disks_labels
 from napari_instance_tuner.core.families.three_branch.targets import (
     PAPER_SCALE,
     TargetConfig,
@@ -40,7 +39,7 @@ def test_centre_points_bbox_and_inside_for_a_c_shape():
     assert labels[tuple(inside)] == 1
 
 
-def test_widths_scale_with_pixel_scale():
+def test_widths_scale_with_pixel_scale(disks_labels):
     cfg = TargetConfig(boundary_width=11, centroid_width=14)
     assert cfg.widths_at(PAPER_SCALE) == pytest.approx((11, 14))
     assert cfg.widths_at(2 * PAPER_SCALE) == pytest.approx((22, 28))
@@ -51,7 +50,7 @@ def test_widths_scale_with_pixel_scale():
     assert wide[2].sum() > 3 * thin[2].sum()  # disk area grows with the square of the width
 
 
-def test_make_targets_values():
+def test_make_targets_values(disks_labels):
     labels = disks_labels()
     t = make_targets(labels, TargetConfig(boundary_width=3, centroid_width=5), PAPER_SCALE)
     assert t.shape == (3, 64, 64) and t.dtype == np.uint8

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from conftest import disks_labels
 from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess
 from napari_instance_tuner.core.families.three_branch.targets import TargetConfig, make_targets
 from napari_instance_tuner.core.family import Maps
@@ -54,7 +53,7 @@ def test_objects_without_centroid_are_dropped():
     assert kept.max() == 2
 
 
-def test_min_size_and_thresholds():
+def test_min_size_and_thresholds(disks_labels):
     labels = disks_labels((64, 64), ((20, 20), (45, 45)), 3)  # two small disks of 29 px
     labels[5:25, 35:60] = 3  # a 500 px rectangle
     maps = perfect_maps(labels, 1, 3)
@@ -64,7 +63,7 @@ def test_min_size_and_thresholds():
     assert postprocess(maps, ThreeBranchParams(**{**NO_DENOISE, "fg_threshold": 0.6})).labels.max() == 0
 
 
-def test_denoise_removes_specks_and_erosion_removes_weak_centroids():
+def test_denoise_removes_specks_and_erosion_removes_weak_centroids(disks_labels):
     labels = disks_labels((64, 64), ((32, 32),), 12)
     maps = perfect_maps(labels)
     maps.arrays["foreground"][5, 5] = 1.0
@@ -86,7 +85,7 @@ def test_foreground_only_maps_work_and_empty_maps_give_no_objects():
     assert out.labels.shape == (20, 20) and out.count == 0
 
 
-def test_labels_are_consecutive():
+def test_labels_are_consecutive(disks_labels):
     labels = disks_labels((64, 64), ((12, 12), (12, 50), (50, 12), (50, 50)), 6)
     out = postprocess(perfect_maps(labels), ThreeBranchParams(**NO_DENOISE)).labels
     assert sorted(np.unique(out)) == [0, 1, 2, 3, 4]

@@ -3,7 +3,6 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ARCH, disks_labels
 
 from napari_instance_tuner.core import training
 from napari_instance_tuner.core.augment import AugmentConfig, photometric, random_symmetry
@@ -16,7 +15,7 @@ from napari_instance_tuner.core.registry import get_family
 from napari_instance_tuner.core.training import TrainConfig, bfloat16_supported, fit, supervised_step
 
 
-def toy_samples(n=3):
+def _toy_samples(disks_labels, n=3):
     rng = np.random.default_rng(0)
     samples = []
     for i in range(n):
@@ -26,11 +25,18 @@ def toy_samples(n=3):
     return samples
 
 
-def batch_maker(**kw):
-    return BatchMaker(prepare_samples(toy_samples(), 3, 1.0), crop=32, batch_size=2, pixel_scale=1.0, **kw)
+@pytest.fixture
+def batch_maker(disks_labels):
+    """``batch_maker(**kw) -> BatchMaker`` of 32 px crops of three toy samples (made afresh on every call)."""
+
+    def make(**kw):
+        return BatchMaker(prepare_samples(_toy_samples(disks_labels), 3, 1.0), crop=32, batch_size=2, pixel_scale=1.0,
+                          **kw)
+
+    return make
 
 
-def test_batches_have_consistent_targets_and_padding_is_masked():
+def test_batches_have_consistent_targets_and_padding_is_masked(batch_maker):
     maker = batch_maker(augment=AugmentConfig(enabled=False))
     maker.crop = 64  # larger than the 48 px images: padded, and padding excluded from the loss
     x, y, valid = maker(np.random.default_rng(0))
@@ -65,51 +71,58 @@ def test_augmentations_keep_image_and_targets_aligned():
     assert np.array_equal(photometric(rng, image, AugmentConfig(enabled=False)), image)
 
 
-def _train(tmp_path, epochs, resume=None, cancel=None, workers=0):
-    torch.manual_seed(3)
-    model = get_family("three-branch").build_model(TINY_ARCH)
-    config = TrainConfig(epochs=epochs, steps_per_epoch=2, seed=3, checkpoint_every_s=0, patience=100,
-                         loader_workers=workers)
-    validate = lambda m: {"score": -float(sum(p.detach().abs().sum() for p in m.parameters()))}
-    result = run(fit(model, batch_maker(), get_family("three-branch").training_step, validate, config, resume_path=resume, cancel=cancel))
-    return model, result
+@pytest.fixture
+def train_tiny(batch_maker, tiny_arch):
+    """``train_tiny(tmp_path, epochs, resume=None, cancel=None, workers=0) -> (model, TrainResult)``: a seeded run."""
+
+    def train(tmp_path, epochs, resume=None, cancel=None, workers=0):
+        torch.manual_seed(3)
+        model = get_family("three-branch").build_model(tiny_arch)
+        config = TrainConfig(epochs=epochs, steps_per_epoch=2, seed=3, checkpoint_every_s=0, patience=100,
+                             loader_workers=workers)
+        validate = lambda m: {"score": -float(sum(p.detach().abs().sum() for p in m.parameters()))}
+        result = run(fit(model, batch_maker(), get_family("three-branch").training_step, validate, config,
+                             resume_path=resume, cancel=cancel))
+        return model, result
+
+    return train
 
 
-def test_training_is_deterministic_with_a_seed(tmp_path):
-    m1, r1 = _train(tmp_path, 3)
-    m2, r2 = _train(tmp_path, 3)
+def test_training_is_deterministic_with_a_seed(tmp_path, train_tiny):
+    m1, r1 = train_tiny(tmp_path, 3)
+    m2, r2 = train_tiny(tmp_path, 3)
     assert [h["loss"] for h in r1.history] == [h["loss"] for h in r2.history]
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert r1.stopped == "max epochs" and len(r1.history) == 3
 
 
-def test_resume_continues_exactly(tmp_path):
-    _, straight = _train(tmp_path, 4)
+def test_resume_continues_exactly(tmp_path, train_tiny):
+    _, straight = train_tiny(tmp_path, 4)
     resume = tmp_path / "run.resume.pt"
-    _train(tmp_path, 2, resume=resume)
+    train_tiny(tmp_path, 2, resume=resume)
     assert resume.is_file()
-    _, resumed = _train(tmp_path, 4, resume=resume)
+    _, resumed = train_tiny(tmp_path, 4, resume=resume)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert np.allclose([h["loss"] for h in resumed.history], [h["loss"] for h in straight.history], rtol=1e-5)
 
 
-def test_cancel_returns_best_weights_so_far(tmp_path):
+def test_cancel_returns_best_weights_so_far(tmp_path, train_tiny):
     token = CancelToken()
     token.cancel()
-    _, result = _train(tmp_path, 5, cancel=token)
+    _, result = train_tiny(tmp_path, 5, cancel=token)
     assert result.stopped == "cancelled" and result.history == []
 
 
-def test_loader_workers_make_the_same_batches_whatever_their_number(tmp_path):
-    _, one = _train(tmp_path, 3, workers=1)
-    m2, two = _train(tmp_path, 3, workers=2)
-    _, serial = _train(tmp_path, 3)
+def test_loader_workers_make_the_same_batches_whatever_their_number(tmp_path, train_tiny):
+    _, one = train_tiny(tmp_path, 3, workers=1)
+    m2, two = train_tiny(tmp_path, 3, workers=2)
+    _, serial = train_tiny(tmp_path, 3)
     losses = [h["loss"] for h in two.history]
     assert losses == [h["loss"] for h in one.history]
     assert losses != [h["loss"] for h in serial.history]  # workers seed each batch by its index instead
     resume = tmp_path / "workers.resume.pt"
-    _train(tmp_path, 2, resume=resume, workers=2)
-    m3, resumed = _train(tmp_path, 3, resume=resume, workers=2)
+    train_tiny(tmp_path, 2, resume=resume, workers=2)
+    m3, resumed = train_tiny(tmp_path, 3, resume=resume, workers=2)
     assert np.allclose([h["loss"] for h in resumed.history], losses, rtol=1e-5)
     assert all(torch.allclose(a.float(), b.float(), atol=1e-5) for a, b in zip(m2.state_dict().values(), m3.state_dict().values()))
 
@@ -130,8 +143,8 @@ def test_optimizer_choice(name, kind):
         TrainConfig(optimizer="rmsprop")
 
 
-def test_sgd_training_runs_and_is_recorded(tmp_path):
-    model = get_family("three-branch").build_model(TINY_ARCH)
+def test_sgd_training_runs_and_is_recorded(tmp_path, tiny_arch, batch_maker):
+    model = get_family("three-branch").build_model(tiny_arch)
     config = TrainConfig(epochs=2, steps_per_epoch=2, lr=0.01, optimizer="sgd", checkpoint_every_s=0, patience=100)
     resume = tmp_path / "sgd.resume.pt"
     result = run(fit(model, batch_maker(), get_family("three-branch").training_step, None, config, resume_path=resume))

@@ -7,15 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from conftest import disks_labels
-
 pytestmark = pytest.mark.gui
 
 TIMEOUT_MS = 30_000
 
 
 @pytest.fixture
-def network(monkeypatch) -> list:
+def network(monkeypatch, disks_labels) -> list:
     """Replaces the three-branch network by fixed maps whose best foreground threshold is ~0.2, not 0.33.
 
     Foreground 0.25 on three disks (0.02 elsewhere), centroids 0.9 on them, no boundaries: the default
@@ -39,7 +37,7 @@ def network(monkeypatch) -> list:
 
 
 @pytest.fixture
-def segmented(loaded, viewer, network, run, errors):
+def segmented(loaded, viewer, network, run, errors, disks_labels):
     """The Segment widget after a run on a 64 x 64 image; a reference Labels layer "truth"."""
     loaded.image.value = viewer.add_image(np.zeros((64, 64), np.float32), name="img")
     viewer.add_labels(disks_labels((64, 64)), name="truth")
@@ -118,7 +116,7 @@ def test_problems_become_notifications(tuner, segmented, viewer, qtbot, errors):
     assert len(errors) == 3 and tuner.tune_button.enabled and not tuner.busy
 
 
-def test_a_large_streamed_image_has_no_maps_to_tune(loaded, viewer, run, errors, monkeypatch, tmp_path):
+def test_a_large_streamed_image_has_no_maps_to_tune(loaded, viewer, run, errors, monkeypatch, tmp_path, disks_labels):
     """A large image is streamed tile by tile without cached maps: the message says so and suggests a crop."""
     from napari_instance_tuner.core.streaming import StreamSettings
     from napari_instance_tuner.widgets import _streamed
@@ -161,7 +159,7 @@ def test_without_a_segment_widget(viewer, errors):
 
 
 def test_tool_widgets_find_the_segment_widget_through_naparis_plugin_proxies(
-    make_napari_viewer, network, tiny_checkpoint, qtbot, run, errors
+    make_napari_viewer, network, tiny_checkpoint, qtbot, run, errors, disks_labels
 ):
     """As when opened from the plugin menu: each widget gets only a proxy of the viewer."""
     from napari.utils._proxies import PublicOnlyProxy

@@ -13,13 +13,11 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.mark.parametrize("family", ["three-branch", "maskrcnn"])
-def test_demo_writes_a_screenshot_and_the_labels(family, tmp_path):
+def test_demo_writes_a_screenshot_and_the_labels(family, tmp_path, tiny_loaded):
     """In a fresh process, as users run it: napari's OpenGL (Mesa's LLVM) is loaded before the model, which
     crashed the Mask R-CNN family when torchvision imported Triton's LLVM (see core/llvm_guard.py)."""
     import imageio.v3 as iio
     import tifffile
-    from conftest import tiny_loaded
-
     checkpoint = tiny_loaded(family, tmp_path).path
     shot, labels = tmp_path / "demo.png", tmp_path / "labels.tif"
     command = [sys.executable, "-m", "napari_instance_tuner.demo", "--model", str(checkpoint)]

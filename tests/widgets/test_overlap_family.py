@@ -62,10 +62,8 @@ def _assert_masks_match_labels(widget, layer) -> np.ndarray:
 
 
 @pytest.fixture
-def layering_checkpoint(tmp_path):
+def layering_checkpoint(tmp_path, tiny_loaded):
     """Path of a saved tiny random-weight layering checkpoint."""
-    from conftest import tiny_loaded
-
     return tiny_loaded("layering", tmp_path).path
 
 
@@ -283,9 +281,7 @@ def test_export_after_editing_the_labels_uses_the_labels(crossed, viewer, export
 
 @pytest.mark.parametrize("damage", ["truncated", "wrong architecture"])
 def test_corrupt_or_mismatched_weights_give_a_notification(layering, worms, tmp_path, qtbot, run, errors,
-                                                           layering_checkpoint, damage):
-    from conftest import tiny_meta
-
+                                                           layering_checkpoint, damage, tiny_meta):
     from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
 
     widget = layering

@@ -258,17 +258,17 @@ def test_closing_a_streamed_image_forgets_it(loaded, viewer, run, errors):
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")  # the slide layer's dask levels hold the file open
 def test_a_slide_opened_by_the_reader_is_segmented_at_the_model_pixel_size(segment, viewer, run, errors, qtbot,
-                                                                          maps_from_image, tmp_path):
+                                                                          maps_from_image, tmp_path, tiny_arch,
+                                                                          tiny_meta):
     """A 0.25 µm/px slide and a 0.5 µm/px model: level 0 is read, halved, and the labels land on the slide."""
     import torch
-    from conftest import TINY_ARCH, tiny_meta
 
     from napari_instance_tuner.core.checkpoint import save_checkpoint
     from napari_instance_tuner.core.io.slides import write_svs
     from napari_instance_tuner.core.registry import get_family
 
     torch.manual_seed(0)
-    state = get_family("three-branch").build_model(TINY_ARCH).state_dict()
+    state = get_family("three-branch").build_model(tiny_arch).state_dict()
     model = save_checkpoint(tmp_path / "half.safetensors", state, tiny_meta(pixel_size_um=0.5))
     segment.load_weights(model)
     qtbot.waitUntil(lambda: segment.models.loaded is not None and not segment.busy, timeout=20000)

@@ -16,15 +16,19 @@ import math
 import os
 import struct
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .errors import WeightsError
 from .io.bioimageio_import import is_package, package_sha256, read_package, read_package_meta
+from .registry import get_family
+from .safe_write import replace_atomic
 
 META_KEY = "napari_instance_tuner"
 FORMAT_VERSION = 1
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+#: The shipped weights: the package's ``weights/`` folder (found from the package, wherever this module sits).
+WEIGHTS_DIR = Path(str(resources.files(__name__.partition(".")[0]))).resolve() / "weights"
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -70,24 +74,6 @@ def model_sha256(path: str | os.PathLike) -> str:
     return package_sha256(path) if is_package(path) else file_sha256(path)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it, so no partial file is left.
-
-    The file gets the permissions of the process umask (0644 under 022), like every other output; OS errors
-    (a full disk...) propagate as they are, after the temporary file is removed.
-    """
-    from .safe_write import temp_name
-
-    tmp = temp_name(Path(path))
-    try:
-        with open(tmp, "xb") as fh:  # "x": created by this call, with the umask's permissions
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict, half: bool = False) -> Path:
     """Write weights and metadata atomically.
 
@@ -113,7 +99,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, meta: dict, half:
     data = save(tensors, metadata={META_KEY: json.dumps(meta)})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
+    replace_atomic(path, lambda fh: fh.write(data), overwrite=True)  # OS errors propagate as they are
     return path
 
 
@@ -244,8 +230,6 @@ def build_with_weights(meta: dict, state: dict, source: str) -> tuple[Any, Any]:
         If the family is unknown, the architecture cannot be built or ``state`` does not fit it; the message
         names ``source``.
     """
-    from .registry import get_family
-
     try:
         family = get_family(meta["family"])
     except ValueError as exc:

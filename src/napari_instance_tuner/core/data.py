@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputImageError, InstanceTunerError
-from .inputs import checked_labels
+from .inputs import check_image_file, checked_labels
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -56,8 +56,6 @@ def read_image(path: str | Path, *, streamed: bool = False) -> np.ndarray:
     InputImageError
         If the file is unreadable, not an image of its kind, empty or beyond the size limits.
     """
-    from .inputs import check_image_file
-
     path = Path(path)
     check_image_file(path, streamed=streamed)
     try:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checkpoint import load_model
 from .errors import InstanceTunerError, WeightsError
 
 #: Models loaded by this process (a dask worker process, or the client running tasks serially): sha256 ->
@@ -58,8 +59,6 @@ def worker_model(ref: ModelRef) -> Any:
     """
     cache = _model_cache()
     if ref.sha256 not in cache:
-        from .checkpoint import load_model
-
         loaded = load_model(ref.path)
         if loaded.sha256 != ref.sha256:
             raise WeightsError(f"{ref.path} changed on this worker (SHA-256 {loaded.sha256[:12]}…, "

@@ -12,7 +12,8 @@ from collections.abc import Generator
 import numpy as np
 
 from .errors import InstanceTunerError
-from .progress import CancelToken, Progress
+from .image import prepare_image, resize_to
+from .progress import CancelToken, Progress, relay
 
 
 def choose_device(requested: str | None = None) -> str:
@@ -169,13 +170,9 @@ def predict_flips(model, image: np.ndarray, *, flips: int = 1, **kwargs) -> Gene
         view = image[::-1] if up_down else image
         view = view[:, ::-1] if left_right else view
         gen = predict_tiled(model, np.ascontiguousarray(view), **kwargs)
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                probs = stop.value
-                break
-            yield Progress(k * p.total + p.done, flips * p.total, f"{p.message} (flip {k + 1}/{flips})")
+        probs = yield from relay(
+            gen, lambda p, k=k: Progress(k * p.total + p.done, flips * p.total, f"{p.message} (flip {k + 1}/{flips})")
+        )
         probs = probs[:, ::-1] if up_down else probs
         probs = probs[:, :, ::-1] if left_right else probs
         total = probs.copy() if total is None else total + probs
@@ -215,8 +212,6 @@ def predict_image(
     np.ndarray
         float32 (out_channels, H, W) in [0, 1].
     """
-    from .image import prepare_image, resize_to
-
     prepared, shape = prepare_image(image, meta)
     probs = yield from predict_flips(
         model,

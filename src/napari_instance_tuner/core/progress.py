@@ -84,3 +84,31 @@ def run(work: Generator[Progress, None, T], on_progress: Callable[[Progress], An
             return stop.value
         if on_progress is not None:
             on_progress(item)
+
+
+def relay(
+    work: Generator[Progress, None, T], restate: Callable[[Progress], Progress | None]
+) -> Generator[Progress, None, T]:
+    """Run a sub-task's progress generator inside another one's: yield ``restate(p)`` for each of its progress
+    messages (``None``: not passed on) and return the sub-task's result.
+
+    Examples
+    --------
+    >>> def part():
+    ...     yield Progress(1, 2, "half")
+    ...     return "done"
+    >>> def whole():
+    ...     result = yield from relay(part(), lambda p: Progress(p.done, 4, "part 1: " + p.message))
+    ...     return result
+    >>> run(whole(), lambda p: print(p.done, p.total, p.message))
+    1 4 part 1: half
+    'done'
+    """
+    while True:
+        try:
+            item = next(work)
+        except StopIteration as stop:
+            return stop.value
+        restated = restate(item)
+        if restated is not None:
+            yield restated

@@ -33,7 +33,11 @@ from .. import __version__
 from .checkpoint import LoadedModel, load_model, model_sha256, read_metadata, resolve_model_path, shipped_models
 from .errors import InstanceTunerError, WeightsError
 from .family import Instances
+from .inference import choose_device
 from .params import params_from_dict, params_to_dict
+from .progress import run
+from .registry import get_family
+from .safe_write import write_text
 
 FORMAT = "napari-instance-tuner-recipe"
 FORMAT_VERSION = 1
@@ -165,8 +169,6 @@ def recipe_text(recipe: dict) -> str:
 
 def save_recipe(path: str | os.PathLike, recipe: dict, overwrite: bool = False) -> Path:
     """Write a recipe as indented JSON, atomically; refuses to replace a file unless ``overwrite``."""
-    from .export import write_text
-
     validate_recipe(recipe, str(path))
     return write_text(path, recipe_text(recipe), overwrite)
 
@@ -210,7 +212,6 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> None:
         missing.append("weights.sha256 and weights.path")
     if missing:
         raise RecipeError(f"{source!r} lacks {', '.join(repr(m) for m in missing)}")
-    from .registry import get_family
 
     try:
         family = get_family(recipe["family"])
@@ -325,8 +326,6 @@ def replay_instances(
     weights : path-like, optional
         The weights file, when it has moved; its SHA-256 must still match.
     """
-    from .progress import run
-
     if loaded is None:
         loaded = recipe_model(recipe, weights)
     params = recipe_params(recipe, loaded)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import InstanceTunerError
+from .finetune import CorrectedImage
 
 #: Shape types that enclose an area (napari's names).
 AREA_TYPES = ("rectangle", "polygon", "ellipse")
@@ -155,8 +156,6 @@ def corrected_pair(image, labels, rgb: bool = False, region: np.ndarray | None =
     InstanceTunerError
         On mismatched shapes, non-integer labels or an empty region.
     """
-    from .finetune import CorrectedImage
-
     image, labels = np.asarray(image), np.asarray(labels)
     shape = check_pair_shapes(image.shape, rgb, labels.shape)
     if not np.issubdtype(labels.dtype, np.integer):

@@ -80,9 +80,30 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], ove
         As for :func:`check_target`; ``ExportError`` also for OS errors while writing (disk full...).
     """
     path = check_target(path, overwrite)
+    try:
+        replace_atomic(path, write, overwrite)
+    except OSError as exc:
+        raise ExportError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
+
+def replace_atomic(path: Path, write: Callable[[IO[bytes]], Any], overwrite: bool) -> None:
+    """The mechanism of :func:`write_atomic` without its checks: OS errors (a full disk...) propagate as they are.
+
+    ``write(fh)`` fills a new temporary file beside ``path`` (created with the umask's permissions, 0644 under
+    022), which is then renamed into place (``overwrite``) or hard-linked (never replacing a file); the
+    temporary file is removed whatever happens.
+
+    Raises
+    ------
+    OverwriteError
+        Without ``overwrite``, if ``path`` exists.
+    OSError
+        As raised by ``write`` or the file system.
+    """
     tmp = temp_name(path)
     try:
-        with open(tmp, "xb") as fh:
+        with open(tmp, "xb") as fh:  # "x": created by this call
             write(fh)
         if overwrite:
             os.replace(tmp, path)
@@ -95,12 +116,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], ove
                 if path.exists():
                     raise OverwriteError(f"{str(path)!r} exists; choose another name or allow overwriting") from None
                 os.replace(tmp, path)
-    except OSError as exc:
-        raise ExportError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
 
 
 def write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:

@@ -17,9 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InstanceTunerError
-from .io.objects import LabelFrame
+from .export import write_geojson, write_label_tiff_tiles
+from .io.objects import LabelFrame, object_boxes, object_features, object_table
+from .io.ome_zarr import write_label_group
+from .io.slides import _tiff_pixel_size, is_slide, open_slide
+from .measure import to_csv
 from .progress import Progress
 from .resample import ResampledImage, UpscaledLabels, model_pixel_size, scale_factor
+from .safe_write import write_text
+from .streaming import StreamSettings, TiffImage, open_image, stream_segment
+from .tissue import is_rgb, thumbnail, tissue_filter, tissue_mask
 
 __all__ = [
     "FORMATS",
@@ -72,9 +79,6 @@ def source_from_levels(levels: list[Any], pixel_size_um: float | None) -> Source
 
 def open_source(path: str | os.PathLike, pixel_size_um: float | None = None) -> SourceImage:
     """Open an image or slide lazily; ``pixel_size_um`` (µm per level-0 pixel) overrides the file's."""
-    from .io.slides import _tiff_pixel_size, is_slide, open_slide
-    from .streaming import TiffImage, open_image
-
     path = Path(path)
     if is_slide(path):
         slide = open_slide(path)
@@ -169,8 +173,6 @@ def segment_at_model_scale(
         Find the tissue on the coarsest level (:mod:`.tissue`, RGB images only) and never run the tiles
         without any; they have no objects.
     """
-    from .streaming import StreamSettings, stream_segment
-
     h0, w0 = source.shape
     y, x, h, w = roi or (0, 0, h0, w0)
     y, x = min(max(0, y), h0 - 1), min(max(0, x), w0 - 1)
@@ -190,16 +192,13 @@ def segment_at_model_scale(
     whole = level == 0 and factor == 1.0 and (y, x, h, w) == (0, 0, h0, w0)
     view = array if whole else ResampledImage(array, factor, region)
     keep = None
-    if skip_background:
-        from .tissue import is_rgb, thumbnail, tissue_filter, tissue_mask
-
-        if is_rgb(array):
-            yield Progress(0, 0, "finding the tissue")
-            thumb, thumb_down = thumbnail(source.levels, source.downsamples)
-            mask = tissue_mask(thumb)
-            keep = tissue_filter(mask, factor * down / thumb_down, (y / thumb_down, x / thumb_down),
-                                 margin=(settings or StreamSettings()).halo)
-            notes.append(f"tissue found on {mask.mean():.0%} of the slide; tiles without tissue were not run")
+    if skip_background and is_rgb(array):
+        yield Progress(0, 0, "finding the tissue")
+        thumb, thumb_down = thumbnail(source.levels, source.downsamples)
+        mask = tissue_mask(thumb)
+        keep = tissue_filter(mask, factor * down / thumb_down, (y / thumb_down, x / thumb_down),
+                             margin=(settings or StreamSettings()).halo)
+        notes.append(f"tissue found on {mask.mean():.0%} of the slide; tiles without tissue were not run")
     result = yield from stream_segment(loaded, view, params, out=out, settings=settings, device=device,
                                        cancel=cancel, tile_filter=keep)
     frame = LabelFrame(factor * down, (float(y), float(x)), source.pixel_size_um, (float(h), float(w)))
@@ -221,11 +220,6 @@ def write_outputs(
     The label TIFF and OME-Zarr are the labels seen in level-0 pixels of the region (nearest neighbour),
     written tile by tile; GeoJSON and CSV read one object's box at a time. Files are replaced.
     """
-    from .export import write_geojson, write_label_tiff_tiles
-    from .io.objects import object_boxes, object_features, object_table
-    from .measure import to_csv
-    from .safe_write import write_text
-
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise InstanceTunerError(f"unknown format {unknown[0]!r}; valid: {', '.join(FORMATS)}")
@@ -241,8 +235,6 @@ def write_outputs(
         if fmt == "tif":
             write_label_tiff_tiles(path, level0, None if um is None else (um, um), overwrite=True)
         elif fmt == "zarr":
-            from .io.ome_zarr import write_label_group
-
             yield from write_label_group(path, level0, um)
         elif fmt == "geojson":
             collection = object_features(result.labels, frame, image=result.view, object_type=object_type,
@@ -261,8 +253,6 @@ def needs_model_scale(path: Path, meta: dict, formats: Any = None, roi: Any = No
     True with output ``formats``, a ``roi`` or a ``pixel_size_um`` given, for a slide, and for a TIFF whose
     recorded pixel size differs from the model's (``meta["pixel_size_um"]``).
     """
-    from .io.slides import is_slide
-
     if formats is not None or roi is not None or pixel_size_um is not None or is_slide(path):
         return True
     if Path(path).suffix.lower() not in (".tif", ".tiff") or model_pixel_size(meta) is None:
@@ -294,8 +284,6 @@ def segment_file(
     """
     import shutil
     import tempfile
-
-    from .io.slides import is_slide
 
     skip = is_slide(path) if skip_background is None else skip_background
     source = open_source(path, pixel_size_um)

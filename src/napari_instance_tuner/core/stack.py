@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InputImageError
 from .family import Family, Maps
-from .progress import CancelToken, Progress
+from .progress import CancelToken, Progress, relay
 
 #: A 3D layer whose last axis is longer than 4 but at most this is taken for an image with that many
 #: channels (which no model takes), not for a stack of slices that narrow.
@@ -119,13 +119,9 @@ def predict_stack(
         image = np.asarray(images(i))
         work = family.predict_maps(model, image, meta, device=device, tile_size=tile_size, cancel=cancel)
         prefix = f"slice {i + 1}/{n}: " if count is not None else ""
-        while True:
-            try:
-                p = next(work)
-            except StopIteration as stop:
-                slices.append(stop.value)
-                break
-            yield Progress(i * p.total + p.done, n * p.total, prefix + p.message, p.info)
+        slices.append((yield from relay(
+            work, lambda p, i=i, prefix=prefix: Progress(i * p.total + p.done, n * p.total, prefix + p.message, p.info)
+        )))
     return StackMaps(slices=slices, stacked=count is not None)
 
 

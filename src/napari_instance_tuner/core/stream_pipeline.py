@@ -24,8 +24,10 @@ from collections.abc import Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from .progress import CancelToken, Progress
+from .lazy_image import read_window
+from .progress import CancelToken, Progress, relay
 from .stitch import Stitcher, TileGrid, TileResult, classify
+from .stream_tile import oom_only, predict_window
 
 #: Upper bound of the automatic thread count (beyond it the stitching thread is the limit).
 MAX_AUTO_THREADS = 8
@@ -80,10 +82,10 @@ def pipelined_tiles(
     params : dataclass
         The family's post-processing parameters.
     source : array-like
-        The lazy (H, W[, C]) image (see :func:`.streaming.open_image`); read on one reader thread.
+        The lazy (H, W[, C]) image (see :func:`.lazy_image.open_image`); read on one reader thread.
     grid : TileGrid
     normaliser : Normaliser
-        Whole-image normalisation (:func:`.streaming.fit_normaliser`).
+        Whole-image normalisation (:func:`.lazy_image.fit_normaliser`).
     settings : StreamSettings
     stitcher : Stitcher
         Receives every tile's result (painted in index order).
@@ -106,8 +108,6 @@ def pipelined_tiles(
     int
         Number of tiles run.
     """
-    from .streaming import predict_window, read_window
-
     order = list(range(len(grid)) if indices is None else indices)
     total = len(grid)
     family, model, meta = loaded.family, loaded.model, loaded.meta
@@ -142,14 +142,7 @@ def pipelined_tiles(
             if following is not None:
                 reads.append(reader.submit(read, following))
             gen = predict_window(family, model, window, tile_meta, settings, state, device=device, cancel=cancel)
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    maps = stop.value
-                    break
-                if p.info.get("oom"):
-                    yield Progress(done, total, p.message, p.info)
+            maps = yield from relay(gen, lambda p: oom_only(p, done, total))
             del window
             posts.add(pool.submit(_postprocess, family, maps, params, grid, index))
             del maps

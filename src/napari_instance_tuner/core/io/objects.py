@@ -15,6 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from ..measure import measure_labels
+from ..polygons import mask_polygons
+from .geojson import feature, scale_polygons
+
 __all__ = ["LabelFrame", "object_boxes", "iter_objects", "object_table", "object_features"]
 
 _LENGTHS = ("perimeter", "major_axis_length", "minor_axis_length")
@@ -73,8 +77,6 @@ def iter_objects(labels: Any, boxes: dict[int, tuple[int, int, int, int]]) -> It
 
 def _row(label: int, mask: np.ndarray, box: tuple, image: Any | None, frame: LabelFrame) -> dict[str, float]:
     """Measurements of one object (see :func:`..measure.measure_labels`) in level-0 pixels / µm."""
-    from ..measure import measure_labels
-
     y0, x0, y1, x1 = box
     crop = None if image is None else np.asarray(image[y0:y1, x0:x1])
     table = measure_labels(np.pad(mask, 1).astype(np.uint8), None if crop is None else np.pad(
@@ -131,9 +133,6 @@ def object_features(
     ``classification`` with colour, ``measurements`` (area and perimeter in level-0 pixels, ``Area µm^2`` and
     ``Perimeter µm`` when calibrated, shape descriptors, mean intensities) and ``metadata.model``.
     """
-    from ..polygons import mask_polygons
-    from .geojson import feature, scale_polygons
-
     boxes = object_boxes(labels) if boxes is None else boxes
     clip = None
     if frame.extent is not None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..progress import Progress
+from ..pyramid import write_label_pyramid
 
 __all__ = ["write_label_group"]
 
@@ -71,8 +72,6 @@ def write_label_group(
         The group written: uint32 arrays "0", "1", ..., with NGFF metadata (0.5 with zarr 3, else 0.4).
     """
     import zarr
-
-    from ..pyramid import write_label_pyramid
 
     path = Path(path)
     shape = (int(labels.shape[0]), int(labels.shape[1]))

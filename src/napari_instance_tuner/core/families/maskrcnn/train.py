@@ -29,6 +29,7 @@ import numpy as np
 
 from ...augment import AugmentConfig, photometric, random_scale, random_symmetry
 from ...data import Sample
+from ...finetune import mostly_inside
 from ...image import resize_to
 from ...progress import CancelToken, Progress
 from ...scoring import make_validator
@@ -277,9 +278,8 @@ def finetune_batches(model, meta: dict, pairs: list, settings) -> DetectionBatch
             rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
             box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
             image, labels, region = image[box].copy(), labels[box].copy(), region[box]
-            n = int(labels.max()) + 1
-            inside = np.bincount(labels[region], minlength=n) / np.maximum(np.bincount(labels.ravel(), minlength=n), 1)
-            labels[~region | ~(inside >= 0.5)[labels]] = 0
+            labels = mostly_inside(labels, region)
+            labels[~region] = 0
             fill = np.median(image[region & (labels == 0)], axis=0) if (region & (labels == 0)).any() else 0
             image[~region] = fill
         samples.append(Sample(f"pair{i}", image, labels))
