@@ -13,8 +13,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = "napari_instance_tuner"
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 CORE = SRC / "core"
@@ -22,8 +20,6 @@ MAX_LINES = 400
 GUI_LIBRARIES = ("qtpy", "PySide2", "PySide6", "PyQt5", "PyQt6", "magicgui", "napari", "superqt", "vispy")
 FAMILY_FILES = ("family.py", "model.py", "targets.py", "loss.py", "postprocess.py", "train.py")
 FAMILY_WORDS = ("three-branch", "three_branch", "layering", "maskrcnn", "mask r-cnn")
-
-PENDING = pytest.mark.xfail(strict=False, reason="issue 22: lands with the families/session branches")
 
 
 def module_name(path: Path) -> str:
@@ -123,7 +119,6 @@ def test_strongly_connected_finds_a_cycle():
     assert strongly_connected({"a": {"b"}, "b": set()}) == []
 
 
-@PENDING
 def test_no_import_cycles():
     cycles = strongly_connected(import_graph())
     assert not cycles, "import cycles (function-level imports count):\n" + "\n".join(map(" <-> ".join, cycles))
@@ -144,7 +139,6 @@ def test_core_imports_no_gui_library():
     assert not offenders, "core/ imports a GUI library:\n" + "\n".join(offenders)
 
 
-@PENDING
 def test_every_family_folder_has_the_six_files():
     folders = [p for p in sorted((CORE / "families").iterdir()) if p.is_dir() and not p.name.startswith("_")]
     assert folders
@@ -152,13 +146,11 @@ def test_every_family_folder_has_the_six_files():
     assert not missing, f"family folders lack: {missing}"
 
 
-@PENDING
 def test_no_source_file_over_400_lines():
     long = {str(p.relative_to(SRC)): n for p in source_files() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"source files over {MAX_LINES} lines: {long}"
 
 
-@PENDING
 def test_cli_names_no_family():
     cli_files = [SRC / "cli.py", *sorted(SRC.glob("cli_*.py")), *sorted(SRC.glob("cli/**/*.py"))]
     offenders = [
@@ -171,7 +163,6 @@ def test_cli_names_no_family():
     assert not offenders, "the CLI names a family:\n" + "\n".join(offenders)
 
 
-@PENDING
 def test_function_level_imports_of_the_package_say_why():
     modules = set(import_graph())
     undocumented = []

@@ -30,9 +30,16 @@ import numpy as np
 from .batch_folder import RECIPE, SIDECAR, check_output_folder, folder_lock, output_stem, recipe_name
 from .batch_inputs import expand_inputs, input_signature
 from .batch_report import ImageReport, one_line, summary_table
+from .checkpoint import read_metadata, with_card_pixel_size
+from .data import read_image
 from .distributed import ModelRef, SerialExecutor, limit_threads
-from .progress import Progress
-from .safe_write import atomic_folder, remove_stale_temporaries
+from .export import write_label_tiff, write_mask_stack
+from .inputs import channel_note, check_image_file, header_shape
+from .progress import Progress, run
+from .recipe import recipe_text
+from .registry import get_family
+from .resample import model_pixel_size
+from .safe_write import atomic_folder, remove_stale_temporaries, write_atomic, write_text
 from .session import SegmentSession
 from .slide_segment import needs_model_scale, segment_file
 from .streaming import StreamSettings, open_image, segment_tile, stream_segment
@@ -122,8 +129,6 @@ def already_done(job: BatchJob, path: Path) -> ImageReport | None:
 
 
 def _finish(job: BatchJob, path: Path, report: ImageReport, recipe: str = RECIPE) -> ImageReport:
-    from .safe_write import write_text
-
     info = {"recipe_sha256": job.key, "recipe": recipe, "input": input_signature(path),
             "shape": list(report.shape), "objects": report.objects, "tiles": report.tiles,
             "seconds": round(report.seconds, 3), "outputs": report.outputs}
@@ -135,8 +140,6 @@ def write_objects(path: Path, objects: list) -> Path:
     """Per-object masks of a large image: ``labels`` (N,) uint32 ids, ``boxes`` (N, 4) int64 (y0, x0, y1, x1),
     ``scores`` (N,) float32 (NaN where none), and the masks bit-packed: object k's bool (y1-y0, x1-x0) crop is
     ``np.unpackbits(bits[offsets[k]:offsets[k + 1]])[:h * w].reshape(h, w)``."""
-    from .safe_write import write_atomic
-
     packed = [np.packbits(o.mask.ravel()) for o in objects]
     offsets = np.zeros(len(packed) + 1, np.int64)
     offsets[1:] = np.cumsum([p.size for p in packed])
@@ -150,10 +153,6 @@ def write_objects(path: Path, objects: list) -> Path:
 def image_task(job: BatchJob, path: Path) -> ImageReport:
     """Segment one image that fits in a tile, whole, and write its outputs (runs on a worker; the sidecar is
     written by :func:`run_batch`)."""
-    from .data import read_image
-    from .export import write_label_tiff, write_mask_stack
-    from .progress import run
-
     start = time.perf_counter()
     try:
         limit_threads(job.threads)
@@ -175,8 +174,6 @@ def image_task(job: BatchJob, path: Path) -> ImageReport:
 
 def _unknown_size_note(meta: dict) -> list[str]:
     """The note for an image segmented as it is although the model records a pixel size (the image does not)."""
-    from .resample import model_pixel_size
-
     size = model_pixel_size(meta)
     if size is None:
         return []
@@ -187,8 +184,6 @@ def _unknown_size_note(meta: dict) -> list[str]:
 
 def tile_task(job: BatchJob, path: Path, grid, index: int, normaliser) -> Any:
     """Segment tile ``index`` of a large image (runs on a worker); returns its ``TileResult``."""
-    from .progress import run
-
     limit_threads(job.threads)
     loaded = job.model.get()
     source = open_image(path)
@@ -226,8 +221,6 @@ def _stream_image(job: BatchJob, path: Path, executor) -> Generator[Progress, No
 
 def _at_model_scale(job: BatchJob, path: Path) -> bool:
     """Whether ``path`` goes through :mod:`.slide_segment`: formats, a region, a slide, or a pixel size to fix."""
-    from .checkpoint import read_metadata, with_card_pixel_size
-
     ref = job.model
     meta = ref.loaded.meta if ref.loaded is not None else with_card_pixel_size(read_metadata(ref.path), ref.path)
     return needs_model_scale(path, meta, job.formats, job.roi, job.pixel_size_um)
@@ -252,9 +245,6 @@ class _LoadedMeta:
     """What :func:`stream_segment` needs on the client when tiles run on workers: metadata, no network."""
 
     def __init__(self, job: BatchJob) -> None:
-        from .checkpoint import read_metadata
-        from .registry import get_family
-
         self.meta = read_metadata(job.model.path)
         self.family = get_family(job.recipe["family"])
         self.model = None
@@ -262,8 +252,6 @@ class _LoadedMeta:
 
 def _keeps_masks(job: BatchJob) -> bool:
     """Whether the family keeps overlapping masks (:attr:`~.family.Family.keeps_overlaps`: layering, maskrcnn)."""
-    from .registry import get_family
-
     return get_family(job.recipe["family"]).keeps_overlaps
 
 
@@ -289,9 +277,6 @@ def run_batch(job: BatchJob, executor=None) -> Generator[Progress, None, list[Im
 
 
 def _run_locked(job: BatchJob, executor) -> Generator[Progress, None, list[ImageReport]]:
-    from .recipe import recipe_text
-    from .safe_write import write_text
-
     recipe = recipe_name(job.out_dir, job.key, {_stem(p) for p in job.inputs}, recipe_key)
     written = {"recipe": False}
 
@@ -354,7 +339,5 @@ def _run_locked(job: BatchJob, executor) -> Generator[Progress, None, list[Image
 def _plan(job: BatchJob, path: Path) -> tuple[tuple[int, int], str | None]:
     """(H, W) of an image from its header (size limits and decompression bombs checked), and the note on its
     channels for the model (:func:`.inputs.channel_note`; raises for channel counts the model cannot take)."""
-    from .inputs import channel_note, check_image_file, header_shape
-
     shape = check_image_file(path, streamed=True)
     return shape, channel_note(header_shape(path), int(job.recipe.get("in_channels") or 3))

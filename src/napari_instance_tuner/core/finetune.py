@@ -24,6 +24,8 @@ import numpy as np
 
 from .checkpoint import LoadedModel, save_checkpoint
 from .errors import InstanceTunerError, WeightsError
+from .image import DEFAULT_NORMALISATION, normalise, to_channels_last
+from .params import params_to_dict
 from .progress import CancelToken, Progress, run
 from .scoring import scorable
 from .training import TrainConfig, TrainResult, fit, refuse_amp
@@ -213,8 +215,6 @@ def mostly_inside(labels: np.ndarray, mask: np.ndarray, fraction: float = MOSTLY
 
 def _held_out(index: int, pair: CorrectedImage, val: np.ndarray, meta: dict) -> _HeldOut:
     """The crop around a held-out region's bounding box (plus :data:`VALIDATION_MARGIN` of context)."""
-    from .image import DEFAULT_NORMALISATION, normalise, to_channels_last
-
     labels = np.asarray(pair.labels)
     reference = mostly_inside(labels, val)
     objects = int(np.unique(reference).size - (reference.min() == 0))
@@ -356,8 +356,6 @@ def finetune(
 
 
 def _params_dict(params: Any) -> dict:
-    from .params import params_to_dict
-
     return params_to_dict(params)
 
 

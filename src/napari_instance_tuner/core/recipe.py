@@ -295,8 +295,6 @@ def recipe_params(recipe: dict, loaded: LoadedModel) -> Any:
 
 def recipe_device(recipe: dict) -> str:
     """The torch device the recipe records, where this machine has it; else the CPU."""
-    from .inference import choose_device
-
     try:
         return choose_device(recipe.get("device") or "cpu")
     except InstanceTunerError:

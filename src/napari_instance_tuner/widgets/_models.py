@@ -13,7 +13,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
-from ..core.checkpoint import model_card, shipped_models
+from ..core.checkpoint import default_model, load_model, model_card, shipped_models
 from ._worker import Job, as_work, error_message, notify_error
 
 WEIGHTS_FILTER = ("Model weights (*.safetensors *.pt *.pth *.ckpt *.zip rdf.yaml bioimageio.yaml);;"
@@ -99,8 +99,6 @@ class ModelPicker:
 
     def load(self, key: str) -> Job:
         """Load the model ``key`` (a shipped name or a path) in the background."""
-        from ..core.checkpoint import load_model
-
         self.user_chose = True  # a model loaded (browsed, picked or run) is never replaced by a proposal
 
         if key not in self._keys():
@@ -149,8 +147,6 @@ class ModelPicker:
 
         The card says why (``default_for`` in the model card; see :func:`~..core.checkpoint.default_model`).
         """
-        from ..core.checkpoint import default_model
-
         name = default_model("rgb" if rgb else "grey")
         if self.user_chose or self.loading or name is None or name == self.selected:
             return

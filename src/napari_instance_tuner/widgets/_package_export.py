@@ -14,6 +14,9 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog, QWidget
 
+from ..core.checkpoint import load_model
+from ..core.finetune import save_finetuned
+from ..core.io.bioimageio_export import PackageInfo, export_package
 from ._worker import FileWriter
 
 
@@ -58,10 +61,6 @@ class PackageExporter(FileWriter):
         path = Path(answer).with_suffix(".zip")
 
         def write() -> Path:
-            from ..core.checkpoint import load_model
-            from ..core.finetune import save_finetuned
-            from ..core.io.bioimageio_export import PackageInfo, export_package
-
             info = PackageInfo(sample_name=f"the image {sample_name!r}")
             if not hasattr(model, "parent"):
                 return export_package(model, sample, path, info)

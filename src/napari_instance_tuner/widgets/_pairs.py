@@ -16,6 +16,7 @@ from typing import Any
 from magicgui.widgets import ComboBox, Container, PushButton, Select
 
 from ..core.errors import InstanceTunerError
+from ..core.regions import check_pair_shapes, corrected_pair, rasterise, to_pixels
 from ._layers import source_images
 from ._worker import error_message, notify_error
 
@@ -38,8 +39,6 @@ class ShapesData:
 
     def mask(self, shape: tuple[int, int], image_scale: tuple, image_translate: tuple) -> Any:
         """bool (H, W) union of the shapes on the image's pixel grid (see :mod:`..core.regions`)."""
-        from ..core.regions import rasterise, to_pixels
-
         if not self.vertices:
             raise InstanceTunerError(f"the Shapes layer {self.name!r} has no shapes")
         pixels = [to_pixels(v, self.scale, self.translate, image_scale, image_translate) for v in self.vertices]
@@ -63,7 +62,6 @@ class PairData:
         """The validated :class:`~..core.finetune.CorrectedImage` (reads the data; run it in a worker)."""
         import numpy as np
 
-        from ..core.regions import check_pair_shapes, corrected_pair
 
         try:
             shape = check_pair_shapes(np.shape(self.image), self.rgb, np.shape(self.labels))
@@ -154,8 +152,6 @@ class PairList:
 
     def add(self) -> Pair | None:
         """Add the chosen (image, labels, regions, held-out region) as a pair; problems become notifications."""
-        from ..core.regions import check_pair_shapes
-
         image, labels, regions, holdout = self.image.value, self.labels.value, self.regions.value, self.holdout.value
         if image is None or labels is None:
             notify_error("choose an image layer and its corrected Labels layer to add a pair")

@@ -13,6 +13,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog, QWidget
 
+from ..core.finetune import save_finetuned
 from ._worker import FileWriter, notify_error
 
 
@@ -102,7 +103,6 @@ class WeightsSaver(FileWriter):
         if path.exists() and not self.confirm_overwrite(path):
             self._on_declined(path)
             return False
-        from ..core.finetune import save_finetuned
 
         def write() -> Path:
             return save_finetuned(path, tuned.parent, tuned.model, tuned.result, tuned.pairs, tuned.settings)

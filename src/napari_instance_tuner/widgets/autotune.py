@@ -20,6 +20,8 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
+from ..core.autotune import autotune
+from ..core.evaluation import score_function, split_slices
 from ._base import DockWidget, error_message, notify_error
 
 #: Metric choices: (display name, key of :data:`..core.evaluation.TUNABLE`).
@@ -96,9 +98,6 @@ class AutotuneWidget(DockWidget):
         stacked = maps.stacked
 
         def work(cancel):
-            from ..core.autotune import autotune
-            from ..core.evaluation import score_function, split_slices
-
             count = len(maps.slices) if stacked else None
             references = split_slices(data, tuple(maps.slices[0].shape), count)
             search = autotune(family.postprocess, maps.slices, references, params, score_function(metric), cancel=cancel)

@@ -17,6 +17,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem, QWidget
 
+from ..core.error_map import error_map
+from ..core.evaluation import TABLE_ROWS, evaluate_labels
 from ._base import DockWidget, error_message, notify_error
 from ._layers import TAG
 
@@ -53,8 +55,6 @@ class EvaluateWidget(DockWidget):
     evaluated = Signal(str)
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
-        from ..core.evaluation import TABLE_ROWS
-
         super().__init__(napari_viewer, parent)
         self.values: dict[str, float] = {}
         self.error_layer: Any = None
@@ -105,8 +105,6 @@ class EvaluateWidget(DockWidget):
         def work(_cancel):
             import numpy as np
 
-            from ..core.error_map import error_map
-            from ..core.evaluation import evaluate_labels
 
             p, r = np.asarray(pred_data), np.asarray(ref_data)
             values = evaluate_labels(p, r)

@@ -28,11 +28,13 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Lin
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QMessageBox, QWidget
 
+from .._writers import pixel_size
 from ..core.errors import InstanceTunerError
 from ..core.export import OBJECT_TYPES, ExportOptions, check_target, export_instances, export_targets
+from ..core.recipe import recipe_from_metadata
 from ._base import DockWidget, error_message, notify_error
 from ._file_names import safe_name
-from ._layers import TAG, is_plugin_layer
+from ._layers import TAG, digest, is_plugin_layer
 from ._worker import as_work
 
 #: Checkbox label -> export format.
@@ -147,8 +149,6 @@ class ExportWidget(DockWidget):
     # -- reading the controls and layers ---------------------------------------------------------------
 
     def _options(self, layer: Any) -> ExportOptions:
-        from .._writers import pixel_size
-
         size, unit = pixel_size({"scale": layer.scale, "units": getattr(layer, "units", None)})
         return ExportOptions(
             folder=Path(self.folder.value), base_name=self.base_name.value,
@@ -162,14 +162,11 @@ class ExportWidget(DockWidget):
         """Whether the labels changed since Segment wrote them; None when the layer has no digest."""
         if not info.get("labels_digest"):
             return None
-        from ._layers import digest
 
         return digest(layer.data[0] if layer.multiscale else layer.data) != info["labels_digest"]
 
     @staticmethod
     def _recipe(info: dict, edited: bool | None) -> dict | None:
-        from ..core.recipe import recipe_from_metadata
-
         recipe = recipe_from_metadata(info) if info else None
         if recipe is not None and edited is not None:
             # Hand edits after the run: the recipe reproduces the labels as segmented, not as edited.

@@ -25,13 +25,16 @@ from magicgui.widgets import CheckBox, Container, FloatSpinBox, Label, ProgressB
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
-from ..core.finetune import FinetuneSettings
+from ..core.finetune import FinetuneSettings, finetune, save_finetuned
+from ..core.inference import choose_device
+from ..core.progress import CancelToken
 from ._base import DockWidget, error_message, notify_error
 from ._models import ModelPicker
 from ._package_export import PackageExporter, ask_package_path
 from ._pairs import PairList
 from ._plot import LossPlot
 from ._save_weights import Tuned, WeightsSaver, ask_save_path
+from .export import ask_overwrite
 
 BEFORE = "before fine-tune"
 
@@ -65,8 +68,6 @@ class FinetuneWidget(DockWidget):
         confirm_overwrite: Callable[[Path], bool] | None = None,
         ask_package: Callable[[str], str | None] | None = None,
     ) -> None:
-        from .export import ask_overwrite
-
         super().__init__(napari_viewer, parent)
         self.saver = WeightsSaver(
             ask_path or partial(ask_save_path, self),
@@ -198,8 +199,6 @@ class FinetuneWidget(DockWidget):
     # -- training -------------------------------------------------------------------------------
 
     def _start_training(self) -> None:
-        from ..core.progress import CancelToken
-
         self._pending = False
         loaded, settings = self.model(), self.settings()
         data = [pair.capture() for pair in self.pairs.pairs]
@@ -209,9 +208,6 @@ class FinetuneWidget(DockWidget):
         stop = self._stop = CancelToken()
 
         def work(_token):
-            from ..core.finetune import finetune, save_finetuned
-            from ..core.inference import choose_device
-
             pairs = [d.corrected() for d in data]
             model, result = yield from finetune(loaded, pairs, settings, device=choose_device(device), cancel=stop,
                                                 params=params)
