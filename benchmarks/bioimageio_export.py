@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_instance_tuner.core.checkpoint import load_model
-from napari_instance_tuner.core.data import list_images, read_image
 from napari_instance_tuner.core.io.bioimageio_check import check_package
 from napari_instance_tuner.core.io.bioimageio_export import PackageInfo, export_package
+from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.training.data import list_images, read_image
 
 #: model -> (split folder under --data-root, pixel size in µm of its images or None when the set mixes them)
 DATA = {

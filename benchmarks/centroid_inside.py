@@ -13,8 +13,8 @@ import argparse
 
 import numpy as np
 
-from napari_instance_tuner.core.data import load_split, read_groups
 from napari_instance_tuner.core.families.three_branch.targets import centre_points
+from napari_instance_tuner.core.training.data import load_split, read_groups
 
 
 def main() -> None:

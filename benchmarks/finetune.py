@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_instance_tuner.core.autotune import autotune
-from napari_instance_tuner.core.checkpoint import load_model
-from napari_instance_tuner.core.data import load_split
-from napari_instance_tuner.core.finetune import CorrectedImage, FinetuneSettings, finetune
-from napari_instance_tuner.core.metrics import aggregate, evaluate
+from napari_instance_tuner.core.evaluation.autotune import autotune
+from napari_instance_tuner.core.evaluation.metrics import aggregate, evaluate
+from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.progress import CancelToken, run
+from napari_instance_tuner.core.training.data import load_split
+from napari_instance_tuner.core.training.finetune import CorrectedImage, FinetuneSettings, finetune
 
 KEYS = ("object_f1", "object_dice", "aji", "mean_ap")
 

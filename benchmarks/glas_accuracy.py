@@ -18,16 +18,16 @@ import json
 from dataclasses import replace
 
 from napari_instance_tuner.cli import format_table
-from napari_instance_tuner.core.checkpoint import load_model
-from napari_instance_tuner.core.data import load_split, read_groups
-from napari_instance_tuner.core.jobs import summarise
-from napari_instance_tuner.core.metrics import evaluate
+from napari_instance_tuner.core.evaluation.metrics import evaluate
+from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.training.data import load_split, read_groups
+from napari_instance_tuner.core.training.jobs import summarise
 
 
 def tune_on_validation(loaded, val_data: str, params):
     """Tune the foreground-only post-processing on the model's own validation images (never on the test split)."""
-    from napari_instance_tuner.core.autotune import autotune
+    from napari_instance_tuner.core.evaluation.autotune import autotune
 
     names = loaded.meta.get("training", {}).get("val_images", [])
     samples = load_split(val_data, names=names)

@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from napari_instance_tuner.cli import format_table
-from napari_instance_tuner.core.autotune import autotune
-from napari_instance_tuner.core.checkpoint import load_model
-from napari_instance_tuner.core.data import load_split, read_groups
+from napari_instance_tuner.core.evaluation.autotune import autotune
+from napari_instance_tuner.core.evaluation.metrics import evaluate
 from napari_instance_tuner.core.family import Maps
-from napari_instance_tuner.core.jobs import summarise
-from napari_instance_tuner.core.metrics import evaluate
+from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.training.data import load_split, read_groups
+from napari_instance_tuner.core.training.jobs import summarise
 
 TUNABLE = {
     "paper": ["fg_threshold", "boundary_threshold", "centroid_threshold", "boundary_erosion", "centroid_erosion",

@@ -3,7 +3,7 @@
 ``--amp`` is float16 autocast on a GPU and bfloat16 autocast on a CPU with native bfloat16 (``--device cpu``).
 
 For each shipped model, real images of its domain are segmented twice on ``--device`` through the streaming
-path (:func:`~napari_instance_tuner.core.streaming.stream_segment`, channels_last, tiles of ``--tile`` px): in
+path (:func:`~napari_instance_tuner.core.inference.streaming.stream_segment`, channels_last, tiles of ``--tile`` px): in
 float32 and with ``--amp``, each timed. The two label images are compared by object F1 (the AMP
 labels scored against the float32 ones; the goal is >= 0.99). Throughput (megapixels per second, the
 network, the post-processing and the stitching included, after one warm-up image) is measured on a
@@ -29,15 +29,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 def _images(folder: str | None, limit: int) -> list[np.ndarray]:
     if not folder:
         return []
-    from napari_instance_tuner.core.data import read_image
+    from napari_instance_tuner.core.training.data import read_image
 
     paths = sorted(p for p in (Path(folder) / "images").iterdir() if p.is_file())[:limit]
     return [read_image(p) for p in paths]
 
 
 def segment(loaded, image, params, device: str, amp: bool, tile: int) -> np.ndarray:
+    from napari_instance_tuner.core.inference.streaming import StreamSettings, stream_segment
     from napari_instance_tuner.core.progress import run
-    from napari_instance_tuner.core.streaming import StreamSettings, stream_segment
 
     settings = StreamSettings(tile=tile, halo=min(256, tile // 4), amp=amp)
     return np.asarray(run(stream_segment(loaded, image, params, settings=settings, device=device)).labels)
@@ -45,8 +45,8 @@ def segment(loaded, image, params, device: str, amp: bool, tile: int) -> np.ndar
 
 def compare(name: str, images: list[np.ndarray], device: str, tile: int) -> dict:
     """Object F1 of AMP labels against float32 labels, image by image."""
-    from napari_instance_tuner.core.checkpoint import load_model
-    from napari_instance_tuner.core.metrics import object_f1
+    from napari_instance_tuner.core.evaluation.metrics import object_f1
+    from napari_instance_tuner.core.io.checkpoint import load_model
 
     loaded = load_model(name)
     params = loaded.family.default_params(loaded.meta)
@@ -72,7 +72,7 @@ def throughput(size: int, device: str, amp: bool, tile: int, repeats: int) -> fl
     import torch
     from scale import synthetic_tile
 
-    from napari_instance_tuner.core.checkpoint import load_model
+    from napari_instance_tuner.core.io.checkpoint import load_model
 
     loaded = load_model("three-branch-glas")
     params = loaded.family.default_params(loaded.meta)
@@ -97,8 +97,8 @@ def network_throughput(device: str, amp: bool, tile: int, repeats: int = 10) -> 
     """Megapixels per second of the three-branch network alone (one (1, 3, tile, tile) batch, channels_last)."""
     import torch
 
-    from napari_instance_tuner.core.checkpoint import load_model
-    from napari_instance_tuner.core.streaming import inference_autocast
+    from napari_instance_tuner.core.inference.streaming import inference_autocast
+    from napari_instance_tuner.core.io.checkpoint import load_model
 
     model = load_model("three-branch-glas").model.to(device).eval().to(memory_format=torch.channels_last)
     x = torch.rand(1, 3, tile, tile, device=device).contiguous(memory_format=torch.channels_last)

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from napari_instance_tuner.core.checkpoint import load_model
-from napari_instance_tuner.core.inference import choose_device, device_description
+from napari_instance_tuner.core.inference.predict import choose_device, device_description
+from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.progress import run
 
 

@@ -17,8 +17,8 @@ import argparse
 
 import numpy as np
 
-from napari_instance_tuner.core.checkpoint import load_model
-from napari_instance_tuner.core.metrics import average_precision
+from napari_instance_tuner.core.evaluation.metrics import average_precision
+from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.synthetic import synthetic_worms
 

@@ -29,12 +29,12 @@ from collections import Counter
 
 import numpy as np
 
-from napari_instance_tuner.core.checkpoint import load_model
-from napari_instance_tuner.core.data import load_split
+from napari_instance_tuner.core.evaluation.metrics import intersection_matrix
 from napari_instance_tuner.core.families.layering.postprocess import layer_stack
 from napari_instance_tuner.core.families.layering.targets import ADJACENCY_DISTANCE, adjacency, object_masks
-from napari_instance_tuner.core.metrics import intersection_matrix
+from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.training.data import load_split
 
 
 def greedy_colours(adj: np.ndarray) -> int:

@@ -24,13 +24,13 @@ import argparse
 
 import numpy as np
 
-from napari_instance_tuner.core.autotune import autotune
-from napari_instance_tuner.core.checkpoint import load_model
-from napari_instance_tuner.core.data import load_split
+from napari_instance_tuner.core.evaluation.autotune import autotune
+from napari_instance_tuner.core.evaluation.metrics import aggregated_jaccard_index, average_precision
 from napari_instance_tuner.core.families.layering.targets import object_masks
 from napari_instance_tuner.core.family import Maps
-from napari_instance_tuner.core.metrics import aggregated_jaccard_index, average_precision
+from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.training.data import load_split
 
 #: Subsets of the copies (index k: rotation by 90 k % 4 degrees, then a left-right flip when k >= 4).
 SUBSETS = {"none": [0], "rot180": [0, 2], "flips": [0, 4, 6, 2], "rot90s": [0, 1, 2, 3], "all 8": list(range(8))}

@@ -26,7 +26,7 @@ def main() -> None:
     base = ThreeBranchParams()
     print(f"three-branch post-processing on {args.size}x{args.size} maps, {os.cpu_count()} CPUs")
     print(f"{'setting':<36}{'median ms':>10}{'p90 ms':>10}{'objects':>9}")
-    from napari_instance_tuner.core.checkpoint import read_metadata, shipped_models
+    from napari_instance_tuner.core.io.checkpoint import read_metadata, shipped_models
     from napari_instance_tuner.core.params import params_from_dict
 
     shipped = [(f"{name} tuned", params_from_dict(ThreeBranchParams, read_metadata(path)["postprocess"]))

@@ -55,7 +55,7 @@ def write_tiled_tiff(path: Path, size: int, tile: int = 512) -> None:
 
 def model_with_flips(folder: Path, flips: int) -> str:
     """The shipped model, or a copy whose metadata asks for ``flips`` test-time flips."""
-    from napari_instance_tuner.core.checkpoint import read_checkpoint, resolve_model_path, save_checkpoint
+    from napari_instance_tuner.core.io.checkpoint import read_checkpoint, resolve_model_path, save_checkpoint
 
     path = resolve_model_path("three-branch-glas")
     state, meta = read_checkpoint(path)

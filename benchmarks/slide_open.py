@@ -7,7 +7,10 @@ of level 0, and prints the process's peak memory.
 Usage: python benchmarks/slide_open.py /tmp/big.svs write
        python benchmarks/slide_open.py /tmp/big.svs open
 """
-import resource, sys, time
+import resource
+import sys
+import time
+
 import numpy as np
 import tifffile
 

@@ -30,9 +30,9 @@ from _common import gland_like_maps
 
 from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams
 from napari_instance_tuner.core.family import Maps
+from napari_instance_tuner.core.inference.streaming import StreamSettings, stream_segment
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.registry import get_family
-from napari_instance_tuner.core.streaming import StreamSettings, stream_segment
 
 BLOCK = 2000  # the cached maps repeat with this period (not a multiple of the tile: seams differ)
 #: Post-processing that finds every blob of the cached maps (the defaults' erosions drop the small ones).
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--slide", type=int, nargs=2, metavar=("H", "W"))
     parser.add_argument("--all-tiles", action="store_true", help="with --slide: also run every tile")
     args = parser.parse_args()
-    from napari_instance_tuner.core.inference import choose_device
+    from napari_instance_tuner.core.inference.predict import choose_device
 
     choose_device(None)  # torch imported before any timing
     block = cached_block(args.objects)
@@ -145,7 +145,7 @@ def main() -> None:
 def slide(block: np.ndarray, shape: tuple[int, int], args) -> None:
     import tempfile
 
-    from napari_instance_tuner.core.tissue import thumbnail, tissue_filter, tissue_mask
+    from napari_instance_tuner.core.inference.tissue import thumbnail, tissue_filter, tissue_mask
 
     image = LazySlide(block, shape)
     megapixels = shape[0] * shape[1] / 1e6

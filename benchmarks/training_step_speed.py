@@ -3,7 +3,7 @@
 For each shipped U-Net model (three-branch, layering) the architecture, batch size and crop of its own
 training (its metadata) are built with fresh weights. One training step is the forward pass, a stand-in loss
 (mean square of the logits, float32: the families' losses cost 0.1-0.2 s more per step and do not change with
-``--amp``), the backward pass and an Adam step, channels_last as :func:`~napari_instance_tuner.core.training.fit`
+``--amp``), the backward pass and an Adam step, channels_last as :func:`~napari_instance_tuner.core.training.loop.fit`
 runs it. Median of ``--steps`` steps after two warm-up steps, for each precision.
 
 "gradient cosine" compares the two precisions' gradients of the same batch at the same weights (1 = the same
@@ -23,7 +23,7 @@ import numpy as np
 def _model_and_batch(name: str, device: str):
     import torch
 
-    from napari_instance_tuner.core.checkpoint import read_metadata, shipped_models
+    from napari_instance_tuner.core.io.checkpoint import read_metadata, shipped_models
     from napari_instance_tuner.core.registry import get_family
 
     meta = read_metadata(shipped_models()[name])
@@ -73,7 +73,7 @@ def main() -> None:
 
     import torch
 
-    from napari_instance_tuner.core.training import bfloat16_supported, training_autocast
+    from napari_instance_tuner.core.training.loop import bfloat16_supported, training_autocast
 
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, native bfloat16: "

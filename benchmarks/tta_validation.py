@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from napari_instance_tuner.core.autotune import autotune
-from napari_instance_tuner.core.checkpoint import load_model, read_checkpoint, save_checkpoint
-from napari_instance_tuner.core.data import load_split
+from napari_instance_tuner.core.evaluation.autotune import autotune
+from napari_instance_tuner.core.io.checkpoint import load_model, read_checkpoint, save_checkpoint
 from napari_instance_tuner.core.params import params_to_dict
 from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.training.data import load_split
 
 
 def main() -> None:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 
-from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
-from napari_instance_tuner.core.data import load_split, read_groups
-from napari_instance_tuner.core.jobs import tune_and_evaluate
+from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
 from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.training.data import load_split, read_groups
+from napari_instance_tuner.core.training.jobs import tune_and_evaluate
 
 
 def main() -> None:

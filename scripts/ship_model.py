@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from napari_instance_tuner.core.checkpoint import WEIGHTS_DIR, file_sha256, read_checkpoint
+from napari_instance_tuner.core.io.checkpoint import WEIGHTS_DIR, file_sha256, read_checkpoint
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
         "postprocess": meta.get("postprocess"),
         "validation": meta.get("metrics", {}).get("validation"),
     }
-    from napari_instance_tuner.core.checkpoint import load_model
+    from napari_instance_tuner.core.io.checkpoint import load_model
 
     card["parameters"] = sum(p.numel() for p in load_model(target).model.parameters())
     if args.test_json:

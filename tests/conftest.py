@@ -46,7 +46,7 @@ def _tiny_loaded(family: str, folder, seed: int = 0):
     """A saved and reloaded tiny random-weight model of ``family`` (``LoadedModel``)."""
     import torch
 
-    from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
+    from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
     from napari_instance_tuner.core.registry import get_family
 
     torch.manual_seed(seed)
@@ -59,7 +59,7 @@ def tiny_checkpoint(tmp_path):
     """Path of a saved tiny random-weight three-branch checkpoint."""
     import torch
 
-    from napari_instance_tuner.core.checkpoint import save_checkpoint
+    from napari_instance_tuner.core.io.checkpoint import save_checkpoint
     from napari_instance_tuner.core.registry import get_family
 
     torch.manual_seed(0)

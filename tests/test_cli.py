@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from napari_instance_tuner.cli import main
-from napari_instance_tuner.core.training import bfloat16_supported
+from napari_instance_tuner.core.training.loop import bfloat16_supported
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_train_records_stain_elastic_and_extra_data(toy_split, tmp_path):
             "--val-fraction", "0.25", "--workdir", str(tmp_path / "work"), "--quiet", "--no-autotune",
             "--stain-jitter", "0.5", "--stain-strength", "0.2", "--elastic", "0.3", "--extra-data", str(extra)]
     assert main(args) == 0
-    meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
+    meta = __import__("napari_instance_tuner.core.io.checkpoint", fromlist=["x"]).read_metadata(ckpt)
     augment = meta["training"]["augment"]
     assert (augment["p_stain"], augment["stain_strength"], augment["p_elastic"]) == (0.5, 0.2, 0.3)
     trained = meta["training"]["train_images"]
@@ -132,7 +132,7 @@ def test_layering_train_with_separated_targets_records_the_choice(worm_split, tm
     args = [*tiny_layering_args(worm_split, ckpt, tmp_path / "work"), "--overlap-targets", "separated",
             "--layer-bce", "0.5", "--target-layers", "fixed"]
     assert main(args) == 0
-    meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
+    meta = __import__("napari_instance_tuner.core.io.checkpoint", fromlist=["x"]).read_metadata(ckpt)
     assert meta["training"]["layering"]["separate_targets"] is True
     assert meta["training"]["layering"]["layer_bce_weight"] == 0.5
     assert meta["training"]["layering"]["fixed_targets"] is True
@@ -155,7 +155,7 @@ def test_resuming_a_phase_2_with_fixed_target_layers_it_did_not_start_with_is_re
 def test_layering_train_with_amp_records_it(worm_split, tmp_path):
     ckpt = tmp_path / "amp.safetensors"
     assert main([*tiny_layering_args(worm_split, ckpt, tmp_path / "work", phases=(1, 1)), "--amp"]) == 0
-    meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
+    meta = __import__("napari_instance_tuner.core.io.checkpoint", fromlist=["x"]).read_metadata(ckpt)
     assert meta["training"]["optimiser"]["amp"] is True
     assert [r["phase"] for r in meta["training"]["history"]] == [1, 2]
     assert all(np.isfinite(r["loss"]) for r in meta["training"]["history"])
@@ -179,7 +179,7 @@ def test_maskrcnn_train_with_amp_records_it(toy_split, tmp_path):
             "--pixel-scale", "1", "--val-fraction", "0.25", "--no-autotune", "--anchor-sizes", "4,8,16,32,64",
             "--amp", "--workdir", str(tmp_path / "work"), "--quiet"]
     assert main(args) == 0
-    meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
+    meta = __import__("napari_instance_tuner.core.io.checkpoint", fromlist=["x"]).read_metadata(ckpt)
     assert meta["training"]["optimiser"]["amp"] is True
     assert all(np.isfinite(r["loss"]) for r in meta["training"]["history"])
 
@@ -203,7 +203,7 @@ def test_layering_train_predict_evaluate(worm_split, tmp_path, capsys):
             "--pixel-scale", "1", "--validate-every", "1", "--val-fraction", "0.34",
             "--workdir", str(tmp_path / "work"), "--quiet"]
     assert main(args) == 0
-    meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
+    meta = __import__("napari_instance_tuner.core.io.checkpoint", fromlist=["x"]).read_metadata(ckpt)
     assert meta["family"] == "layering" and meta["architecture"]["n_layers"] == 4
     assert [r["phase"] for r in meta["training"]["history"]] == [1, 1, 2]
     assert meta["training"]["layering"]["separate_targets"] is False  # the paper's target stack by default
@@ -235,7 +235,7 @@ def test_maskrcnn_train_predict(toy_split, tmp_path):
             "--pixel-scale", "1", "--validate-every", "1", "--val-fraction", "0.25", "--no-autotune",
             "--anchor-sizes", "4,8,16,32,64", "--biased-training", "--workdir", str(tmp_path / "work"), "--quiet"]
     assert main(args) == 0
-    meta = __import__("napari_instance_tuner.core.checkpoint", fromlist=["x"]).read_metadata(ckpt)
+    meta = __import__("napari_instance_tuner.core.io.checkpoint", fromlist=["x"]).read_metadata(ckpt)
     assert meta["family"] == "maskrcnn" and meta["architecture"]["anchor_sizes"] == [4, 8, 16, 32, 64]
     assert meta["training"]["maskrcnn"]["biased_training"] is True
     assert "dsb_score" in meta["metrics"]["validation"]["all"]
@@ -255,7 +255,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 
 
 def test_models_lists_shipped_weights(capsys):
-    from napari_instance_tuner.core.checkpoint import shipped_models
+    from napari_instance_tuner.core.io.checkpoint import shipped_models
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -263,7 +263,7 @@ def test_models_lists_shipped_weights(capsys):
 
 
 def test_finetune_and_autotune_commands(toy_split, tiny_checkpoint, tmp_path, capsys):
-    from napari_instance_tuner.core.checkpoint import read_checkpoint
+    from napari_instance_tuner.core.io.checkpoint import read_checkpoint
 
     tuned = tmp_path / "tuned.safetensors"
     assert main(["finetune", "--model", str(tiny_checkpoint), "--data", str(toy_split), "--out", str(tuned),

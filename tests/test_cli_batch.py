@@ -72,11 +72,11 @@ def test_distributed_batch_equals_serial(batch_folder, tmp_path, capsys):
 
 
 def test_workers_load_the_model_once(batch_folder, tmp_path):
-    from napari_instance_tuner.core.batch import BatchJob, run_batch
-    from napari_instance_tuner.core.distributed import ModelRef, executor, model_loads
+    from napari_instance_tuner.core.inference.batch import BatchJob, run_batch
+    from napari_instance_tuner.core.inference.distributed import ModelRef, executor, model_loads
+    from napari_instance_tuner.core.inference.streaming import StreamSettings
+    from napari_instance_tuner.core.io.recipe import make_recipe
     from napari_instance_tuner.core.progress import run
-    from napari_instance_tuner.core.recipe import make_recipe
-    from napari_instance_tuner.core.streaming import StreamSettings
 
     loaded, folder, _ = batch_folder
     params = loaded.family.Params(min_size=4)

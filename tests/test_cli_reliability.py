@@ -29,7 +29,7 @@ def world(tmp_path_factory, tiny_arch, disks_labels, tiny_meta):
     import imageio.v3 as iio
     import torch
 
-    from napari_instance_tuner.core.checkpoint import save_checkpoint
+    from napari_instance_tuner.core.io.checkpoint import save_checkpoint
     from napari_instance_tuner.core.registry import get_family
 
     root = tmp_path_factory.mktemp("world")
@@ -145,7 +145,7 @@ def test_two_runs_into_one_folder_keep_a_recipe_for_every_label_file(world, tmp_
     assert run_cli(capsys, ["predict", "--model", world["model"], "--out", out, world["files"] / "rgb.tif"])[0] == 0
     assert run_cli(capsys, ["predict", "--model", world["model"], "--params", loose, "--out", out,
                             world["files"] / "grey.png"])[0] == 0
-    from napari_instance_tuner.core.batch import recipe_key
+    from napari_instance_tuner.core.inference.batch import recipe_key
 
     for stem in ("rgb", "grey"):
         side = json.loads((out / f"{stem}.tuner.json").read_text())
@@ -156,7 +156,7 @@ def test_two_runs_into_one_folder_keep_a_recipe_for_every_label_file(world, tmp_
 
 
 def test_a_second_run_into_a_busy_folder_is_refused(world, tmp_path, capsys):
-    from napari_instance_tuner.core.batch_folder import folder_lock
+    from napari_instance_tuner.core.inference.batch_folder import folder_lock
 
     out = tmp_path / "out"
     out.mkdir()
@@ -299,7 +299,7 @@ def test_finetune_and_evaluate_write_complete_files_with_the_umask(world, tmp_pa
 def test_a_full_disk_leaves_no_partial_file(world, tmp_path, capsys, monkeypatch):
     import errno
 
-    from napari_instance_tuner.core import safe_write
+    from napari_instance_tuner.core.io import safe_write
 
     class Full:
         def __init__(self, path, mode):

@@ -14,7 +14,7 @@ from napari_instance_tuner.core.io.slides import write_svs
 
 @pytest.fixture
 def model_and_slide(tmp_path, tiny_loaded):
-    from napari_instance_tuner.core.checkpoint import read_checkpoint, save_checkpoint
+    from napari_instance_tuner.core.io.checkpoint import read_checkpoint, save_checkpoint
 
     state, meta = read_checkpoint(tiny_loaded("three-branch", tmp_path).path)
     model = save_checkpoint(tmp_path / "m.safetensors", state, {**meta, "pixel_size_um": 0.5})

@@ -12,8 +12,8 @@ from .core.progress import Progress
 
 
 def pairs_from_split(data: str):
-    from .core.data import load_split  # deferred: image readers
-    from .core.finetune import CorrectedImage  # deferred: torch
+    from .core.training.data import load_split  # deferred: image readers
+    from .core.training.finetune import CorrectedImage  # deferred: torch
 
     return [CorrectedImage(s.image, s.labels) for s in load_split(data)]
 
@@ -33,7 +33,7 @@ def check_data_folder(data: str) -> None:
 
 def channel_notes(loaded, samples, quiet: bool) -> None:
     """Print how each image's channels are converted for the model; refuse counts it cannot take."""
-    from .core.inputs import channel_note  # deferred: image handling
+    from .core.io.inputs import channel_note  # deferred: image handling
 
     in_channels = int(loaded.meta.get("in_channels", 3))
     for s in samples:

@@ -14,8 +14,8 @@ from .core.registry import example_model
 
 def format_table(summary: dict[str, dict]) -> str:
     """Metric summary (group -> metric -> value) as an aligned text table: one row per metric, one column
-    per group; the rows are :data:`~.core.evaluation.TABLE_ROWS` (plus image count and pixel Dice)."""
-    from .core.evaluation import TABLE_ROWS  # deferred: command stack
+    per group; the rows are :data:`~.core.evaluation.layer_metrics.TABLE_ROWS` (plus image count and pixel Dice)."""
+    from .core.evaluation.layer_metrics import TABLE_ROWS  # deferred: command stack
 
     rows = [("n_images", "images"), *TABLE_ROWS[:5], ("pixel_dice", "pixel Dice"), *TABLE_ROWS[5:]]
     groups = list(summary)
@@ -32,10 +32,10 @@ def format_table(summary: dict[str, dict]) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from .core.checkpoint import load_model  # deferred: command stack
-    from .core.data import load_split, read_groups  # deferred: command stack
-    from .core.jobs import evaluate_samples, load_params, summarise  # deferred: command stack
-    from .core.safe_write import write_text  # deferred: command stack
+    from .core.io.checkpoint import load_model  # deferred: command stack
+    from .core.io.safe_write import write_text  # deferred: command stack
+    from .core.training.data import load_split, read_groups  # deferred: command stack
+    from .core.training.jobs import evaluate_samples, load_params, summarise  # deferred: command stack
 
     loaded = load_model(args.model)
     params = load_params(loaded, args.params)

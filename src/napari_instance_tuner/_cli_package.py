@@ -10,9 +10,9 @@ from .core.errors import InstanceTunerError
 
 def cmd_export_model(args) -> int:
     """Write a model as a bioimage.io package and check it with the bioimage.io libraries where installed."""
-    from .core.checkpoint import load_model  # deferred: command stack
-    from .core.data import read_image  # deferred: command stack
     from .core.io.bioimageio_export import PackageInfo, export_package  # deferred: command stack
+    from .core.io.checkpoint import load_model  # deferred: command stack
+    from .core.training.data import read_image  # deferred: command stack
 
     loaded = load_model(args.model)
     info = PackageInfo(pixel_size=args.pixel_size, license=args.license, description=args.description,

@@ -30,7 +30,7 @@ Add --debug to any command to see the full traceback of a failure."""
 
 def cmd_models(args) -> int:
     """Print the shipped weights: name, family, summary, file (and what they are the default for)."""
-    from .core.checkpoint import model_card, shipped_models  # deferred: safetensors
+    from .core.io.checkpoint import model_card, shipped_models  # deferred: safetensors
 
     for name, path in shipped_models().items():
         card = model_card(name)

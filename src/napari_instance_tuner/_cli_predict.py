@@ -1,4 +1,4 @@
-"""``napari-instance-tuner predict``: batch segmentation of files, folders and globs (see :mod:`.core.batch`)."""
+"""``napari-instance-tuner predict``: batch segmentation of files, folders and globs (see :mod:`.core.inference.batch`)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,27 @@ from .core.registry import example_model
 
 
 def cmd_predict(args) -> int:
-    """Batch segmentation (see :mod:`.core.batch`): files, folders or globs -> labels next to ``recipe.json``."""
-    from .core.batch import BatchJob, check_outputs, expand_inputs, run_batch, summary_table  # deferred: command stack
-    from .core.checkpoint import load_model  # deferred: command stack
-    from .core.distributed import ModelRef, executor  # deferred: command stack
-    from .core.inference import choose_device  # deferred: command stack
-    from .core.jobs import load_params  # deferred: command stack
-    from .core.recipe import make_recipe, recipe_model, recipe_params  # deferred: command stack
-    from .core.slide_segment import parse_roi  # deferred: command stack
-    from .core.streaming import StreamSettings  # deferred: command stack
+    """Batch segmentation (see :mod:`.core.inference.batch`): files, folders or globs -> labels next to ``recipe.json``."""
+    from .core.inference.batch import (  # deferred: command stack
+        BatchJob,
+        check_outputs,
+        expand_inputs,
+        run_batch,
+        summary_table,
+    )
+    from .core.inference.distributed import ModelRef, executor  # deferred: command stack
+    from .core.inference.predict import choose_device  # deferred: command stack
+    from .core.inference.slide_segment import parse_roi  # deferred: command stack
+    from .core.inference.streaming import StreamSettings  # deferred: command stack
+    from .core.io.checkpoint import load_model  # deferred: command stack
+    from .core.io.recipe import make_recipe, recipe_model, recipe_params  # deferred: command stack
+    from .core.training.jobs import load_params  # deferred: command stack
 
     device = args.device
     network_tile = args.network_tile
     streamed: dict = {}
     if args.recipe:  # the recipe's weights (SHA-256 checked; --model names them if moved) and parameters
-        from .core.recipe import load_recipe  # deferred: command stack
+        from .core.io.recipe import load_recipe  # deferred: command stack
 
         if args.params:
             raise InstanceTunerError("--params cannot be combined with --recipe (the recipe fixes the parameters)")
@@ -104,7 +110,7 @@ def cmd_predict(args) -> int:
 
 def _formats(text: str | None) -> list[str] | None:
     """``--format tif,geojson`` -> ["tif", "geojson"] (checked against the known formats)."""
-    from .core.slide_segment import FORMATS  # deferred: command stack
+    from .core.inference.slide_segment import FORMATS  # deferred: command stack
 
     if not text:
         return None
@@ -125,7 +131,7 @@ def _recorded_int(recorded: dict, key: str, default: int, low: int, high: int) -
 
 
 def _cores() -> int:
-    from .core.distributed import default_workers  # deferred: command stack
+    from .core.inference.distributed import default_workers  # deferred: command stack
 
     return default_workers(1)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.errors import InstanceTunerError
-from .core.safe_write import ExportError, OverwriteError, check_creatable
+from .core.io.safe_write import ExportError, OverwriteError, check_creatable
 
 
 def int_range(low: int, high: int | None = None):

@@ -12,7 +12,7 @@ from ._cli_tune import amp_help
 from .core.errors import InstanceTunerError
 from .core.progress import run
 from .core.registry import DEFAULT_FAMILY, family_names, get_family
-from .core.train_options import declared_options, options_from
+from .core.training.options import declared_options, options_from
 
 
 def _progress_printer(quiet: bool, bar=None):
@@ -59,8 +59,8 @@ def _augment_extra(args) -> dict:
 
 def cmd_train(args) -> int:
     """Train a model of ``--family``; its own options come from the flags its ``TrainOptions`` declares."""
-    from .core.jobs import TrainOptions, train_job  # deferred: the training stack
-    from .core.training import TrainConfig  # deferred: the training stack, when train runs
+    from .core.training.jobs import TrainOptions, train_job  # deferred: the training stack
+    from .core.training.loop import TrainConfig  # deferred: the training stack, when train runs
 
     check_out_file(args.out, args.overwrite, inputs=(getattr(args, "init_weights", None),))
     check_data_folder(args.data)
@@ -105,7 +105,7 @@ def cmd_train(args) -> int:
 
 
 def _argument(declaration: dict) -> dict:
-    """argparse keywords of one :func:`~.core.train_options.option` declaration."""
+    """argparse keywords of one :func:`~.core.training.options.option` declaration."""
     kind, bounds = declaration["type"], declaration["range"]
     if kind is bool:
         return {"action": "store_true", "help": declaration["help"]}

@@ -10,7 +10,7 @@ import numpy as np
 from ._cli_data import channel_notes, check_data_folder, pairs_from_split, predict_all
 from ._cli_support import check_out_file, float_range, int_range, run_with_bar
 from .core.errors import InstanceTunerError
-from .core.evaluation import TUNABLE  # numpy/scipy only: the CLI still starts without torch
+from .core.evaluation.layer_metrics import TUNABLE  # numpy/scipy only: the CLI still starts without torch
 from .core.registry import example_model
 
 
@@ -24,8 +24,8 @@ def amp_help() -> str:
 
 
 def cmd_finetune(args) -> int:
-    from .core.checkpoint import load_model  # deferred: command stack
-    from .core.finetune import FinetuneSettings, finetune, save_finetuned  # deferred: command stack
+    from .core.io.checkpoint import load_model  # deferred: command stack
+    from .core.training.finetune import FinetuneSettings, finetune, save_finetuned  # deferred: command stack
     if args.holdout_fraction is not None and not 0 < args.holdout_fraction < 1:
         raise InstanceTunerError(f"--holdout-fraction must lie between 0 and 1, got {args.holdout_fraction}")
     loaded = load_model(args.model)
@@ -53,13 +53,13 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_autotune(args) -> int:
-    from .core.autotune import autotune  # deferred: command stack
-    from .core.checkpoint import load_model  # deferred: command stack
-    from .core.data import load_split  # deferred: command stack
-    from .core.evaluation import score_function  # deferred: command stack
-    from .core.jobs import load_params  # deferred: command stack
+    from .core.evaluation.autotune import autotune  # deferred: command stack
+    from .core.evaluation.layer_metrics import score_function  # deferred: command stack
+    from .core.io.checkpoint import load_model  # deferred: command stack
+    from .core.io.safe_write import write_text  # deferred: command stack
     from .core.params import params_to_dict  # deferred: command stack
-    from .core.safe_write import write_text  # deferred: command stack
+    from .core.training.data import load_split  # deferred: command stack
+    from .core.training.jobs import load_params  # deferred: command stack
 
     loaded = load_model(args.model)
     params = load_params(loaded, args.params)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.export import (
+from .core.io.export import (
     geojson_features,
     measurements,
     write_geojson,

@@ -1,13 +1,13 @@
 """Command line: ``napari-instance-tuner train|predict|evaluate|finetune|autotune|export-model|models|demo``.
 
-Every command is a thin shell over :mod:`napari_instance_tuner.core.jobs`. Options and files are checked
+Every command is a thin shell over :mod:`napari_instance_tuner.core.training.jobs`. Options and files are checked
 before any work; every failure ends in one line on stderr (exit code 2 for errors the user can fix, 1 for
 other failures), with the traceback only under ``--debug``. Nothing existing is replaced without
 ``--overwrite``, and no output ever replaces an input.
 
 The parser is built in :mod:`._cli_parser`, one module per command (``_cli_train``, ``_cli_predict``,
 ``_cli_tune``, ``_cli_evaluate``, ``_cli_package``); each family's ``train`` flags come from its
-``TrainOptions`` (:mod:`.core.train_options`).
+``TrainOptions`` (:mod:`.core.training.options`).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ._render import render_overlay
 from ._sample_data import SAMPLES
-from .core.checkpoint import load_model, model_card, shipped_models
-from .core.export import write_label_tiff
+from .core.io.checkpoint import load_model, model_card, shipped_models
+from .core.io.export import write_label_tiff
 from .core.progress import run
 
 #: Words that tie a shipped model's card to a sample (searched in its "trained_on" and "name").

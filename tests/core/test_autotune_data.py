@@ -3,13 +3,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_instance_tuner.core.autotune import autotune
-from napari_instance_tuner.core.data import load_split, validation_split
 from napari_instance_tuner.core.errors import Cancelled, InstanceTunerError
+from napari_instance_tuner.core.evaluation.autotune import autotune
+from napari_instance_tuner.core.evaluation.metrics import object_f1
 from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess
 from napari_instance_tuner.core.family import Maps
-from napari_instance_tuner.core.metrics import object_f1
 from napari_instance_tuner.core.progress import CancelToken, run
+from napari_instance_tuner.core.training.data import load_split, validation_split
 
 
 def test_autotune_finds_a_better_threshold_without_the_network(disks_labels):

@@ -69,7 +69,7 @@ def test_predict_and_postprocess_work_or_raise_one_error_type(loaded, case):
 @SETTINGS
 @given(pred=inputs, gt=inputs)
 def test_metrics_work_or_raise_one_error_type(pred, gt):
-    from napari_instance_tuner.core.metrics import evaluate
+    from napari_instance_tuner.core.evaluation.metrics import evaluate
 
     try:
         result = evaluate(make_array(*pred), make_array(*gt, seed=1))
@@ -82,7 +82,7 @@ def test_metrics_work_or_raise_one_error_type(pred, gt):
 @SETTINGS
 @given(case=inputs)
 def test_exporters_work_or_raise_one_error_type(tmp_path_factory, case):
-    from napari_instance_tuner.core.export import geojson_features, measurements, write_geojson, write_label_tiff
+    from napari_instance_tuner.core.io.export import geojson_features, measurements, write_geojson, write_label_tiff
 
     labels = make_array(*case)
     folder = tmp_path_factory.mktemp("x")
@@ -96,7 +96,7 @@ def test_exporters_work_or_raise_one_error_type(tmp_path_factory, case):
 
 def test_huge_label_ids_are_measured_without_huge_allocations_and_empty_labels_are_refused(tmp_path):
     """Regressions found by the properties above (a MemoryError and a tifffile warning)."""
-    from napari_instance_tuner.core.export import measurements, write_label_tiff
+    from napari_instance_tuner.core.io.export import measurements, write_label_tiff
 
     labels = np.zeros((4, 4), np.uint32)
     labels[1:3, 1:3] = np.iinfo(np.uint32).max

@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_instance_tuner.core.batch import ImageReport, expand_inputs, recipe_key, summary_table, write_objects
 from napari_instance_tuner.core.errors import InstanceTunerError
-from napari_instance_tuner.core.stitch import StitchedObject
+from napari_instance_tuner.core.inference.batch import (
+    ImageReport,
+    expand_inputs,
+    recipe_key,
+    summary_table,
+    write_objects,
+)
+from napari_instance_tuner.core.inference.stitch import StitchedObject
 
 
 def test_expand_inputs_files_folders_globs(tmp_path):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from napari_instance_tuner.core.checkpoint import load_model, read_metadata
 from napari_instance_tuner.core.errors import InstanceTunerError, WeightsError
 from napari_instance_tuner.core.io.bioimageio_export import PackageInfo, export_package
 from napari_instance_tuner.core.io.bioimageio_import import is_package
+from napari_instance_tuner.core.io.checkpoint import load_model, read_metadata
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.registry import family_names
 from napari_instance_tuner.core.synthetic import synthetic_glands, synthetic_nuclei

@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from napari_instance_tuner.core.checkpoint import load_model, read_checkpoint, resolve_model_path, save_checkpoint
 from napari_instance_tuner.core.errors import WeightsError
+from napari_instance_tuner.core.io.checkpoint import load_model, read_checkpoint, resolve_model_path, save_checkpoint
 
 
 def test_roundtrip_keeps_weights_and_meta(tiny_checkpoint):

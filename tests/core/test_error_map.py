@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_instance_tuner.core.error_map import BOTH, FALSE_NEGATIVE, FALSE_POSITIVE, error_ids, error_map
 from napari_instance_tuner.core.errors import InstanceTunerError
-from napari_instance_tuner.core.metrics import average_precision, evaluate
+from napari_instance_tuner.core.evaluation.error_map import BOTH, FALSE_NEGATIVE, FALSE_POSITIVE, error_ids, error_map
+from napari_instance_tuner.core.evaluation.metrics import average_precision, evaluate
 
 
 def handmade() -> tuple[np.ndarray, np.ndarray]:

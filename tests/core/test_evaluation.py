@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_instance_tuner.core import metrics
 from napari_instance_tuner.core.errors import InstanceTunerError
-from napari_instance_tuner.core.evaluation import TABLE_ROWS, TUNABLE, evaluate_labels, score_function, split_slices
+from napari_instance_tuner.core.evaluation import metrics
+from napari_instance_tuner.core.evaluation.layer_metrics import (
+    TABLE_ROWS,
+    TUNABLE,
+    evaluate_labels,
+    score_function,
+    split_slices,
+)
 
 
 def test_evaluate_labels_of_an_image_and_of_a_stack(disks_labels):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_instance_tuner.core import export as ex
-from napari_instance_tuner.core import safe_write
 from napari_instance_tuner.core.errors import InstanceTunerError
+from napari_instance_tuner.core.io import export as ex
+from napari_instance_tuner.core.io import safe_write
 from napari_instance_tuner.core.io.geojson import class_color
-from napari_instance_tuner.core.polygons import mask_polygons, rasterise, signed_area
+from napari_instance_tuner.core.io.polygons import mask_polygons, rasterise, signed_area
 
 
 def synthetic_labels() -> np.ndarray:

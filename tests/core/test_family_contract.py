@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from napari_instance_tuner.core.family import Instances, Maps
-from napari_instance_tuner.core.finetune import CorrectedImage, FinetuneSettings
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.registry import family_names, get_family
 from napari_instance_tuner.core.synthetic import synthetic_nuclei
-from napari_instance_tuner.core.train_options import declared_options
-from napari_instance_tuner.core.training import bfloat16_supported, training_autocast
+from napari_instance_tuner.core.training.finetune import CorrectedImage, FinetuneSettings
+from napari_instance_tuner.core.training.loop import bfloat16_supported, training_autocast
+from napari_instance_tuner.core.training.options import declared_options
 
 FAMILY_FILES = ("family.py", "model.py", "targets.py", "loss.py", "postprocess.py", "train.py")
 

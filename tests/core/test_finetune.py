@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_instance_tuner.core.checkpoint import load_model, read_checkpoint
 from napari_instance_tuner.core.errors import InstanceTunerError, ParamsError, WeightsError
-from napari_instance_tuner.core.finetune import CorrectedImage, FinetuneSettings, finetune, save_finetuned
+from napari_instance_tuner.core.io.checkpoint import load_model, read_checkpoint
 from napari_instance_tuner.core.progress import CancelToken, run
-from napari_instance_tuner.core.training import bfloat16_supported, refuse_amp
+from napari_instance_tuner.core.training.finetune import CorrectedImage, FinetuneSettings, finetune, save_finetuned
+from napari_instance_tuner.core.training.loop import bfloat16_supported, refuse_amp
 
 
 @pytest.fixture

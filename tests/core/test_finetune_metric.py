@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from napari_instance_tuner.core.family import scorable
-from napari_instance_tuner.core.finetune import CorrectedImage, FinetuneSettings, finetune
 from napari_instance_tuner.core.params import params_from_dict
 from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.training.finetune import CorrectedImage, FinetuneSettings, finetune
 
 #: Post-processing that lets a barely trained tiny model show objects (no centroid rule, small S_min).
 LENIENT = {

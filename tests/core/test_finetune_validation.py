@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_instance_tuner.core.checkpoint import read_checkpoint
 from napari_instance_tuner.core.errors import InstanceTunerError
-from napari_instance_tuner.core.finetune import (
+from napari_instance_tuner.core.io.checkpoint import read_checkpoint
+from napari_instance_tuner.core.params import params_from_dict
+from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.training.finetune import (
     CorrectedImage,
     FinetuneSettings,
     _held_out,
@@ -18,8 +20,6 @@ from napari_instance_tuner.core.finetune import (
     save_finetuned,
     split_holdout,
 )
-from napari_instance_tuner.core.params import params_from_dict
-from napari_instance_tuner.core.progress import run
 
 #: Post-processing that lets a barely trained tiny model show objects (as in test_finetune_metric).
 LENIENT = {"subtract_boundaries": False, "require_centroid": False, "min_size": 20, "grow_back": 0,

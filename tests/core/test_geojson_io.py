@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_instance_tuner.core import export as ex
 from napari_instance_tuner.core.errors import InstanceTunerError
+from napari_instance_tuner.core.io import export as ex
 from napari_instance_tuner.core.io import geojson as gj
 
 CHECKER = Path(__file__).resolve().parents[1] / "tools" / "qupath_geojson_check.py"

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from napari_instance_tuner.core.augment import AugmentConfig, elastic, photometric, stain_jitter
-from napari_instance_tuner.core.data import Sample, extra_training_samples
 from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess
 from napari_instance_tuner.core.families.three_branch.targets import TargetConfig, make_targets
 from napari_instance_tuner.core.families.three_branch.train import BatchMaker, prepare_samples
 from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.params import params_from_dict, params_to_dict
+from napari_instance_tuner.core.training.augment import AugmentConfig, elastic, photometric, stain_jitter
+from napari_instance_tuner.core.training.data import Sample, extra_training_samples
 
 PLAIN = dict(close_radius=0, open_radius=0, boundary_erosion=0, centroid_erosion=0, min_size=0, grow_back=0)
 

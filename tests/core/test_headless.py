@@ -23,6 +23,6 @@ def test_core_imports_no_gui_toolkit():
 
 def test_contracts_do_not_import_torch():
     light = ["napari_instance_tuner.core.family", "napari_instance_tuner.core.registry",
-             "napari_instance_tuner.core.params", "napari_instance_tuner.core.checkpoint",
+             "napari_instance_tuner.core.params", "napari_instance_tuner.core.io.checkpoint",
              "napari_instance_tuner.core.families.three_branch.family", "napari_instance_tuner.cli"]
     assert "torch" not in _modules_after_import(light)

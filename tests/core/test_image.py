@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_instance_tuner.core.errors import InputImageError
-from napari_instance_tuner.core.image import normalise, prepare_image, rescale, resize_to, to_channels_last
+from napari_instance_tuner.core.inference.image import normalise, prepare_image, rescale, resize_to, to_channels_last
 
 
 @pytest.mark.parametrize(

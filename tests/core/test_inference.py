@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from napari_instance_tuner.core.errors import Cancelled, InputImageError, InstanceTunerError
-from napari_instance_tuner.core.inference import choose_device, device_description, predict_tiled
+from napari_instance_tuner.core.inference.predict import choose_device, device_description, predict_tiled
 from napari_instance_tuner.core.progress import CancelToken, run
 from napari_instance_tuner.core.registry import family_names, get_family
 
@@ -76,7 +76,7 @@ def test_registry_lists_valid_names():
 
 
 def test_flip_averaging_is_exact_for_a_mirror_symmetric_model_and_reports_progress(model):
-    from napari_instance_tuner.core.inference import predict_flips
+    from napari_instance_tuner.core.inference.predict import predict_flips
 
     rng = np.random.default_rng(3)
     image = rng.random((40, 52, 3), dtype=np.float32)

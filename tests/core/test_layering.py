@@ -265,8 +265,8 @@ def test_algorithm_1_on_empty_maps():
 
 
 def test_batches_carry_exact_masks_and_the_adjacency_of_the_objects_in_the_crop():
-    from napari_instance_tuner.core.data import Sample
     from napari_instance_tuner.core.synthetic import synthetic_worms
+    from napari_instance_tuner.core.training.data import Sample
 
     image, labels, masks = synthetic_worms((96, 96), seed=3)
     prepared = prepare_samples([Sample("w", image, labels, masks)], 1, 1.0)
@@ -364,8 +364,8 @@ def test_pasted_object_crosses_an_object_of_the_crop_and_adds_its_contrast_only_
 
 
 def test_batches_with_pasting_have_more_overlaps():
-    from napari_instance_tuner.core.data import Sample
     from napari_instance_tuner.core.synthetic import synthetic_worms
+    from napari_instance_tuner.core.training.data import Sample
 
     image, labels, masks = synthetic_worms((96, 96), seed=3)
     prepared = prepare_samples([Sample("w", image, labels, masks)], 1, 1.0)
@@ -471,9 +471,9 @@ def test_fixed_layers_are_reloaded_only_when_phase_2_resumes(tmp_path):
 
 
 def test_batches_carry_each_objects_fixed_layer_through_crops_flips_and_pastes():
-    from napari_instance_tuner.core.augment import AugmentConfig
-    from napari_instance_tuner.core.data import Sample
     from napari_instance_tuner.core.synthetic import synthetic_worms
+    from napari_instance_tuner.core.training.augment import AugmentConfig
+    from napari_instance_tuner.core.training.data import Sample
 
     image, labels, masks = synthetic_worms((96, 96), seed=3)
     prepared = prepare_samples([Sample("w", image, labels, masks)], 1, 1.0)

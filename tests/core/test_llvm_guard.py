@@ -1,10 +1,10 @@
-"""The guard that lets torch training run beside an OpenGL driver's LLVM (see core/llvm_guard.py)."""
+"""The guard that lets torch training run beside an OpenGL driver's LLVM (see core/training/llvm_guard.py)."""
 
 from __future__ import annotations
 
 import sys
 
-from napari_instance_tuner.core import llvm_guard
+from napari_instance_tuner.core.training import llvm_guard
 
 
 def test_foreign_llvm_is_detected_from_the_memory_maps(tmp_path):

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_instance_tuner.core.augment import AugmentConfig
-from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
-from napari_instance_tuner.core.data import Sample
 from napari_instance_tuner.core.errors import WeightsError
+from napari_instance_tuner.core.evaluation.metrics import DSB_THRESHOLDS, dsb_score, evaluate
 from napari_instance_tuner.core.families.maskrcnn.loss import DetectionLoss
 from napari_instance_tuner.core.families.maskrcnn.model import MaskRCNNConfig, build_maskrcnn
 from napari_instance_tuner.core.families.maskrcnn.targets import targets_from_instances
@@ -21,11 +19,13 @@ from napari_instance_tuner.core.families.maskrcnn.train import (
     train_maskrcnn,
 )
 from napari_instance_tuner.core.families.maskrcnn.weights import load_coco_weights, load_torchvision_state_dict
-from napari_instance_tuner.core.metrics import DSB_THRESHOLDS, dsb_score, evaluate
+from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.registry import get_family
 from napari_instance_tuner.core.synthetic import synthetic_nuclei
-from napari_instance_tuner.core.training import TrainConfig, fit
+from napari_instance_tuner.core.training.augment import AugmentConfig
+from napari_instance_tuner.core.training.data import Sample
+from napari_instance_tuner.core.training.loop import TrainConfig, fit
 
 TINY = {
     "backbone": "tiny_fpn", "base_channels": 8, "fpn_channels": 32, "representation_size": 64,
@@ -276,7 +276,7 @@ def test_tiny_model_overfits_synthetic_nuclei(tmp_path):
 
 
 def test_checkpoint_round_trip_and_finetune(tmp_path, disks_labels):
-    from napari_instance_tuner.core.finetune import CorrectedImage, FinetuneSettings, finetune
+    from napari_instance_tuner.core.training.finetune import CorrectedImage, FinetuneSettings, finetune
 
     torch.manual_seed(0)
     family = get_family("maskrcnn")

@@ -5,16 +5,16 @@ import pytest
 import torch
 from test_maskrcnn_family import TINY, tiny_meta
 
-from napari_instance_tuner.core.augment import AugmentConfig
-from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
-from napari_instance_tuner.core.data import Sample
 from napari_instance_tuner.core.families.maskrcnn.maskplus import AuxiliaryMaskHead, DenseBoundaryRefinement
 from napari_instance_tuner.core.families.maskrcnn.model import MaskRCNNConfig, build_maskrcnn
 from napari_instance_tuner.core.families.maskrcnn.train import DetectionBatches, PreparedSample, train_maskrcnn
+from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.registry import get_family
 from napari_instance_tuner.core.synthetic import synthetic_nuclei
-from napari_instance_tuner.core.training import TrainConfig
+from napari_instance_tuner.core.training.augment import AugmentConfig
+from napari_instance_tuner.core.training.data import Sample
+from napari_instance_tuner.core.training.loop import TrainConfig
 
 
 def _batch(seed=0):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from napari_instance_tuner.core.errors import Cancelled
+from napari_instance_tuner.core.evaluation.metrics import average_precision
 from napari_instance_tuner.core.families.maskrcnn.postprocess import MaskRCNNParams, postprocess
 from napari_instance_tuner.core.families.maskrcnn.tiling import Detections, detect_tiled, merge_tiles, tile_grid
 from napari_instance_tuner.core.family import Maps
-from napari_instance_tuner.core.metrics import average_precision
 from napari_instance_tuner.core.progress import CancelToken, run
 
 

@@ -1,4 +1,4 @@
-"""Tests of core.metrics: hand-computed cases, conventions, cross-checks against reference ports.
+"""Tests of core.evaluation.metrics: hand-computed cases, conventions, cross-checks against reference ports.
 
 Every image is 10x10 unless said otherwise; squares are written as numpy slices, e.g. [2:5, 2:5]
 is the 3x3 square of rows 2..4 and columns 2..4 (9 pixels).
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from napari_instance_tuner.core import metrics as M
 from napari_instance_tuner.core.errors import InputImageError
+from napari_instance_tuner.core.evaluation import metrics as M
 
 SQ2 = math.sqrt(2.0)
 

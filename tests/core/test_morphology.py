@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_instance_tuner.core.morphology import close_open, dilate, erode, grow_labels, relabel
+from napari_instance_tuner.core.inference.morphology import close_open, dilate, erode, grow_labels, relabel
 
 
 @pytest.mark.parametrize("radius", [1, 3, 5, 12, 25])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_instance_tuner.core.errors import InputImageError
-from napari_instance_tuner.core.pyramid import needs_streaming, pyramid_shapes
+from napari_instance_tuner.core.io.pyramid import needs_streaming, pyramid_shapes
 
 
 def _labels(shape=(300, 200)) -> np.ndarray:
@@ -69,8 +69,8 @@ def _group_with_level0(path, labels, chunks=(64, 64)):
 def test_written_levels_are_exact_subsamples_stored_on_disk(tmp_path):
     import zarr
 
+    from napari_instance_tuner.core.io.pyramid import pyramid_shapes, write_label_pyramid
     from napari_instance_tuner.core.progress import run
-    from napari_instance_tuner.core.pyramid import pyramid_shapes, write_label_pyramid
 
     labels = _labels((301, 203))  # odd sides, several 64 px chunks
     _group_with_level0(tmp_path / "labels.zarr", labels)
@@ -97,8 +97,8 @@ def test_written_levels_read_and_write_a_few_chunks_at_a_time(tmp_path, monkeypa
     """Memory stays bounded: every read and write touches at most the 2 x 2 chunks behind one output chunk."""
     import zarr
 
+    from napari_instance_tuner.core.io.pyramid import write_label_pyramid
     from napari_instance_tuner.core.progress import run
-    from napari_instance_tuner.core.pyramid import write_label_pyramid
 
     labels = _labels((250, 330)).astype(np.uint16)  # larger than a chunk in both directions; dtype kept
     _group_with_level0(tmp_path / "labels.zarr", labels, chunks=(16, 16))
@@ -127,8 +127,8 @@ def test_written_levels_read_and_write_a_few_chunks_at_a_time(tmp_path, monkeypa
 def test_rewriting_a_pyramid_drops_deeper_levels_and_min_levels_holds(tmp_path):
     import zarr
 
+    from napari_instance_tuner.core.io.pyramid import write_label_pyramid
     from napari_instance_tuner.core.progress import run
-    from napari_instance_tuner.core.pyramid import write_label_pyramid
 
     path = tmp_path / "labels.zarr"
     _group_with_level0(path, _labels((100, 60)), chunks=(32, 32))
@@ -142,8 +142,8 @@ def test_writing_a_pyramid_can_be_cancelled_and_needs_level_0(tmp_path):
     import zarr
 
     from napari_instance_tuner.core.errors import Cancelled
+    from napari_instance_tuner.core.io.pyramid import write_label_pyramid
     from napari_instance_tuner.core.progress import CancelToken, run
-    from napari_instance_tuner.core.pyramid import write_label_pyramid
 
     _group_with_level0(tmp_path / "labels.zarr", _labels((128, 128)), chunks=(16, 16))
     token = CancelToken()

@@ -8,10 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_instance_tuner.core import recipe as rc
-from napari_instance_tuner.core.checkpoint import load_model
 from napari_instance_tuner.core.errors import WeightsError
-from napari_instance_tuner.core.export import OverwriteError
+from napari_instance_tuner.core.io import recipe as rc
+from napari_instance_tuner.core.io.checkpoint import load_model
+from napari_instance_tuner.core.io.export import OverwriteError
 from napari_instance_tuner.core.params import params_to_dict
 from napari_instance_tuner.core.progress import run
 
@@ -105,7 +105,7 @@ def test_cli_predict_with_recipe_reproduces_the_labels(loaded, sensitive, image,
 def test_changed_weights_are_refused(loaded, sensitive, image, tmp_path, tiny_checkpoint, tiny_arch, tiny_meta):
     import torch
 
-    from napari_instance_tuner.core.checkpoint import save_checkpoint
+    from napari_instance_tuner.core.io.checkpoint import save_checkpoint
     from napari_instance_tuner.core.registry import get_family
 
     recipe = rc.make_recipe(loaded, sensitive[0], "img", image.shape, "cpu")
@@ -160,7 +160,7 @@ def test_bad_family_or_parameters_and_overwrite(loaded, sensitive, image, tmp_pa
 
 
 def test_a_recipe_also_works_as_a_params_file(loaded, sensitive, image, tmp_path):
-    from napari_instance_tuner.core.jobs import load_params
+    from napari_instance_tuner.core.training.jobs import load_params
 
     params = sensitive[0]
     path = rc.save_recipe(tmp_path / "r.json", rc.make_recipe(loaded, params, "img", image.shape, "cpu"))

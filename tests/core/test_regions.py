@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_instance_tuner.core.errors import InstanceTunerError
-from napari_instance_tuner.core.regions import check_pair_shapes, corrected_pair, rasterise, to_pixels
+from napari_instance_tuner.core.training.regions import check_pair_shapes, corrected_pair, rasterise, to_pixels
 
 
 def rect(r0, c0, r1, c1) -> np.ndarray:

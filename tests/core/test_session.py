@@ -13,9 +13,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_instance_tuner.core import recipe as rc
-from napari_instance_tuner.core.checkpoint import load_model
 from napari_instance_tuner.core.errors import Cancelled, InstanceTunerError
+from napari_instance_tuner.core.io import recipe as rc
+from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.progress import CancelToken, Progress, run
 from napari_instance_tuner.core.session import SegmentSession
 
@@ -151,8 +151,8 @@ def test_a_family_with_overlaps_keeps_its_masks(tmp_path, image):
 def test_a_large_image_is_streamed_into_a_label_pyramid(loaded, tmp_path):
     import zarr
 
-    from napari_instance_tuner.core.slide_segment import source_from_levels
-    from napari_instance_tuner.core.streaming import StreamSettings
+    from napari_instance_tuner.core.inference.slide_segment import source_from_levels
+    from napari_instance_tuner.core.inference.streaming import StreamSettings
 
     rgb = np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)
     s = SegmentSession(name="big")
@@ -170,7 +170,7 @@ def test_a_large_image_is_streamed_into_a_label_pyramid(loaded, tmp_path):
 
 
 def test_the_session_module_imports_no_gui():
-    code = ("import sys, napari_instance_tuner.core.session, napari_instance_tuner.core.batch; "
+    code = ("import sys, napari_instance_tuner.core.session, napari_instance_tuner.core.inference.batch; "
             "import json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'napari', 'torch'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

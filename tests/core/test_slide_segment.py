@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_instance_tuner.core.checkpoint import load_model
-from napari_instance_tuner.core.io.geojson import objects_to_labels, read_geojson
-from napari_instance_tuner.core.io.slides import write_svs
-from napari_instance_tuner.core.progress import run
-from napari_instance_tuner.core.slide_segment import (
+from napari_instance_tuner.core.inference.slide_segment import (
     open_source,
     parse_roi,
     segment_at_model_scale,
     segment_file,
     write_outputs,
 )
+from napari_instance_tuner.core.io.checkpoint import load_model
+from napari_instance_tuner.core.io.geojson import objects_to_labels, read_geojson
+from napari_instance_tuner.core.io.slides import write_svs
+from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.synthetic import synthetic_glands
 
 CHECKER = Path(__file__).resolve().parents[1] / "tools" / "qupath_geojson_check.py"

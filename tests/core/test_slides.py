@@ -99,7 +99,7 @@ def test_bad_slides_give_clear_errors(slide_path, tmp_path):
 
 
 def test_geojson_readers_open_labels_and_shapes(tmp_path):
-    from napari_instance_tuner.core import export as ex
+    from napari_instance_tuner.core.io import export as ex
 
     lab = np.zeros((50, 60), np.uint32)
     lab[5:15, 5:15] = 1

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from test_streaming import FakeLoaded, MapsFromImage, layering_maps, three_branch_maps
 
+from napari_instance_tuner.core.inference.stream_pipeline import auto_threads
+from napari_instance_tuner.core.inference.streaming import StreamSettings, stream_segment
 from napari_instance_tuner.core.progress import Cancelled, CancelToken, run
 from napari_instance_tuner.core.registry import get_family
-from napari_instance_tuner.core.stream_pipeline import auto_threads
-from napari_instance_tuner.core.streaming import StreamSettings, stream_segment
 
 
 def _tiled(synthesiser, reps=(2, 2)):

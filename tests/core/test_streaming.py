@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from napari_instance_tuner.core.family import Instances, Maps
+from napari_instance_tuner.core.inference.stitch import Stitcher, TileGrid, classify, tile_objects
+from napari_instance_tuner.core.inference.streaming import StreamSettings, stitched_instances, stream_segment
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.registry import family_names, get_family
-from napari_instance_tuner.core.stitch import Stitcher, TileGrid, classify, tile_objects
-from napari_instance_tuner.core.streaming import StreamSettings, stitched_instances, stream_segment
 
 SHAPE = (200, 232)
 TILE, HALO = 64, 32
@@ -245,7 +245,7 @@ def test_tiled_real_network_runs_every_family(tmp_path, name, tiny_loaded):
 def test_tiff_input_read_lazily(tmp_path):
     import tifffile
 
-    from napari_instance_tuner.core.streaming import open_image, read_window
+    from napari_instance_tuner.core.inference.streaming import open_image, read_window
 
     image = (np.random.default_rng(2).random((300, 260, 3)) * 255).astype(np.uint8)
     path = tmp_path / "tiled.tif"
@@ -291,7 +291,7 @@ def test_cuda_oom_halves_the_network_tile_and_says_so(tmp_path, tiny_loaded):
 @pytest.mark.parametrize("family", ["three-branch", "layering", "maskrcnn"])
 def test_amp_runs_the_network_in_bfloat16_on_a_cpu_that_has_it_and_in_float32_elsewhere(family, tmp_path, monkeypatch,
                                                                                         tiny_loaded):
-    from napari_instance_tuner.core import training
+    from napari_instance_tuner.core.training import loop as training
 
     loaded = tiny_loaded(family, tmp_path)
     seen = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -84,8 +83,8 @@ def test_tiny_and_odd_shapes_work():
 
 def test_shipped_glands_model_segments_the_glands_sample():
     """The quick start's promise: the shipped model finds the sample's glands (object F1 >= 0.8)."""
-    from napari_instance_tuner.core.checkpoint import load_model
-    from napari_instance_tuner.core.metrics import object_f1
+    from napari_instance_tuner.core.evaluation.metrics import object_f1
+    from napari_instance_tuner.core.io.checkpoint import load_model
     from napari_instance_tuner.core.progress import run
     from napari_instance_tuner.demo import model_for_sample
 
@@ -124,7 +123,7 @@ def test_shipped_layering_model_returns_crossing_worms_as_two_overlapping_object
     objects on the synthetic well's rim); this pins one of those images as a regression test of the
     ability, not of the rate.
     """
-    from napari_instance_tuner.core.checkpoint import load_model
+    from napari_instance_tuner.core.io.checkpoint import load_model
     from napari_instance_tuner.core.progress import run
     from napari_instance_tuner.core.synthetic import synthetic_worms
     from napari_instance_tuner.demo import model_for_sample

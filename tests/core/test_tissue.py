@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from napari_instance_tuner.core.family import Maps
+from napari_instance_tuner.core.inference.slide_segment import open_source, segment_at_model_scale
+from napari_instance_tuner.core.inference.streaming import StreamSettings
+from napari_instance_tuner.core.inference.tissue import thumbnail, tissue_filter, tissue_mask
 from napari_instance_tuner.core.io.slides import write_svs
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.registry import get_family
-from napari_instance_tuner.core.slide_segment import open_source, segment_at_model_scale
-from napari_instance_tuner.core.streaming import StreamSettings
 from napari_instance_tuner.core.synthetic import synthetic_glands
-from napari_instance_tuner.core.tissue import thumbnail, tissue_filter, tissue_mask
 
 MODEL_UM = 0.62
 SHAPE = (768, 1280)

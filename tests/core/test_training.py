@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_instance_tuner.core import training
-from napari_instance_tuner.core.augment import AugmentConfig, photometric, random_symmetry
-from napari_instance_tuner.core.data import Sample
 from napari_instance_tuner.core.errors import ParamsError
 from napari_instance_tuner.core.families.three_branch.loss import weighted_bce
 from napari_instance_tuner.core.families.three_branch.train import BatchMaker, prepare_samples
 from napari_instance_tuner.core.progress import CancelToken, run
 from napari_instance_tuner.core.registry import get_family
-from napari_instance_tuner.core.training import TrainConfig, bfloat16_supported, fit, supervised_step
+from napari_instance_tuner.core.training import loop as training
+from napari_instance_tuner.core.training.augment import AugmentConfig, photometric, random_symmetry
+from napari_instance_tuner.core.training.data import Sample
+from napari_instance_tuner.core.training.loop import TrainConfig, bfloat16_supported, fit, supervised_step
 
 
 def _toy_samples(disks_labels, n=3):
@@ -129,7 +129,7 @@ def test_loader_workers_make_the_same_batches_whatever_their_number(tmp_path, tr
 
 @pytest.mark.parametrize("name, kind", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
 def test_optimizer_choice(name, kind):
-    from napari_instance_tuner.core.training import make_optimizer
+    from napari_instance_tuner.core.training.loop import make_optimizer
 
     weight = torch.nn.Parameter(torch.ones(3))
     optimiser = make_optimizer(TrainConfig(lr=0.1, optimizer=name, weight_decay=0.01), [weight])
@@ -161,7 +161,7 @@ def test_loader_workers_start_after_opencv_used_its_thread_pool():
     code = """
 import cv2, numpy as np, torch
 from napari_instance_tuner.core.progress import run
-from napari_instance_tuner.core.training import TrainConfig, fit, supervised_step
+from napari_instance_tuner.core.training.loop import TrainConfig, fit, supervised_step
 cv2.setNumThreads(2)
 cv2.resize(np.zeros((3000, 3000), np.float32), (1500, 1500))  # the pool's threads now exist
 

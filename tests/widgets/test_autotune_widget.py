@@ -59,7 +59,7 @@ def tuner(viewer, segmented, qtbot):
 def test_autotune_improves_the_metric_and_moves_the_sliders_without_the_network(
     tuner, segmented, viewer, qtbot, network, errors
 ):
-    from napari_instance_tuner.core.metrics import object_f1
+    from napari_instance_tuner.core.evaluation.metrics import object_f1
 
     labels = viewer.layers["img instances"]
     assert not labels.data.any() and network == [(64, 64)]  # the defaults find nothing
@@ -118,7 +118,7 @@ def test_problems_become_notifications(tuner, segmented, viewer, qtbot, errors):
 
 def test_a_large_streamed_image_has_no_maps_to_tune(loaded, viewer, run, errors, monkeypatch, tmp_path, disks_labels):
     """A large image is streamed tile by tile without cached maps: the message says so and suggests a crop."""
-    from napari_instance_tuner.core.streaming import StreamSettings
+    from napari_instance_tuner.core.inference.streaming import StreamSettings
     from napari_instance_tuner.widgets import _streamed
     from napari_instance_tuner.widgets import segment as module
     from napari_instance_tuner.widgets.autotune import STREAMED_MESSAGE, AutotuneWidget

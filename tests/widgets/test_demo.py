@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gui
 @pytest.mark.parametrize("family", ["three-branch", "maskrcnn"])
 def test_demo_writes_a_screenshot_and_the_labels(family, tmp_path, tiny_loaded):
     """In a fresh process, as users run it: napari's OpenGL (Mesa's LLVM) is loaded before the model, which
-    crashed the Mask R-CNN family when torchvision imported Triton's LLVM (see core/llvm_guard.py)."""
+    crashed the Mask R-CNN family when torchvision imported Triton's LLVM (see core/training/llvm_guard.py)."""
     import imageio.v3 as iio
     import tifffile
     checkpoint = tiny_loaded(family, tmp_path).path
@@ -49,7 +49,7 @@ def test_model_for_sample_reads_the_model_cards(tmp_path, monkeypatch, tiny_chec
     import json
     import shutil
 
-    from napari_instance_tuner.core import checkpoint
+    from napari_instance_tuner.core.io import checkpoint
     from napari_instance_tuner.demo import model_for_sample
 
     weights = tmp_path / "weights"

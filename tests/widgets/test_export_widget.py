@@ -129,7 +129,7 @@ def test_problems_are_notifications_not_tracebacks(viewer, export, press, errors
 
 def _segment_info(checkpoint: Path, image: np.ndarray, params) -> dict:
     """The metadata contract the Segment widget writes on its Labels layer."""
-    from napari_instance_tuner.core.checkpoint import file_sha256
+    from napari_instance_tuner.core.io.checkpoint import file_sha256
     from napari_instance_tuner.core.params import params_to_dict
 
     return {"role": "instances", "weights_path": str(checkpoint), "weights_sha256": file_sha256(checkpoint),
@@ -141,9 +141,9 @@ def test_recipe_is_written_for_segment_labels_and_replays_them(viewer, export, p
                                                                tiny_checkpoint):
     from dataclasses import replace
 
-    from napari_instance_tuner.core.checkpoint import load_model
+    from napari_instance_tuner.core.io.checkpoint import load_model
+    from napari_instance_tuner.core.io.recipe import load_recipe, replay
     from napari_instance_tuner.core.progress import run
-    from napari_instance_tuner.core.recipe import load_recipe, replay
     from napari_instance_tuner.core.synthetic import synthetic_glands
 
     rgb, _ = synthetic_glands((64, 96), seed=0)
@@ -171,7 +171,7 @@ def test_recipe_is_written_for_segment_labels_and_replays_them(viewer, export, p
 
 def test_segment_widget_result_equals_its_replayed_recipe(with_image, viewer, run, qtbot, tmp_path, errors):
     """Acceptance: the Segment widget's labels and ``predict --recipe`` agree pixel for pixel (CPU)."""
-    from napari_instance_tuner.core.recipe import LAYER_KEYS, load_recipe, replay
+    from napari_instance_tuner.core.io.recipe import LAYER_KEYS, load_recipe, replay
     from napari_instance_tuner.widgets.export import ExportWidget
 
     with_image.device.value = "cpu"
@@ -195,7 +195,7 @@ def test_segment_widget_result_equals_its_replayed_recipe(with_image, viewer, ru
 @pytest.fixture
 def streamed(loaded, viewer, run, errors, monkeypatch, tmp_path):
     """The Segment widget after a streamed run on a 96 x 80 RGB image (streaming limits made small)."""
-    from napari_instance_tuner.core.streaming import StreamSettings
+    from napari_instance_tuner.core.inference.streaming import StreamSettings
     from napari_instance_tuner.widgets import _streamed
     from napari_instance_tuner.widgets import segment as module
 
@@ -229,10 +229,10 @@ def test_streamed_labels_export_tile_by_tile_with_the_streaming_recipe(streamed,
 
     import zarr
 
-    from napari_instance_tuner.core import export as core_export
+    from napari_instance_tuner.core.inference.streaming import StreamSettings, stream_segment
+    from napari_instance_tuner.core.io import export as core_export
+    from napari_instance_tuner.core.io.recipe import load_recipe, recipe_model, recipe_params
     from napari_instance_tuner.core.progress import run
-    from napari_instance_tuner.core.recipe import load_recipe, recipe_model, recipe_params
-    from napari_instance_tuner.core.streaming import StreamSettings, stream_segment
     from napari_instance_tuner.widgets import export as export_widget
 
     layer = viewer.layers["slide instances"]
@@ -278,7 +278,7 @@ def test_streamed_labels_export_tile_by_tile_with_the_streaming_recipe(streamed,
 
 def test_streamed_labels_too_large_for_memory_refuse_other_formats(streamed, viewer, export, press, errors,
                                                                    tmp_path, monkeypatch):
-    from napari_instance_tuner.core import export as core_export
+    from napari_instance_tuner.core.io import export as core_export
 
     monkeypatch.setattr(core_export, "MAX_IN_MEMORY_PIXELS", 96 * 80 - 1)
     export.labels.value = viewer.layers["slide instances"]

@@ -71,7 +71,7 @@ def train(qtbot, widget) -> str:
 
 
 def test_finetune_plots_the_loss_resegments_and_keeps_the_old_labels(with_image, tuner, viewer, qtbot, run, errors):
-    from napari_instance_tuner.core.checkpoint import file_sha256
+    from napari_instance_tuner.core.io.checkpoint import file_sha256
 
     segment = with_image
     assert run(segment) == "ok"
@@ -130,7 +130,7 @@ def test_cancel_keeps_the_loaded_model_maps_and_layers(with_image, tuner, viewer
 
 
 def test_save_refuses_the_parent_and_records_its_hash(tuner, qtbot, tmp_path, dialogs, errors):
-    from napari_instance_tuner.core.checkpoint import file_sha256, read_checkpoint
+    from napari_instance_tuner.core.io.checkpoint import file_sha256, read_checkpoint
 
     tuner.resegment.value = False
     assert train(qtbot, tuner) == "ok", errors
@@ -238,7 +238,7 @@ def test_problems_become_notifications_and_the_widget_stays_usable(tuner, viewer
 def test_mixed_precision_reaches_training_and_where_it_cannot_run_it_is_a_notification(
     tuner, qtbot, monkeypatch, errors
 ):
-    from napari_instance_tuner.core import training
+    from napari_instance_tuner.core.training import loop as training
 
     assert tuner.settings().amp is False
     tuner.amp.value = True
@@ -254,7 +254,7 @@ def test_without_a_segment_widget_a_shipped_model_is_loaded_by_name(
 ):
     import shutil
 
-    from napari_instance_tuner.core import checkpoint
+    from napari_instance_tuner.core.io import checkpoint
     from napari_instance_tuner.widgets.finetune import FinetuneWidget
 
     weights = tmp_path / "weights"
@@ -284,7 +284,7 @@ def test_export_package_of_the_fine_tuned_model_loads_in_the_segment_widget(with
                                                                              errors):
     """"Export bioimage.io package…" writes the fine-tuned model; the Segment widget's picker loads the zip and
     segments exactly as the fine-tuned checkpoint does."""
-    from napari_instance_tuner.core.checkpoint import load_model
+    from napari_instance_tuner.core.io.checkpoint import load_model
 
     packages = iter([str(tmp_path / "current"), str(tmp_path / "tuned.zip")])
     tuner.exporter.ask_path = lambda suggested: next(packages)

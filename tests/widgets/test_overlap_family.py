@@ -282,7 +282,7 @@ def test_export_after_editing_the_labels_uses_the_labels(crossed, viewer, export
 @pytest.mark.parametrize("damage", ["truncated", "wrong architecture"])
 def test_corrupt_or_mismatched_weights_give_a_notification(layering, worms, tmp_path, qtbot, run, errors,
                                                            layering_checkpoint, damage, tiny_meta):
-    from napari_instance_tuner.core.checkpoint import load_model, save_checkpoint
+    from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
 
     widget = layering
     widget.image.value = worms

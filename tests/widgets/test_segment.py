@@ -244,7 +244,7 @@ def test_closing_the_image_releases_its_cached_maps(with_image, viewer, run):
 def test_shipped_model_is_listed_with_its_card_and_loaded_on_run(
     viewer, image, qtbot, run, tmp_path, tiny_checkpoint, monkeypatch, errors
 ):
-    from napari_instance_tuner.core import checkpoint
+    from napari_instance_tuner.core.io import checkpoint
     from napari_instance_tuner.widgets.segment import SegmentWidget
 
     weights = tmp_path / "weights"
@@ -355,7 +355,7 @@ def test_removing_the_image_releases_its_cached_maps(with_image, viewer, run, qt
 
 
 def test_an_rgb_image_is_proposed_the_default_gland_model_until_the_user_chooses(segment, viewer, qtbot):
-    from napari_instance_tuner.core.checkpoint import default_model
+    from napari_instance_tuner.core.io.checkpoint import default_model
     from napari_instance_tuner.core.synthetic import synthetic_glands
 
     gland_model = default_model("rgb")

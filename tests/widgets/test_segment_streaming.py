@@ -25,7 +25,7 @@ DISKS = ((64, 30), (30, 64), (64, 64), (128, 100), (100, 128), (30, 110), (110, 
 @pytest.fixture(autouse=True)
 def small_limits(monkeypatch, tmp_path):
     """Small streaming limits, and this test's own folder for the streamed zarr arrays."""
-    from napari_instance_tuner.core.streaming import StreamSettings
+    from napari_instance_tuner.core.inference.streaming import StreamSettings
     from napari_instance_tuner.widgets import _streamed
     from napari_instance_tuner.widgets import segment as module
 
@@ -77,8 +77,8 @@ def _use_disk_params(widget):
 
 def _direct(widget, image, params=None):
     """What ``stream_segment`` gives for ``image`` with the widget's model, parameters and stream settings."""
+    from napari_instance_tuner.core.inference.streaming import StreamSettings, stream_segment
     from napari_instance_tuner.core.progress import run
-    from napari_instance_tuner.core.streaming import StreamSettings, stream_segment
 
     params = widget.params.params() if params is None else params
     return run(stream_segment(widget.models.loaded, image, params, settings=StreamSettings(**SETTINGS),
@@ -263,7 +263,7 @@ def test_a_slide_opened_by_the_reader_is_segmented_at_the_model_pixel_size(segme
     """A 0.25 µm/px slide and a 0.5 µm/px model: level 0 is read, halved, and the labels land on the slide."""
     import torch
 
-    from napari_instance_tuner.core.checkpoint import save_checkpoint
+    from napari_instance_tuner.core.io.checkpoint import save_checkpoint
     from napari_instance_tuner.core.io.slides import write_svs
     from napari_instance_tuner.core.registry import get_family
 

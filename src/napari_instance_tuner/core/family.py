@@ -16,11 +16,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .errors import InstanceTunerError
+from .evaluation.scoring import scorable, selection_score
 from .io.bioimageio_network import PackageNetwork
 from .params import params_from_dict
 from .progress import CancelToken, Progress
-from .scoring import scorable, selection_score
-from .training import supervised_step
+from .training.loop import supervised_step
 
 __all__ = ["Family", "Instances", "Maps", "scorable"]
 
@@ -85,7 +85,7 @@ class Family(ABC):
     name: ClassVar[str]
     map_names: ClassVar[tuple[str, ...]]
     Params: ClassVar[type]
-    #: The family's training options: a dataclass whose fields are made with :func:`~.train_options.option`
+    #: The family's training options: a dataclass whose fields are made with :func:`~.training.options.option`
     #: (each declares its command-line flag, help and type) or are options of the Python API only.
     TrainOptions: ClassVar[type]
     #: Whether :meth:`postprocess` may return per-object masks (``Instances.masks``: objects may overlap; for
@@ -169,14 +169,14 @@ class Family(ABC):
     ) -> Generator[Progress, None, tuple[Any, Any]]:
         """Train a new model described by ``meta``; returns (model with best weights, ``TrainResult``).
 
-        ``options`` is a :class:`~.jobs.TrainOptions` whose ``family_options`` is an instance of this family's
+        ``options`` is a :class:`~.training.jobs.TrainOptions` whose ``family_options`` is an instance of this family's
         :attr:`TrainOptions`; the family may add what it used to ``meta["training"]``. Each step of the
         training loop is :meth:`training_step`.
         """
         raise InstanceTunerError(f"training of family {self.name!r} is not available")
 
     def training_step(self, model: Any, batch: tuple, loss_fn: Any = None) -> tuple[Any, Any]:
-        """One forward pass and loss of training or fine-tuning; :func:`~.training.fit` calls it on every batch.
+        """One forward pass and loss of training or fine-tuning; :func:`~.training.loop.fit` calls it on every batch.
 
         Parameters
         ----------
@@ -202,9 +202,9 @@ class Family(ABC):
         raise InstanceTunerError(f"training of family {self.name!r} is not available")
 
     def finetune_setup(self, model: Any, meta: dict, pairs: list, settings: Any) -> tuple[Any, Any, list | None]:
-        """What :func:`~.finetune.finetune` needs: ``(next_batch, training_step, trainable parameters or None)``.
+        """What :func:`~.training.finetune.finetune` needs: ``(next_batch, training_step, trainable parameters or None)``.
 
-        ``pairs`` are :class:`~.finetune.CorrectedImage`; ``model`` is the copy being tuned. With
+        ``pairs`` are :class:`~.training.finetune.CorrectedImage`; ``model`` is the copy being tuned. With
         ``settings.freeze_encoder`` the family's :meth:`frozen_part` does not train.
         """
         batches = self.finetune_batches(model, meta, pairs, settings)
@@ -233,7 +233,7 @@ class Family(ABC):
         stack (see :func:`scorable`). Used to pick the best epoch and by auto-tuning after training.
         Default: the mean of GlaS object F1 and object Dice.
         """
-        from .metrics import object_dice, object_f1  # deferred: scipy/scikit-image
+        from .evaluation.metrics import object_dice, object_f1  # deferred: scipy/scikit-image
 
         return selection_score(object_f1(pred, reference)["f1"], object_dice(pred, reference))
 

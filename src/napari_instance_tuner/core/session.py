@@ -8,7 +8,7 @@ micro-sam's ``initialize(image)`` / ``generate(**params)``.
 
 Example
 -------
->>> from napari_instance_tuner.core.checkpoint import load_model            # doctest: +SKIP
+>>> from napari_instance_tuner.core.io.checkpoint import load_model            # doctest: +SKIP
 >>> from napari_instance_tuner.core.progress import run as drive            # doctest: +SKIP
 >>> session = SegmentSession(image, name="slide 1")                           # doctest: +SKIP
 >>> labels = drive(session.run(load_model("glas"))).labels                  # doctest: +SKIP
@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 
 from .errors import InstanceTunerError
+from .inference.slide_segment import segment_at_model_scale
+from .inference.stack import StackInstances, StackMaps, postprocess_stack, predict_stack
+from .io.pyramid import LEVEL0, write_label_pyramid
+from .io.recipe import build_recipe, recipe_device, recipe_model, recipe_params
 from .params import params_to_dict
 from .progress import CancelToken, Progress
-from .pyramid import LEVEL0, write_label_pyramid
-from .recipe import build_recipe, recipe_device, recipe_model, recipe_params
-from .slide_segment import segment_at_model_scale
-from .stack import StackInstances, StackMaps, postprocess_stack, predict_stack
 
 
 @dataclass
@@ -175,7 +175,7 @@ class SegmentSession:
             The family's post-processing parameters; default the session's (if of this family), else the
             model's defaults.
         device : str, optional
-            A torch device ("cpu", "cuda", ...), as chosen by :func:`.inference.choose_device`; default the
+            A torch device ("cpu", "cuda", ...), as chosen by :func:`.inference.predict.choose_device`; default the
             session's.
         tile_size : int, optional
             Network tile side; default the model's.
@@ -225,7 +225,7 @@ class SegmentSession:
         ----------
         model : LoadedModel
         source : SourceImage
-            The image, opened lazily (:func:`.slide_segment.source_from_levels`).
+            The image, opened lazily (:func:`.inference.slide_segment.source_from_levels`).
         params : dataclass
         out : path
             A zarr group that does not exist yet; level 0 is its array "0".
@@ -280,7 +280,7 @@ class SegmentSession:
     # -- recipes ----------------------------------------------------------------------------------------
 
     def record(self) -> dict:
-        """The run as plain values: :data:`.recipe.LAYER_KEYS` and ``"role"`` (what a Labels layer records).
+        """The run as plain values: :data:`.io.recipe.LAYER_KEYS` and ``"role"`` (what a Labels layer records).
 
         Streamed runs also record ``"streaming"`` (tile, halo, amp).
         """
@@ -302,7 +302,7 @@ class SegmentSession:
         return record
 
     def get_state(self) -> dict:
-        """The recipe of the labels (:mod:`.recipe`): weights, family, parameters, tiling, device, image."""
+        """The recipe of the labels (:mod:`.io.recipe`): weights, family, parameters, tiling, device, image."""
         streaming = None if self.streamed is None or self.streamed.settings is None else \
             self.streamed.settings.to_dict()
         return build_recipe(weights_path=self.model.path, weights_sha256=self.model.sha256,
@@ -317,9 +317,9 @@ class SegmentSession:
         Parameters
         ----------
         recipe : dict
-            From :func:`.recipe.load_recipe` or :meth:`get_state`.
+            From :func:`.io.recipe.load_recipe` or :meth:`get_state`.
         loaded : LoadedModel, optional
-            The recipe's model, already loaded (:func:`.recipe.recipe_model`).
+            The recipe's model, already loaded (:func:`.io.recipe.recipe_model`).
         device : str, optional
             Overrides the recorded device; the recorded one when available, else the CPU.
         weights : path-like, optional

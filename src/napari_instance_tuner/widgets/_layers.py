@@ -1,7 +1,7 @@
 """Layer bookkeeping: the plugin writes only its own layers and never overwrites a user's edits.
 
 Every layer the plugin adds carries a metadata tag (:data:`TAG`) whose value records the run (for the user's
-files and recipes: :data:`~..core.recipe.LAYER_KEYS`, ``"labels_digest"``). For one image's session, the
+files and recipes: :data:`~..core.io.recipe.LAYER_KEYS`, ``"labels_digest"``). For one image's session, the
 registry (:mod:`._sessions`) remembers the map layers and the Labels layer written, and a digest of the labels
 as written. Before the labels are replaced, a layer the user painted on (napari's ``paint`` event), replaced
 (``data`` event) or changed in place (digest mismatch) is renamed "<name> (edited)", loses the tag, and a new

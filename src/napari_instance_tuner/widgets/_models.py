@@ -13,7 +13,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
-from ..core.checkpoint import default_model, load_model, model_card, shipped_models
+from ..core.io.checkpoint import default_model, load_model, model_card, shipped_models
 from ._worker import Job, as_work, error_message, notify_error
 
 WEIGHTS_FILTER = ("Model weights (*.safetensors *.pt *.pth *.ckpt *.zip rdf.yaml bioimageio.yaml);;"
@@ -46,7 +46,7 @@ class ModelPicker:
     Parameters
     ----------
     on_loaded : callable
-        Called with the :class:`~..core.checkpoint.LoadedModel` each time a model finishes loading.
+        Called with the :class:`~..core.io.checkpoint.LoadedModel` each time a model finishes loading.
     on_busy : callable
         Called with True when a load starts and False when it ends.
     """
@@ -145,7 +145,7 @@ class ModelPicker:
     def propose(self, rgb: bool) -> None:
         """Select the shipped model made the default for RGB (or grey) images, unless the user chose one.
 
-        The card says why (``default_for`` in the model card; see :func:`~..core.checkpoint.default_model`).
+        The card says why (``default_for`` in the model card; see :func:`~..core.io.checkpoint.default_model`).
         """
         name = default_model("rgb" if rgb else "grey")
         if self.user_chose or self.loading or name is None or name == self.selected:

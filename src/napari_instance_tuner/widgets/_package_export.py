@@ -14,9 +14,9 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from ..core.checkpoint import load_model
-from ..core.finetune import save_finetuned
 from ..core.io.bioimageio_export import PackageInfo, export_package
+from ..core.io.checkpoint import load_model
+from ..core.training.finetune import save_finetuned
 from ._worker import FileWriter
 
 

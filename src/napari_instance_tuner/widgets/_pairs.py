@@ -1,10 +1,10 @@
 """The fine-tune widget's list of training pairs: (image, corrected Labels, checked regions, held-out region).
 
 The list holds layers, not arrays: a pair's data is read when training starts (:meth:`Pair.capture`,
-on the GUI thread, cheap) and turned into a :class:`~..core.finetune.CorrectedImage` in the worker
+on the GUI thread, cheap) and turned into a :class:`~..core.training.finetune.CorrectedImage` in the worker
 (:meth:`PairData.corrected`, which reads the arrays and rasterises the regions with
-:mod:`..core.regions`). Removing a layer from the viewer drops the pairs that use it. A held-out region
-(another Shapes layer) is kept out of training and scored during it (see :mod:`..core.finetune`).
+:mod:`..core.training.regions`). Removing a layer from the viewer drops the pairs that use it. A held-out region
+(another Shapes layer) is kept out of training and scored during it (see :mod:`..core.training.finetune`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from magicgui.widgets import ComboBox, Container, PushButton, Select
 
 from ..core.errors import InstanceTunerError
-from ..core.regions import check_pair_shapes, corrected_pair, rasterise, to_pixels
+from ..core.training.regions import check_pair_shapes, corrected_pair, rasterise, to_pixels
 from ._layers import source_images
 from ._worker import error_message, notify_error
 
@@ -38,7 +38,7 @@ class ShapesData:
                    tuple(layer.translate))
 
     def mask(self, shape: tuple[int, int], image_scale: tuple, image_translate: tuple) -> Any:
-        """bool (H, W) union of the shapes on the image's pixel grid (see :mod:`..core.regions`)."""
+        """bool (H, W) union of the shapes on the image's pixel grid (see :mod:`..core.training.regions`)."""
         if not self.vertices:
             raise InstanceTunerError(f"the Shapes layer {self.name!r} has no shapes")
         pixels = [to_pixels(v, self.scale, self.translate, image_scale, image_translate) for v in self.vertices]
@@ -59,7 +59,7 @@ class PairData:
     image_translate: tuple = (0.0, 0.0)
 
     def corrected(self) -> Any:
-        """The validated :class:`~..core.finetune.CorrectedImage` (reads the data; run it in a worker)."""
+        """The validated :class:`~..core.training.finetune.CorrectedImage` (reads the data; run it in a worker)."""
         import numpy as np
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.resample import model_pixel_size, scale_factor
+from ..core.inference.resample import model_pixel_size, scale_factor
 
 _MICRONS = ("µm", "um", "micrometer", "micron", "micrometre")
 

@@ -1,6 +1,6 @@
 """“Save fine-tuned weights…”: ask for a file, refuse loaded checkpoints, confirm overwrites, write in a job.
 
-The checkpoint is written by :func:`..core.finetune.save_finetuned` (which records the parent's sha256,
+The checkpoint is written by :func:`..core.training.finetune.save_finetuned` (which records the parent's sha256,
 the data, the settings and the loss history) in a background job.
 """
 
@@ -13,13 +13,13 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from ..core.finetune import save_finetuned
+from ..core.training.finetune import save_finetuned
 from ._worker import FileWriter, notify_error
 
 
 @dataclass
 class Tuned:
-    """A fine-tuned model and what :func:`..core.finetune.save_finetuned` records about it.
+    """A fine-tuned model and what :func:`..core.training.finetune.save_finetuned` records about it.
 
     Attributes
     ----------

@@ -12,8 +12,8 @@ from functools import partial
 from typing import Any
 
 from ..core.errors import InstanceTunerError
-from ..core.inference import choose_device, device_description
-from ..core.slide_segment import source_from_levels
+from ..core.inference.predict import choose_device, device_description
+from ..core.inference.slide_segment import source_from_levels
 from ._base import error_message, notify_error
 from ._layers import write_labels, write_maps
 from ._pixel_size import layer_pixel_size, level_data

@@ -1,8 +1,8 @@
 """Layer bookkeeping for streamed runs: images too large to keep their network maps in memory.
 
-A streamed run (:func:`..core.streaming.stream_segment`) writes its labels to array "0" of a zarr group in a
+A streamed run (:func:`..core.inference.streaming.stream_segment`) writes its labels to array "0" of a zarr group in a
 temporary folder of this session (:func:`stream_target`; the folder is removed when Python exits), and its
-worker then writes the smaller levels "1", "2", ... (:func:`..core.pyramid.write_label_pyramid`). The Labels
+worker then writes the smaller levels "1", "2", ... (:func:`..core.io.pyramid.write_label_pyramid`). The Labels
 layer "<image> instances" shows those stored levels as a multiscale layer (chunks are read only when napari
 draws them). No maps are cached, so the sliders cannot update these labels: a new Run does.
 
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core.pyramid import needs_streaming
-from ..core.resample import model_pixel_size, scale_factor
-from ..core.stack import slice_count
+from ..core.inference.resample import model_pixel_size, scale_factor
+from ..core.inference.stack import slice_count
+from ..core.io.pyramid import needs_streaming
 from ._file_names import safe_name
 from ._layers import LabelsTrack, is_plugin_layer, place_labels
 from ._pixel_size import layer_pixel_size

@@ -2,7 +2,7 @@
 
 It works on the cached maps of the session of the image in hand (the viewer's registry, :mod:`._sessions`); a
 large image that Segment streams tile by tile has none, and the widget says to tune on a crop instead. One core call,
-:func:`..core.autotune.autotune` (a coarse pass, then coordinate line searches), runs in a thread worker
+:func:`..core.evaluation.autotune.autotune` (a coarse pass, then coordinate line searches), runs in a thread worker
 with progress and Cancel; only post-processing runs, never the network. The widget shows the metric
 before → after and proposes the best parameters through the registry: the Segment widget's sliders move and
 the labels are re-computed.
@@ -20,11 +20,11 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
-from ..core.autotune import autotune
-from ..core.evaluation import score_function, split_slices
+from ..core.evaluation.autotune import autotune
+from ..core.evaluation.layer_metrics import score_function, split_slices
 from ._base import DockWidget, error_message, notify_error
 
-#: Metric choices: (display name, key of :data:`..core.evaluation.TUNABLE`).
+#: Metric choices: (display name, key of :data:`..core.evaluation.layer_metrics.TUNABLE`).
 METRICS = [("object F1", "object_f1"), ("mean AP", "mean_ap"), ("AJI", "aji"), ("object Dice", "object_dice")]
 #: Why a large image cannot be tuned: it is streamed tile by tile and keeps no network maps.
 STREAMED_MESSAGE = (

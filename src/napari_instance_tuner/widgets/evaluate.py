@@ -1,7 +1,7 @@
 """The Evaluate dock widget: score a predicted Labels layer against a reference one.
 
-One core call in a thread worker: :func:`..core.evaluation.evaluate_labels` (object F1, object Dice,
-object Hausdorff, AP@0.5…0.9, mean AP, AJI...) and :func:`..core.error_map.error_map`, which the widget
+One core call in a thread worker: :func:`..core.evaluation.layer_metrics.evaluate_labels` (object F1, object Dice,
+object Hausdorff, AP@0.5…0.9, mean AP, AJI...) and :func:`..core.evaluation.error_map.error_map`, which the widget
 shows as a Labels layer "<prediction> errors": red false positives, cyan false negatives (missed
 reference objects), magenta where the two overlap.
 """
@@ -17,12 +17,12 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem, QWidget
 
-from ..core.error_map import error_map
-from ..core.evaluation import TABLE_ROWS, evaluate_labels
+from ..core.evaluation.error_map import error_map
+from ..core.evaluation.layer_metrics import TABLE_ROWS, evaluate_labels
 from ._base import DockWidget, error_message, notify_error
 from ._layers import TAG
 
-#: Matching rules of the error layer: (display name, rule of :func:`..core.error_map.error_ids`).
+#: Matching rules of the error layer: (display name, rule of :func:`..core.evaluation.error_map.error_ids`).
 RULES = [("GlaS: covers > 50 % of a reference object", "glas"), ("IoU > 0.5", "iou")]
 #: Error layer colours by value (1 false positive, 2 false negative, 3 both).
 COLORS = {None: "transparent", 0: "transparent", 1: "red", 2: "cyan", 3: "magenta"}
@@ -46,7 +46,7 @@ class EvaluateWidget(DockWidget):
     Attributes
     ----------
     values : dict[str, float]
-        The last evaluation (keys of :func:`..core.evaluation.evaluate_labels`); empty before one.
+        The last evaluation (keys of :func:`..core.evaluation.layer_metrics.evaluate_labels`); empty before one.
     error_layer : napari.layers.Labels or None
         The layer showing the last evaluation's false positives and negatives.
     """

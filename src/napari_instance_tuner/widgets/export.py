@@ -1,9 +1,9 @@
 """The Export dock widget: write a Labels layer as TIFF, PNG, CSV, QuPath GeoJSON and a mask stack.
 
 The widget reads its controls, asks before replacing files, and runs one core call
-(:func:`..core.export.export_instances`) in a background job. When the Segment widget made the Labels
+(:func:`..core.io.export.export_instances`) in a background job. When the Segment widget made the Labels
 layer, the layer's ``metadata["napari_instance_tuner"]`` records the run's weights, parameters and image
-(see :data:`..core.recipe.LAYER_KEYS`: the user's record, kept with the layer) and a replayable recipe is
+(see :data:`..core.io.recipe.LAYER_KEYS`: the user's record, kept with the layer) and a replayable recipe is
 written beside the export.
 
 For families whose objects may overlap (layering, Mask R-CNN) the viewer's session registry (:mod:`._sessions`)
@@ -30,8 +30,8 @@ from qtpy.QtWidgets import QMessageBox, QWidget
 
 from .._writers import pixel_size
 from ..core.errors import InstanceTunerError
-from ..core.export import OBJECT_TYPES, ExportOptions, check_target, export_instances, export_targets
-from ..core.recipe import recipe_from_metadata
+from ..core.io.export import OBJECT_TYPES, ExportOptions, check_target, export_instances, export_targets
+from ..core.io.recipe import recipe_from_metadata
 from ._base import DockWidget, error_message, notify_error
 from ._file_names import safe_name
 from ._layers import TAG, digest, is_plugin_layer

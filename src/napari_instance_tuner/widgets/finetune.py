@@ -1,13 +1,13 @@
 """The Fine-tune dock widget: teach the current model the user's corrections, in the background.
 
 The model is the Segment widget's current one (published in the viewer's registry, :mod:`._sessions`), else
-one loaded here by name or file. Fine-tune runs one core generator (:func:`..core.finetune.finetune`, which trains a *copy*) in a
+one loaded here by name or file. Fine-tune runs one core generator (:func:`..core.training.finetune.finetune`, which trains a *copy*) in a
 thread worker: a progress bar and a live loss curve follow it, and Cancel stops after the current step,
 keeping the weights of the last finished step. A pair with a held-out region (a Shapes layer) is scored
 there every "validate every" steps with the post-processing parameters of the image in hand: the score is
 the plot's second curve, the status line tells the best one, and the best-scoring weights are kept.
 A finished run is written to a scratch checkpoint (with
-its parent's hash, see :func:`..core.finetune.save_finetuned`), which is proposed through the registry: the
+its parent's hash, see :func:`..core.training.finetune.save_finetuned`), which is proposed through the registry: the
 Segment widget loads it to re-segment its image; the previous Labels layer is kept as "<name> (before fine-tune)". "Save
 fine-tuned weights…" writes the checkpoint where the user chooses, never over a loaded file; "Export
 bioimage.io package…" writes the fine-tuned model (else the current one) as a bioimage.io model package.
@@ -25,9 +25,9 @@ from magicgui.widgets import CheckBox, Container, FloatSpinBox, Label, ProgressB
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
-from ..core.finetune import FinetuneSettings, finetune, save_finetuned
-from ..core.inference import choose_device
+from ..core.inference.predict import choose_device
 from ..core.progress import CancelToken
+from ..core.training.finetune import FinetuneSettings, finetune, save_finetuned
 from ._base import DockWidget, error_message, notify_error
 from ._models import ModelPicker
 from ._package_export import PackageExporter, ask_package_path

@@ -1,6 +1,6 @@
 """The Segment dock widget: pick a model and an image, run, tune the post-processing live.
 
-Run computes the network maps once in a background thread (:func:`..core.stack.predict_stack`); every
+Run computes the network maps once in a background thread (:func:`..core.inference.stack.predict_stack`); every
 change of a post-processing control re-runs only ``family.postprocess`` on the cached maps, one job at
 a time with the latest values (:class:`._params.ParamsPanel` coalesces rapid changes). The state of
 each image lives in its :class:`~..core.session.SegmentSession` (the viewer's registry,
@@ -8,9 +8,9 @@ each image lives in its :class:`~..core.session.SegmentSession` (the viewer's re
 array maths: it reads values, starts one core call, and writes layers through :mod:`._layers`.
 
 Large images: a 2D image of more than :data:`STREAM_PIXELS` pixels, or any multiscale (pyramid) image, is
-streamed instead (:func:`..core.streaming.stream_segment`: tile by tile, objects stitched across tile
+streamed instead (:func:`..core.inference.streaming.stream_segment`: tile by tile, objects stitched across tile
 borders, labels written to a zarr group in a temporary folder, whose smaller pyramid levels the same worker
-then writes chunk by chunk: :func:`..core.pyramid.write_label_pyramid`); the result is a multiscale Labels
+then writes chunk by chunk: :func:`..core.io.pyramid.write_label_pyramid`); the result is a multiscale Labels
 layer of those stored levels (written through :mod:`._streamed`). No maps are cached for such an image, so
 the controls change nothing until the next Run; the widget says so.
 """
@@ -26,9 +26,9 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
 from ..core.errors import InstanceTunerError
+from ..core.inference.stack import slice_count
+from ..core.inference.streaming import StreamSettings
 from ..core.registry import get_family
-from ..core.stack import slice_count
-from ..core.streaming import StreamSettings
 from ._base import DockWidget, error_message, notify_error
 from ._layers import keep_labels, set_maps_visible, source_images, write_labels
 from ._models import ModelPicker
@@ -141,7 +141,7 @@ class SegmentWidget(SegmentRuns, DockWidget):
 
     @property
     def current_model(self) -> Any:
-        """The loaded :class:`~..core.checkpoint.LoadedModel` in use, or None (read-only)."""
+        """The loaded :class:`~..core.io.checkpoint.LoadedModel` in use, or None (read-only)."""
         return self.models.loaded
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..io.bioimageio_network import PackageNetwork
-from ..train_options import option
+from ..training.options import option
 
 #: The U-Net paper, cited by the model packages of the U-Net families.
 UNET_CITATION = {

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from ..family import Family, Maps
-from ..inference import predict_image
-from ..train_options import option
+from ..inference.predict import predict_image
+from ..training.options import option
 from . import base_channels_option
 
 
@@ -58,6 +58,6 @@ class UNetFamily(Family):
 
     def network_maps(self, model, image: np.ndarray, meta: dict, **run: Any):
         """Normalise and rescale ``image`` as ``meta`` says, run tiled inference, resize maps back
-        (:func:`~..inference.predict_image`); the family names the channels (:meth:`maps_from_stack`)."""
+        (:func:`~..inference.predict.predict_image`); the family names the channels (:meth:`maps_from_stack`)."""
         stack = yield from predict_image(model, image, meta, out_channels=self.out_channels(model), **run)
         return self.maps_from_stack(model, stack)

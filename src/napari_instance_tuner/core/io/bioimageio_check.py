@@ -7,9 +7,9 @@ with the test output (``bioimageio.core.test_model``), as the bioimage.io collec
 
 from __future__ import annotations
 
+import gc
 import inspect
 import re
-import gc
 import textwrap
 import warnings
 from dataclasses import dataclass, field

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InstanceTunerError
-from ..image import normalise, rescale, to_channels_last
+from ..inference.image import normalise, rescale, to_channels_last
 from .bioimageio_network import STATE_PREFIX, PackageNetwork, bundle_source, load_bundle
 
 #: Version of the layout of ``config.napari_instance_tuner`` (independent of the checkpoint format).
@@ -140,7 +140,7 @@ def export_package(loaded, sample: np.ndarray, out: str | Path, info: PackageInf
     Parameters
     ----------
     loaded : LoadedModel
-        The model (:func:`~..checkpoint.load_model`, or a fine-tuned one with its parent's metadata).
+        The model (:func:`~.checkpoint.load_model`, or a fine-tuned one with its parent's metadata).
     sample : np.ndarray
         A real image (H, W) or (H, W, C) of the kind the model segments; the test tensors and cover are cut
         from it.

@@ -12,7 +12,7 @@ The conventions (from QuPath's own source, 0.4 to 0.7; ``../shared/docs/qupath-g
 
 The reader takes what QuPath exports (a FeatureCollection, a bare Feature, an array of Features or a bare
 geometry; ``Polygon`` and ``MultiPolygon`` with holes; classifications as objects or strings) and rasterises
-it with the pixel-centre rule of :func:`..polygons.rasterise`, so writing labels and reading them back gives
+it with the pixel-centre rule of :func:`.polygons.rasterise`, so writing labels and reading them back gives
 the same objects.
 """
 
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InstanceTunerError
-from ..polygons import Polygon, mask_polygons, rasterise
-from ..safe_write import ExportError, write_text
+from .polygons import Polygon, mask_polygons, rasterise
+from .safe_write import ExportError, write_text
 
 __all__ = ["QUPATH_COLORS", "OBJECT_TYPES", "class_color", "valid_geometry", "scale_polygons", "feature",
            "geojson_features", "write_geojson", "GeoObject",
@@ -135,7 +135,7 @@ def feature(
     Parameters
     ----------
     polygons : list of polygons
-        The object's outline in level-0 pixel-edge coordinates (see :mod:`..polygons`).
+        The object's outline in level-0 pixel-edge coordinates (see :mod:`.polygons`).
     object_type : str
         ``"detection"`` or ``"annotation"``.
     classification : str, optional
@@ -174,7 +174,7 @@ def geojson_features(
 ) -> dict:
     """A GeoJSON ``FeatureCollection`` to QuPath's conventions , one feature per object.
 
-    Geometries are exact pixel outlines (see :mod:`..polygons`) made JTS-valid: holes are interior rings, a
+    Geometries are exact pixel outlines (see :mod:`.polygons`) made JTS-valid: holes are interior rings, a
     label in several pieces a ``MultiPolygon``. Overlapping ``masks`` give separate features. Each feature
     has a UUID ``id``; ``properties`` hold ``objectType``, ``classification`` ``{"name", "color"}`` when
     given, ``measurements`` (the table's finite values except coordinates, which the geometry carries) and,
@@ -185,7 +185,7 @@ def geojson_features(
     labels : np.ndarray
         Integer (H, W) labels (ignored when ``masks`` is given).
     table : dict
-        Measurements from :func:`..export.measurements` (pixel units of ``labels``).
+        Measurements from :func:`.export.measurements` (pixel units of ``labels``).
     masks : np.ndarray, optional
         bool (N, H, W) possibly overlapping objects.
     object_type, classification : str
@@ -231,7 +231,7 @@ def _number(value: Any) -> int | float:
 
 def write_geojson(path: str | os.PathLike, collection: dict, overwrite: bool = False) -> Path:
     """Write a FeatureCollection from :func:`geojson_features` (or :func:`.objects.object_features`) as compact
-    JSON, atomically (see :mod:`..safe_write`)."""
+    JSON, atomically (see :mod:`.safe_write`)."""
     return write_text(path, json.dumps(collection, separators=(",", ":"), allow_nan=False), overwrite)
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..measure import measure_labels
-from ..polygons import mask_polygons
+from ..evaluation.measure import measure_labels
 from .geojson import feature, scale_polygons
+from .polygons import mask_polygons
 
 __all__ = ["LabelFrame", "object_boxes", "iter_objects", "object_table", "object_features"]
 
@@ -76,7 +76,7 @@ def iter_objects(labels: Any, boxes: dict[int, tuple[int, int, int, int]]) -> It
 
 
 def _row(label: int, mask: np.ndarray, box: tuple, image: Any | None, frame: LabelFrame) -> dict[str, float]:
-    """Measurements of one object (see :func:`..measure.measure_labels`) in level-0 pixels / µm."""
+    """Measurements of one object (see :func:`..evaluation.measure.measure_labels`) in level-0 pixels / µm."""
     y0, x0, y1, x1 = box
     crop = None if image is None else np.asarray(image[y0:y1, x0:x1])
     table = measure_labels(np.pad(mask, 1).astype(np.uint8), None if crop is None else np.pad(

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..progress import Progress
-from ..pyramid import write_label_pyramid
+from .pyramid import write_label_pyramid
 
 __all__ = ["write_label_group"]
 
@@ -56,7 +56,7 @@ def write_label_group(
         The ``.zarr`` folder (replaced if it exists).
     labels : array-like
         Integer (H, W) labels (NumPy, zarr, dask, or a lazy view such as
-        :class:`~..resample.UpscaledLabels`): read ``chunk`` x ``chunk`` at a time.
+        :class:`~..inference.resample.UpscaledLabels`): read ``chunk`` x ``chunk`` at a time.
     pixel_size_um : float, optional
         µm per level-0 pixel, written as the scale of level 0 (level k: ``pixel_size_um * 2**k``).
     chunk : int

@@ -70,7 +70,7 @@ class LayeringFamily(UNetFamily):
 
     def score(self, pred, reference) -> float:
         """Mean AP over IoU 0.5..0.9 (the paper's model-selection and headline metric)."""
-        from ...metrics import average_precision  # deferred: scipy/scikit-image
+        from ...evaluation.metrics import average_precision  # deferred: scipy/scikit-image
 
         return float(average_precision(pred, reference)["mean_ap"])
 

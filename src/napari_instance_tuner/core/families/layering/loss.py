@@ -242,7 +242,7 @@ def target_stack(objects: torch.Tensor, u: torch.Tensor, present: torch.Tensor,
 
 @dataclass(frozen=True)
 class LayeringLoss:
-    """Equation (1) as a ``loss_fn(logits, targets, valid) -> (loss, parts)`` for :func:`~...training.fit`.
+    """Equation (1) as a ``loss_fn(logits, targets, valid) -> (loss, parts)`` for :func:`~...training.loop.fit`.
 
     Attributes
     ----------

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from ...data import Sample
 from ...errors import InstanceTunerError
-from ...inference import predict_tiled
+from ...inference.predict import predict_tiled
+from ...io.safe_write import write_atomic
 from ...progress import run
-from ...safe_write import write_atomic
+from ...training.data import Sample
 
 #: The paper's adjacency distance t, in pixels of the data.
 ADJACENCY_DISTANCE = 15.0
@@ -167,7 +167,7 @@ def fixed_layers(model, samples: list, separate: bool, device: str = "cpu") -> l
 
     The paper builds S once, after phase 1, from the layering of each object's overlap-free part; it is then
     kept through phase 2. Here the model runs on each whole training image at network scale (tiled as in
-    inference, :func:`~...inference.predict_tiled`),
+    inference, :func:`~...inference.predict.predict_tiled`),
     u_i is the mean embedding of object i's overlap-free part, and the layer is ``argmax(u_i)``, or the
     conflict-free assignment of :func:`~.loss.layer_assignment` when ``separate``.
 

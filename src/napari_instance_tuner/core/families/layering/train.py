@@ -19,15 +19,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ...augment import AugmentConfig, photometric, random_corner, random_scale, random_symmetry
-from ...checkpoint import read_checkpoint
-from ...data import Sample
 from ...errors import InstanceTunerError
-from ...image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
+from ...evaluation.scoring import make_validator
+from ...inference.image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
+from ...io.checkpoint import read_checkpoint
 from ...progress import CancelToken, Progress
-from ...scoring import make_validator
-from ...train_options import option
-from ...training import TrainConfig, TrainResult, fit, read_resume, seed_everything
+from ...training.augment import AugmentConfig, photometric, random_corner, random_scale, random_symmetry
+from ...training.data import Sample
+from ...training.loop import TrainConfig, TrainResult, fit, read_resume, seed_everything
+from ...training.options import option
 from .. import init_weights_option
 from ..unet import UNetTrainOptions
 from .targets import ADJACENCY_DISTANCE, adjacency, load_or_assign_layers, object_masks, paste_crossing
@@ -237,7 +237,7 @@ def train_layering(
     """Build the model described by ``meta`` and train it in two phases; returns (best model, result).
 
     ``family`` is the :class:`~.family.LayeringFamily` (it builds, validates and steps the model);
-    ``options`` is a :class:`~...jobs.TrainOptions` whose ``family_options`` (:class:`LayeringTrainOptions`)
+    ``options`` is a :class:`~...training.jobs.TrainOptions` whose ``family_options`` (:class:`LayeringTrainOptions`)
     set ``phase1_epochs`` and ``phase2_epochs`` (default: ``options.train.epochs`` split 2:1 as the paper's
     1000:500), ``sparse_weight`` (lambda, default 0.1), ``paste_crossings`` (copy-paste crossings, see
     :func:`~.targets.paste_crossing`; default 0), ``overlap_targets`` ("separated": phase 2's S keeps adjacent
@@ -286,7 +286,7 @@ def train_layering(
                          adjacency_distance=ADJACENCY_DISTANCE * meta["pixel_scale"])
     validate = None
     if val_samples:
-        from ...metrics import aggregated_jaccard_index, average_precision  # deferred: scipy/scikit-image
+        from ...evaluation.metrics import aggregated_jaccard_index, average_precision  # deferred: scipy/scikit-image
 
         metrics = {"mean_ap": lambda p, r: average_precision(p, r)["mean_ap"], "aji": aggregated_jaccard_index}
         validate = make_validator(family, val_samples, meta, family.default_params(meta), metrics, "mean_ap",

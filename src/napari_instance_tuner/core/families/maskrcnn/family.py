@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ...family import Family, Instances, Maps
-from ...inference import choose_device
+from ...inference.predict import choose_device
 from ...io.bioimageio_network import PackageNetwork
-from ...llvm_guard import prepare_torch_training
+from ...training.llvm_guard import prepare_torch_training
 from .loss import DetectionLoss
 from .postprocess import MaskRCNNParams, postprocess, score_map
 from .tiling import Detections, detect_tiled
@@ -149,6 +149,6 @@ class MaskRCNNFamily(Family):
 
     def score(self, pred, reference) -> float:
         """The DSB2018 score (mean AP over IoU 0.5:0.05:0.95) of one prediction."""
-        from ...metrics import dsb_score  # deferred: scipy/scikit-image
+        from ...evaluation.metrics import dsb_score  # deferred: scipy/scikit-image
 
         return dsb_score(pred, reference)

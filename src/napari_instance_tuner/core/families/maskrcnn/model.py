@@ -349,7 +349,7 @@ def network_input(image: np.ndarray, meta: dict, config: MaskRCNNConfig) -> tupl
     shape : tuple of int
         (H, W) of the input image.
     """
-    from ...image import prepare_image  # deferred: image handling, only at inference
+    from ...inference.image import prepare_image  # deferred: image handling, only at inference
 
     prepared, shape = prepare_image(image, {**meta, "in_channels": 3})
     if config.clahe:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...inference import _starts
+from ...inference.predict import _starts
 from ...progress import CancelToken, Progress
 
 

@@ -1,6 +1,6 @@
 """Training options and data of the Mask R-CNN family: random augmented crops with box/mask targets.
 
-Training runs through the generic resumable loop :func:`~napari_instance_tuner.core.training.fit` like
+Training runs through the generic resumable loop :func:`~napari_instance_tuner.core.training.loop.fit` like
 every family's: each step calls :meth:`~.family.MaskRCNNFamily.training_step`, which runs torchvision's
 training-mode forward pass ``model(images, targets)`` (it computes its own losses, see :mod:`.loss`) under
 the loop's autocast, so ``--amp`` works here as for the U-Nets. The batch is ``(x, TargetBatch, valid)``
@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ...augment import AugmentConfig, photometric, random_scale, random_symmetry
-from ...data import Sample
-from ...finetune import mostly_inside
-from ...image import resize_to
+from ...evaluation.scoring import make_validator
+from ...inference.image import resize_to
 from ...progress import CancelToken, Progress
-from ...scoring import make_validator
-from ...train_options import comma_ints, option, training_fields
-from ...training import TrainConfig, TrainResult, fit, read_resume, seed_everything
+from ...training.augment import AugmentConfig, photometric, random_scale, random_symmetry
+from ...training.data import Sample
+from ...training.finetune import mostly_inside
+from ...training.loop import TrainConfig, TrainResult, fit, read_resume, seed_everything
+from ...training.options import comma_ints, option, training_fields
 from .. import base_channels_option, init_weights_option
 from .loss import DetectionLoss
 from .targets import TargetBatch, targets_from_instances
@@ -169,7 +169,7 @@ class DetectionBatches:
         return chw.astype(np.float32), targets_from_instances(inst, self.min_object_pixels)
 
     def __call__(self, rng: np.random.Generator):
-        """A batch for :func:`~napari_instance_tuner.core.training.fit`: x (B, 3, c, c), TargetBatch, valid (B,)."""
+        """A batch for :func:`~napari_instance_tuner.core.training.loop.fit`: x (B, 3, c, c), TargetBatch, valid (B,)."""
         import torch  # deferred: torch
 
         parts = [self.one(rng, int(i)) for i in rng.integers(0, len(self.samples), self.batch_size)]
@@ -254,7 +254,7 @@ def train_maskrcnn(
     step = partial(family.training_step, loss_fn=DetectionLoss(options.mask_loss_alpha, biased, done))
     validate = None
     if val_samples:
-        from ...metrics import dsb_score  # deferred: scipy/scikit-image
+        from ...evaluation.metrics import dsb_score  # deferred: scipy/scikit-image
 
         validate = make_validator(family, val_samples, meta, family.default_params(meta), {"dsb_score": dsb_score},
                                   "dsb_score", device)

@@ -41,7 +41,7 @@ class ThreeBranchFamily(UNetFamily):
 
     def maps_from_stack(self, model, stack) -> Maps:
         """float32 (H, W) maps named after the model's branches (``meta["test_time_flips"]``: 1, 2 or 4
-        mirrored copies averaged, see :func:`~...inference.predict_image`)."""
+        mirrored copies averaged, see :func:`~...inference.predict.predict_image`)."""
         return Maps(arrays=dict(zip(model.config.branches, stack)))
 
     def package_network(self, meta: dict) -> PackageNetwork:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...family import Instances, Maps
-from ...morphology import close_open, connected_components, erode, grow_labels, relabel
+from ...inference.morphology import close_open, connected_components, erode, grow_labels, relabel
 from ...params import param
 
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...augment import AugmentConfig, elastic, photometric, random_corner, random_scale, random_symmetry
-from ...data import Sample
-from ...image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
+from ...evaluation.scoring import make_validator, selection_score
+from ...inference.image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
 from ...progress import CancelToken, Progress
-from ...scoring import make_validator, selection_score
-from ...train_options import option
-from ...training import TrainConfig, TrainResult, fit, seed_everything
+from ...training.augment import AugmentConfig, elastic, photometric, random_corner, random_scale, random_symmetry
+from ...training.data import Sample
+from ...training.loop import TrainConfig, TrainResult, fit, seed_everything
+from ...training.options import option
 from ..unet import UNetTrainOptions
 from .targets import TargetConfig, make_targets
 
@@ -162,7 +162,7 @@ def train_three_branch(
     )
     validate = None
     if val_samples:
-        from ...metrics import object_dice, object_f1  # deferred: scipy/scikit-image
+        from ...evaluation.metrics import object_dice, object_f1  # deferred: scipy/scikit-image
 
         metrics = {"object_f1": lambda p, r: object_f1(p, r)["f1"], "object_dice": object_dice}
         validate = make_validator(family, val_samples, meta, family.default_params(meta), metrics,
