@@ -175,3 +175,14 @@ def test_function_level_imports_of_the_package_say_why():
     assert not undocumented, "function-level imports of the package without '# deferred:':\n" + "\n".join(
         undocumented
     )
+
+
+def test_tests_take_shared_helpers_as_fixtures():
+    """Tests reach the shared helpers of ``tests/conftest.py`` as pytest fixtures, never by importing conftest."""
+    tests = Path(__file__).resolve().parent
+    offenders = [str(p.relative_to(tests)) for p in sorted(tests.rglob("*.py"))
+                 if p.name != "conftest.py" and any(
+                     isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "conftest"
+                     or isinstance(n, ast.Import) and any(a.name.split(".")[0] == "conftest" for a in n.names)
+                     for n in ast.walk(ast.parse(p.read_text())))]
+    assert not offenders, f"tests importing conftest instead of using its fixtures: {offenders}"

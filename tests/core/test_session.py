@@ -136,9 +136,7 @@ def test_set_state_replays_the_labels_exactly(session, image, tmp_path):
     np.testing.assert_array_equal(labels, rc.replay(rc.load_recipe(path), image, device="cpu"))
 
 
-def test_a_family_with_overlaps_keeps_its_masks(tmp_path, image):
-    from conftest import tiny_loaded
-
+def test_a_family_with_overlaps_keeps_its_masks(tmp_path, image, tiny_loaded):
     layering = tiny_loaded("layering", tmp_path)
     s = SegmentSession(image, name="img")
     params = replace(layering.family.default_params(layering.meta), threshold=0.3, min_size=0)
