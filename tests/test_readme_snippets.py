@@ -19,7 +19,7 @@ def test_the_readme_has_python_snippets():
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_readme_snippet_runs_as_written(index):
     namespace: dict = {}
-    exec(compile(SNIPPETS[index], f"README.md python snippet {index + 1}", "exec"), namespace)
+    exec(compile(SNIPPETS[index], f"README.md python snippet {index + 1}", "exec"), namespace)  # noqa: S102 - our own README
     if "labels" in namespace:  # the Python API snippet: a label image of the synthetic glands
         labels = namespace["labels"]
         assert labels.dtype == np.uint32 and labels.shape == namespace["image"].shape[:2]
