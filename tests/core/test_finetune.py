@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from napari_instance_tuner.core.errors import InstanceTunerError, ParamsError, WeightsError
-from napari_instance_tuner.core.io.checkpoint import load_model, read_checkpoint
+from napari_instance_tuner.core.io.checkpoint import file_card, load_model, read_checkpoint
 from napari_instance_tuner.core.progress import CancelToken, run
 from napari_instance_tuner.core.training.finetune import CorrectedImage, FinetuneSettings, finetune, save_finetuned
 from napari_instance_tuner.core.training.loop import bfloat16_supported, refuse_amp
@@ -41,6 +41,22 @@ def test_finetune_learns_trains_a_copy_and_records_its_parent(tiny_checkpoint, t
     assert len(meta["finetune"]["history"]) == 30
     with pytest.raises(WeightsError, match="refusing to overwrite"):
         save_finetuned(tiny_checkpoint, loaded, model, result, [make_pair()], settings)
+
+
+def test_a_fine_tuned_checkpoints_card_names_its_base_model_data_steps_and_date(tiny_checkpoint, tmp_path, make_pair):
+    loaded = load_model(tiny_checkpoint)
+    settings = FinetuneSettings(steps=3, batch_size=1, crop=32)
+    model, result = run(finetune(loaded, [make_pair(), make_pair()], settings))
+    out = save_finetuned(tmp_path / "mine.safetensors", loaded, model, result, [make_pair(), make_pair()], settings)
+    tuned = load_model(out)
+    card = file_card(tuned.meta, out.name)
+    date = tuned.meta["finetune"]["date"]
+    assert card["summary"] == f"fine-tuned from {loaded.name} on 2 images (6 objects), 3 steps, {date}"
+    assert card["fine_tuned_from"] == f"{loaded.name} ({loaded.path.name})" and card["fine_tune_steps"] == 3
+    assert card["file"] == "mine.safetensors" and card["fine_tuned_on"] == date
+    # A checkpoint that was trained, not fine-tuned, names its training data; a package's card wins.
+    assert "fine_tuned_from" not in file_card(loaded.meta, "tiny.safetensors")
+    assert file_card({**loaded.meta, "card": {"summary": "from a package"}}, "x")["summary"] == "from a package"
 
 
 def test_region_limits_training_and_bad_pairs_are_refused(tiny_checkpoint, make_pair):

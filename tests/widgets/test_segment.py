@@ -241,6 +241,32 @@ def test_closing_the_image_releases_its_cached_maps(with_image, viewer, run):
     assert maps() is None
 
 
+def test_a_fine_tuned_models_card_names_its_base_model_data_steps_and_date(viewer, image, qtbot, tmp_path,
+                                                                          tiny_checkpoint):
+    from napari_instance_tuner.core.io.checkpoint import load_model
+    from napari_instance_tuner.core.progress import run as run_work
+    from napari_instance_tuner.core.training.finetune import CorrectedImage, FinetuneSettings, finetune, save_finetuned
+    from napari_instance_tuner.widgets.segment import SegmentWidget
+
+    parent = load_model(tiny_checkpoint)
+    labels = np.zeros((48, 48), np.uint32)
+    labels[8:20, 8:20], labels[28:40, 24:36] = 1, 2
+    pair = CorrectedImage(np.stack([(labels > 0) * 200 + 20] * 3, -1).astype(np.uint8), labels)
+    settings = FinetuneSettings(steps=2, batch_size=1, crop=32)
+    model, result = run_work(finetune(parent, [pair], settings))
+    tuned = save_finetuned(tmp_path / "my-glands.safetensors", parent, model, result, [pair], settings)
+
+    widget = SegmentWidget(viewer)
+    widget.load_weights(str(tuned))
+    qtbot.waitUntil(lambda: widget.models.loaded is not None, timeout=10_000)
+    date = widget.models.loaded.meta["finetune"]["date"]
+    summary = f"fine-tuned from {parent.name} on 1 image (2 objects), 2 steps, {date}"
+    assert summary.startswith(widget.models.card.value.rstrip("…"))  # the line, cut to fit the dock
+    tooltip = widget.models.card.tooltip.splitlines()
+    assert f"summary: {summary}" in tooltip and f"fine tuned from: {parent.name} ({parent.path.name})" in tooltip
+    assert "family: three-branch" in tooltip and "fine tune steps: 2" in tooltip
+
+
 def test_shipped_model_is_listed_with_its_card_and_loaded_on_run(
     viewer, image, qtbot, run, tmp_path, tiny_checkpoint, monkeypatch, errors
 ):

@@ -13,7 +13,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
-from ..core.io.checkpoint import default_model, load_model, model_card, shipped_models
+from ..core.io.checkpoint import default_model, file_card, load_model, model_card, shipped_models
 from ._worker import Job, as_work, error_message, notify_error
 
 WEIGHTS_FILTER = ("Model weights (*.safetensors *.pt *.pth *.ckpt *.zip rdf.yaml bioimageio.yaml);;"
@@ -174,8 +174,7 @@ class ModelPicker:
         elif key in shipped_models():
             summary, tooltip = card_text(model_card(key))
         elif self.loaded is not None and self.loaded_key == key:
-            meta = self.loaded.meta
-            summary, tooltip = card_text({"family": meta.get("family"), "file": key, **meta.get("card", {})})
+            summary, tooltip = card_text(file_card(self.loaded.meta, key))
         else:
             summary, tooltip = "loading…", key
         # One line (a wrapped label grows badly in a dock); the tooltip holds the whole card.

@@ -279,6 +279,38 @@ def model_card(name: str) -> dict:
     return json.loads(card.read_text()) if card.is_file() else {}
 
 
+def file_card(meta: dict, file: str) -> dict:
+    """The model card of a checkpoint that is not shipped, from what its metadata records.
+
+    A fine-tuned checkpoint (``meta["parent"]`` and ``meta["finetune"]``, see
+    :func:`~..training.finetune.save_finetuned`) names its base model, its data, its steps and its date; a
+    trained one the data it was trained on. ``meta["card"]`` (e.g. from a bioimage.io package) is kept.
+
+    Examples
+    --------
+    >>> meta = {"family": "three-branch", "parent": {"name": "three-branch-glas-v3", "file": "g.safetensors"},
+    ...         "finetune": {"data": [{"objects": 12}, {"objects": 7}], "history": [{}] * 40,
+    ...                      "date": "2026-12-05 19:50:00"}}
+    >>> file_card(meta, "mine.safetensors")["summary"]
+    'fine-tuned from three-branch-glas-v3 on 2 images (19 objects), 40 steps, 2026-12-05 19:50:00'
+    """
+    card: dict = {"family": meta.get("family"), "file": file}
+    parent, tuned = meta.get("parent"), meta.get("finetune")
+    if parent and tuned:
+        data = tuned.get("data") or []
+        objects = sum(int(d.get("objects") or 0) for d in data)
+        steps = len(tuned.get("history") or [])
+        card["summary"] = (f"fine-tuned from {parent.get('name')} on {len(data)} image{'s' if len(data) != 1 else ''}"
+                           f" ({objects} objects), {steps} steps, {tuned.get('date', 'date unknown')}")
+        card["fine_tuned_from"] = f"{parent.get('name')} ({parent.get('file')})"
+        card["fine_tune_data"] = f"{len(data)} corrected images, {objects} objects"
+        card["fine_tune_steps"] = steps
+        card["fine_tuned_on"] = tuned.get("date")
+    elif meta.get("training", {}).get("data"):
+        card["trained_on"] = meta["training"]["data"]
+    return {**card, **meta.get("card", {})}
+
+
 def default_model(kind: str) -> str | None:
     """The shipped model proposed for images of ``kind`` ("rgb" or "grey"), from the cards' ``default_for``.
 
