@@ -89,3 +89,14 @@ def test_importing_the_plugin_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_importing_the_cli_imports_neither_torch_nor_scipy():
+    """``napari-instance-tuner --help`` starts fast: the command modules defer torch and the metrics' scipy."""
+    code = (
+        "import sys, napari_instance_tuner.cli\n"
+        "print(','.join(sorted(m for m in ('torch', 'torchvision', 'scipy', 'skimage') if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""

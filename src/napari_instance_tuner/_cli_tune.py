@@ -10,7 +10,6 @@ import numpy as np
 from ._cli_data import channel_notes, check_data_folder, pairs_from_split, predict_all
 from ._cli_support import check_out_file, float_range, int_range, run_with_bar
 from .core.errors import InstanceTunerError
-from .core.evaluation.layer_metrics import TUNABLE  # numpy/scipy only: the CLI still starts without torch
 from .core.registry import example_model
 
 
@@ -111,6 +110,8 @@ def add_finetune(command) -> None:
 
 def add_autotune(command, model_and_data) -> None:
     """The ``autotune`` sub-command; ``model_and_data(parser, params_help)`` adds the shared options."""
+    from .core.evaluation.layer_metrics import TUNABLE  # deferred: scipy (metrics); the CLI starts without it
+
     a = command("autotune", "search post-processing parameters on annotated images (no network re-runs)",
                 "  napari-instance-tuner autotune --model my.safetensors --data data/val --out best.json\n"
                 "  napari-instance-tuner predict --model my.safetensors --params best.json --out labels/ slides/")
