@@ -220,13 +220,19 @@ def test_export_instances_writes_every_format(tmp_path):
     options = ex.ExportOptions(tmp_path, "slide", ("tiff", "png", "csv", "geojson", "masks"), classification="Cell")
     written = ex.export_instances(labels, options, scores=np.linspace(0.1, 0.5, 5), recipe=None)
     assert [p.name for p in written] == ["slide.tif", "slide.png", "slide.csv", "slide.geojson", "slide_masks.npz"]
-    with np.load(tmp_path / "slide_masks.npz") as npz:
-        assert npz["masks"].dtype == bool and npz["masks"].shape == (5, 48, 64)
-        assert npz["labels"].tolist() == [1, 2, 3, 4, 5]
+    with np.load(tmp_path / "slide_masks.npz") as npz:  # packed planes: the labels do not overlap, one plane
+        assert npz["planes"].dtype == np.uint32 and npz["planes"].shape == (1, 48, 64)
+        assert npz["labels"].tolist() == [1, 2, 3, 4, 5] and str(npz["layout"]) == "packed-planes"
         np.testing.assert_allclose(npz["scores"], np.linspace(0.1, 0.5, 5), rtol=1e-6)
-        np.testing.assert_array_equal(npz["masks"][1], labels == 2)
-    stack = ex.write_mask_stack(tmp_path / "m.tif", np.stack([labels == 1, labels == 2]))
-    assert tifffile.imread(stack).shape == (2, 48, 64) and tifffile.imread(stack).max() == 255
+        np.testing.assert_array_equal(npz["planes"][0] == 2, labels == 2)
+    objects, ids, _ = ex.read_mask_stack(tmp_path / "slide_masks.npz")
+    np.testing.assert_array_equal(objects.to_dense(), np.stack([labels == k for k in range(1, 6)]))
+    crossing = np.stack([labels == 1, labels > 0])  # the second object holds the first: two planes
+    stack = ex.write_mask_stack(tmp_path / "m.tif", crossing)
+    assert tifffile.imread(stack).shape == (2, 48, 64) and tifffile.imread(stack).max() == 2
+    objects, ids, _ = ex.read_mask_stack(stack)
+    np.testing.assert_array_equal(objects.to_dense(), crossing)
+    assert ids.tolist() == [1, 2]
 
 
 def test_overwrite_is_refused_before_anything_is_written(tmp_path):

@@ -68,7 +68,7 @@ def test_run_keeps_model_maps_params_and_labels(session, loaded, image):
     direct = _direct(loaded, image, session.params)
     assert session.labels.dtype == np.uint32 and session.labels.shape == image.shape[:2]
     np.testing.assert_array_equal(session.labels, direct.labels)
-    assert session.count == direct.count >= 1 and session.masks is None  # three-branch objects do not overlap
+    assert session.count == direct.count >= 1 and session.objects is None  # three-branch objects do not overlap
     assert session.image_shape == image.shape and session.streamed is None
 
 
@@ -112,7 +112,7 @@ def test_a_stack_is_segmented_slice_by_slice(loaded, image):
     stack = np.stack([grey, grey[::-1]])  # (2, 64, 96)
     s = SegmentSession(stack, rgb=False, name="stack")
     instances = run(s.run(loaded, device="cpu"))
-    assert s.maps.stacked and instances.labels.shape == stack.shape and instances.masks is None
+    assert s.maps.stacked and instances.labels.shape == stack.shape and instances.objects is None
     top = int(instances.labels[0].max())
     assert not np.any((instances.labels[1] > 0) & (instances.labels[1] <= top))  # ids unique across slices
 
@@ -141,9 +141,9 @@ def test_a_family_with_overlaps_keeps_its_masks(tmp_path, image, tiny_loaded):
     s = SegmentSession(image, name="img")
     params = replace(layering.family.default_params(layering.meta), threshold=0.3, min_size=0)
     instances = run(s.run(layering, params, device="cpu"))
-    assert s.masks is instances.masks and s.masks.dtype == bool
-    assert s.masks.shape == (s.count, *image.shape[:2])
-    np.testing.assert_array_equal(s.masks.any(0), s.labels > 0)
+    assert s.objects is instances.objects and len(s.objects) == s.count
+    assert s.objects.shape == image.shape[:2]
+    np.testing.assert_array_equal(s.objects.union(), s.labels > 0)
 
 
 def test_a_large_image_is_streamed_into_a_label_pyramid(loaded, tmp_path):

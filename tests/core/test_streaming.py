@@ -17,6 +17,7 @@ from napari_instance_tuner.core.inference.stitch import Stitcher, TileGrid, clas
 from napari_instance_tuner.core.inference.streaming import StreamSettings, stitched_instances, stream_segment
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.registry import family_names, get_family
+from napari_instance_tuner.core.sparse_masks import SparseMasks
 
 SHAPE = (200, 232)
 TILE, HALO = 64, 32
@@ -136,7 +137,7 @@ def test_seam_objects_match_whole_image(name):
     fake = MapsFromImage(get_family(name), names)
     whole = fake.postprocess(run(fake.predict_maps(None, image, {})), params)
     assert whole.count == len(DISKS) + 1
-    keep = whole.masks is not None
+    keep = whole.objects is not None
     result = run(stream_segment(FakeLoaded(fake), image, params, settings=StreamSettings(tile=TILE, halo=HALO),
                                 keep_objects=keep))
     assert result.tiles == 16
@@ -205,7 +206,7 @@ def test_constructed_tiles_duplicate_and_halves():
         y0, x0, y1, x1 = grid.window(i)
         masks = np.stack([small[y0:y1, x0:x1], wide[y0:y1, x0:x1]])
         labels = (masks[0] * 1 + masks[1] * 2).astype(np.uint32)
-        results.append(classify(Instances(labels=labels, masks=masks), grid, i))
+        results.append(classify(Instances(labels=labels, objects=SparseMasks.from_dense(masks)), grid, i))
     assert len(results[0].finals) == 1 and len(results[1].finals) == 0  # centre x=63 lies in tile 0's core
     assert all(len(r.pieces) == 1 for r in results)
     labels = np.zeros((64, 128), np.uint32)
@@ -214,7 +215,7 @@ def test_constructed_tiles_duplicate_and_halves():
         s.add(r)
     assert s.finish() == 2
     got = {(o.box, o.mask.tobytes()) for o in s.objects}
-    assert got == {(o.box, o.mask.tobytes()) for o in tile_objects(Instances(labels, np.stack([small, wide])))}
+    assert got == {(o.box, o.mask.tobytes()) for o in tile_objects(Instances(labels, SparseMasks.from_dense(np.stack([small, wide]))))}
 
 
 def test_single_tile_equals_whole_image_with_real_network(tmp_path, tiny_loaded):

@@ -20,6 +20,7 @@ from .evaluation.scoring import scorable, selection_score
 from .io.bioimageio_network import PackageNetwork
 from .params import params_from_dict
 from .progress import CancelToken, Progress
+from .sparse_masks import SparseMasks
 from .training.loop import supervised_step
 
 __all__ = ["Family", "Instances", "Maps", "scorable"]
@@ -55,23 +56,33 @@ class Instances:
     Attributes
     ----------
     labels : np.ndarray
-        uint32 (H, W); 0 is background, objects are 1..N. Overlaps are flattened (later objects win).
-    masks : np.ndarray or None
-        bool (N, H, W) per-object masks, for families whose objects may overlap; None otherwise.
+        uint32 (H, W); 0 is background, objects are 1..N. Overlaps are flattened (which object wins an
+        overlapping pixel is the family's choice, documented in its ``postprocess``).
+    objects : SparseMasks or None
+        The N per-object masks (boxes and cropped masks, :class:`~.sparse_masks.SparseMasks`) for families whose
+        objects may overlap; object k is label k + 1 where it is not covered. None otherwise.
     scores : np.ndarray or None
         float32 (N,) per-object confidence where the family has one.
     """
 
     labels: np.ndarray
-    masks: np.ndarray | None = None
+    objects: SparseMasks | None = None
     scores: np.ndarray | None = None
 
     @property
     def count(self) -> int:
         """Number of objects."""
-        if self.masks is not None:
-            return int(self.masks.shape[0])
+        if self.objects is not None:
+            return len(self.objects)
         return int(np.unique(self.labels[self.labels > 0]).size)
+
+    @property
+    def masks(self) -> np.ndarray | None:
+        """bool (N, H, W) dense stack of :attr:`objects` (None without them), made on each access.
+
+        For compatibility and small images only: it allocates N x H x W bytes. No code of the package uses it.
+        """
+        return None if self.objects is None else self.objects.to_dense()
 
 
 class Family(ABC):
@@ -88,7 +99,7 @@ class Family(ABC):
     #: The family's training options: a dataclass whose fields are made with :func:`~.training.options.option`
     #: (each declares its command-line flag, help and type) or are options of the Python API only.
     TrainOptions: ClassVar[type]
-    #: Whether :meth:`postprocess` may return per-object masks (``Instances.masks``: objects may overlap; for
+    #: Whether :meth:`postprocess` may return per-object masks (``Instances.objects``: objects may overlap; for
     #: some families only with a parameter, e.g. Mask R-CNN's ``allow_overlaps``). Batch runs then write the
     #: object stacks beside the labels.
     keeps_overlaps: ClassVar[bool] = False

@@ -34,6 +34,7 @@ from .io.pyramid import LEVEL0, write_label_pyramid
 from .io.recipe import build_recipe, recipe_device, recipe_model, recipe_params
 from .params import params_to_dict
 from .progress import CancelToken, Progress
+from .sparse_masks import SparseMasks
 
 
 @dataclass
@@ -92,7 +93,7 @@ class SegmentSession:
     params : dataclass or None
         The family's post-processing parameters of the labels (``instances``).
     instances : StackInstances or None
-        The labels (uint32 (H, W) or (Z, H, W)), count, and for overlapping families the masks bool (K, H, W)
+        The labels (uint32 (H, W) or (Z, H, W)), count, and for overlapping families the objects (boxes and crops)
         and scores float32 (K,).
     device : str
         The torch device the maps were computed on.
@@ -139,9 +140,9 @@ class SegmentSession:
         return None if self.instances is None else self.instances.labels
 
     @property
-    def masks(self) -> np.ndarray | None:
-        """bool (K, H, W) per-object masks of the labels (overlapping families, 2D images), else None."""
-        return None if self.instances is None else self.instances.masks
+    def objects(self) -> SparseMasks | None:
+        """The K per-object masks behind the labels as boxes and crops (overlapping families, 2D images), else None."""
+        return None if self.instances is None else self.instances.objects
 
     @property
     def scores(self) -> np.ndarray | None:

@@ -11,10 +11,14 @@ Map layers: the maps a family names in ``family.map_names`` (foreground, boundar
 widget's "show maps" box; any further maps (the layering family's "layer_1" ... "layer_N") are added
 hidden, each with its own colormap, for the user to switch on in the layer list.
 
-Overlapping objects: for a 2D image of a family whose ``postprocess`` returns per-object ``masks``
-(layering, Mask R-CNN), the :class:`LabelsTrack` of the Labels layer holds the ``masks`` (bool (K, H, W)) and
-``scores`` (float32 (K,) or None) behind the labels written (the session's arrays, not copies), so Export can
-write them while the labels are unedited.
+Overlapping objects: for a 2D image of a family whose ``postprocess`` returns per-object ``objects``
+(layering, Mask R-CNN: boxes and crops, :class:`~..core.sparse_masks.SparseMasks`), the :class:`LabelsTrack` of
+the Labels layer holds the ``objects`` and ``scores`` (float32 (K,) or None) behind the labels written (the
+session's, not copies), so Export can write them while the labels are unedited. Where objects overlap, the
+Labels layer shows the flattened labels and :func:`write_planes` adds a few hidden Labels layers "<image>
+objects p/P": the objects packed by greedy colouring of their overlap graph (objects that share a pixel are on
+different planes), each object whole on its plane with its own label, so every object can be seen whole
+without one layer per object.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ class LabelsTrack:
     digest: str
     edited: bool = False
     writing: bool = False
-    masks: np.ndarray | None = None
+    objects: Any = None
     scores: np.ndarray | None = None
 
 
@@ -190,15 +194,42 @@ def write_labels(viewer: Any, image: Any, session: Any, shown: Any) -> LabelsTra
     """Show ``session.labels`` in the plugin's Labels layer "<image> instances"; returns its track.
 
     The layer's ``metadata[TAG]`` records the run (:meth:`~..core.session.SegmentSession.record`) and the
-    digest of the labels as written; the track holds the session's masks and scores of these labels.
+    digest of the labels as written; the track holds the session's objects and scores of these labels.
+    Where the objects overlap, :func:`write_planes` shows them whole.
     """
     written = digest(session.labels)
     info = {**session.record(), "labels_digest": written}
     track = place_labels(viewer, shown.labels, session.labels, info, image,
                          edited=labels_edited(viewer, shown.labels), digest=written)
-    track.masks, track.scores = session.masks, session.scores
+    track.objects, track.scores = session.objects, session.scores
     shown.labels = track
+    write_planes(viewer, image, session.objects, shown)
     return track
+
+
+def write_planes(viewer: Any, image: Any, objects: Any, shown: Any) -> None:
+    """Show overlapping ``objects`` as a few hidden Labels layers "<image> objects p/P" (greedy colouring).
+
+    Object k is label k + 1 on its plane, as in the flattened labels, so colours match. Nothing is shown (and
+    earlier plane layers of ``shown`` are removed) when there are no objects or none overlap. Plane layers are
+    the plugin's own (tagged, role "plane"); existing ones are updated in place and keep the user's visibility.
+    """
+    planes = objects.to_planes() if objects is not None and len(objects) else None
+    wanted = 0 if planes is None or planes.shape[0] < 2 else planes.shape[0]
+    layers = []
+    for p, layer in enumerate(shown.plane_layers):
+        if p >= wanted and layer in viewer.layers and is_plugin_layer(layer):
+            viewer.layers.remove(layer)
+    for p in range(wanted):
+        name = f"{image.name} objects {p + 1}/{wanted}"
+        old = shown.plane_layers[p] if p < len(shown.plane_layers) else None
+        if old is not None and old in viewer.layers and is_plugin_layer(old):
+            old.data, old.name = planes[p], name
+            layers.append(old)
+        else:
+            layers.append(viewer.add_labels(planes[p], name=name, visible=False, opacity=0.6,
+                                            metadata={TAG: {"role": "plane", "plane": p}}, **_spatial(image)))
+    shown.plane_layers = layers
 
 
 def _watch_edits(track: LabelsTrack) -> None:

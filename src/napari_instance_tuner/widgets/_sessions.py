@@ -40,9 +40,12 @@ class Shown:
         The Labels layer of the (in-memory) labels.
     streamed_labels : LabelsTrack or None
         The multiscale Labels layer of a streamed run.
+    plane_layers : list[napari.layers.Labels]
+        Where objects overlap: the Labels layers of their packed planes (:func:`._layers.write_planes`).
     """
 
     map_layers: dict[str, Any] = field(default_factory=dict)
+    plane_layers: list = field(default_factory=list)
     labels: LabelsTrack | None = None
     streamed_labels: LabelsTrack | None = None
 
@@ -138,7 +141,7 @@ class Sessions:
     # -- the plugin's Labels layers ---------------------------------------------------------------
 
     def remember(self, track: LabelsTrack) -> None:
-        """Know ``track.layer`` as a plugin Labels layer with the masks it was written with."""
+        """Know ``track.layer`` as a plugin Labels layer with the objects it was written with."""
         self._tracks[unwrap(track.layer)] = track
 
     def track(self, labels: Any) -> LabelsTrack | None:

@@ -190,9 +190,9 @@ class ExportWidget(DockWidget):
             image = None if source is None else np.asarray(source.data[0] if source.multiscale else source.data)
         extra = {}
         track = self.sessions.track(layer) if is_plugin_layer(layer) else None
-        masks = None if track is None else track.masks
-        # Masks describe the labels as Segment wrote them: unusable once the labels were edited.
-        if masks is not None and not edited and np.shape(masks)[1:] == labels.shape:
+        masks = None if track is None else track.objects
+        # The objects describe the labels as Segment wrote them: unusable once the labels were edited.
+        if masks is not None and not edited and tuple(masks.shape) == tuple(labels.shape):
             extra = {"masks": masks, **({} if track.scores is None else {"scores": track.scores})}
         elif masks is not None:
             self._note = " (labels edited after segmentation: exported from the labels, overlaps not kept)"

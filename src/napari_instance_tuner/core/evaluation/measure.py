@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InstanceTunerError
+from ..sparse_masks import SparseMasks
 
 _SHAPE_PROPS = ("label", "area", "perimeter", "centroid", "bbox", "eccentricity", "solidity",
                 "axis_major_length", "axis_minor_length")
@@ -90,28 +91,34 @@ def measure_labels(labels: np.ndarray, image: np.ndarray | None = None) -> dict[
     return _table(labels, intensity, channels)
 
 
-def measure_masks(masks: np.ndarray, image: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Measurements of possibly overlapping objects, one row per non-empty mask, labelled 1..N by position.
+def measure_masks(masks: SparseMasks | np.ndarray, image: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Measurements of possibly overlapping objects, one row per non-empty object, labelled 1..N by position.
 
     Parameters
     ----------
-    masks : np.ndarray
-        bool (N, H, W).
+    masks : SparseMasks or np.ndarray
+        The objects as boxes and crops, or a bool (N, H, W) stack. Each object is measured in its own box
+        (padded by one pixel), never on a full-image canvas.
     image : np.ndarray, optional
         As for :func:`measure_labels`.
     """
-    masks = np.asarray(masks, bool)
-    if masks.ndim != 3:
-        raise InstanceTunerError(f"a mask stack must be (N, H, W); got shape {masks.shape}")
-    intensity, channels = _as_intensity(image, masks.shape[1:])
+    if not isinstance(masks, SparseMasks):
+        masks = np.asarray(masks, bool)
+        if masks.ndim != 3:
+            raise InstanceTunerError(f"a mask stack must be (N, H, W); got shape {masks.shape}")
+        masks = SparseMasks.from_dense(masks)
+    height, width = masks.shape
+    intensity, channels = _as_intensity(image, masks.shape)
     rows = []
-    for index, mask in enumerate(masks, start=1):
+    for index, (by, bx, mask) in enumerate(masks.crops(), start=1):
         ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
         if ys.size == 0:
             continue
-        # Measure a crop padded by one pixel (perimeter needs the border), then shift back to image coordinates.
-        y0, y1, x0, x1 = max(ys[0] - 1, 0), ys[-1] + 2, max(xs[0] - 1, 0), xs[-1] + 2
-        crop = mask[y0:y1, x0:x1].astype(np.int32) * index
+        # Measure the tight box padded by one pixel (perimeter needs the border), then shift back to the image.
+        ty0, ty1, tx0, tx1 = by + ys[0], by + ys[-1] + 1, bx + xs[0], bx + xs[-1] + 1
+        y0, y1, x0, x1 = max(ty0 - 1, 0), min(ty1 + 1, height), max(tx0 - 1, 0), min(tx1 + 1, width)
+        crop = np.zeros((y1 - y0, x1 - x0), np.int32)
+        crop[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = mask[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1] * index
         table = _table(crop, None if intensity is None else intensity[y0:y1, x0:x1], channels)
         for key in _SHIFT_Y:
             table[key] = table[key] + y0

@@ -21,9 +21,10 @@ def selection_score(f1: float, dice: float) -> float:
 
 
 def scorable(instances: Any) -> np.ndarray:
-    """What metrics should see of :class:`~..family.Instances`: bool (N, H, W) per-object masks where the
-    family keeps overlaps, else the uint32 (H, W) labels."""
-    return instances.masks if instances.masks is not None else instances.labels
+    """What metrics should see of :class:`~..family.Instances`: the per-object masks (a
+    :class:`~..sparse_masks.SparseMasks`, boxes and crops) where the family keeps overlaps, else the uint32
+    (H, W) labels."""
+    return instances.objects if instances.objects is not None else instances.labels
 
 
 def make_validator(

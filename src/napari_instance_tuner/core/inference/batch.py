@@ -3,7 +3,8 @@
 Outputs go to one folder next to ``recipe.json`` (how they were made). Per image:
 
 * an image that fits in one tile: ``<stem>.tif`` (uint labels) and, for families whose objects overlap,
-  ``<stem>_instances.npz`` (dense masks) -- as the single-image command always wrote;
+  ``<stem>_instances.npz`` (the objects packed in a few label planes, :mod:`..io.mask_stack`; files of the
+  older layout, a bool (N, H, W) ``masks`` stack, are still read);
 * a larger image (streamed, see :mod:`.streaming`): ``<stem>.zarr`` (uint32 labels) and, for families whose
   objects overlap, ``<stem>_objects.npz`` (per-object boxes and bit-packed masks, see :func:`write_objects`);
 * ``<stem>.tuner.json``: a sidecar with the recipe's key, the input's size and time, the outputs and counts.
@@ -163,8 +164,8 @@ def image_task(job: BatchJob, path: Path) -> ImageReport:
         del session  # its cached maps
         stem = _stem(path)
         outputs = [write_label_tiff(job.out_dir / f"{stem}.tif", instances.labels, overwrite=True).name]
-        if instances.masks is not None:  # families that keep overlaps: the exact masks, as in the datasets
-            outputs.append(write_mask_stack(job.out_dir / f"{stem}_instances.npz", instances.masks,
+        if instances.objects is not None:  # families that keep overlaps: every object whole, packed in planes
+            outputs.append(write_mask_stack(job.out_dir / f"{stem}_instances.npz", instances.objects,
                                             scores=instances.scores, overwrite=True).name)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch of hundreds
         return ImageReport(str(path), "failed", error=one_line(exc), seconds=time.perf_counter() - start)

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import InputImageError
 from ..family import Family, Maps
 from ..progress import CancelToken, Progress, relay
+from ..sparse_masks import SparseMasks
 
 #: A 3D layer whose last axis is longer than 4 but at most this is taken for an image with that many
 #: channels (which no model takes), not for a stack of slices that narrow.
@@ -135,25 +136,25 @@ class StackInstances:
         uint32 (H, W), or (Z, H, W) for a stack; ids are unique across slices.
     count : int
         Number of objects over all slices.
-    masks : np.ndarray or None
-        For a 2D image of a family whose objects may overlap: bool (K, H, W), mask ``k`` is the object
-        labelled ``k + 1`` where it is not covered by another (the family's
-        :class:`~..family.Instances` as returned, not copied). None for other families and for
-        stacks: a stack keeps only its flattened labels.
+    objects : SparseMasks or None
+        For a 2D image of a family whose objects may overlap: the K objects as boxes and crops
+        (:class:`~..sparse_masks.SparseMasks`); object ``k`` is labelled ``k + 1`` where it is not covered
+        by another (the family's :class:`~..family.Instances` as returned, not copied). None for other
+        families and for stacks: a stack keeps only its flattened labels.
     scores : np.ndarray or None
         float32 (K,) per-object confidence of a 2D image, where the family has one; None for stacks.
     """
 
     labels: np.ndarray
     count: int
-    masks: np.ndarray | None = None
+    objects: SparseMasks | None = None
     scores: np.ndarray | None = None
 
 
 def postprocess_stack(family: Family, maps: StackMaps, params: Any) -> StackInstances:
     """Run ``family.postprocess`` on every slice; number objects consecutively across slices.
 
-    A 2D image keeps the family's per-object ``masks`` and ``scores`` (no copy); a stack keeps its labels
+    A 2D image keeps the family's per-object ``objects`` and ``scores`` (no copy); a stack keeps its labels
     only (see :class:`StackInstances`).
     """
     if not maps.stacked:
@@ -161,7 +162,7 @@ def postprocess_stack(family: Family, maps: StackMaps, params: Any) -> StackInst
         return StackInstances(
             labels=np.asarray(instances.labels, np.uint32),
             count=instances.count,
-            masks=instances.masks,
+            objects=instances.objects,
             scores=instances.scores,
         )
     labels, count, offset = [], 0, 0

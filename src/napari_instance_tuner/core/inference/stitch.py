@@ -2,7 +2,7 @@
 
 The image is cut into *cores* of ``tile`` x ``tile`` pixels that partition it; each tile's network input and
 post-processing see the core plus a *halo* of ``halo`` pixels on every side (its *window*, clipped to the
-image). Each tile's objects (from :class:`~..family.Instances`: the masks where the family keeps overlaps,
+image). Each tile's objects (from :class:`~..family.Instances`: the objects' crops where the family keeps overlaps,
 else the labels) are sorted into three kinds by :func:`classify`:
 
 * **final** -- the object does not touch an inner edge of the window (an edge inside the image) and the
@@ -122,14 +122,15 @@ def tile_objects(instances: Instances, offset: tuple[int, int] = (0, 0)) -> list
     oy, ox = offset
     scores = instances.scores
     out = []
-    if instances.masks is not None:
-        for k, mask in enumerate(instances.masks):
+    if instances.objects is not None:
+        for k, (by, bx, mask) in enumerate(instances.objects.crops()):  # boxes may be loose: tighten them
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
             if rows.size == 0:
                 continue
-            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            y0, y1, x0, x1 = by + rows[0], by + rows[-1] + 1, bx + cols[0], bx + cols[-1] + 1
             score = float(scores[k]) if scores is not None and k < len(scores) else None
-            out.append(TileObject((oy + y0, ox + x0, oy + y1, ox + x1), mask[y0:y1, x0:x1].copy(), score))
+            crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy()
+            out.append(TileObject((oy + y0, ox + x0, oy + y1, ox + x1), crop, score))
         return out
     labels = np.asarray(instances.labels)
     for value, sl in enumerate(ndi.find_objects(labels), start=1):
@@ -151,7 +152,7 @@ def classify(instances: Instances, grid: TileGrid, index: int) -> TileResult:
     Parameters
     ----------
     instances : Instances
-        Post-processed result of the tile's window (labels uint32 (h, w), masks bool (K, h, w) or None).
+        Post-processed result of the tile's window (labels uint32 (h, w), objects (boxes and crops) or None).
     grid : TileGrid
     index : int
         The tile.

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..family import Instances
 from ..progress import CancelToken, Progress, relay
+from ..sparse_masks import SparseMasks
 from .lazy_image import Normaliser, TiffImage, fit_normaliser, image_shape, open_image, read_window
 from .predict import choose_device
 from .stitch import Stitcher, TileResult
@@ -163,14 +164,11 @@ def _stream(loaded, source, params, out, settings, device, keep_objects, cancel,
 
 
 def stitched_instances(result: StreamResult) -> Instances:
-    """A small stitched result as :class:`~..family.Instances` (dense masks: only for images that fit)."""
+    """A small stitched result as :class:`~..family.Instances` (the labels are read whole: images that fit)."""
     labels = np.asarray(result.labels[:]) if not isinstance(result.labels, np.ndarray) else result.labels
     if result.objects is None:
         return Instances(labels=labels)
-    masks = np.zeros((len(result.objects),) + labels.shape, bool)
-    for k, obj in enumerate(result.objects):
-        y0, x0, y1, x1 = obj.box
-        masks[k, y0:y1, x0:x1] = obj.mask
+    objects = SparseMasks.from_crops([(o.box[0], o.box[1], o.mask) for o in result.objects], labels.shape)
     scores = [o.score for o in result.objects]
-    return Instances(labels=labels, masks=masks,
+    return Instances(labels=labels, objects=objects,
                      scores=None if any(s is None for s in scores) else np.asarray(scores, np.float32))

@@ -27,8 +27,10 @@ from typing import IO, Any
 import numpy as np
 
 from ..evaluation.measure import add_scores, measure_masks, measure_stack, to_csv
+from ..sparse_masks import SparseMasks
 from .export_tiff import _read, is_lazy, label_dtype, lazy_label_dtype, write_label_tiff, write_label_tiff_tiles
 from .geojson import OBJECT_TYPES, geojson_features, write_geojson
+from .mask_stack import read_mask_stack, write_mask_stack
 from .recipe import recipe_text
 from .safe_write import ExportError, OverwriteError, check_target, write_atomic, write_text
 
@@ -48,6 +50,7 @@ __all__ = [
     "labels_to_masks",
     "lazy_label_dtype",
     "measurements",
+    "read_mask_stack",
     "write_atomic",
     "write_geojson",
     "write_label_png",
@@ -61,7 +64,6 @@ __all__ = [
 #: Export formats and the file name each gets from a base name.
 SUFFIXES = {"tiff": ".tif", "png": ".png", "csv": ".csv", "geojson": ".geojson", "masks": "_masks.npz",
             "recipe": ".recipe.json"}
-_MAX_MASK_BYTES = 2 << 30
 #: Largest lazy (zarr / dask) label image, in pixels (H * W, or Z * H * W), that formats other than a 2D TIFF
 #: read whole into memory.
 MAX_IN_MEMORY_PIXELS = 8192 * 8192
@@ -106,58 +108,24 @@ def write_label_png(path: str | os.PathLike, labels: np.ndarray, overwrite: bool
     return write_atomic(path, write, overwrite)
 
 
-def labels_to_masks(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(masks bool (N, H, W), label ids (N,)) of a 2D label image, one mask per label present."""
+def labels_to_masks(labels: np.ndarray) -> tuple[SparseMasks, np.ndarray]:
+    """(objects, label ids (N,)) of a 2D label image, one object (box and crop) per label present."""
     arr = np.asarray(labels)
     if arr.ndim != 2:
         raise ExportError(f"a mask stack is made from one 2D label image; got shape {arr.shape}")
     ids = np.unique(arr[arr > 0])
-    if ids.size * arr.size > _MAX_MASK_BYTES:
-        raise ExportError(f"{ids.size} masks of {arr.shape} would take {ids.size * arr.size / 2**30:.1f} GiB; "
-                          "export the label image instead")
-    return arr[None] == ids[:, None, None], ids
-
-
-def write_mask_stack(
-    path: str | os.PathLike,
-    masks: np.ndarray,
-    scores: np.ndarray | None = None,
-    ids: np.ndarray | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write per-object masks that may overlap, which one label image cannot hold.
-
-    A ``.npz`` path gets ``masks`` bool (N, H, W), ``labels`` (N,) uint32 (``ids``, default 1..N) and, when
-    given, ``scores`` (N,) float32; a ``.tif`` path a zlib-compressed uint8 stack (0/255, one page per object).
-    """
-    masks = np.asarray(masks, bool)
-    if masks.ndim != 3:
-        raise ExportError(f"a mask stack must be (N, H, W); got shape {masks.shape}")
-    if str(path).lower().endswith((".tif", ".tiff")):
-        def write(fh: IO[bytes]) -> None:
-            import tifffile
-
-            tifffile.imwrite(fh, masks.astype(np.uint8) * 255, compression="zlib", metadata={"axes": "QYX"})
-    else:
-        ids = np.arange(1, masks.shape[0] + 1) if ids is None else np.asarray(ids)
-        arrays = {"masks": masks, "labels": ids.astype(np.uint32)}
-        if scores is not None:
-            arrays["scores"] = np.asarray(scores, np.float32)
-
-        def write(fh: IO[bytes]) -> None:
-            np.savez_compressed(fh, **arrays)
-
-    return write_atomic(path, write, overwrite)
+    return SparseMasks.from_labels(arr), ids
 
 
 # -- measurements and GeoJSON ------------------------------------------------------------------------------
 
 
 def measurements(
-    labels: np.ndarray, image: np.ndarray | None = None, masks: np.ndarray | None = None,
+    labels: np.ndarray, image: np.ndarray | None = None, masks: SparseMasks | np.ndarray | None = None,
     scores: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Measurement table of ``masks`` (N, H, W) when given, else of ``labels``; with ``score`` if scores given."""
+    """Measurement table of the objects ``masks`` (boxes and crops, or bool (N, H, W)) when given, else of
+    ``labels``; with ``score`` if scores given."""
     table = measure_masks(masks, image) if masks is not None else measure_stack(labels, image)
     return add_scores(table, scores)
 
@@ -233,8 +201,9 @@ def export_instances(
         read it into memory, up to :data:`MAX_IN_MEMORY_PIXELS` pixels.
     image : np.ndarray, zarr.Array or dask.array.Array, optional
         Source image for intensity columns (read only when CSV or GeoJSON is written).
-    masks : np.ndarray, optional
-        bool (N, H, W) possibly overlapping objects; measurements, GeoJSON and the mask stack then use
+    masks : SparseMasks or np.ndarray, optional
+        Possibly overlapping objects (boxes and crops, e.g. ``Instances.objects``; a bool (N, H, W) stack is
+        accepted too); measurements, GeoJSON and the mask stack (packed planes, :mod:`.mask_stack`) then use
         them, one object each.
     scores : np.ndarray, optional
         float (N,) per-object score: a ``score`` column / measurement.
@@ -258,6 +227,8 @@ def export_instances(
         labels = _whole(labels, whole) if whole else None
     written = []
     table = None
+    if masks is not None and not isinstance(masks, SparseMasks):
+        masks = SparseMasks.from_dense(masks)
     if {"csv", "geojson"} & set(targets):
         table = measurements(labels, None if image is None else np.asarray(image), masks, scores)
     for fmt, path in targets.items():
@@ -278,9 +249,9 @@ def export_instances(
             if masks is not None:
                 write_mask_stack(path, masks, scores, None, options.overwrite)
             else:
-                stack, ids = labels_to_masks(labels)
+                objects, ids = labels_to_masks(labels)
                 picked = None if scores is None else add_scores({"label": ids}, scores)["score"]
-                write_mask_stack(path, stack, picked, ids, options.overwrite)
+                write_mask_stack(path, objects, picked, ids, options.overwrite)
         elif fmt == "recipe":
             write_text(path, recipe_text(recipe), options.overwrite)
         written.append(path)

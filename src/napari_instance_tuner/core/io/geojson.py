@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InstanceTunerError
+from ..sparse_masks import SparseMasks
 from .polygons import Polygon, mask_polygons, rasterise
 from .safe_write import ExportError, write_text
 
@@ -163,7 +164,7 @@ def feature(
 def geojson_features(
     labels: np.ndarray,
     table: dict[str, np.ndarray],
-    masks: np.ndarray | None = None,
+    masks: SparseMasks | np.ndarray | None = None,
     object_type: str = "detection",
     classification: str | None = None,
     *,
@@ -186,8 +187,9 @@ def geojson_features(
         Integer (H, W) labels (ignored when ``masks`` is given).
     table : dict
         Measurements from :func:`.export.measurements` (pixel units of ``labels``).
-    masks : np.ndarray, optional
-        bool (N, H, W) possibly overlapping objects.
+    masks : SparseMasks or np.ndarray, optional
+        Possibly overlapping objects: boxes and crops (a bool (N, H, W) stack is converted); polygons are
+        traced from each object's crop.
     object_type, classification : str
         QuPath object type (``detection`` or ``annotation``) and class name.
     pixel_size : (float, float), optional
@@ -200,6 +202,8 @@ def geojson_features(
     """
     if object_type not in OBJECT_TYPES:
         raise ExportError(f"objectType must be one of {', '.join(OBJECT_TYPES)}; got {object_type!r}")
+    if masks is not None and not isinstance(masks, SparseMasks):
+        masks = SparseMasks.from_dense(masks)
     if masks is None and np.ndim(labels) != 2:
         raise ExportError(f"GeoJSON holds one 2D image; got labels of shape {np.shape(labels)}")
     skip = {"centroid_y", "centroid_x", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "slice"}
@@ -207,8 +211,11 @@ def geojson_features(
     features = []
     for i, label in enumerate(table["label"].tolist()):
         y0, x0, y1, x1 = (int(table[k][i]) for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"))
-        source = masks[label - 1] if masks is not None else labels
-        mask = np.asarray(source[y0:y1, x0:x1]) == (True if masks is not None else label)
+        if masks is not None:  # the object's crop, cut to the table's (tight) box
+            by, bx = (int(v) for v in masks.boxes[label - 1, :2])
+            mask = masks.crop(label - 1)[y0 - by : y1 - by, x0 - bx : x1 - bx]
+        else:
+            mask = np.asarray(labels[y0:y1, x0:x1]) == label
         values = {k: _number(v[i]) for k, v in table.items() if k not in skip and np.isfinite(v[i])}
         for key, power in (("area", 2), ("perimeter", 1), ("major_axis_length", 1), ("minor_axis_length", 1)):
             if key in values and linear != 1.0:

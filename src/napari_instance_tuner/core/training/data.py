@@ -1,6 +1,8 @@
 """Annotated image folders: ``<split>/images/<id>.png|.tif`` and ``<split>/labels/<id>.tif``.
 
-Overlapping ground truth, where present, is ``labels/<id>_instances.npz`` with ``masks`` bool (N, H, W).
+Overlapping ground truth, where present, is ``labels/<id>_instances.npz`` with ``masks`` bool (N, H, W), or the
+packed ``planes`` uint32 (P, H, W) that ``predict`` writes (:mod:`..io.mask_stack`); training data are small, so
+it is read as a dense stack.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from ..errors import InputImageError, InstanceTunerError
 from ..io.inputs import check_image_file, checked_labels
+from ..sparse_masks import SparseMasks
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -112,9 +115,13 @@ def _read_masks(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """The bool (N, H, W) mask stack of an ``_instances.npz`` file, checked against the labels' shape."""
     try:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
-            masks = data["masks"]
+            if "planes" in data.files:  # the packed planes that predict writes (core/io/mask_stack.py)
+                masks = SparseMasks.from_labels(data["planes"]).to_dense()
+            else:
+                masks = data["masks"]
     except KeyError:
-        raise InputImageError(f"{path.name!r} has no 'masks' array (expected bool masks of shape (N, H, W))") from None
+        raise InputImageError(f"{path.name!r} has no 'masks' array (expected bool masks of shape (N, H, W), or "
+                              "the 'planes' of a mask stack written by predict)") from None
     except Exception as exc:  # noqa: BLE001 - zip, pickle and format errors alike: the file is unusable
         raise InputImageError(f"{path.name!r} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
     if masks.ndim != 3 or masks.shape[1:] != tuple(shape):

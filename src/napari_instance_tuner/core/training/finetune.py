@@ -28,6 +28,7 @@ from ..inference.image import DEFAULT_NORMALISATION, normalise, to_channels_last
 from ..io.checkpoint import LoadedModel, save_checkpoint
 from ..params import params_to_dict
 from ..progress import CancelToken, Progress, run
+from ..sparse_masks import SparseMasks
 from .loop import TrainConfig, TrainResult, fit, refuse_amp
 
 #: Context (network pixels) predicted around a held-out region's bounding box, so that its objects are
@@ -182,16 +183,16 @@ def mostly_inside(labels: np.ndarray, mask: np.ndarray, fraction: float = MOSTLY
 
     Parameters
     ----------
-    labels : np.ndarray
-        Integer (H, W) labels (0 = background) or bool (N, H, W) per-object masks.
+    labels : np.ndarray or SparseMasks
+        Integer (H, W) labels (0 = background), bool (N, H, W) per-object masks, or boxes and crops.
     mask : np.ndarray
         bool (H, W).
     fraction : float
 
     Returns
     -------
-    np.ndarray
-        The same kind of array: other objects set to 0, or their masks dropped. Kept objects stay whole
+    np.ndarray or SparseMasks
+        The same kind: other objects set to 0, or their masks dropped. Kept objects stay whole
         (also their pixels outside ``mask``), so their shapes are scored fairly.
 
     Examples
@@ -203,6 +204,10 @@ def mostly_inside(labels: np.ndarray, mask: np.ndarray, fraction: float = MOSTLY
     [[1, 1, 0, 0]]
     """
     mask = np.asarray(mask, bool)
+    if isinstance(labels, SparseMasks):
+        obj, pix = labels.coords()
+        inside = np.bincount(obj, weights=mask.ravel()[pix], minlength=len(labels))
+        return labels.select(inside >= fraction * np.maximum(labels.areas(), 1))
     if labels.ndim == 3:
         masks = np.asarray(labels, bool).reshape(len(labels), mask.size)
         inside = (masks & mask.ravel()).sum(1)

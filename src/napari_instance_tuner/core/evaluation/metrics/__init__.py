@@ -12,7 +12,10 @@ Every metric takes a prediction and a ground truth, each given as **either**
   (e.g. a label image read back as ``float32``), **or**
 * an *instance stack*: a boolean array of shape ``(N, H, W)`` (or an integer/float array holding
   only 0 and 1), one mask per object; masks may overlap (used by the layering family). All-False
-  masks are padding and are dropped (they are not objects).
+  masks are padding and are dropped (they are not objects), **or**
+* a :class:`~napari_instance_tuner.core.sparse_masks.SparseMasks`: per-object boxes and cropped masks (what
+  the overlapping families return); treated as the stack it stands for, without ever building it (the
+  pixels are gathered from the crops, so memory follows the objects' area, not N x H x W).
 
 The two may be mixed (a label-image prediction against a stack ground truth). Both must have the
 same spatial shape ``(H, W)``. Anything else raises

@@ -18,6 +18,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ...errors import InputImageError
+from ...sparse_masks import SparseMasks
 
 # --------------------------------------------------------------------------------------------
 # Input parsing
@@ -33,6 +34,7 @@ class _Instances:
     areas: np.ndarray  # int64 (n,)
     labels: np.ndarray | None = None  # int32 (H, W), values 0..n
     masks: np.ndarray | None = None  # bool (n, H, W), every mask non-empty
+    sparse: SparseMasks | None = None  # boxes and crops (a family's overlapping objects), every object non-empty
     _coo: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _objects: list[_Object] | None = field(default=None, repr=False)
 
@@ -40,6 +42,8 @@ class _Instances:
         """Union of all objects, bool (H, W)."""
         if self.labels is not None:
             return self.labels > 0
+        if self.sparse is not None:
+            return self.sparse.union()
         assert self.masks is not None
         if self.n == 0:
             return np.zeros(self.shape, dtype=bool)
@@ -48,7 +52,9 @@ class _Instances:
     def coo(self) -> tuple[np.ndarray, np.ndarray]:
         """(object index, flat pixel index) of every object pixel, both intp, grouped by object."""
         if self._coo is None:
-            if self.masks is not None:
+            if self.sparse is not None:
+                obj, pix = self.sparse.coords()
+            elif self.masks is not None:
                 obj, pix = np.nonzero(self.masks.reshape(self.n, self.shape[0] * self.shape[1]))
             else:
                 assert self.labels is not None
@@ -67,6 +73,12 @@ class _Instances:
                     if sl is None:  # cannot happen: labels are contiguous
                         raise AssertionError("missing label")
                     objs.append(_Object(sl[0].start, sl[1].start, self.labels[sl] == k + 1))
+            elif self.sparse is not None:
+                for y0, x0, m in self.sparse.crops():  # boxes need not be tight: crop to the pixels
+                    rows = np.flatnonzero(m.any(axis=1))
+                    cols = np.flatnonzero(m.any(axis=0))
+                    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+                    objs.append(_Object(int(y0 + r0), int(x0 + c0), m[r0:r1, c0:c1].copy()))
             else:
                 assert self.masks is not None
                 for m in self.masks:
@@ -124,6 +136,12 @@ def _relabel(a: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
 def _parse(x: Any, name: str, *, allow_binary: bool = False) -> _Instances:
     if isinstance(x, _Instances):
         return x
+    if isinstance(x, SparseMasks):
+        areas = x.areas()
+        if not (areas > 0).all():
+            x = x.select(areas > 0)
+            areas = areas[areas > 0]
+        return _Instances(x.shape, int(areas.size), areas, sparse=x)
     try:
         a = np.asarray(x)
     except Exception as exc:  # any conversion failure is a bad input
@@ -186,9 +204,9 @@ def to_stack(x: ArrayLike) -> np.ndarray:
 
     Parameters
     ----------
-    x : array_like
+    x : array_like or SparseMasks
         Label image, integer (H, W), 0 = background; or instance stack, bool (N, H, W)
-        (integer/float 0/1 also accepted).
+        (integer/float 0/1 also accepted); or per-object boxes and crops.
 
     Returns
     -------
@@ -202,6 +220,8 @@ def to_stack(x: ArrayLike) -> np.ndarray:
         For wrong dimensionality, negative, non-integer or NaN labels, or a 2-D boolean mask.
     """
     inst = _parse(x, "x")
+    if inst.sparse is not None:
+        return inst.sparse.to_dense()
     if inst.masks is not None:
         return inst.masks.copy() if inst.masks is x else inst.masks
     assert inst.labels is not None

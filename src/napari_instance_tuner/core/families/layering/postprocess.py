@@ -29,6 +29,7 @@ import numpy as np
 
 from ...family import Instances, Maps
 from ...params import param
+from ...sparse_masks import SparseMasks
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def postprocess(maps: Maps, params: LayeringParams) -> Instances:
     Returns
     -------
     Instances
-        ``masks`` bool (K, H, W), one per object (overlapping objects keep their overlap); ``labels``
+        ``objects`` (boxes and cropped masks), one per object (overlapping objects keep their overlap); ``labels``
         uint32 (H, W) flattened for display (larger objects first, so smaller ones stay visible where
         objects overlap); ``scores`` float32 (K,), each object's mean activation in its layer.
     """
@@ -161,10 +162,6 @@ def postprocess(maps: Maps, params: LayeringParams) -> Instances:
                 obj_box = (slice(y0 + r, y0 + r + mask.shape[0]), slice(x0 + c, x0 + c + mask.shape[1]))
                 objects.append((int(mask.sum()), obj_box, mask, score))
     objects.sort(key=lambda o: -o[0])
-    masks = np.zeros((len(objects), height, width), bool)
-    labels = np.zeros((height, width), np.uint32)
-    for i, (_, box, mask, _) in enumerate(objects):
-        masks[i][box] = mask
-        labels[box][mask] = i + 1
+    found = SparseMasks.from_crops([(box[0].start, box[1].start, mask) for _, box, mask, _ in objects], (height, width))
     scores = np.array([o[3] for o in objects], np.float32)
-    return Instances(labels=labels, masks=masks, scores=scores)
+    return Instances(labels=found.to_labels(winner="last"), objects=found, scores=scores)

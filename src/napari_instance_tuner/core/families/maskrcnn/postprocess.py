@@ -22,6 +22,7 @@ import numpy as np
 
 from ...family import Instances, Maps
 from ...params import param
+from ...sparse_masks import SparseMasks
 
 #: Keys of :attr:`Maps.extra` written by the family and read here.
 EXTRA_KEYS = ("boxes", "scores", "classes", "mask_probs")
@@ -129,30 +130,25 @@ def postprocess(maps: Maps, params: MaskRCNNParams) -> Instances:
     -------
     Instances
         ``labels`` uint32 (H, W), objects numbered 1..N by decreasing score; where masks overlap the
-        higher score wins the pixel. ``scores`` float32 (N,). With ``allow_overlaps``, ``masks`` is the
-        bool (N, H, W) stack of full masks (object i + 1 of ``labels`` is ``masks[i]``); otherwise None and
-        each object is what it won of its mask. S_min applies to the full mask with overlaps, else to
+        higher score wins the pixel. ``scores`` float32 (N,). With ``allow_overlaps``, ``objects`` holds the
+        full masks, each cropped to its pasted box (object i + 1 of ``labels`` is ``objects.crop(i)``; no
+        full-image array per object); otherwise None and each object is what it won of its mask. S_min applies to the full mask with overlaps, else to
         the part the object won.
     """
     shape = tuple(maps.shape)
     extra = maps.extra
     order = select(extra, params.score_threshold, params.nms_iou)
-    labels = np.zeros(shape, np.uint32)
     patches = []
     for i in order:
         y0, x0, prob = paste_mask(extra["mask_probs"][i].astype(np.float32), extra["boxes"][i], shape)
         patch = prob >= params.mask_threshold
         if prob.size and (not params.allow_overlaps or np.count_nonzero(patch) >= max(params.min_size, 1)):
             patches.append((i, y0, x0, patch))
-    if params.allow_overlaps:
-        masks = np.zeros((len(patches), *shape), bool)
-        for k, (_, y0, x0, patch) in enumerate(patches):
-            masks[k, y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]] = patch
-        for k in range(len(patches) - 1, -1, -1):  # paint the best last: it wins overlapping pixels
-            _, y0, x0, patch = patches[k]
-            labels[y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]][patch] = k + 1
+    if params.allow_overlaps:  # each mask stays in its box; the best (first) wins overlapping label pixels
+        objects = SparseMasks.from_crops([(y0, x0, patch) for _, y0, x0, patch in patches], shape)
         scores = np.asarray(extra["scores"], np.float32)[[p[0] for p in patches]]
-        return Instances(labels=labels, masks=masks, scores=scores.astype(np.float32))
+        return Instances(labels=objects.to_labels(winner="first"), objects=objects, scores=scores.astype(np.float32))
+    labels = np.zeros(shape, np.uint32)
     kept, number = [], 0
     for i, y0, x0, patch in patches:  # best first: each object takes only the pixels still free
         region = labels[y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]]
@@ -162,4 +158,4 @@ def postprocess(maps: Maps, params: MaskRCNNParams) -> Instances:
             region[won] = number
             kept.append(i)
     scores = np.asarray(extra["scores"], np.float32)[kept]
-    return Instances(labels=labels, masks=None, scores=scores.astype(np.float32))
+    return Instances(labels=labels, objects=None, scores=scores.astype(np.float32))
