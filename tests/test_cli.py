@@ -8,6 +8,7 @@ import tifffile
 
 from napari_instance_tuner.cli import main
 from napari_instance_tuner.core.training.loop import bfloat16_supported
+from napari_instance_tuner.core.io.mask_stack import read_mask_stack
 
 
 @pytest.fixture
@@ -217,10 +218,12 @@ def test_layering_train_predict_evaluate(worm_split, tmp_path, capsys):
     params.write_text(json.dumps({"threshold": 0.0, "min_size": 0}))  # everything foreground: >= 1 object
     assert main(["predict", "--model", str(ckpt), "--params", str(params), "--out", str(out_dir),
                  str(worm_split / "images" / "w0.tif")]) == 0
-    stack = np.load(out_dir / "w0_instances.npz")
+    stack = np.load(out_dir / "w0_instances.npz")  # the objects packed in label planes (core/io/mask_stack.py)
     labels = tifffile.imread(out_dir / "w0.tif")
-    assert stack["masks"].dtype == bool and stack["masks"].shape[1:] == labels.shape == (64, 80)
-    assert stack["masks"].shape[0] == labels.max() >= 1
+    assert stack["planes"].dtype == np.uint32 and stack["planes"].shape[1:] == labels.shape == (64, 80)
+    objects, ids, _ = read_mask_stack(out_dir / "w0_instances.npz")
+    assert len(objects) == len(ids) == labels.max() >= 1
+    np.testing.assert_array_equal(objects.union(), labels > 0)
     capsys.readouterr()
     assert main(["evaluate", "--model", str(ckpt), "--data", str(worm_split)]) == 0
     printed = capsys.readouterr().out

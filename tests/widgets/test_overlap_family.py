@@ -12,6 +12,8 @@ import csv
 import numpy as np
 import pytest
 
+from napari_instance_tuner.core.io.mask_stack import read_mask_stack
+
 pytestmark = pytest.mark.gui
 
 TIMEOUT_MS = 30_000
@@ -51,14 +53,14 @@ def _info(layer) -> dict:
 
 
 def _assert_masks_match_labels(widget, layer) -> np.ndarray:
-    """The masks recorded for ``layer`` are those of the labels it shows; returns them."""
+    """The objects recorded for ``layer`` are those of the labels it shows; returns them as a dense stack."""
     track = widget.sessions.track(layer)  # the registry's record of the Labels layer
-    masks = track.masks
-    assert masks.dtype == bool and masks.shape == (int(widget.count.value), *SHAPE)
-    np.testing.assert_array_equal(masks.any(0), layer.data > 0)
-    assert track.scores.shape == (masks.shape[0],)
-    assert masks is widget.current_session.masks  # the session's array itself, not a copy
-    return masks
+    objects = track.objects
+    assert len(objects) == int(widget.count.value) and objects.shape == SHAPE
+    np.testing.assert_array_equal(objects.union(), layer.data > 0)
+    assert track.scores.shape == (len(objects),)
+    assert objects is widget.current_session.objects  # the session's objects themselves, not a copy
+    return objects.to_dense()
 
 
 @pytest.fixture
@@ -147,8 +149,9 @@ def test_three_branch_labels_carry_no_masks(with_image, viewer, run, errors):
     assert run(with_image) == "ok", errors
     info = _info(viewer.layers["img instances"])
     assert "masks" not in info and "scores" not in info and info["labels_digest"]
-    assert with_image.current_session.masks is None
-    assert with_image.sessions.track(viewer.layers["img instances"]).masks is None
+    assert with_image.current_session.objects is None
+    assert with_image.sessions.track(viewer.layers["img instances"]).objects is None
+    assert not [layer for layer in viewer.layers if "objects" in layer.name]  # no plane layers
 
 
 # -- live tuning ---------------------------------------------------------------------------------------
@@ -162,6 +165,11 @@ def test_crossing_objects_keep_their_overlap(crossed, viewer, crossing):
     np.testing.assert_array_equal(masks, _bar_masks())  # larger object first; the crossing is in both
     np.testing.assert_allclose(widget.sessions.track(labels).scores, [0.9, 0.8], atol=1e-6)
     assert crossing == [SHAPE]
+    # The two crossing bars are shown whole on two hidden Labels planes (greedy colouring), with their labels.
+    planes = [viewer.layers["worms objects 1/2"], viewer.layers["worms objects 2/2"]]
+    assert not any(p.visible for p in planes) and all(_info(p)["role"] == "plane" for p in planes)
+    np.testing.assert_array_equal(planes[0].data, masks[0] * 1)
+    np.testing.assert_array_equal(planes[1].data, masks[1] * 2)
 
 
 @pytest.mark.parametrize(
@@ -178,13 +186,15 @@ def test_parameter_changes_update_labels_and_masks_without_the_network(
 ):
     widget = crossed
     labels = viewer.layers["worms instances"]
-    before = widget.sessions.track(labels).masks
+    before = widget.sessions.track(labels).objects
     with qtbot.waitSignal(widget.labels_updated, timeout=10_000):
         _set(widget, **values)
     assert viewer.layers["worms instances"] is labels and widget.count.value == str(count)
     masks = _assert_masks_match_labels(widget, labels)
-    assert masks is not before  # the cached masks follow the labels shown
+    assert widget.sessions.track(labels).objects is not before  # the cached objects follow the labels shown
     assert (masks.sum(0) > 1).any() == overlap
+    planes = [layer for layer in viewer.layers if layer.name.startswith("worms objects")]
+    assert len(planes) == (2 if overlap else 0)  # plane layers only while objects overlap
     recorded = {"threshold": 0.5, "min_size": 250, "allow_overlaps": True, "fill_gaps": 0.0, **values}
     assert labels.metadata[TAG]["params"] == pytest.approx(recorded)
     assert crossing == [SHAPE]  # post-processing only: the network ran once, for Run
@@ -209,8 +219,8 @@ def test_a_stack_keeps_labels_only(layering, viewer, crossing, run, errors):
     assert run(layering) == "ok", errors
     labels = viewer.layers["stack instances"]
     assert labels.data.shape == (2, *SHAPE) and layering.count.value == "4"
-    assert "masks" not in _info(labels) and layering.current_session.masks is None
-    assert layering.sessions.track(labels).masks is None
+    assert "masks" not in _info(labels) and layering.current_session.objects is None
+    assert layering.sessions.track(labels).objects is None
     assert len(np.unique(labels.data[labels.data > 0])) >= 2  # ids continue across slices
 
 
@@ -249,11 +259,12 @@ def test_export_writes_the_overlapping_masks_and_one_row_per_mask(crossed, viewe
     layer = viewer.layers["worms instances"]
     assert _export(export, qtbot, layer, masks=True, csv=True, geojson=True) == "ok", errors
     out = tmp_path / "out"
-    with np.load(out / "worms instances_masks.npz") as npz:
-        assert npz["masks"].dtype == bool and npz["masks"].shape == (2, *SHAPE)
-        np.testing.assert_array_equal(npz["masks"], crossed.sessions.track(layer).masks)
+    with np.load(out / "worms instances_masks.npz") as npz:  # packed planes: the crossing bars on two planes
+        assert npz["planes"].dtype == np.uint32 and npz["planes"].shape == (2, *SHAPE)
         np.testing.assert_array_equal(npz["labels"], [1, 2])
         np.testing.assert_allclose(npz["scores"], crossed.sessions.track(layer).scores)
+    objects, _, _ = read_mask_stack(out / "worms instances_masks.npz")
+    np.testing.assert_array_equal(objects.to_dense(), crossed.sessions.track(layer).objects.to_dense())
     rows = _rows(out / "worms instances.csv")
     # One row per mask with the whole object's area: the labels alone give the vertical bar 720 - 144.
     assert [(r["label"], float(r["area"])) for r in rows] == [("1", 864.0), ("2", 720.0)]
@@ -267,7 +278,7 @@ def test_export_after_editing_the_labels_uses_the_labels(crossed, viewer, export
     assert _export(export, qtbot, layer, masks=True, csv=True) == "ok", errors
     with np.load(tmp_path / "out" / "worms instances_masks.npz") as npz:
         np.testing.assert_array_equal(npz["labels"], np.unique(layer.data[layer.data > 0]))
-        assert npz["masks"].sum(0).max() == 1  # from the label image: no overlap left
+        assert npz["planes"].shape[0] == 1  # from the label image: no overlap left, one plane
         assert "scores" not in npz
     assert len(_rows(tmp_path / "out" / "worms instances.csv")) == 3
     assert "labels edited" in export.status.value

@@ -170,12 +170,12 @@ class SparseMasks:
     def coords(self) -> tuple[np.ndarray, np.ndarray]:
         """(object index, flat pixel index y * W + x) of every object pixel, both intp, grouped by object."""
         hit = np.flatnonzero(self.data)
-        obj = np.searchsorted(self.offsets, hit, side="right") - 1
+        obj = np.repeat(np.arange(len(self), dtype=np.intp), np.diff(self.offsets))[hit]
         local = hit - self.offsets[obj]
-        width = (self.boxes[:, 3] - self.boxes[:, 1])[obj]
-        rows = self.boxes[obj, 0] + local // np.maximum(width, 1)
-        cols = self.boxes[obj, 1] + local % np.maximum(width, 1)
-        return obj.astype(np.intp), (rows * self.shape[1] + cols).astype(np.intp)
+        width = np.maximum(self.boxes[:, 3] - self.boxes[:, 1], 1)
+        rows, cols = np.divmod(local, width[obj])
+        start = self.boxes[:, 0] * self.shape[1] + self.boxes[:, 1]  # flat index of each box's corner
+        return obj, (start[obj] + rows * self.shape[1] + cols).astype(np.intp)
 
     def to_labels(self, winner: str = "last", dtype: type = np.uint32) -> np.ndarray:
         """Flatten to a label image: object k is label k + 1.

@@ -4,7 +4,7 @@
 (score >= 0.05, class-wise NMS at IoU 0.9) and caches every detection's box, score, class and its mask
 probabilities *at the mask head's resolution* (28 x 28, float16) in :attr:`Maps.extra`. Every slider move
 then runs only :func:`postprocess`: threshold the scores, run NMS at the chosen IoU, paste the kept
-28 x 28 masks into their boxes (bilinear resize restricted to the box, torchvision's convention of a
+28 x 28 masks into their boxes (once per detection: :mod:`.pasted` keeps them) (bilinear resize restricted to the box, torchvision's convention of a
 one-cell border and box expansion), threshold them, drop objects under S_min pixels. Raising the score
 threshold or lowering the NMS IoU can only remove detections, so no setting needs the network again.
 
@@ -23,6 +23,8 @@ import numpy as np
 from ...family import Instances, Maps
 from ...params import param
 from ...sparse_masks import SparseMasks
+from .pasted import pasted_masks
+from .sparse_nms import sparse_nms
 
 #: Keys of :attr:`Maps.extra` written by the family and read here.
 EXTRA_KEYS = ("boxes", "scores", "classes", "mask_probs")
@@ -107,13 +109,22 @@ def select(extra: dict, score_threshold: float, nms_iou: float) -> np.ndarray:
     candidates = np.flatnonzero(scores >= score_threshold)
     if candidates.size == 0:
         return candidates
-    keep = batched_nms(
-        torch.from_numpy(np.ascontiguousarray(extra["boxes"][candidates], np.float32)),
-        torch.from_numpy(scores[candidates]),
-        torch.from_numpy(np.asarray(extra["classes"])[candidates].astype(np.int64)),
-        float(nms_iou),
-    ).numpy()
-    return candidates[keep]  # batched_nms returns indices sorted by decreasing score
+    boxes = np.ascontiguousarray(extra["boxes"][candidates], np.float32)
+    picked = scores[candidates]
+    classes = np.asarray(extra["classes"])[candidates]
+    found = None
+    if boxes.size > 4000 and (classes == classes[0]).all():
+        # One class (nuclei), many boxes: batched_nms's CPU path here is NMS, the kept indices in index order,
+        # then torch's sort by decreasing score (ties in its order). NMS runs over the touching pairs only
+        # (.sparse_nms), in numpy, in the order of torchvision's kernel (a stable descending sort).
+        found = sparse_nms(boxes, np.argsort(-picked, kind="stable"), float(nms_iou))
+    if found is not None:
+        kept = np.sort(found)
+        keep = kept[torch.from_numpy(picked[kept]).sort(descending=True)[1].numpy()]
+    else:
+        keep = batched_nms(torch.from_numpy(boxes), torch.from_numpy(picked), torch.from_numpy(classes.astype(np.int64)),
+                           float(nms_iou)).numpy()
+    return candidates[keep]  # indices sorted by decreasing score
 
 
 def postprocess(maps: Maps, params: MaskRCNNParams) -> Instances:
@@ -138,24 +149,29 @@ def postprocess(maps: Maps, params: MaskRCNNParams) -> Instances:
     shape = tuple(maps.shape)
     extra = maps.extra
     order = select(extra, params.score_threshold, params.nms_iou)
-    patches = []
-    for i in order:
-        y0, x0, prob = paste_mask(extra["mask_probs"][i].astype(np.float32), extra["boxes"][i], shape)
-        patch = prob >= params.mask_threshold
-        if prob.size and (not params.allow_overlaps or np.count_nonzero(patch) >= max(params.min_size, 1)):
-            patches.append((i, y0, x0, patch))
+    paste = pasted_masks(extra, lambda i: paste_mask(extra["mask_probs"][i].astype(np.float32), extra["boxes"][i], shape))
+    boxes, offsets, probs = paste.gather(order)
+    above = probs >= params.mask_threshold
+    sizes = np.diff(offsets)
+    counted = np.zeros(above.size + 1, np.int64)
+    np.cumsum(above, out=counted[1:])
+    areas = counted[offsets[1:]] - counted[offsets[:-1]]
     if params.allow_overlaps:  # each mask stays in its box; the best (first) wins overlapping label pixels
-        objects = SparseMasks.from_crops([(y0, x0, patch) for _, y0, x0, patch in patches], shape)
-        scores = np.asarray(extra["scores"], np.float32)[[p[0] for p in patches]]
+        keep = (sizes > 0) & (areas >= max(params.min_size, 1))
+        kept_offsets = np.zeros(np.count_nonzero(keep) + 1, np.int64)
+        np.cumsum(sizes[keep], out=kept_offsets[1:])
+        objects = SparseMasks(shape, boxes[keep], above[np.repeat(keep, sizes)], kept_offsets)
+        scores = np.asarray(extra["scores"], np.float32)[order[keep]]
         return Instances(labels=objects.to_labels(winner="first"), objects=objects, scores=scores.astype(np.float32))
     labels = np.zeros(shape, np.uint32)
     kept, number = [], 0
-    for i, y0, x0, patch in patches:  # best first: each object takes only the pixels still free
-        region = labels[y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]]
-        won = patch & (region == 0)
+    for k in np.flatnonzero(sizes > 0).tolist():  # best first: each object takes only the pixels still free
+        y0, x0, y1, x1 = boxes[k].tolist()
+        region = labels[y0:y1, x0:x1]
+        won = above[offsets[k] : offsets[k + 1]].reshape(y1 - y0, x1 - x0) & (region == 0)
         if np.count_nonzero(won) >= max(params.min_size, 1):
             number += 1
             region[won] = number
-            kept.append(i)
+            kept.append(order[k])
     scores = np.asarray(extra["scores"], np.float32)[kept]
     return Instances(labels=labels, objects=None, scores=scores.astype(np.float32))
