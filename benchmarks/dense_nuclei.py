@@ -132,11 +132,11 @@ def peak_rss_mb(tiff: Path, out: Path, threads: int) -> tuple[float, float, str]
     timer = Path("/usr/bin/time")
     start = time.perf_counter()
     if timer.exists():
-        done = subprocess.run([str(timer), "-v", *cmd], capture_output=True, text=True, env=env)
+        done = subprocess.run([str(timer), "-v", *cmd], capture_output=True, text=True, env=env, check=False)
         found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
         peak = int(found.group(1)) / 1024 if found else float("nan")
     else:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     seconds = time.perf_counter() - start
     if done.returncode:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 #: Most candidate pairs (boxes whose x ranges overlap) per box before :func:`sparse_nms` gives up (crowded
 #: boxes: torchvision's all-pairs loop is then as fast).
 MAX_PAIRS_PER_BOX = 64
