@@ -173,8 +173,9 @@ def main() -> None:
             image, truth = mosaic(args.data, ids, size)
             maps, network_s = cached_maps(loaded, image, args.cache, f"{MODEL}-{size}-{'-'.join(i[:8] for i in ids)}")
             first, later, count = time_changes(loaded, maps, args.changes)
-            f1 = object_f1(loaded.family.postprocess(maps, loaded.family.default_params(loaded.meta)).objects,
-                           truth)["f1"]
+            found = loaded.family.postprocess(maps, loaded.family.default_params(loaded.meta))
+            found = found.objects if hasattr(found, "objects") else found.masks  # (before session 12: masks)
+            f1 = object_f1(found, truth)["f1"]
             print(f"{size:>6}{int(truth.max()):>7}{count:>7}{f1:>6.2f}{network_s:>11.1f}{first:>10.1f}"
                   f"{np.median(later):>11.1f}{max(later):>8.1f}")
     for size in args.rss:
