@@ -27,10 +27,9 @@ True
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage, sparse
 
 __all__ = ["SparseMasks"]
 
@@ -55,6 +54,7 @@ class SparseMasks:
     boxes: np.ndarray
     data: np.ndarray
     offsets: np.ndarray
+    _plane: np.ndarray | None = field(default=None, repr=False)  # planes(), computed once (the objects never change)
 
     # -- constructors -----------------------------------------------------------------------------------------
 
@@ -84,6 +84,8 @@ class SparseMasks:
         Objects come in increasing id order (a label id found on several planes is one object: the union).
         :meth:`to_planes` output reads back to the same objects in the same order.
         """
+        from scipy import ndimage  # deferred: scipy (importing the CLI loads no scipy)
+
         arr = np.asarray(labels)
         if arr.ndim == 2:
             arr = arr[None]
@@ -212,6 +214,8 @@ class SparseMasks:
 
     def overlap_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(i, j, shared pixels) of every pair of objects i < j that share a pixel, intp, intp, int64."""
+        from scipy import sparse  # deferred: scipy (importing the CLI loads no scipy)
+
         obj, pix = self.coords()
         if obj.size == 0:
             e = np.zeros(0, np.intp)
@@ -233,8 +237,15 @@ class SparseMasks:
 
         Greedy colouring of the overlap graph in object order: each object takes the lowest plane that none of
         its earlier overlapping neighbours holds. Objects that overlap nothing are on plane 0; the number of
-        planes is at most one more than the largest number of neighbours of an object.
+        planes is at most one more than the largest number of neighbours of an object. Computed once and kept
+        (read-only): the display and mask-stack files both use it.
         """
+        if self._plane is None:
+            self._plane = self._colour()
+            self._plane.flags.writeable = False
+        return self._plane
+
+    def _colour(self) -> np.ndarray:
         plane = np.zeros(len(self), np.int64)
         i, j, _ = self.overlap_pairs()
         if i.size == 0:

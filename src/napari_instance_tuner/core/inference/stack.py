@@ -159,6 +159,8 @@ def postprocess_stack(family: Family, maps: StackMaps, params: Any) -> StackInst
     """
     if not maps.stacked:
         instances = family.postprocess(maps.slices[0], params)
+        if instances.objects is not None:
+            instances.objects.planes()  # packed here (napari: on the worker), kept for the display and mask stacks
         return StackInstances(
             labels=np.asarray(instances.labels, np.uint32),
             count=instances.count,
