@@ -7,8 +7,8 @@ import pytest
 import tifffile
 
 from napari_instance_tuner.cli import main
-from napari_instance_tuner.core.training.loop import bfloat16_supported
 from napari_instance_tuner.core.io.mask_stack import read_mask_stack
+from napari_instance_tuner.core.training.loop import bfloat16_supported
 
 
 @pytest.fixture

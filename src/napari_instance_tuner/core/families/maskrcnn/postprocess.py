@@ -3,9 +3,11 @@
 :meth:`.family.MaskRCNNFamily.predict_maps` runs the network once with permissive internal thresholds
 (score >= 0.05, class-wise NMS at IoU 0.9) and caches every detection's box, score, class and its mask
 probabilities *at the mask head's resolution* (28 x 28, float16) in :attr:`Maps.extra`. Every slider move
-then runs only :func:`postprocess`: threshold the scores, run NMS at the chosen IoU, paste the kept
-28 x 28 masks into their boxes (once per detection: :mod:`.pasted` keeps them) (bilinear resize restricted to the box, torchvision's convention of a
-one-cell border and box expansion), threshold them, drop objects under S_min pixels. Raising the score
+then runs only :func:`postprocess`: threshold the scores, run NMS at the chosen IoU (over touching boxes
+only, :mod:`.sparse_nms`), paste the kept 28 x 28 masks into their boxes (bilinear resize restricted to the
+box, torchvision's convention of a one-cell border and box expansion; once per detection, :mod:`.pasted`
+keeps them), threshold them, drop objects under S_min pixels. Objects stay in their boxes (boxes and crops,
+:class:`~...sparse_masks.SparseMasks`): no full-image array per object. Raising the score
 threshold or lowering the NMS IoU can only remove detections, so no setting needs the network again.
 
 Deliberate difference from torchvision / the DSB report: the report tuned NMS, RoI counts and anchors by
