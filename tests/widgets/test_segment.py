@@ -390,7 +390,7 @@ def test_an_rgb_image_is_proposed_the_default_gland_model_until_the_user_chooses
     viewer.add_image(rgb, name="he", rgb=True)
     assert segment.image.value is viewer.layers["he"]
     assert segment.models.selected == gland_model
-    assert "proposed for RGB images" in segment.models.card.value
+    assert "proposed: colour image" in segment.models.reason.value
     other = next(name for name in segment.models._keys() if name != gland_model)
     segment.models.combo.value = other  # the user's choice: loads it, and no proposal replaces it
     qtbot.waitUntil(lambda: not segment.busy, timeout=30_000)

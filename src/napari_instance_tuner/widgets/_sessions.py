@@ -69,6 +69,10 @@ class Sessions:
     #: Emitted with (image layer, weights path, suffix): keep the labels as "<name> (<suffix>)", load the weights
     #: and segment the image again (Fine-tune).
     weights_proposed = Signal(object, str, str)
+    #: Emitted with the path after the plugin saved weights (model pickers list them at once).
+    weights_saved = Signal(str)
+    #: Emitted with the image layer (or None) when the image in hand changes (Export follows it).
+    current_changed = Signal(object)
 
     def __init__(self, viewer: Any) -> None:
         self._sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -115,7 +119,10 @@ class Sessions:
 
     @current.setter
     def current(self, image: Any) -> None:
+        before = self.current
         self._current = None if image is None else weakref.ref(unwrap(image))
+        if self.current is not before:
+            self.current_changed.emit(self.current)
 
     def current_session(self) -> SegmentSession | None:
         """The session of the image in hand, or None."""
