@@ -177,7 +177,7 @@ class DockWidget(QWidget):
     def event(self, event: QEvent) -> bool:
         if event.type() == QEvent.Type.ParentChange:
             # napari docks the widget after building it: tab it beside the plugin's other docks once docked.
-            QTimer.singleShot(0, self._tab_with_siblings)
+            QTimer.singleShot(0, self, self._tab_with_siblings)
         return super().event(event)
 
     def _tab_with_siblings(self) -> None:

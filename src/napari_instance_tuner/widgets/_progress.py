@@ -4,7 +4,7 @@
 until the first count arrives), :meth:`ProgressPanel.show_progress` takes the core's
 :class:`~..core.progress.Progress` records (tiles, steps, trials, images) and :meth:`ProgressPanel.finish`
 hides it. The time left is the elapsed time of the current stage scaled by the fraction still to do; a new
-stage (a new total, e.g. tiles then pyramid chunks) starts its own clock.
+stage (a new total, e.g. tiles then pyramid chunks) starts its own clock; the first one's runs from the start.
 """
 
 from __future__ import annotations
@@ -93,8 +93,10 @@ class ProgressPanel(QWidget):
         if not isinstance(item, Progress) or self.isHidden():
             return
         if item.total > 0:
-            if item.total != self._total:  # a new stage, with its own count and clock
-                self._total, self._since = item.total, time.monotonic()
+            if item.total != self._total:  # a new stage (after the first), with its own count and clock
+                if self._total:
+                    self._since = time.monotonic()
+                self._total = item.total
                 self.bar.setRange(0, item.total)
             self.bar.setValue(min(item.done, item.total))
         parts = [f"{self._title}: {item.message}" if item.message else self._title]
