@@ -54,8 +54,8 @@ def has_display() -> bool:
     return True
 
 
-def start_virtual_display(timeout: float = 10.0) -> bool:
-    """Start Xvfb and point DISPLAY at it; False if Xvfb is missing or did not start.
+def start_virtual_display(timeout: float = 10.0, size: str = "1600x1000") -> bool:
+    """Start Xvfb (a ``size`` screen, "WxH") and point DISPLAY at it; False if Xvfb is missing or did not start.
 
     Xvfb picks a free display number and reports it once it accepts connections (``-displayfd``). It
     lives until this process ends (a small shell loop watches our process id), so that nothing in Qt or
@@ -64,7 +64,7 @@ def start_virtual_display(timeout: float = 10.0) -> bool:
     if shutil.which("Xvfb") is None or shutil.which("sh") is None:
         return False
     script = (
-        "Xvfb -displayfd 1 -screen 0 1600x1000x24 -nolisten tcp 2>/dev/null & x=$!; "
+        f"Xvfb -displayfd 1 -screen 0 {size}x24 -nolisten tcp 2>/dev/null & x=$!; "
         f"while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; do sleep 0.5; done; "
         "kill $x 2>/dev/null"
     )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ._docking import tab_with_siblings
@@ -39,6 +39,30 @@ def _disconnect(events: Any, callbacks: tuple, emitters: tuple[str, ...]) -> Non
     for callback in callbacks:
         for name in emitters:
             getattr(events, name).disconnect(callback)
+
+
+class VerticalScroll(QScrollArea):
+    """Scrolls its content up and down, never sideways: it is as wide as the content's minimum width (and the
+    scroll bar), which follows the content as its controls change (e.g. another model's parameters)."""
+
+    def __init__(self, content: QWidget) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(content)
+        content.installEventFilter(self)
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        content = self.widget()
+        width = max(content.minimumSizeHint().width(), content.minimumWidth()) + self.verticalScrollBar().sizeHint().width()
+        return QSize(max(hint.width(), width), hint.height())
+
+    def eventFilter(self, obj: Any, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the content's minimum width may have changed
+        return super().eventFilter(obj, event)
 
 
 class DockWidget(QWidget):
@@ -155,22 +179,16 @@ class DockWidget(QWidget):
             layout.addWidget(getattr(part, "native", part))
         if stretch:
             layout.addStretch(1)
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        self.scroll.setWidget(content)
-        # No sideways scrolling: the dock is as wide as the controls need (and the scroll bar, when shown).
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.scroll.setMinimumWidth(content.minimumSizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width())
+        self.scroll_area = VerticalScroll(content)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(self.scroll, 1)
+        outer.addWidget(self.scroll_area, 1)
         outer.addWidget(self.progress_panel)
         return layout
 
     def content_height(self) -> int:
         """Height (px) the controls ask for without scrolling (their size hint)."""
-        return self.scroll.widget().sizeHint().height() + self.progress_panel.sizeHint().height()
+        return self.scroll_area.widget().sizeHint().height() + self.progress_panel.sizeHint().height()
 
     # -- docking --------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ to the model loaded before.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from ._worker import Job, as_work, error_message, notify_error
 
 WEIGHTS_FILTER = ("Model weights (*.safetensors *.pt *.pth *.ckpt *.zip rdf.yaml bioimageio.yaml);;"
                   "bioimage.io packages (*.zip rdf.yaml bioimageio.yaml);;All files (*)")
-SUMMARY_CHARS = 52
+#: Characters per line of the model card's summary (two lines) in the dock.
+SUMMARY_CHARS = 56
 
 
 def card_text(card: dict) -> tuple[str, str]:
@@ -203,7 +205,7 @@ class ModelPicker:
             summary, tooltip = card_text(file_card(self.loaded.meta, key))
         else:
             summary, tooltip = "loading…", key
-        # One line (a wrapped label grows badly in a dock); the tooltip holds the whole card.
-        self.card.value = summary if len(summary) <= SUMMARY_CHARS else summary[: SUMMARY_CHARS - 1] + "…"
+        # Two lines broken here (a word-wrapped label sizes badly in a dock); the tooltip holds the whole card.
+        self.card.value = "\n".join(textwrap.wrap(summary, SUMMARY_CHARS, max_lines=2, placeholder=" …"))
         self.card.tooltip = tooltip or summary
         self.combo.tooltip = tooltip or "Shipped models by name, and weights files you loaded"

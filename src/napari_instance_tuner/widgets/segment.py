@@ -121,7 +121,7 @@ class SegmentWidget(SegmentRuns, SegmentFollow, DockWidget):
                            self.show_maps)
         self.next_steps = NextSteps(napari_viewer)
         self.stack(image, self.models.widget, buttons, self.note, self.params.widget, self.more, self.next_steps)
-        self.setMinimumWidth(400)  # room for the slider read-outs
+        self.scroll_area.widget().setMinimumWidth(400)  # room for the slider read-outs
 
         self.watch_layers(self._layer_inserted, emitters=("inserted",))
         self.watch_layers(self._layer_removed, emitters=("removed",))
