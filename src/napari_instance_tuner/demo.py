@@ -31,15 +31,16 @@ SAMPLE_WORDS = {"glands": ("gland", "glas"), "nuclei": ("nucle", "dsb"), "worms"
 def model_for_sample(sample: str, fallback: bool = True) -> str | None:
     """Name of the first shipped model whose model card suits ``sample``.
 
-    A card suits a sample when its ``"sample"`` field names it, or when its ``"trained_on"`` or
+    A card suits a sample when its ``"sample"`` field names it (of several, the one that is a default for a kind
+    of image, ``"default_for"``), or when its ``"trained_on"`` or
     ``"name"`` mentions the data (e.g. "GlaS" for glands). With ``fallback``, the first shipped model is
     returned when none suits; None when nothing is shipped.
     """
     names = list(shipped_models())
     cards = {name: model_card(name) for name in names}
-    for name in names:
-        if cards[name].get("sample") == sample:
-            return name
+    named = [name for name in names if cards[name].get("sample") == sample]
+    for name in sorted(named, key=lambda name: not cards[name].get("default_for")):  # a default model first
+        return name
     for name in names:
         text = f"{cards[name].get('trained_on', '')} {cards[name].get('name', name)}".lower()
         if any(word in text for word in SAMPLE_WORDS.get(sample, ())):
@@ -202,6 +203,8 @@ def _run_napari(args, model: str, keep_open: bool) -> int:
         napari.run()
         return 0
     screenshot, labels = _paths(args, args.sample)
+    _settle()
+    viewer.reset_view()  # fit the whole image in the canvas as laid out now (the dock took its width)
     _settle()
     if viewer.screenshot(canvas_only=True, flash=False)[..., :3].std() < 1:
         print("warning: napari's canvas came out blank (no working OpenGL); the screenshot shows only the "

@@ -39,16 +39,16 @@ def test_a_grey_image_saved_as_rgb_counts_as_grey_and_stacks_use_their_middle_sl
 
 
 def test_only_a_strided_sample_of_a_large_image_is_read():
-    class Recording(np.ndarray):
-        reads: list = []
+    reads = []
 
+    class Recording(np.ndarray):
         def __getitem__(self, index):
-            Recording.reads.append(index)
+            reads.append(index)
             return np.asarray(self).__getitem__(index)
 
     big = np.tile(_blobs(), (20, 20)).view(Recording)  # 4000 x 6000
     assert image_kind(big, rgb=False)[0] == "fluorescence"
-    (index,) = Recording.reads
+    (index,) = reads
     assert all(isinstance(part, slice) and part.step > 1 for part in index)
 
 

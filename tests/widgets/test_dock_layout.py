@@ -38,7 +38,7 @@ def test_all_five_docks_fit_a_1920x1080_screen(viewer, qtbot, tabify):
 
 
 def test_a_dock_opened_before_the_others_is_not_tabbed_with_napari_docks(viewer, qtbot):
-    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     qtbot.wait(10)
     assert viewer.window._qt_window.tabifiedDockWidgets(dock) == []  # alone: not put in a tab with the layer list
 

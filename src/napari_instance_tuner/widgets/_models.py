@@ -117,6 +117,7 @@ class ModelPicker:
         """
         if chosen:
             self.user_chose = True
+            self.reason.value = "your choice"
 
         if key not in self._keys():
             self._files.append(key)

@@ -81,7 +81,7 @@ def image_kind(data: Any, rgb: bool) -> tuple[str, str]:
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
-    regions, count = ndimage.label(sample > threshold_otsu(sample))
+    regions, _ = ndimage.label(sample > threshold_otsu(sample))
     largest = np.bincount(regions.ravel())[1:].max(initial=0) / regions.size
     if largest < SHEET_FRACTION:
         return "fluorescence", "fluorescence: bright objects on dark"
