@@ -41,6 +41,8 @@ def test_the_progress_line_says_what_runs_how_far_and_the_time_left(qtbot, monke
     now[0] += 5.0
     panel.show_progress(Progress(1, 4, "pyramid"))  # a new stage: its own count and clock
     assert panel.text == "Fine-tuning tiny: pyramid · 1/4 · 0:00 left" and panel.bar.maximum() == 4
+    panel.show_progress(Progress(2, 4, "chunk 2/4"))
+    assert panel.text == "Fine-tuning tiny: chunk 2/4 · 0:00 left"  # the count is not repeated
     panel.cancel_button.click()
     assert pressed == [True]
     panel.cancelling()

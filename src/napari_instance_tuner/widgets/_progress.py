@@ -100,8 +100,9 @@ class ProgressPanel(QWidget):
                 self.bar.setRange(0, item.total)
             self.bar.setValue(min(item.done, item.total))
         parts = [f"{self._title}: {item.message}" if item.message else self._title]
-        if item.total > 0:
-            parts.append(f"{item.done}/{item.total}")
+        count = f"{item.done}/{item.total}"
+        if item.total > 0 and count not in item.message:  # "tile 3/12" says it already
+            parts.append(count)
         left = time_left(item.done, item.total, time.monotonic() - self._since)
         if left is not None and item.done < item.total:
             parts.append(f"{clock(left)} left")
