@@ -12,16 +12,6 @@ pytestmark = pytest.mark.gui
 TIMEOUT_MS = 30_000
 
 
-@pytest.fixture
-def warnings_shown(monkeypatch) -> list[str]:
-    """Messages passed to napari's ``show_warning`` during the test."""
-    from napari.utils import notifications
-
-    messages: list[str] = []
-    monkeypatch.setattr(notifications, "show_warning", lambda message: messages.append(str(message)))
-    return messages
-
-
 def test_the_progress_line_says_what_runs_how_far_and_the_time_left(qtbot, monkeypatch):
     from napari_instance_tuner.widgets import _progress
     from napari_instance_tuner.widgets._progress import ProgressPanel
