@@ -30,6 +30,20 @@ def test_the_image_box_follows_the_selected_and_the_newly_added_image(segment, v
     assert segment.image.value is first
 
 
+def test_a_widget_opened_late_takes_the_selected_image_and_proposes_its_model(viewer, qtbot, errors):
+    from napari_instance_tuner.widgets.segment import SegmentWidget
+
+    worms, kwargs = _sample("worms")
+    rgb, rgb_kwargs = _sample("glands")
+    viewer.add_image(rgb, **rgb_kwargs)
+    viewer.add_image(worms, **kwargs)
+    viewer.layers.selection.active = viewer.layers["worms"]  # not the first image of the list
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    assert widget.image.value is viewer.layers["worms"] and widget.models.selected == "layering-bbbc010"
+    assert widget.models.reason.value == "proposed: brightfield: dark objects on bright" and errors == []
+
+
 def test_selecting_the_labels_of_a_run_selects_their_image(with_image, viewer, run):
     img = with_image.image.value
     assert run(with_image) == "ok"

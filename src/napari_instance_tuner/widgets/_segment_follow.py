@@ -21,6 +21,13 @@ logger = logging.getLogger(__name__)
 class SegmentFollow:
     """The image box and the proposed model follow the data (a mixin of :class:`.segment.SegmentWidget`)."""
 
+    def _start_following(self) -> None:
+        """Follow the layer list's selection from now on, starting with the layer selected now."""
+        self.watch_layers(self._follow_selection, events=self.viewer.layers.selection.events, emitters=("active",))
+        self._follow_selection()
+        if self.image.value is not None:
+            self._propose_model(self.image.value)
+
     def _follow_selection(self, *_: Any) -> None:
         """Take the layer selected in the layer list as the image in hand (if it is, or shows, an image)."""
         active = self.viewer.layers.selection.active

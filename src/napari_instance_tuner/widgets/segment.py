@@ -125,7 +125,7 @@ class SegmentWidget(SegmentRuns, SegmentFollow, DockWidget):
 
         self.watch_layers(self._layer_inserted, emitters=("inserted",))
         self.watch_layers(self._layer_removed, emitters=("removed",))
-        self.watch_layers(self._follow_selection, events=napari_viewer.layers.selection.events, emitters=("active",))
+        self._start_following()
         for layer in napari_viewer.layers:
             layer.events.name.connect(self._refresh_images)
         self.sessions.set_stream_rule(self.will_stream)
