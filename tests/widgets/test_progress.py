@@ -128,3 +128,24 @@ def test_export_offers_no_cancel_for_a_write_it_cannot_stop(viewer, qtbot, disks
         widget.export()
         assert widget.progress_panel.text.startswith("Exporting cells") and widget.progress_panel.cancel_button.isHidden()
     assert blocker.args == ["ok"] and widget.progress_panel.isHidden()
+
+
+def test_fine_tuning_shows_its_steps_and_the_time_left_in_the_dock(with_image, viewer, qtbot, monkeypatch, errors):
+    from napari_instance_tuner.core.synthetic import synthetic_glands
+    from napari_instance_tuner.widgets.finetune import FinetuneWidget
+
+    _, labels = synthetic_glands((64, 96), seed=0)
+    corrected = viewer.add_labels(labels.astype(np.int32), name="img corrected")
+    tuner = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(tuner, name="Fine-tune")
+    tuner.pairs.image.value, tuner.pairs.labels.value = viewer.layers["img"], corrected
+    assert tuner.pairs.add() is not None
+    tuner.steps.value, tuner.batch_size.value, tuner.resegment.value = 3, 1, False
+    panel, show, texts = tuner.progress_panel, tuner.progress_panel.show_progress, []
+    monkeypatch.setattr(panel, "show_progress", lambda item: (show(item), texts.append(panel.text)))
+    with qtbot.waitSignal(tuner.finetune_finished, timeout=TIMEOUT_MS) as blocker:
+        tuner.start()
+    assert blocker.args == ["ok"], errors
+    steps = [text for text in texts if "/3" in text]
+    assert steps and steps[0].startswith("Fine-tuning tiny")
+    assert any(text.endswith("left") for text in steps) and panel.isHidden()
