@@ -78,9 +78,9 @@ class ModelPicker:
         self.browse.changed.connect(lambda *_: self._browse())
         self.card = Label(value="")
         self.reason = Label(value="")  # why this model is proposed for the image in hand (one line)
-        choose = Container(widgets=[self.combo], labels=True)
+        choose = Container(widgets=[self.combo, self.browse], layout="horizontal", labels=True)
         choose.margins = (0, 0, 0, 0)
-        self.widget = Container(widgets=[choose, self.browse, self.card, self.reason], labels=False)
+        self.widget = Container(widgets=[choose, self.card, self.reason], labels=False)
         self._show_card()
         if sessions is not None:
             sessions.weights_saved.connect(self.refresh)

@@ -22,8 +22,9 @@ NEXT_STEPS = {
     "Fine-tune": ("Fine-tune", "train the model a little on your corrected labels"),
     "Export": ("Export", "write the labels as TIFF/PNG, CSV, QuPath GeoJSON, masks, with a recipe"),
 }
-NEXT_TEXT = ("<b>Next</b>: correct the labels with napari's Labels tools (paint, erase, fill; a new label "
-             "number for a new object), then:")
+NEXT_TEXT = "<b>Next</b>: correct the labels with napari's Labels tools, then:"
+NEXT_TIP = ("Select the Labels layer '<image> instances' and paint, erase or fill; use a new label number (the "
+            "'new' button) for a new object")
 
 
 def folded(title: str, *parts: Any) -> QCollapsible:
@@ -49,6 +50,7 @@ class NextSteps(QWidget):
         self.viewer = viewer
         text = QLabel(NEXT_TEXT)
         text.setWordWrap(True)
+        text.setToolTip(NEXT_TIP)
         grid = QGridLayout()
         grid.setContentsMargins(0, 0, 0, 0)
         self.buttons: dict[str, QPushButton] = {}
