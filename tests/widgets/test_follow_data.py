@@ -51,6 +51,9 @@ def test_selecting_the_labels_of_a_run_selects_their_image(with_image, viewer, r
     assert with_image.image.value is other
     viewer.layers.selection.active = with_image.sessions.labels_layer(img)
     assert with_image.image.value is img
+    viewer.layers.selection.active = other
+    viewer.layers.selection.active = viewer.layers["img foreground"]  # a map layer of the run
+    assert with_image.image.value is img
 
 
 @pytest.mark.parametrize("sample, model, why", [("glands", "three-branch-glas-v3", "colour image"),

@@ -1,7 +1,7 @@
 """The Segment widget follows the data: its image box the layer in hand, its model the kind of image.
 
 :class:`SegmentFollow` is mixed into :class:`.segment.SegmentWidget`. The image box takes the image layer
-selected in napari's layer list (or the image of a selected plugin Labels layer), and so a newly added image,
+selected in napari's layer list (or the image behind a selected plugin Labels or map layer), and so a newly added image,
 which napari selects. For the image in hand the model picker proposes the shipped model made the default for
 its kind (:func:`..core.inference.image_kind.image_kind`: colour → glands, fluorescence → nuclei, brightfield →
 worms) and shows why.

@@ -157,11 +157,13 @@ class Sessions:
         self._tracks.pop(unwrap(labels), None)
 
     def image_of(self, labels: Any) -> Any:
-        """The image layer whose session ``labels`` shows (now), or None."""
+        """The image layer whose session ``labels`` (or a map layer) shows (now), or None."""
         key = unwrap(labels)
         for image, shown in self._shown.items():
             tracks = (shown.labels, shown.streamed_labels)
             if any(t is not None and unwrap(t.layer) is key for t in tracks):
+                return image
+            if any(unwrap(layer) is key for layer in shown.map_layers.values()):
                 return image
         return None
 
