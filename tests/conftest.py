@@ -22,6 +22,16 @@ TINY_ARCHS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def user_weights(tmp_path_factory, monkeypatch):
+    """The user's weights folder (core/io/user_weights.py) is a fresh temporary folder in every test."""
+    from napari_instance_tuner.core.io.user_weights import ENV
+
+    folder = tmp_path_factory.mktemp("user-weights")
+    monkeypatch.setenv(ENV, str(folder))
+    return folder
+
+
 def _tiny_meta(**overrides) -> dict:
     """Metadata of a tiny three-branch checkpoint at native scale."""
     meta = {

@@ -31,15 +31,16 @@ SAMPLE_WORDS = {"glands": ("gland", "glas"), "nuclei": ("nucle", "dsb"), "worms"
 def model_for_sample(sample: str, fallback: bool = True) -> str | None:
     """Name of the first shipped model whose model card suits ``sample``.
 
-    A card suits a sample when its ``"sample"`` field names it, or when its ``"trained_on"`` or
+    A card suits a sample when its ``"sample"`` field names it (of several, the one that is a default for a kind
+    of image, ``"default_for"``), or when its ``"trained_on"`` or
     ``"name"`` mentions the data (e.g. "GlaS" for glands). With ``fallback``, the first shipped model is
     returned when none suits; None when nothing is shipped.
     """
     names = list(shipped_models())
     cards = {name: model_card(name) for name in names}
-    for name in names:
-        if cards[name].get("sample") == sample:
-            return name
+    named = [name for name in names if cards[name].get("sample") == sample]
+    for name in sorted(named, key=lambda name: not cards[name].get("default_for")):  # a default model first
+        return name
     for name in names:
         text = f"{cards[name].get('trained_on', '')} {cards[name].get('name', name)}".lower()
         if any(word in text for word in SAMPLE_WORDS.get(sample, ())):
@@ -54,8 +55,8 @@ def has_display() -> bool:
     return True
 
 
-def start_virtual_display(timeout: float = 10.0) -> bool:
-    """Start Xvfb and point DISPLAY at it; False if Xvfb is missing or did not start.
+def start_virtual_display(timeout: float = 10.0, size: str = "1600x1000") -> bool:
+    """Start Xvfb (a ``size`` screen, "WxH") and point DISPLAY at it; False if Xvfb is missing or did not start.
 
     Xvfb picks a free display number and reports it once it accepts connections (``-displayfd``). It
     lives until this process ends (a small shell loop watches our process id), so that nothing in Qt or
@@ -64,7 +65,7 @@ def start_virtual_display(timeout: float = 10.0) -> bool:
     if shutil.which("Xvfb") is None or shutil.which("sh") is None:
         return False
     script = (
-        "Xvfb -displayfd 1 -screen 0 1600x1000x24 -nolisten tcp 2>/dev/null & x=$!; "
+        f"Xvfb -displayfd 1 -screen 0 {size}x24 -nolisten tcp 2>/dev/null & x=$!; "
         f"while kill -0 {os.getpid()} 2>/dev/null && kill -0 $x 2>/dev/null; do sleep 0.5; done; "
         "kill $x 2>/dev/null"
     )
@@ -202,6 +203,8 @@ def _run_napari(args, model: str, keep_open: bool) -> int:
         napari.run()
         return 0
     screenshot, labels = _paths(args, args.sample)
+    _settle()
+    viewer.reset_view()  # fit the whole image in the canvas as laid out now (the dock took its width)
     _settle()
     if viewer.screenshot(canvas_only=True, flash=False)[..., :3].std() < 1:
         print("warning: napari's canvas came out blank (no working OpenGL); the screenshot shows only the "

@@ -16,14 +16,24 @@ import pytest
 TIMEOUT_MS = 30_000
 
 
-@pytest.fixture
-def errors(monkeypatch) -> list[str]:
-    """Messages passed to napari's ``show_error`` during the test."""
+def _captured(monkeypatch, name: str) -> list[str]:
     from napari.utils import notifications
 
     messages: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", lambda message: messages.append(str(message)))
+    monkeypatch.setattr(notifications, name, lambda message: messages.append(str(message)))
     return messages
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    """Messages passed to napari's ``show_error`` during the test."""
+    return _captured(monkeypatch, "show_error")
+
+
+@pytest.fixture
+def warnings_shown(monkeypatch) -> list[str]:
+    """Messages passed to napari's ``show_warning`` during the test."""
+    return _captured(monkeypatch, "show_warning")
 
 
 @pytest.fixture

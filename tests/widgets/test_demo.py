@@ -61,3 +61,7 @@ def test_model_for_sample_reads_the_model_cards(tmp_path, monkeypatch, tiny_chec
         (weights / f"{name}.json").write_text(json.dumps(card))
     assert model_for_sample("glands") == "b-glas" and model_for_sample("worms") == "a-worms"
     assert model_for_sample("nuclei") == "a-worms" and model_for_sample("nuclei", fallback=False) is None
+    for name, card in {"c-glands": {"sample": "glands"}, "d-glands": {"sample": "glands", "default_for": ["rgb"]}}.items():
+        shutil.copy(tiny_checkpoint, weights / f"{name}.safetensors")
+        (weights / f"{name}.json").write_text(json.dumps(card))
+    assert model_for_sample("glands") == "d-glands"  # of the cards naming the sample, the default one

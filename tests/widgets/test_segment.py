@@ -261,7 +261,7 @@ def test_a_fine_tuned_models_card_names_its_base_model_data_steps_and_date(viewe
     qtbot.waitUntil(lambda: widget.models.loaded is not None, timeout=10_000)
     date = widget.models.loaded.meta["finetune"]["date"]
     summary = f"fine-tuned from {parent.name} on 1 image (2 objects), 2 steps, {date}"
-    assert summary.startswith(widget.models.card.value.rstrip("…"))  # the line, cut to fit the dock
+    assert summary.startswith(widget.models.card.value.replace("\n", " ").rstrip("…"))  # cut to fit the dock
     tooltip = widget.models.card.tooltip.splitlines()
     assert f"summary: {summary}" in tooltip and f"fine tuned from: {parent.name} ({parent.path.name})" in tooltip
     assert "family: three-branch" in tooltip and "fine tune steps: 2" in tooltip
@@ -390,7 +390,7 @@ def test_an_rgb_image_is_proposed_the_default_gland_model_until_the_user_chooses
     viewer.add_image(rgb, name="he", rgb=True)
     assert segment.image.value is viewer.layers["he"]
     assert segment.models.selected == gland_model
-    assert "proposed for RGB images" in segment.models.card.value
+    assert "proposed: colour image" in segment.models.reason.value
     other = next(name for name in segment.models._keys() if name != gland_model)
     segment.models.combo.value = other  # the user's choice: loads it, and no proposal replaces it
     qtbot.waitUntil(lambda: not segment.busy, timeout=30_000)

@@ -1,4 +1,8 @@
-"""Model picker: shipped weights by name (with their model card) plus any checkpoint file or bioimage.io package.
+"""Model picker: shipped weights by name (with their model card), the user's own weights (their user folder,
+:mod:`..core.io.user_weights`) and any checkpoint file or bioimage.io package.
+
+For each image the picker proposes the shipped model made the default for its kind (:meth:`ModelPicker.propose`,
+the kind from :func:`..core.inference.image_kind.image_kind`) and says why, until the user picks a model.
 
 Loading runs in a background job, so torch is imported only when a model is first needed and the
 viewer never freezes on it. A file that cannot be loaded gives a notification and the picker returns
@@ -7,6 +11,7 @@ to the model loaded before.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,11 +19,13 @@ from typing import Any
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
 from ..core.io.checkpoint import default_model, file_card, load_model, model_card, shipped_models
+from ..core.io.user_weights import user_models
 from ._worker import Job, as_work, error_message, notify_error
 
 WEIGHTS_FILTER = ("Model weights (*.safetensors *.pt *.pth *.ckpt *.zip rdf.yaml bioimageio.yaml);;"
                   "bioimage.io packages (*.zip rdf.yaml bioimageio.yaml);;All files (*)")
-SUMMARY_CHARS = 52
+#: Characters per line of the model card's summary (two lines) in the dock.
+SUMMARY_CHARS = 56
 
 
 def card_text(card: dict) -> tuple[str, str]:
@@ -49,9 +56,11 @@ class ModelPicker:
         Called with the :class:`~..core.io.checkpoint.LoadedModel` each time a model finishes loading.
     on_busy : callable
         Called with True when a load starts and False when it ends.
+    sessions : Sessions, optional
+        The viewer's registry: weights saved by the plugin (``weights_saved``) join the list at once.
     """
 
-    def __init__(self, on_loaded: Callable[[Any], Any], on_busy: Callable[[bool], Any]) -> None:
+    def __init__(self, on_loaded: Callable[[Any], Any], on_busy: Callable[[bool], Any], sessions: Any = None) -> None:
         self.loaded = None  # the LoadedModel in use
         self.loaded_key: str | None = None  # its combo value: a shipped name or a file path
         self._on_loaded = on_loaded
@@ -68,10 +77,13 @@ class ModelPicker:
                                "package (.zip, or the rdf.yaml of an unpacked one)")
         self.browse.changed.connect(lambda *_: self._browse())
         self.card = Label(value="")
-        choose = Container(widgets=[self.combo], labels=True)
+        self.reason = Label(value="")  # why this model is proposed for the image in hand (one line)
+        choose = Container(widgets=[self.combo, self.browse], layout="horizontal", labels=True)
         choose.margins = (0, 0, 0, 0)
-        self.widget = Container(widgets=[choose, self.browse, self.card], labels=False)
+        self.widget = Container(widgets=[choose, self.card, self.reason], labels=False)
         self._show_card()
+        if sessions is not None:
+            sessions.weights_saved.connect(self.refresh)
 
     @property
     def selected(self) -> str | None:
@@ -97,9 +109,15 @@ class ModelPicker:
         card = model_card(self.selected) if self.selected in shipped_models() else {}
         return family.default_params({"postprocess": card.get("postprocess", {})})
 
-    def load(self, key: str) -> Job:
-        """Load the model ``key`` (a shipped name or a path) in the background."""
-        self.user_chose = True  # a model loaded (browsed, picked or run) is never replaced by a proposal
+    def load(self, key: str, chosen: bool = True) -> Job:
+        """Load the model ``key`` (a shipped name or a path) in the background.
+
+        ``chosen``: the user asked for this model (browsed or picked it): no proposal replaces it any more.
+        Run loading the proposed model passes False.
+        """
+        if chosen:
+            self.user_chose = True
+            self.reason.value = "your choice"
 
         if key not in self._keys():
             self._files.append(key)
@@ -125,9 +143,15 @@ class ModelPicker:
         ).start()
         return self._job
 
+    def refresh(self, *_: Any) -> None:
+        """Re-read the list (e.g. after weights were saved to the user's folder); the selection stays."""
+        self._set_choice(self.selected)
+
     def _choices(self, *_: Any) -> list[tuple[str, str]]:
         shipped = [(name, name) for name in shipped_models()]
-        return shipped + [(f"{Path(p).name} (file)", p) for p in self._files]
+        mine = [(f"{name} (yours)", str(path)) for name, path in user_models().items()]
+        known = {value for _, value in mine}
+        return shipped + mine + [(f"{Path(p).name} (file)", p) for p in self._files if p not in known]
 
     def _keys(self) -> list[str]:
         return [value for _, value in self._choices()]
@@ -142,21 +166,26 @@ class ModelPicker:
             self._silent = False
         self._show_card()
 
-    def propose(self, rgb: bool) -> None:
-        """Select the shipped model made the default for RGB (or grey) images, unless the user chose one.
-
-        The card says why (``default_for`` in the model card; see :func:`~..core.io.checkpoint.default_model`).
-        """
-        name = default_model("rgb" if rgb else "grey")
-        if self.user_chose or self.loading or name is None or name == self.selected:
-            return
-        self._set_choice(name)
-        self.card.value = f"{self.card.value}\n(proposed for {'RGB' if rgb else 'grey'} images)"
+    def propose(self, kind: str, reason: str) -> None:
+        """Select the shipped model made the default for images of ``kind`` (``default_for`` in its card; see
+        :func:`~..core.io.checkpoint.default_model`), unless the user chose one; ``reason`` says why."""
+        name = default_model(kind)
+        if name is None:
+            self.reason.value = f"{reason}: no shipped model is the default for it"
+        elif self.user_chose or self.loading:
+            kept = "your choice" if self.user_chose else "the model loading"
+            self.reason.value = f"{reason}: {name} suits it; kept {kept}" if name != self.selected else \
+                f"proposed: {reason}"
+        else:
+            if name != self.selected:
+                self._set_choice(name)
+            self.reason.value = f"proposed: {reason}"
 
     def _selected(self, key: str | None) -> None:
         self._show_card()
         if not self._silent and key is not None:
             self.user_chose = True
+            self.reason.value = "your choice"
         if not self._silent and key is not None and key != self.loaded_key:
             self.load(key)
 
@@ -177,7 +206,7 @@ class ModelPicker:
             summary, tooltip = card_text(file_card(self.loaded.meta, key))
         else:
             summary, tooltip = "loading…", key
-        # One line (a wrapped label grows badly in a dock); the tooltip holds the whole card.
-        self.card.value = summary if len(summary) <= SUMMARY_CHARS else summary[: SUMMARY_CHARS - 1] + "…"
+        # Two lines broken here (a word-wrapped label sizes badly in a dock); the tooltip holds the whole card.
+        self.card.value = "\n".join(textwrap.wrap(summary, SUMMARY_CHARS, max_lines=2, placeholder=" …"))
         self.card.tooltip = tooltip or summary
         self.combo.tooltip = tooltip or "Shipped models by name, and weights files you loaded"

@@ -1,7 +1,9 @@
 """“Save fine-tuned weights…”: ask for a file, refuse loaded checkpoints, confirm overwrites, write in a job.
 
 The checkpoint is written by :func:`..core.training.finetune.save_finetuned` (which records the parent's sha256,
-the data, the settings and the loss history) in a background job.
+the data, the settings and the loss history) in a background job. The dialog proposes the user's weights
+folder (:func:`..core.io.user_weights.user_weights_dir`), whose checkpoints every model picker lists; the
+plugin's installed weights folder is refused (an update would replace it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog, QWidget
 
+from ..core.io.checkpoint import WEIGHTS_DIR
+from ..core.io.user_weights import user_weights_dir
 from ..core.training.finetune import save_finetuned
 from ._worker import FileWriter, notify_error
 
@@ -91,11 +95,15 @@ class WeightsSaver(FileWriter):
         """
         if self.job is not None:
             return False
-        suggested = Path(tuned.parent.path).with_name(f"{tuned.parent.name}-finetuned.safetensors")
+        suggested = user_weights_dir(create=True) / f"{tuned.parent.name}-finetuned.safetensors"
         answer = self.ask_path(str(suggested))
         if not answer:
             return False
         path = Path(answer) if Path(answer).suffix else Path(answer).with_suffix(".safetensors")
+        if path.resolve().parent == WEIGHTS_DIR:
+            notify_error(f"refusing to save into the plugin's installed weights folder (an update replaces it); "
+                         f"choose another folder, e.g. {user_weights_dir()}")
+            return False
         for loaded in loaded_paths:
             if _same_file(path, loaded):
                 notify_error(f"refusing to overwrite the loaded weights {Path(loaded).name!r}; choose a new file name")

@@ -55,7 +55,8 @@ class SegmentRuns:
 
         self.start_job(work, on_result=partial(self._run_done, layer, session, loaded, params),
                        on_error=self._run_failed, on_cancelled=lambda: setattr(self, "_status", "cancelled"),
-                       on_finished=lambda: self._finish_run(self._status), progress=f"Segmenting {layer.name}")
+                       on_finished=lambda: self._finish_run(self._status), progress=f"Segmenting {layer.name}",
+                       subject=layer)
         self._update_controls()
 
     def _run_done(self, layer: Any, session: Any, loaded: Any, params: Any, described: str) -> None:
@@ -94,7 +95,7 @@ class SegmentRuns:
 
         self.start_job(work, on_result=partial(self._stream_done, layer, session, out), on_error=failed,
                        on_cancelled=cancelled, on_finished=lambda: self._finish_run(self._status),
-                       progress=f"Segmenting {layer.name} (streamed)")
+                       progress=f"Segmenting {layer.name} (streamed)", subject=layer)
         self._update_controls()
 
     def _stream_done(self, layer: Any, session: Any, out: Any, described: str) -> None:
@@ -117,6 +118,6 @@ class SegmentRuns:
         notify_error(f"segmentation failed: {error_message(exc)}")
 
     def _finish_run(self, status: str) -> None:
-        self._pending_run = False
+        self._pending_run, self._subject = False, None
         self._update_controls()
         self.run_finished.emit(status)

@@ -72,6 +72,10 @@ class Sessions:
     #: Emitted with (image layer, weights path, suffix): keep the labels as "<name> (<suffix>)", load the weights
     #: and segment the image again (Fine-tune).
     weights_proposed = Signal(object, str, str)
+    #: Emitted with the path after the plugin saved weights (model pickers list them at once).
+    weights_saved = Signal(str)
+    #: Emitted with the image layer (or None) when the image in hand changes (Export follows it).
+    current_changed = Signal(object)
 
     def __init__(self, viewer: Any) -> None:
         self._sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -118,7 +122,10 @@ class Sessions:
 
     @current.setter
     def current(self, image: Any) -> None:
+        before = self.current
         self._current = None if image is None else weakref.ref(unwrap(image))
+        if self.current is not before:
+            self.current_changed.emit(self.current)
 
     def current_session(self) -> SegmentSession | None:
         """The session of the image in hand, or None."""
@@ -153,11 +160,13 @@ class Sessions:
         self._tracks.pop(unwrap(labels), None)
 
     def image_of(self, labels: Any) -> Any:
-        """The image layer whose session ``labels`` shows (now), or None."""
+        """The image layer whose session ``labels`` (or a map layer) shows (now), or None."""
         key = unwrap(labels)
         for image, shown in self._shown.items():
             tracks = (shown.labels, shown.streamed_labels)
             if any(t is not None and unwrap(t.layer) is key for t in tracks):
+                return image
+            if any(unwrap(layer) is key for layer in shown.map_layers.values()):
                 return image
         return None
 

@@ -109,7 +109,7 @@ class AutotuneWidget(DockWidget):
         self._outcome = "error"
         self.start_job(work, on_result=partial(self._tuned, image, session, maps, metric), on_error=self._failed,
                        on_cancelled=self._cancelled, on_finished=self._finished, on_yielded=self._show_progress,
-                       progress="Auto-tuning post-processing")
+                       progress=f"Auto-tuning {image.name}", subject=image)
         self._update()
 
     def cancel(self) -> None:

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem, QW
 
 from ..core.evaluation.error_map import error_map
 from ..core.evaluation.layer_metrics import TABLE_ROWS, evaluate_labels
+from ..core.progress import Progress
 from ._base import DockWidget, error_message, notify_error
 from ._layers import TAG
 
@@ -102,19 +103,24 @@ class EvaluateWidget(DockWidget):
             return
         pred_data, ref_data, rule, errors = pred.data, ref.data, self.rule.value, self.show_errors.value
 
-        def work(_cancel):
+        def work(cancel):
             import numpy as np
 
-
+            stages = 2 if errors else 1
+            yield Progress(0, stages, "scoring")
             p, r = np.asarray(pred_data), np.asarray(ref_data)
             values = evaluate_labels(p, r)
-            return values, (error_map(p, r, rule)[0] if errors else None)
-            yield  # noqa: unreachable - a generator without progress steps
+            cancel.check()
+            if not errors:
+                return values, None
+            yield Progress(1, stages, "error map")
+            return values, error_map(p, r, rule)[0]
 
         self._outcome = "error"
         self.summary.value = "evaluating…"
         self.start_job(work, on_result=partial(self._show, pred, ref, rule), on_error=self._failed,
-                       on_finished=self._finished, progress=f"Evaluating {pred.name}")
+                       on_cancelled=lambda: setattr(self.summary, "value", "cancelled"),
+                       on_finished=self._finished, progress=f"Evaluating {pred.name}", subject=pred)
         self.evaluate_button.enabled = False
 
     # -- outcome ----------------------------------------------------------------------------------

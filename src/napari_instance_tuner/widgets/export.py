@@ -12,6 +12,11 @@ object per mask and the NPZ mask stack keeps the overlaps. Once the labels were 
 digest differs from ``"labels_digest"``) those masks no longer describe them, and everything is exported from
 the labels.
 
+Defaults follow the image in hand (the Segment widget's image, :attr:`._sessions.Sessions.current`): the
+labels are that image's labels (the plugin's layer of its last run, else a Labels layer named after it) and
+the folder is the image's own folder when napari knows the file it came from (``layer.source.path``), else
+the working folder; a folder or base name the user typed is kept.
+
 A multiscale Labels layer (the labels of a large, streamed image: a zarr array that may not fit in memory)
 is handed to the core as it is, never copied: its TIFF is written tile by tile, and the recipe records the
 streaming settings (``"streaming"``: tile, halo) of the run.
@@ -45,6 +50,16 @@ FORMATS = {
     "QuPath GeoJSON": "geojson",
     "per-object mask stack (NPZ)": "masks",
 }
+
+
+def image_folder(image: Any) -> Path:
+    """The folder of the file ``image`` (a napari layer) was opened from; the working folder if unknown."""
+    path = getattr(getattr(image, "source", None), "path", None)
+    if path:
+        parent = Path(path).parent
+        if parent.is_dir():
+            return parent
+    return Path.cwd()
 
 
 def ask_overwrite(parent: QWidget, paths: list[Path]) -> bool:
@@ -93,7 +108,8 @@ class ExportWidget(DockWidget):
         self.classification = LineEdit(label="classification", value="")
         self.classification.tooltip = "QuPath class name of the GeoJSON features (empty: unclassified)"
         self.recipe = CheckBox(text="write the recipe (JSON) when Segment made the labels", value=True)
-        self.folder = FileEdit(label="folder", mode="d", value=str(Path.home()))
+        self._auto_folder = str(image_folder(self.sessions.current))
+        self.folder = FileEdit(label="folder", mode="d", value=self._auto_folder)
         self.base_name = LineEdit(label="base name", value="")
         self.export_button = PushButton(text="Export")
         self.export_button.changed.connect(lambda *_: self.export())
@@ -106,7 +122,10 @@ class ExportWidget(DockWidget):
         target = Container(widgets=[self.folder, self.base_name], labels=True)
         self.stack(layers, formats, qupath, self.recipe, target, self.export_button, self.status)
         self.watch_layers(self._refresh)
+        self.follow_signal(self.sessions.current_changed, self._follow_image)
+        self.follow_signal(self.sessions.changed, self._image_changed)
         self._labels_selected()
+        self._follow_image(self.sessions.current)
 
     def export(self) -> None:
         """Write the chosen formats; asks before replacing files, reports problems as notifications."""
@@ -144,7 +163,7 @@ class ExportWidget(DockWidget):
         work = as_work(lambda: export_instances(labels, options, image=image, recipe=recipe, **extra))
         self.export_button.enabled = False
         self.start_job(work, on_result=self._written, on_error=self._failed, on_finished=self._finished,
-                       progress=f"Exporting {layer.name}")
+                       progress=f"Exporting {layer.name}", cancellable=False)
 
     # -- reading the controls and layers ---------------------------------------------------------------
 
@@ -230,6 +249,26 @@ class ExportWidget(DockWidget):
     def _refresh(self, *_: Any) -> None:
         self.labels.reset_choices()
         self.image.reset_choices()
+
+    def _image_changed(self, image: Any) -> None:
+        if image is not None and image is self.sessions.current:
+            self._follow_image(image)  # a run wrote (new) labels of the image in hand
+
+    def _follow_image(self, image: Any) -> None:
+        """Propose the labels and the folder of ``image`` (the image in hand)."""
+        if image is None:
+            return
+        self.labels.reset_choices()
+        labels = self.sessions.labels_layer(image)
+        if labels is None:  # labels not written by the plugin (opened, or taken over): named after the image
+            named = [layer for name, layer in self.layers_of("Labels") if name.startswith(image.name)]
+            labels = named[0] if named else None
+        if labels is not None and labels in self.viewer.layers:
+            self.labels.value = labels
+        folder = str(image_folder(image))
+        if str(self.folder.value) in ("", ".", self._auto_folder):  # follow the image until the user chooses
+            self.folder.value = folder
+        self._auto_folder = folder
 
     def _labels_selected(self, *_: Any) -> None:
         layer = self.labels.value

@@ -88,7 +88,8 @@ class FinetuneWidget(DockWidget):
 
         self.pairs = PairList(napari_viewer)
         self.model_info = Label(value="")
-        self.fallback = ModelPicker(on_loaded=self._fallback_loaded, on_busy=self._fallback_busy)
+        self.fallback = ModelPicker(on_loaded=self._fallback_loaded, on_busy=self._fallback_busy,
+                                    sessions=self.sessions)
         self.fallback.combo.label = "or model"
         defaults = FinetuneSettings()
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=defaults.steps)
@@ -313,6 +314,7 @@ class FinetuneWidget(DockWidget):
     def _saved(self, path: Path) -> None:
         self.status.value = f"saved {Path(path).name} (parent {self.tuned.parent.name}, sha256 recorded)"
         self.saved.emit(str(path))
+        self.sessions.weights_saved.emit(str(path))  # the model pickers list it at once
 
     def _exported(self, path: Path) -> None:
         self.status.value = f"wrote the bioimage.io package {Path(path).name}"

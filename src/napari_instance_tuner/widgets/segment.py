@@ -35,8 +35,11 @@ from ._models import ModelPicker
 from ._params import ParamsPanel
 from ._pixel_size import describe
 from ._region import region_choices
+from ._segment_follow import SegmentFollow
+from ._segment_layout import NextSteps, folded
 from ._segment_note import streamed_note
 from ._segment_runs import SegmentRuns, layer_data
+from ._sessions import unwrap
 from ._streamed import streams
 from ._worker import Job, as_work
 
@@ -50,7 +53,7 @@ STREAM_SETTINGS = StreamSettings()
 PYRAMID_MIN_SIZE = 512
 
 
-class SegmentWidget(SegmentRuns, DockWidget):
+class SegmentWidget(SegmentRuns, SegmentFollow, DockWidget):
     """Segment the selected image layer with an instance-segmentation model and tune the result.
 
     Parameters
@@ -79,7 +82,7 @@ class SegmentWidget(SegmentRuns, DockWidget):
         self._params_family: str | None = None
         self._touched = False
 
-        self.models = ModelPicker(on_loaded=self._model_loaded, on_busy=self._model_busy)
+        self.models = ModelPicker(on_loaded=self._model_loaded, on_busy=self._model_busy, sessions=self.sessions)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.device.tooltip = "auto picks CUDA, then Apple MPS, then the CPU"
         self.device.changed.connect(lambda value: setattr(self.sessions, "device", value))
@@ -98,8 +101,7 @@ class SegmentWidget(SegmentRuns, DockWidget):
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         self.count = Label(value="–")
         self.note = Label(value="")  # large images: what the controls do
-        if hasattr(self.note.native, "setWordWrap"):
-            self.note.native.setWordWrap(True)
+        self.note.native.setWordWrap(True)
         self.params = ParamsPanel(on_change=self._params_changed, on_reset=self.reset_params)
         self.pixel_size = FloatSpinBox(label="pixel size (µm)", value=0.0, min=0.0, max=1000.0, step=0.01)
         self.pixel_size.tooltip = ("µm per pixel of the image (level 0); 0 = what the slide or the layer's scale "
@@ -112,16 +114,18 @@ class SegmentWidget(SegmentRuns, DockWidget):
                                "Run then streams only that region; the labels land at its place")
 
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
-        device = Container(widgets=[self.device], labels=True)
-        image = Container(widgets=[self.image, self.count, self.pixel_size, self.pixel_info, self.region],
-                          labels=True)
+        image = Container(widgets=[self.image, self.count], labels=True)
         self.count.label = "instances"
-        self.stack(self.models.widget, device, self.device_used, image, self.note, self.show_maps, buttons,
-                   self.params.widget)
-        self.setMinimumWidth(400)  # room for the slider read-outs
+        more = Container(widgets=[self.device, self.pixel_size, self.region], labels=True)
+        self.more = folded("More: device, pixel size, region, maps", more, self.device_used, self.pixel_info,
+                           self.show_maps)
+        self.next_steps = NextSteps(napari_viewer)
+        self.stack(image, self.models.widget, buttons, self.note, self.params.widget, self.more, self.next_steps)
+        self.scroll_area.widget().setMinimumWidth(400)  # room for the slider read-outs
 
         self.watch_layers(self._layer_inserted, emitters=("inserted",))
         self.watch_layers(self._layer_removed, emitters=("removed",))
+        self._start_following()
         for layer in napari_viewer.layers:
             layer.events.name.connect(self._refresh_images)
         self.sessions.set_stream_rule(self.will_stream)
@@ -199,12 +203,12 @@ class SegmentWidget(SegmentRuns, DockWidget):
         if key is None:
             notify_error("no model selected: choose a shipped model or use “Load weights…”")
             return
-        self._pending_run = True
+        self._pending_run, self._subject, self._job_title = True, unwrap(layer), f"Segmenting {layer.name}"
         self._status = "ok"
         if self.models.loading:
             pass  # _model_loaded starts the run
         elif self.models.loaded is None or self.models.loaded_key != key:
-            self.models.load(key)
+            self.models.load(key, chosen=False)
         else:
             self._start_run()
         self._update_controls()
@@ -215,6 +219,7 @@ class SegmentWidget(SegmentRuns, DockWidget):
             self.cancel_job()
         elif self._pending_run:
             self._pending_run = False
+            self.progress_panel.finish()  # the model may go on loading; nothing runs after it
             self._finish_run("cancelled")
 
     def reset_params(self) -> None:
@@ -291,6 +296,7 @@ class SegmentWidget(SegmentRuns, DockWidget):
         layer = self.image.value
         self.note.value = streamed_note(self.sessions.get(layer), self._params_family, self._current_params(),
                                         layer is not None and self.sessions.would_stream(layer))
+        self.note.native.setVisible(bool(self.note.value))
 
     def _current_params(self) -> Any:
         try:
@@ -326,6 +332,10 @@ class SegmentWidget(SegmentRuns, DockWidget):
             self._start_run()
 
     def _model_busy(self, busy: bool) -> None:
+        if busy and self._job is None:
+            self.progress_panel.start(f"Loading model {self.models.combo.current_choice}")
+        elif not busy and self._job is None:
+            self.progress_panel.finish()
         if not busy and self._pending_run and self._job is None:
             self._finish_run("error")  # the model did not load; its error is already shown
         self._update_controls()
@@ -354,7 +364,7 @@ class SegmentWidget(SegmentRuns, DockWidget):
         image = self.image.value
         self.sessions.current = image
         if image is not None:
-            self.models.propose(bool(getattr(image, "rgb", False)))
+            self._propose_model(image)
         session = self.sessions.get(image)
         if session is not None and session.model is not None and session.family.name == self._params_family:
             self.params.set_values(session.params)
