@@ -377,3 +377,16 @@ def test_saved_weights_are_not_asked_about(tuner, qtbot, tmp_path, dialogs, erro
     assert tuner.scratch.unsaved is None
     tuner.scratch.close()
     assert never_ask_to_keep_weights == []
+
+
+def test_closing_the_viewer_asks_about_unsaved_weights_then_removes_the_scratch_folder(
+    with_image, tuner, viewer, qtbot, run, errors, never_ask_to_keep_weights
+):
+    segment = with_image
+    assert run(segment) == "ok"
+    with qtbot.waitSignal(segment.run_finished, timeout=TIMEOUT_MS):
+        assert train(qtbot, tuner) == "ok", errors
+    folder = tuner.scratch.folder
+    assert folder.is_dir() and never_ask_to_keep_weights == []
+    viewer.close()  # the window's close event, while the widgets are still whole
+    assert never_ask_to_keep_weights == ["tiny-finetuned"] and not folder.exists()

@@ -1,9 +1,11 @@
 """The Fine-tune widget's scratch folder: made on first use, removed when the widget goes, never with unsaved weights.
 
-A finished fine-tune is written to a scratch checkpoint so that the Segment widget can load it. The folder
-is removed when the Fine-tune widget is destroyed (its dock closed, the viewer closed) after asking whether
-to save fine-tuned weights that were not saved; a ``weakref.finalize`` removes it at interpreter exit too,
-unless unsaved weights are still in it (then their path is printed, so they are not lost silently).
+A finished fine-tune is written to a scratch checkpoint so that the Segment widget can load it. When the
+Fine-tune dock is closed or the viewer's window closes (:class:`CloseWatch`: the dock's parent goes, or the
+window gets its close event, while the application is still whole), the user is asked whether to save
+fine-tuned weights that were not saved, and the folder is removed. When the widget is destroyed or Python
+exits without that question (a ``weakref.finalize``), the folder is removed unless unsaved weights are in it:
+then it is kept and its path printed, so they are never lost silently.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtWidgets import QMessageBox
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QMessageBox, QWidget
 
 from ..core.training.finetune import save_finetuned
 from ._worker import error_message, notify_error
@@ -30,6 +33,40 @@ def ask_keep_weights(name: str) -> bool:
         QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard, QMessageBox.StandardButton.Save,
     )
     return answer == QMessageBox.StandardButton.Save
+
+
+class CloseWatch(QObject):
+    """Calls ``on_close()`` when ``widget``'s dock is closed (its parent goes) or its window gets a close event.
+
+    The window is watched from the widget's first show (a dock widget gets its window when it is docked).
+    """
+
+    def __init__(self, widget: QWidget, on_close: Callable[[], Any]) -> None:
+        super().__init__(widget)
+        self._widget, self._window, self._on_close = widget, None, on_close
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # Qt's name
+        kind = event.type()
+        if obj is self._window and kind == QEvent.Type.Close:
+            self._on_close()
+            self._follow(None)  # holds no reference to a closing window
+        elif obj is self._widget and kind == QEvent.Type.ParentChange and self._widget.parent() is None:
+            if self._window is not None:  # undocked: the dock was closed
+                self._on_close()
+            self._follow(None)
+        elif kind in (QEvent.Type.ParentChange, QEvent.Type.Show) and obj in (self._widget, self._window):
+            self._follow(self._widget.window())  # docked, or the dock went into the main window
+        return False
+
+    def _follow(self, window: QWidget | None) -> None:
+        window = None if window is self._widget else window
+        if window is not self._window:
+            if self._window is not None:
+                self._window.removeEventFilter(self)
+            self._window = window
+            if window is not None:
+                window.installEventFilter(self)
 
 
 def _remove(folder: Path, state: dict) -> None:
@@ -80,6 +117,11 @@ class Scratch:
         suffix = "" if self._files == 1 else f"-{self._files}"
         return self.folder / f"{stem}{suffix}.safetensors"
 
+    def release(self) -> None:
+        """Remove the folder now, unless unsaved weights are in it (then keep it and print where)."""
+        if self._finalizer is not None:
+            self._finalizer()
+
     def close(self) -> None:
         """Offer to save unsaved weights, then remove the folder (kept if saving them failed)."""
         tuned = self.unsaved
@@ -99,3 +141,4 @@ class Scratch:
         self.unsaved = None
         if self._finalizer is not None:
             self._finalizer()  # removes the folder now, once
+        self.folder, self._finalizer, self._files = None, None, 0  # a later fine-tune makes a new one

@@ -34,7 +34,7 @@ from ._package_export import PackageExporter, ask_package_path
 from ._pairs import PairList
 from ._plot import LossPlot
 from ._save_weights import Tuned, WeightsSaver, ask_save_path
-from ._scratch import Scratch, ask_keep_weights
+from ._scratch import CloseWatch, Scratch, ask_keep_weights
 from .export import ask_overwrite
 
 BEFORE = "before fine-tune"
@@ -87,7 +87,8 @@ class FinetuneWidget(DockWidget):
         self._stop = None
         # Removed with the widget (dock or viewer closed), after offering to save unsaved weights.
         self.scratch = Scratch(ask_keep or ask_keep_weights, self.saver.ask_path)
-        self.destroyed.connect(self.scratch.close)
+        self._close_watch = CloseWatch(self, self.scratch.close)
+        self.destroyed.connect(self.scratch.release)
         self._outcome = "error"
         self._running = ""
 
