@@ -30,6 +30,7 @@ from ..core.inference.stack import slice_count
 from ..core.inference.streaming import StreamSettings
 from ..core.registry import get_family
 from ._base import DockWidget, error_message, notify_error
+from ._corrections import CorrectionsGuard, ask_keep_corrections
 from ._layers import keep_labels, set_maps_visible, source_images, write_labels
 from ._models import ModelPicker
 from ._params import ParamsPanel
@@ -78,6 +79,7 @@ class SegmentWidget(SegmentRuns, DockWidget):
         self._status = "ok"
         self._params_family: str | None = None
         self._touched = False
+        self.corrections = CorrectionsGuard(ask_keep_corrections)  # slider moves never fork edits silently
 
         self.models = ModelPicker(on_loaded=self._model_loaded, on_busy=self._model_busy)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
@@ -235,6 +237,9 @@ class SegmentWidget(SegmentRuns, DockWidget):
             return
         if self._pp_job is not None:
             self._pp_again = True  # the latest values run when the current job ends
+            return
+        if not self.corrections.settle(self.viewer, session, self.sessions.shown(image).labels):
+            self._pp_again = True  # asked about corrected labels: the latest values run after the answer
             return
         try:
             params = self.params.params()
