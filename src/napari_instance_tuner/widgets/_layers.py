@@ -9,7 +9,8 @@ Labels layer is written instead.
 
 Map layers: the maps a family names in ``family.map_names`` (foreground, boundary, ...) follow the
 widget's "show maps" box; any further maps (the layering family's "layer_1" ... "layer_N") are added
-hidden, each with its own colormap, for the user to switch on in the layer list.
+hidden, each with its own colormap, for the user to switch on in the layer list, and are shown masked by
+the foreground (:func:`..core.inference.map_display.display_maps`), not as solid sheets.
 
 Overlapping objects: for a 2D image of a family whose ``postprocess`` returns per-object ``masks``
 (layering, Mask R-CNN), the :class:`LabelsTrack` of the Labels layer holds the ``masks`` (bool (K, H, W)) and
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.inference.map_display import display_maps
 #: Metadata key marking the layers this plugin made.
 TAG = "napari_instance_tuner"
 
@@ -107,8 +109,8 @@ def write_maps(viewer: Any, image: Any, session: Any, shown: Any, visible: bool)
     (:func:`main_maps`). Existing layers keep the visibility the user gave them. ``shown`` is the
     registry's :class:`._sessions.Shown` of ``image``.
     """
-    arrays = session.maps.arrays()
     main = main_maps(session)
+    arrays = display_maps(session.maps.arrays(), set(MAP_COLORMAPS) | main)  # "layer_k": masked by the foreground
     for name, layer in list(shown.map_layers.items()):
         if name not in arrays and layer in viewer.layers and is_plugin_layer(layer):
             viewer.layers.remove(layer)  # a map the new model does not produce
