@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..core.inference.map_display import display_maps
+
 #: Metadata key marking the layers this plugin made.
 TAG = "napari_instance_tuner"
 
