@@ -70,7 +70,10 @@ def widget_run(model: str, image, labels, settings) -> tuple[list[float], dict]:
     viewer.window.resize(1400, 860)
     viewer.add_image(image, name="img", rgb=True)
     corrected = viewer.add_labels(labels, name="img corrected")
-    widget = FinetuneWidget(viewer)
+    try:  # nobody to answer "save the fine-tuned weights?" when the viewer closes
+        widget = FinetuneWidget(viewer, ask_keep=lambda name: False)
+    except TypeError:  # the widget before session 12 asked nothing
+        widget = FinetuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune", area="right")
     widget.pairs.image.value, widget.pairs.labels.value = viewer.layers["img"], corrected
     widget.pairs.add()

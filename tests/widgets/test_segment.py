@@ -424,3 +424,18 @@ def test_an_rgb_image_is_proposed_the_default_gland_model_until_the_user_chooses
     viewer.add_image(rgb, name="he 2", rgb=True)
     segment.image.value = viewer.layers["he 2"]
     assert segment.models.selected == other
+
+
+def test_changes_made_together_post_process_once_and_unchanged_values_not_at_all(with_image, viewer, qtbot, run,
+                                                                                postprocess_calls):
+    widget = with_image
+    assert run(widget) == "ok"
+    with qtbot.waitSignal(widget.labels_updated, timeout=10_000):
+        _set(widget, min_size=3, close_radius=1)  # one pass of the event loop: one update with both values
+    assert [(p.min_size, p.close_radius) for p in postprocess_calls[-1:]] == [(3, 1)] and len(postprocess_calls) == 2
+    updates: list = []
+    widget.labels_updated.connect(lambda: updates.append(1))
+    _set(widget, min_size=5)
+    _set(widget, min_size=3)  # dragged back before the update ran: the labels shown are already these
+    qtbot.wait(300)
+    assert len(postprocess_calls) == 2 and updates == []

@@ -175,7 +175,8 @@ def place_labels(
         try:
             track.layer.data = data
             for key, value in _spatial(image, factor, offset).items():
-                setattr(track.layer, key, value)
+                if not np.array_equal(getattr(track.layer, key), value):  # each set refreshes the layer
+                    setattr(track.layer, key, value)
             track.layer.metadata = {**track.layer.metadata, TAG: info}
         finally:
             track.writing = False

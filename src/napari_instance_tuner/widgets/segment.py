@@ -238,13 +238,16 @@ class SegmentWidget(SegmentRuns, DockWidget):
         if self._pp_job is not None:
             self._pp_again = True  # the latest values run when the current job ends
             return
-        if not self.corrections.settle(self.viewer, session, self.sessions.shown(image).labels):
-            self._pp_again = True  # asked about corrected labels: the latest values run after the answer
-            return
         try:
             params = self.params.params()
         except InstanceTunerError as exc:
             notify_error(error_message(exc))
+            return
+        track = self.sessions.shown(image).labels
+        if params == session.params and track is not None and track.layer in self.viewer.layers:
+            return  # these values made the labels shown (e.g. a slider dragged back): nothing to redo
+        if not self.corrections.settle(self.viewer, session, track):
+            self._pp_again = True  # asked about corrected labels: the latest values run after the answer
             return
         maps = session.maps
         self._pp_job = Job(as_work(lambda: session.postprocess(params)), on_result=lambda _: self._show_labels(image, session, maps),
