@@ -184,21 +184,21 @@ def main() -> None:
     args = parser.parse_args()
 
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    print(f"slider latency, {args.size}x{args.size}, {'one other busy process' if args.busy else 'no busy process'}"
+          f"; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
     try:
-        results = {f: measure(f, Path(args.data), args.size, args.repeats, args.warmup)
-                   for f in args.families.split(",")}
+        for family in args.families.split(","):  # each table as soon as it is measured
+            result = measure(family, Path(args.data), args.size, args.repeats, args.warmup)
+            print(f"\n{family} on {result['image']}, {result['instances']} instances; sliders "
+                  f"{', '.join(result['sliders'])}")
+            print(f"{'measurement':<24}{'median ms':>10}{'p90 ms':>10}{'N':>5}")
+            for key, values in result["series"].items():
+                print(f"{key:<24}{np.median(values):>10.1f}{np.percentile(values, 90):>10.1f}{len(values):>5d}")
+            print(f"(load average {os.getloadavg()[0]:.2f})", flush=True)
     finally:
         if busy is not None:
             busy.kill()
-    print(f"slider latency, {args.size}x{args.size}, {'one other busy process' if args.busy else 'no busy process'}"
-          f"; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.2f}")
-    for family, result in results.items():
-        print(f"\n{family} on {result['image']}, {result['instances']} instances; sliders "
-              f"{', '.join(result['sliders'])}")
-        print(f"{'measurement':<24}{'median ms':>10}{'p90 ms':>10}{'N':>5}")
-        for key, values in result["series"].items():
-            print(f"{key:<24}{np.median(values):>10.1f}{np.percentile(values, 90):>10.1f}{len(values):>5d}")
 
 
 if __name__ == "__main__":
