@@ -83,6 +83,7 @@ class FinetuneWidget(DockWidget):
         self.exporter = PackageExporter(ask_package or partial(ask_package_path, self), on_exported=self._exported,
                                         on_finished=self._update)
         self.tuned: Tuned | None = None
+        self._saving: Tuned | None = None  # what the running save writes
         self._pending = False
         self._stop = None
         # Removed with the widget (dock or viewer closed), after offering to save unsaved weights.
@@ -190,7 +191,7 @@ class FinetuneWidget(DockWidget):
         current = self.sessions.model
         loaded = (self.tuned.parent.path, None if current is None else current.path, self.tuned.scratch)
         if self.saver.save(self.tuned, loaded):
-            self.scratch.unsaved = None  # a failed write is notified, and Save can be pressed again
+            self._saving = self.tuned
             self._update()
 
     def export_package(self) -> None:
@@ -225,7 +226,7 @@ class FinetuneWidget(DockWidget):
                                                 params=params)
             path = None
             if scratch is not None and result.history and result.stopped != "cancelled":
-                path = save_finetuned(scratch, loaded, model, result, pairs, settings)
+                path = save_finetuned(scratch, loaded, model, result, pairs, run_settings)
             return Tuned(loaded, model, result, pairs, run_settings, path)
 
         self.plot.clear()
@@ -330,6 +331,8 @@ class FinetuneWidget(DockWidget):
     # -- saving, models and layers ----------------------------------------------------------------
 
     def _saved(self, path: Path) -> None:
+        if self.scratch.unsaved is self._saving:
+            self.scratch.unsaved = None  # saved: nothing to ask about when the widget closes
         self.status.value = f"saved {Path(path).name} (parent {self.tuned.parent.name}, sha256 recorded)"
         self.saved.emit(str(path))
 
