@@ -1,21 +1,29 @@
-"""Slider-to-labels latency in the real Segment widget on a 1024x1024 RGB image (issue 5: median <= 100 ms).
+"""Slider-to-canvas latency in the real Segment widget at 1024x1024, per family, on real images (issue 23 item 5).
 
-Usage: env -u QT_QPA_PLATFORM xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/slider_latency.py [--repeats 30]
+Usage: env -u QT_QPA_PLATFORM xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/slider_latency.py
+       --data ../shared/data [--busy] [--families three-branch-glas-v3,layering-bbbc010,maskrcnn-dsb2018]
+       [--repeats 20] [--warmup 2] [--size 1024]
 
-A shown napari viewer with SegmentWidget docked segments ``synthetic_glands((1024, 1024), seed=0)`` with the
-shipped "three-branch-glas" model once; then each repeat moves one slider through the widget's own control
-(``fg_threshold`` and ``close_radius`` alternately, each between its current value and a nearby one) and runs a
-QEventLoop until the canvas has drawn the new labels. Rows (milliseconds, warm-up repeats excluded):
+Images (mirror-tiled to ``--size`` squared; pixel size unchanged, so nothing is resampled):
 
-- change -> labels: value set on the slider -> ``labels_updated`` (Labels layer holds the new data);
-  includes the widget's 30 ms coalescing timer, the worker thread hop and ``write_labels``.
-- change -> drawn: as above, until the vispy SceneCanvas' next ``draw`` event has run (connected last,
-  after napari's own handlers, vispy's GL flush and swap): the scene, new label texture included, was drawn.
-- debounce fired -> labels / -> drawn: from the moment the coalescing timer calls ``refresh_labels`` (hooked
-  at run time by wrapping the instance attribute; no file edited) to the same two ends, i.e. without the debounce.
-- change -> debounce fired: the coalescing timer's share (30 ms nominal, plus event-loop delay).
-- direct postprocess + layer write: ``family.postprocess`` on the cached maps plus ``layer.data = labels;
-  layer.refresh()`` on the real Labels layer, on the GUI thread, without drawing.
+- three-branch-glas-v3: ``glas/testA/images/testA_1.png`` (H&E glands, 522x775 RGB);
+- layering-bbbc010: ``bbbc010/train/images/A01.tif`` (C. elegans, 520x696 uint16);
+- maskrcnn-dsb2018: the first ``dsb2018/train/images`` image that looks like fluorescence (dark background,
+  grey) - DSB nuclei, 256x256, tiled 4x4.
+
+A shown napari viewer with the Segment widget segments the image once; then each repeat moves one of the
+family's first two slider parameters through the widget's own control (between its value and a nearby one)
+and runs a QEventLoop until the canvas has drawn the new labels. ``--busy`` starts one other busy process (a
+Python loop on one core) for the whole run: the loaded-machine mode of the issue.
+
+Rows (milliseconds, medians and 90th percentiles, warm-up repeats excluded):
+
+- change -> drawn: the value set on the slider -> the vispy canvas' next ``draw`` event after the labels
+  changed (the goal: median <= 100 ms at 1024x1024 with one other busy process);
+- where the time goes, as consecutive parts: the coalescing timer (change -> refresh), the hop to the worker
+  thread, post-processing (``SegmentSession.postprocess``), the hop back to the GUI thread, writing the Labels
+  layer (``_show_labels``: digests, ``layer.data``, the layer's own refresh), and layer written -> drawn
+  (the draw itself, contour and colour mapping included: napari does those on draw).
 """
 
 from __future__ import annotations
@@ -23,16 +31,44 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+FAMILIES = ("three-branch-glas-v3", "layering-bbbc010", "maskrcnn-dsb2018")
+PARTS = ("coalescing", "to worker", "postprocess", "to GUI", "layer write", "written -> drawn")
 
-def stats(rows: dict, name: str, values: list[float]) -> None:
-    rows[name] = (float(np.median(values)), float(np.percentile(values, 90)), len(values))
+
+def tiled(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` mirror-tiled (or cropped) to ``size`` x ``size`` pixels, channels kept."""
+    reps = [int(np.ceil(size / n)) for n in image.shape[:2]]
+    rows = [image if r % 2 == 0 else image[::-1] for r in range(reps[0])]
+    column = np.concatenate(rows, 0)
+    cols = [column if c % 2 == 0 else column[:, ::-1] for c in range(reps[1])]
+    return np.ascontiguousarray(np.concatenate(cols, 1)[:size, :size])
 
 
-def wait_loop(setup, timeout_ms: int = 20000) -> None:
+def family_image(family: str, data: Path, size: int) -> tuple[np.ndarray, bool, str]:
+    """(image, rgb, description) of the real image used for ``family``."""
+    import imageio.v3 as iio
+
+    if family.startswith("three-branch"):
+        path = data / "glas/testA/images/testA_1.png"
+        return tiled(np.asarray(iio.imread(path))[..., :3], size), True, f"GlaS {path.name}"
+    if family.startswith("layering"):
+        path = data / "bbbc010/train/images/A01.tif"
+        return tiled(np.asarray(iio.imread(path)), size), False, f"BBBC010 {path.name}"
+    for path in sorted((data / "dsb2018/train/images").glob("*.png")):
+        rgb = np.asarray(iio.imread(path))[..., :3]
+        if rgb.mean() < 60 and np.ptp(rgb.astype(int), axis=-1).mean() < 2:  # grey, dark: fluorescence
+            return tiled(rgb[..., 0], size), False, f"DSB2018 {path.name[:12]}… {rgb.shape[:2]}"
+    raise SystemExit("no fluorescence image found in dsb2018/train/images")
+
+
+def wait_loop(setup, timeout_ms: int = 30000) -> None:
     """Run a QEventLoop that ``setup(loop.quit)`` arranges to end (a safety timeout aside)."""
     from qtpy.QtCore import QEventLoop, QTimer
 
@@ -42,120 +78,127 @@ def wait_loop(setup, timeout_ms: int = 20000) -> None:
     loop.exec()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=2)
-    args = parser.parse_args()
+def slider_plan(controls) -> list[tuple[str, object, object]]:
+    """(name, value, nearby value) of the first two numeric controls."""
+    plan = []
+    for control in controls:
+        name, value = control.name, getattr(control, "value", None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        step = 1 if isinstance(value, int) else 0.05
+        high = getattr(control, "max", value + step)
+        other = value + step if value + step <= high else value - step
+        plan.append((name, value, round(other, 3) if isinstance(other, float) else other))
+        if len(plan) == 2:
+            break
+    return plan
 
+
+def measure(family: str, data: Path, size: int, repeats: int, warmup: int) -> dict:
+    """Segment the family's image in a shown viewer and time ``warmup + repeats`` slider moves."""
     import napari
 
-    from napari_instance_tuner.core.synthetic import synthetic_glands
     from napari_instance_tuner.demo import _settle, _wait
     from napari_instance_tuner.widgets.segment import SegmentWidget
 
-    image, *_ = synthetic_glands((1024, 1024), seed=0)
-    viewer = napari.Viewer(title="slider latency")
+    image, rgb, described = family_image(family, data, size)
+    viewer = napari.Viewer(title=f"slider latency: {family}")
     viewer.window.resize(1400, 860)
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment", area="right")
-    layer = viewer.add_image(image, name="glands", rgb=True)
+    layer = viewer.add_image(image, name="img", rgb=rgb)
     widget.image.value = layer
     widget.device.value = "cpu"
-    widget.models.load("three-branch-glas")
+    widget.models.load(family)
     status = _wait(widget.run_finished, widget.run)
     assert status == "ok", f"run ended with {status!r}"
     session = widget.sessions.get(layer)
-    track = widget.sessions.shown(layer).labels
-    labels_layer = track.layer
     _settle(500)
 
     scene = viewer.window._qt_viewer.canvas._scene_canvas
     marks: dict[str, float] = {}
-    original_refresh = widget.refresh_labels
+    hooks = {"refresh_labels": "fired", "_show_labels": "write"}
+    for attribute, mark in hooks.items():
+        original = getattr(widget, attribute)
 
-    def hooked_refresh() -> None:  # called by the coalescing timer via _params_changed
-        marks.setdefault("fired", time.perf_counter())
-        original_refresh()
+        def hooked(*args, _original=original, _mark=mark, **kwargs):
+            marks.setdefault(_mark, time.perf_counter())
+            result = _original(*args, **kwargs)
+            marks[f"{_mark} end"] = time.perf_counter()
+            return result
 
-    widget.refresh_labels = hooked_refresh
-    waiting, info = {"quit": None}, {}
+        setattr(widget, attribute, hooked)
+    postprocess = session.postprocess
 
-    def on_labels() -> None:
-        marks["labels"] = time.perf_counter()
-        viewer.window._qt_viewer.canvas.native.update()  # make sure a paint is scheduled
+    def timed_postprocess(params):
+        marks["pp"] = time.perf_counter()
+        try:
+            return postprocess(params)
+        finally:
+            marks["pp end"] = time.perf_counter()
+
+    session.postprocess = timed_postprocess
+    waiting = {}
 
     def on_draw(_event) -> None:
-        if "renderer" not in info:  # the GL context is current inside a draw
-            from vispy.gloo import gl
-
-            info["renderer"] = gl.glGetParameter(gl.GL_RENDERER)
-        if "labels" in marks and "drawn" not in marks:
+        if "write end" in marks and "drawn" not in marks:
             marks["drawn"] = time.perf_counter()
             waiting["quit"]()
 
-    widget.labels_updated.connect(on_labels)
     scene.events.draw.connect(on_draw, position="last")
-
-    controls = widget.params.controls
-    plan = {"fg_threshold": (controls["fg_threshold"].value, round(controls["fg_threshold"].value + 0.1, 2)),
-            "close_radius": (controls["close_radius"].value, controls["close_radius"].value + 2)}
-    series = {key: [] for key in ("change -> labels", "change -> drawn", "change -> debounce fired",
-                                  "debounce fired -> labels", "debounce fired -> drawn")}
-    for i in range(args.warmup + args.repeats):
-        name = "fg_threshold" if i % 2 == 0 else "close_radius"
-        target = plan[name][(i // 2) % 2 == 0]  # each slider: start value -> nearby -> start -> ...
+    widget.labels_updated.connect(lambda: viewer.window._qt_viewer.canvas.native.update())
+    plan = slider_plan(widget.params.controls)
+    series: dict[str, list[float]] = {"change -> drawn": [], **{part: [] for part in PARTS}}
+    for i in range(warmup + repeats):
+        name, start_value, other = plan[i % len(plan)]
+        target = other if (i // len(plan)) % 2 == 0 else start_value
         marks.clear()
 
         def start(quit_, name=name, target=target) -> None:
             waiting["quit"] = quit_
             marks["change"] = time.perf_counter()
-            controls[name].value = target
+            widget.params.controls[name].value = target
 
         wait_loop(start)
-        assert {"fired", "labels", "drawn"} <= marks.keys(), f"repeat {i} timed out: {sorted(marks)}"
-        if i >= args.warmup:
+        assert {"fired", "pp", "write", "drawn"} <= marks.keys(), f"{family}: repeat {i} timed out: {sorted(marks)}"
+        if i >= warmup:
             ms = {k: 1000 * (v - marks["change"]) for k, v in marks.items()}
-            series["change -> labels"].append(ms["labels"])
             series["change -> drawn"].append(ms["drawn"])
-            series["change -> debounce fired"].append(ms["fired"])
-            series["debounce fired -> labels"].append(ms["labels"] - ms["fired"])
-            series["debounce fired -> drawn"].append(ms["drawn"] - ms["fired"])
-        _settle(100)
-
-    # Direct measurement on the real layer; ``writing`` keeps the widget from taking it as a user edit.
-    family, maps, params = session.family, session.maps.slices[0], widget.params.params()
-    direct, pp_only = [], []
-    track.writing = True
-    try:
-        for i in range(args.warmup + args.repeats):
-            start = time.perf_counter()
-            labels = np.asarray(family.postprocess(maps, params).labels, np.uint32)
-            middle = time.perf_counter()
-            labels_layer.data = labels
-            labels_layer.refresh()
-            end = time.perf_counter()
-            if i >= args.warmup:
-                direct.append(1000 * (end - start))
-                pp_only.append(1000 * (middle - start))
-    finally:
-        track.writing = False
-
-    rows: dict = {}
-    for key, values in series.items():
-        stats(rows, key, values)
-    for name in plan:  # the drawn latency per slider (fg_threshold on even repeats)
-        first = 0 if name == "fg_threshold" else 1
-        stats(rows, f"change -> drawn, {name} only", series["change -> drawn"][(first - args.warmup) % 2::2])
-    stats(rows, "direct postprocess + layer write", direct)
-    stats(rows, "  of which family.postprocess", pp_only)
-    print(f"slider latency, 1024x1024 RGB, model three-branch-glas, {session.count} instances at the end")
-    print(f"device: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-          f"(affinity {len(os.sched_getaffinity(0))}), GL renderer: {info.get('renderer', '?')}")
-    print(f"{'measurement':<36}{'median ms':>10}{'p90 ms':>10}{'N':>5}")
-    for key, (med, p90, n) in rows.items():
-        print(f"{key:<36}{med:>10.1f}{p90:>10.1f}{n:>5d}")
+            bounds = [0.0, ms["fired"], ms["pp"], ms["pp end"], ms["write"], ms["write end"], ms["drawn"]]
+            for part, low, high in zip(PARTS, bounds, bounds[1:]):
+                series[part].append(high - low)
+        _settle(150)
+    count = session.count
     viewer.close()
+    return {"series": series, "image": described, "instances": count, "sliders": [p[0] for p in plan]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="folder with glas/, bbbc010/ and dsb2018/")
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--busy", action="store_true", help="run one other busy process meanwhile")
+    args = parser.parse_args()
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    print(f"slider latency, {args.size}x{args.size}, {'one other busy process' if args.busy else 'no busy process'}"
+          f"; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    try:
+        for family in args.families.split(","):  # each table as soon as it is measured
+            result = measure(family, Path(args.data), args.size, args.repeats, args.warmup)
+            print(f"\n{family} on {result['image']}, {result['instances']} instances; sliders "
+                  f"{', '.join(result['sliders'])}")
+            print(f"{'measurement':<24}{'median ms':>10}{'p90 ms':>10}{'N':>5}")
+            for key, values in result["series"].items():
+                print(f"{key:<24}{np.median(values):>10.1f}{np.percentile(values, 90):>10.1f}{len(values):>5d}")
+            print(f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+    finally:
+        if busy is not None:
+            busy.kill()
 
 
 if __name__ == "__main__":

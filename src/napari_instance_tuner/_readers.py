@@ -1,4 +1,5 @@
-"""npe2 readers: whole slides as lazy multiscale RGB layers, QuPath GeoJSON as Labels or Shapes.
+"""npe2 readers: whole slides as lazy multiscale RGB layers, QuPath GeoJSON as Labels or Shapes, the plugin's own
+label TIFFs as Labels.
 
 Each ``get_*_reader(path)`` returns a function that reads the path into napari layer data tuples, or None
 when the path is not for it (napari then asks its other readers). Problems are raised as
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.io.geojson import labels_extent, objects_to_labels, objects_to_shapes, read_geojson
+from .core.io.label_tiff import is_label_tiff, read_label_tiff
 from .core.io.slides import is_slide, open_slide
 
 #: GeoJSON larger than this many level-0 pixels (H * W) is rasterised on a coarser grid (layer scale > 1).
@@ -99,3 +101,20 @@ def read_geojson_shapes(path: str | list[str]) -> LayerData:
     kwargs = {"name": one.name.split(".")[0], "shape_type": "polygon", "features": {"class": classes},
               "edge_width": 1.0, "face_color": "transparent", "edge_color": "yellow"}
     return [(data, kwargs, "shapes")]
+
+
+def get_label_tiff_reader(path: str | list[str]) -> Callable[[str], LayerData] | None:
+    """The plugin's own label TIFFs (marked by the writer, :mod:`.core.io.label_tiff`) as Labels; None otherwise,
+    so ordinary TIFF images still open as images."""
+    one = _one_path(path)
+    return read_label_tiff_layer if one is not None and is_label_tiff(one) else None
+
+
+def read_label_tiff_layer(path: str | list[str]) -> LayerData:
+    """One Labels layer named after the file; scale = the pixel size the file records (µm), if any."""
+    one = Path(_one_path(path))
+    labels, size = read_label_tiff(one)
+    kwargs: dict[str, Any] = {"name": one.stem, "metadata": {"source": str(one), "pixel_size_um": size}}
+    if size is not None:
+        kwargs["scale"] = (1.0,) * (labels.ndim - 2) + size
+    return [(labels, kwargs, "labels")]

@@ -106,3 +106,27 @@ def test_amp_is_allowed_for_every_family_and_refused_for_one_that_trains_in_floa
     with pytest.raises(ParamsError, match="maskrcnn trains in float32"):
         refuse_amp(family, True)
     refuse_amp(family, False)
+
+
+def test_a_time_budget_stops_training_before_the_steps_run_out(tiny_checkpoint, make_pair):
+    loaded = load_model(tiny_checkpoint)
+    settings = FinetuneSettings(steps=500, batch_size=1, crop=32, seconds=1e-6)  # any step outlasts the budget
+    _, result = run(finetune(loaded, [make_pair()], settings))
+    assert result.stopped == "time limit" and len(result.history) == 1
+    with pytest.raises(InstanceTunerError, match="time budget"):
+        FinetuneSettings(seconds=0)
+
+
+def test_mixed_precision_is_kept_only_where_the_family_and_device_compute_in_bfloat16(tiny_checkpoint, monkeypatch):
+    from dataclasses import replace
+
+    from napari_instance_tuner.core.training import precision
+
+    family = load_model(tiny_checkpoint).family
+    asked = FinetuneSettings(amp=True)
+    monkeypatch.setattr(precision, "bfloat16_supported", lambda device: device == "cuda")
+    assert precision.with_amp_where_native(family, asked, "cuda").amp is True
+    assert precision.with_amp_where_native(family, asked, "cpu") == replace(asked, amp=False)
+    monkeypatch.setattr(type(family), "supports_amp", False)
+    assert precision.with_amp_where_native(family, asked, "cuda").amp is False
+    assert precision.with_amp_where_native(family, FinetuneSettings(), "cuda").amp is False

@@ -137,3 +137,23 @@ def run(qtbot):
         return blocker.args[0]
 
     return run_and_wait
+
+
+@pytest.fixture(autouse=True)
+def never_ask_to_keep_weights(monkeypatch) -> list[str]:
+    """A Fine-tune widget destroyed with unsaved weights asks through a dialog: answer "Discard" in tests."""
+    from napari_instance_tuner.widgets import finetune
+
+    asked: list[str] = []
+    monkeypatch.setattr(finetune, "ask_keep_weights", lambda name: asked.append(name) or False)
+    return asked
+
+
+@pytest.fixture(autouse=True)
+def keep_corrections(monkeypatch) -> list[str]:
+    """A slider move over corrected labels asks through a dialog: answer "Keep my corrections" in tests."""
+    from napari_instance_tuner.widgets import segment
+
+    asked: list[str] = []
+    monkeypatch.setattr(segment, "ask_keep_corrections", lambda name: asked.append(name) or True)
+    return asked

@@ -208,3 +208,25 @@ def test_tool_widgets_paint(viewer, segment):
         }
         assert shadowed == set(), cls
         assert not widget.grab().isNull()
+
+
+def test_every_metric_of_the_user_guide_is_offered_and_range_ends_are_reported(tuner, segmented, qtbot, errors):
+    from pathlib import Path
+
+    from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams
+    from napari_instance_tuner.widgets.autotune import edge_note
+
+    combo = tuner.metric_choice.native
+    offered = {combo.itemText(i) for i in range(combo.count())}
+    guide = (Path(__file__).parents[2] / "docs" / "user-guide.md").read_text()
+    listed = guide.split("for the metric")[1].split(")")[0]  # "you choose (object F1, mean AP, ..., DSB score"
+    assert {m.strip() for m in listed.split("(")[1].split(",")} <= offered and "DSB score" in offered
+    tuner.metric_choice.value = "dsb_score"
+    with qtbot.waitSignal(tuner.tune_finished, timeout=TIMEOUT_MS) as done:
+        tuner.tune()
+    assert done.args == ["ok"] and tuner.result.value.startswith("DSB score: 0.000 → "), errors
+    start = ThreeBranchParams()
+    note = edge_note(ThreeBranchParams(fg_threshold=0.0, min_size=0), start)
+    assert "fg_threshold = 0.00 (lowest allowed)" in note and "min_size = 0 (lowest allowed)" in note
+    assert edge_note(start, start) == ""  # nothing moved onto an end
+    assert edge_note(ThreeBranchParams(close_radius=0), ThreeBranchParams(close_radius=0)) == ""

@@ -100,3 +100,19 @@ def test_stacks_are_scored_slice_by_slice(evaluator, viewer, qtbot, errors):
     assert evaluator.shown()["object F1"] == f"{2 * 4 / (2 * 4 + 2 + 2):.3f}"
     layer = viewer.layers["pred stack errors"]
     assert layer.data.shape == (2, 40, 60) and layer.data[0].any() and not layer.data[1].any()
+
+
+def test_figures_are_marked_stale_when_the_labels_change(evaluator, viewer, qtbot, errors):
+    assert evaluate(qtbot, evaluator) == "ok", errors
+    assert not evaluator.stale and evaluator.table.item(0, 1).foreground().color().getRgb()[:3] != (128, 128, 128)
+    pred = viewer.layers["pred"]
+    pred.data = np.where(pred.data == 50, 0, pred.data)  # e.g. the Segment widget writing new labels
+    assert evaluator.stale and evaluator.summary.value.startswith("STALE")
+    assert evaluator.table.item(0, 1).foreground().color().getRgb()[:3] == (128, 128, 128)
+    assert evaluate(qtbot, evaluator) == "ok"
+    assert not evaluator.stale and evaluator.summary.value.startswith("pred vs ref")
+    viewer.layers["ref"].paint((5, 5), 7)  # a brush stroke on the reference
+    assert evaluator.stale
+    evaluator.stale = False
+    viewer.add_labels(np.zeros((8, 8), np.int32), name="other").data = np.ones((8, 8), np.int32)
+    assert not evaluator.stale  # layers not evaluated are not watched

@@ -86,7 +86,7 @@ def test_finetune_plots_the_loss_resegments_and_keeps_the_old_labels(with_image,
     # Three steps: three points on the curve, a full progress bar, a history of three losses.
     assert len(tuner.plot.values) == 3 and all(np.isfinite(tuner.plot.values))
     assert len(tuner.plot.points()) == 3
-    assert (tuner.progress.value, tuner.progress.max) == (3, 3)
+    assert tuner.progress.value == tuner.progress.max  # the steps ended before the time budget
     assert [h["loss"] for h in tuner.tuned.result.history] == pytest.approx(tuner.plot.values)
     # The previous labels are kept under a new name; the new labels come from the fine-tuned copy.
     assert old.name == "img instances (before fine-tune)" and np.array_equal(old.data, before)
@@ -235,18 +235,20 @@ def test_problems_become_notifications_and_the_widget_stays_usable(tuner, viewer
     assert tuner.pairs.pairs == []
 
 
-def test_mixed_precision_reaches_training_and_where_it_cannot_run_it_is_a_notification(
-    tuner, qtbot, monkeypatch, errors
-):
-    from napari_instance_tuner.core.training import loop as training
+def test_mixed_precision_is_used_where_the_device_has_bfloat16_else_float32(tuner, qtbot, monkeypatch, errors):
+    from napari_instance_tuner.core.training import precision
 
-    assert tuner.settings().amp is False
-    tuner.amp.value = True
-    assert tuner.settings().amp is True
-    monkeypatch.setattr(training, "bfloat16_supported", lambda device: False)  # a device without bfloat16
-    assert train(qtbot, tuner) == "error"
-    assert "needs native bfloat16" in errors[-1] and "fine-tuning failed" in errors[-1]
-    assert tuner.start_button.enabled and tuner.tuned is None
+    assert tuner.settings().amp is True  # asked for by default...
+    tuner.resegment.value = False
+    monkeypatch.setattr(precision, "bfloat16_supported", lambda device: False)  # a device without bfloat16
+    assert train(qtbot, tuner) == "ok", errors
+    assert tuner.tuned.settings.amp is False and "float32" in tuner.status.value  # ...and dropped, said so
+    monkeypatch.setattr(precision, "bfloat16_supported", lambda device: True)
+    assert train(qtbot, tuner) == "ok", errors
+    assert tuner.tuned.settings.amp is True and "bfloat16" in tuner.status.value
+    tuner.amp.value = False
+    assert train(qtbot, tuner) == "ok", errors
+    assert tuner.tuned.settings.amp is False and errors == []
 
 
 def test_without_a_segment_widget_a_shipped_model_is_loaded_by_name(
@@ -309,3 +311,82 @@ def test_export_package_of_the_fine_tuned_model_loads_in_the_segment_widget(with
                     timeout=TIMEOUT_MS)
     assert run(segment) == "ok" and errors == []
     assert "tuned.zip (file)" in [label for label, _ in segment.models._choices()]
+
+
+def test_time_budget_and_mixed_precision_are_the_defaults(tuner):
+    settings = tuner.settings()
+    assert settings.seconds == 60.0 and settings.amp and settings.steps == 3  # the fixture set 3 steps
+    tuner.budget.value = 0  # 0: the steps alone decide
+    assert tuner.settings().seconds is None
+
+
+def test_training_runs_without_napari_activity_bar_and_shows_time_left(tuner, qtbot, monkeypatch, errors):
+    """The activity dock's animated indicator repainted the window through a whole run (half a CPU on a
+    software-OpenGL canvas): fine-tuning shows its progress in the widget only."""
+    from unittest.mock import MagicMock
+
+    import napari.utils
+
+    bars: list = []
+    monkeypatch.setattr(napari.utils, "progress", lambda *args, **kwargs: bars.append(kwargs) or MagicMock())
+    tuner.resegment.value = False
+    shown: list[str] = []
+    show_time = tuner._show_time
+    tuner._show_time = lambda record: (show_time(record), shown.append(tuner.status.value))
+    assert train(qtbot, tuner) == "ok", errors
+    assert bars == [] and len(tuner.plot.values) == 3
+    assert [text.split("… ")[1].split(",")[0] for text in shown if "s left" in text] == ["step 1", "step 2", "step 3"]
+
+
+def test_closing_the_widget_offers_to_save_unsaved_weights(tuner, viewer, qtbot, tmp_path, dialogs, errors):
+    from napari_instance_tuner.core.io.checkpoint import load_model
+
+    asked: list[str] = []
+    tuner.scratch.ask_keep = lambda name: asked.append(name) or True
+    tuner.resegment.value = False
+    assert train(qtbot, tuner) == "ok", errors
+    dialogs.path = str(tmp_path / "kept.safetensors")
+    viewer.window.remove_dock_widget(tuner)
+    tuner.deleteLater()
+    qtbot.waitUntil(lambda: (tmp_path / "kept.safetensors").is_file(), timeout=TIMEOUT_MS)
+    assert asked == ["tiny-finetuned"] and errors == []
+    assert load_model(tmp_path / "kept.safetensors").meta["parent"]["name"] == "tiny"
+
+
+def test_scratch_folder_is_removed_with_the_widget(with_image, tuner, viewer, qtbot, run, tmp_path, dialogs,
+                                                   errors, never_ask_to_keep_weights):
+    segment = with_image
+    assert run(segment) == "ok"
+    with qtbot.waitSignal(segment.run_finished, timeout=TIMEOUT_MS):
+        assert train(qtbot, tuner) == "ok", errors
+    folder = tuner.scratch.folder
+    assert folder is not None and tuner.tuned.scratch.parent == folder and tuner.tuned.scratch.is_file()
+    viewer.window.remove_dock_widget(tuner)
+    tuner.deleteLater()
+    qtbot.waitUntil(lambda: not folder.exists(), timeout=TIMEOUT_MS)
+    assert never_ask_to_keep_weights == ["tiny-finetuned"]  # asked once; "Discard" removed it
+    assert segment.current_model.path == folder / "tiny-finetuned.safetensors"  # the weights stay in memory
+
+
+def test_saved_weights_are_not_asked_about(tuner, qtbot, tmp_path, dialogs, errors, never_ask_to_keep_weights):
+    tuner.resegment.value = False
+    assert train(qtbot, tuner) == "ok", errors
+    dialogs.path = str(tmp_path / "mine.safetensors")
+    with qtbot.waitSignal(tuner.saved, timeout=TIMEOUT_MS):
+        tuner.save()
+    assert tuner.scratch.unsaved is None
+    tuner.scratch.close()
+    assert never_ask_to_keep_weights == []
+
+
+def test_closing_the_viewer_asks_about_unsaved_weights_then_removes_the_scratch_folder(
+    with_image, tuner, viewer, qtbot, run, errors, never_ask_to_keep_weights
+):
+    segment = with_image
+    assert run(segment) == "ok"
+    with qtbot.waitSignal(segment.run_finished, timeout=TIMEOUT_MS):
+        assert train(qtbot, tuner) == "ok", errors
+    folder = tuner.scratch.folder
+    assert folder.is_dir() and never_ask_to_keep_weights == []
+    viewer.close()  # the window's close event, while the widgets are still whole
+    assert never_ask_to_keep_weights == ["tiny-finetuned"] and not folder.exists()

@@ -130,6 +130,11 @@ def test_layering_maps_show_foreground_and_add_layers_hidden(layering, worms, vi
     assert all(m.data.shape == SHAPE and m.data.dtype == np.float32 for m in maps)
     assert [m.visible for m in maps] == [True] + [False] * N_LAYERS
     assert len({m.colormap.name for m in maps}) == len(maps)  # each map its own colour
+    # The per-layer maps are shown masked by the foreground (not as solid sheets); the foreground as it is.
+    arrays = widget.current_session.maps.slices[0].arrays
+    assert np.array_equal(maps[0].data, arrays["foreground"])
+    for k, layer in enumerate(maps[1:], 1):
+        assert np.allclose(layer.data, arrays[f"layer_{k}"] * arrays["foreground"])
     widget.show_maps.value = False
     assert not any(m.visible for m in maps)
     widget.show_maps.value = True

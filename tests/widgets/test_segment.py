@@ -182,6 +182,33 @@ def test_labels_changed_in_place_are_kept_on_slider_change(with_image, viewer, q
     assert viewer.layers["img instances"] is not layer
 
 
+def test_a_slider_move_over_corrected_labels_asks_and_replaces_only_when_told(with_image, viewer, qtbot, run,
+                                                                             keep_corrections):
+    widget = with_image
+    assert run(widget) == "ok"
+    layer = viewer.layers["img instances"]
+    with qtbot.waitSignal(widget.labels_updated, timeout=10_000):
+        _set(widget, min_size=1)
+    assert keep_corrections == [] and viewer.layers["img instances"] is layer  # nothing corrected: no question
+    layer.paint((10, 10), 77, refresh=True)
+    session = widget.current_session
+    with qtbot.waitSignal(widget.labels_updated, timeout=10_000):
+        _set(widget, min_size=0)
+    # Asked once, kept: the corrected layer is renamed, not lost, and the corrections are in the session.
+    assert keep_corrections == ["img instances"] and widget.corrections.last == "kept"
+    assert layer.name == "img instances (edited)" and layer.data[10, 10] == 77
+    assert session.corrections is not None and session.corrections[10, 10] == 77
+    fresh = viewer.layers["img instances"]
+    fresh.paint((12, 12), 55, refresh=True)
+    widget.corrections.ask = lambda name: keep_corrections.append(name) or False  # "Replace them"
+    with qtbot.waitSignal(widget.labels_updated, timeout=10_000):
+        _set(widget, min_size=2)
+    assert keep_corrections == ["img instances", "img instances"] and widget.corrections.last == "replaced"
+    assert viewer.layers["img instances"] is fresh and fresh.data[12, 12] != 55  # written over, as asked
+    assert session.corrections[12, 12] == 55  # the replaced corrections are still in the session
+    assert [layer.name for layer in viewer.layers].count("img instances (edited)") == 1
+
+
 def test_wrong_weights_file_gives_a_notification_and_the_widget_stays_usable(
     with_image, tmp_path, qtbot, run, errors
 ):
@@ -397,3 +424,18 @@ def test_an_rgb_image_is_proposed_the_default_gland_model_until_the_user_chooses
     viewer.add_image(rgb, name="he 2", rgb=True)
     segment.image.value = viewer.layers["he 2"]
     assert segment.models.selected == other
+
+
+def test_changes_made_together_post_process_once_and_unchanged_values_not_at_all(with_image, viewer, qtbot, run,
+                                                                                postprocess_calls):
+    widget = with_image
+    assert run(widget) == "ok"
+    with qtbot.waitSignal(widget.labels_updated, timeout=10_000):
+        _set(widget, min_size=3, close_radius=1)  # one pass of the event loop: one update with both values
+    assert [(p.min_size, p.close_radius) for p in postprocess_calls[-1:]] == [(3, 1)] and len(postprocess_calls) == 2
+    updates: list = []
+    widget.labels_updated.connect(lambda: updates.append(1))
+    _set(widget, min_size=5)
+    _set(widget, min_size=3)  # dragged back before the update ran: the labels shown are already these
+    qtbot.wait(300)
+    assert len(postprocess_calls) == 2 and updates == []

@@ -17,10 +17,11 @@ from qtpy.QtWidgets import QAbstractSpinBox
 
 from ..core.params import ParamSpec, param_specs, params_from_dict, params_to_dict
 
-#: Milliseconds without a change before post-processing re-runs. Short, because one job runs at a time
-#: and the latest values win anyway (benchmarks/slider_latency.py: 30 ms made a slider-to-canvas median
-#: of 106 ms on 2 cores, over the 100 ms budget).
-COALESCE_MS = 15
+#: Milliseconds without a change before post-processing re-runs. 0: the changes of one pass of the event
+#: loop (several controls set together) make one update, and a drag is coalesced by the Segment widget's
+#: one-job-at-a-time rule (the latest values run when the current job ends). A longer pause only added
+#: latency: 15 ms nominal measured 40-80 ms on a loaded 2-core machine (docs/benchmarks.md, session 12).
+COALESCE_MS = 0
 
 
 

@@ -20,12 +20,12 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
-from ..core.evaluation.autotune import autotune
-from ..core.evaluation.layer_metrics import score_function, split_slices
+from ..core.evaluation.autotune import autotune, range_edges
+from ..core.evaluation.layer_metrics import TUNABLE, score_function, split_slices
 from ._base import DockWidget, error_message, notify_error
 
 #: Metric choices: (display name, key of :data:`..core.evaluation.layer_metrics.TUNABLE`).
-METRICS = [("object F1", "object_f1"), ("mean AP", "mean_ap"), ("AJI", "aji"), ("object Dice", "object_dice")]
+METRICS = [(label, key) for key, (label, _) in TUNABLE.items()]
 #: Why a large image cannot be tuned: it is streamed tile by tile and keeps no network maps.
 STREAMED_MESSAGE = (
     "auto-tune needs the network maps that Segment caches for an image, and large images such as “{name}” "
@@ -33,6 +33,18 @@ STREAMED_MESSAGE = (
     "image (segment it, correct its labels, tune), then select “{name}” and Run Segment again with the tuned "
     "parameters."
 )
+
+
+def edge_note(best: Any, start: Any) -> str:
+    """"; at the end of its range: fg_threshold = 0.00 (lowest allowed) …" for the values the search moved
+    onto an end of their range ("" if none)."""
+    edges = [e for e in range_edges(best) if getattr(start, e[0]) != e[1]]
+    if not edges:
+        return ""
+    listed = ", ".join(f"{name} = {value:.2f} ({end} allowed)" if isinstance(value, float)
+                       else f"{name} = {value} ({end} allowed)" for name, value, end in edges)
+    return (f"; at the end of its range: {listed}. The best value may lie beyond what the parameter allows: "
+            "check the labels (weak maps on this image, or a reference that does not match them)")
 
 
 class AutotuneWidget(DockWidget):
@@ -107,7 +119,7 @@ class AutotuneWidget(DockWidget):
         self.progress.value = 0
         self.result.value = "searching…"
         self._outcome = "error"
-        self.start_job(work, on_result=partial(self._tuned, image, session, maps, metric), on_error=self._failed,
+        self.start_job(work, on_result=partial(self._tuned, image, session, maps, metric, params), on_error=self._failed,
                        on_cancelled=self._cancelled, on_finished=self._finished, on_yielded=self._show_progress,
                        progress=f"Auto-tuning {image.name}", subject=image)
         self._update()
@@ -124,11 +136,11 @@ class AutotuneWidget(DockWidget):
         if "score" in getattr(item, "info", {}):
             self.result.value = f"searching… best so far {item.info['score']:.3f}"
 
-    def _tuned(self, image: Any, session: Any, maps: Any, metric: str, value: tuple) -> None:
+    def _tuned(self, image: Any, session: Any, maps: Any, metric: str, start: Any, value: tuple) -> None:
         best, before, after = value
         self.before, self.after = before, after
         name = {key: label for label, key in METRICS}[metric]
-        self.result.value = f"{name}: {before:.3f} → {after:.3f}"
+        self.result.value = f"{name}: {before:.3f} → {after:.3f}" + edge_note(best, start)
         current = self.sessions.get(image)
         model = self.sessions.model
         if current is not session or session.maps is not maps or model is None or \

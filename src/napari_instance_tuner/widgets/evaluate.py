@@ -3,7 +3,9 @@
 One core call in a thread worker: :func:`..core.evaluation.layer_metrics.evaluate_labels` (object F1, object Dice,
 object Hausdorff, AP@0.5…0.9, mean AP, AJI...) and :func:`..core.evaluation.error_map.error_map`, which the widget
 shows as a Labels layer "<prediction> errors": red false positives, cyan false negatives (missed
-reference objects), magenta where the two overlap.
+reference objects), magenta where the two overlap. When either layer's labels change afterwards (a slider
+move, a run, a brush stroke), the figures are marked stale (greyed, the summary says so, :attr:`stale`) until
+Evaluate is pressed again.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ COLORS = {None: "transparent", 0: "transparent", 1: "red", 2: "cyan", 3: "magent
 ERROR_NAMES = ["", "false positive", "false negative (missed)", "false positive over a missed object"]
 
 
+def _unwatch(layers: list, callback: Any) -> None:
+    """Disconnect ``callback`` from the data and paint events of ``layers``."""
+    for layer in layers:
+        for event in (layer.events.data, layer.events.paint):
+            event.disconnect(callback)
+    layers.clear()
+
+
 def format_value(value: float) -> str:
     """A metric for the table: counts as integers, scores with 3 decimals, infinity as ∞."""
     if isinstance(value, numbers.Integral):
@@ -50,6 +60,8 @@ class EvaluateWidget(DockWidget):
         The last evaluation (keys of :func:`..core.evaluation.layer_metrics.evaluate_labels`); empty before one.
     error_layer : napari.layers.Labels or None
         The layer showing the last evaluation's false positives and negatives.
+    stale : bool
+        True when the evaluated layers' labels changed after the figures were computed.
     """
 
     #: Emitted when an evaluation ends: "ok" or "error".
@@ -61,6 +73,8 @@ class EvaluateWidget(DockWidget):
         self.error_layer: Any = None
         self._outcome = "error"
         self._rows = TABLE_ROWS
+        self.stale = False
+        self._watched: list = []  # the layers of the figures shown, watched for changes
 
         self.prediction = ComboBox(label="prediction", choices=self._labels_choices)
         self.reference = ComboBox(label="reference", choices=self._labels_choices)
@@ -132,6 +146,12 @@ class EvaluateWidget(DockWidget):
             self.table.item(row, 1).setText(format_value(values[key]))
         self.summary.value = (f"{pred.name} vs {ref.name}: {int(values['fp'])} false positives, "
                               f"{int(values['fn'])} false negatives")
+        self._set_stale(False)
+        _unwatch(self._watched, self._mark_stale)
+        self._watched[:] = [layer for layer in (pred, ref) if layer in self.viewer.layers]
+        for layer in self._watched:
+            layer.events.data.connect(self._mark_stale)
+            layer.events.paint.connect(self._mark_stale)
         if errors is not None:
             self._write_errors(pred, ref, rule, errors)
         self._outcome = "ok"
@@ -151,6 +171,22 @@ class EvaluateWidget(DockWidget):
                 features={"index": [0, 1, 2, 3], "error": ERROR_NAMES},
             )
         self.error_layer = layer
+
+    def _mark_stale(self, *_: Any) -> None:
+        if not self.stale and self.values:
+            self._set_stale(True)
+
+    def _set_stale(self, stale: bool) -> None:
+        """Grey the figures and say why (the labels changed), or show them plainly."""
+        from qtpy.QtGui import QBrush, QColor
+
+        self.stale = stale
+        brush = QBrush(QColor(128, 128, 128)) if stale else QBrush()
+        for row in range(self.table.rowCount()):
+            self.table.item(row, 1).setForeground(brush)
+        note = "STALE: the labels changed since; press Evaluate to recompute. "
+        text = self.summary.value.removeprefix(note)
+        self.summary.value = note + text if stale else text
 
     def _failed(self, exc: BaseException) -> None:
         self.summary.value = "evaluation failed"

@@ -15,7 +15,6 @@ bioimage.io package…" writes the fine-tuned model (else the current one) as a 
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -28,12 +27,14 @@ from qtpy.QtWidgets import QWidget
 from ..core.inference.predict import choose_device
 from ..core.progress import CancelToken
 from ..core.training.finetune import FinetuneSettings, finetune, save_finetuned
+from ..core.training.precision import with_amp_where_native
 from ._base import DockWidget, error_message, notify_error
 from ._models import ModelPicker
 from ._package_export import PackageExporter, ask_package_path
 from ._pairs import PairList
 from ._plot import LossPlot
 from ._save_weights import Tuned, WeightsSaver, ask_save_path
+from ._scratch import CloseWatch, Scratch, ask_keep_weights
 from .export import ask_overwrite
 
 BEFORE = "before fine-tune"
@@ -51,6 +52,8 @@ class FinetuneWidget(DockWidget):
         The same for "Export bioimage.io package…" (a ``.zip``).
     confirm_overwrite : callable, optional
         ``confirm_overwrite(path) -> bool``, asked before an existing (not loaded) file is replaced.
+    ask_keep : callable, optional
+        ``ask_keep(name) -> bool``, asked when the widget goes while fine-tuned weights are unsaved.
     """
 
     #: Emitted when training ends: "ok", "cancelled" or "error".
@@ -67,6 +70,7 @@ class FinetuneWidget(DockWidget):
         ask_path: Callable[[str], str | None] | None = None,
         confirm_overwrite: Callable[[Path], bool] | None = None,
         ask_package: Callable[[str], str | None] | None = None,
+        ask_keep: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__(napari_viewer, parent)
         self.saver = WeightsSaver(
@@ -79,10 +83,13 @@ class FinetuneWidget(DockWidget):
         self.exporter = PackageExporter(ask_package or partial(ask_package_path, self), on_exported=self._exported,
                                         on_finished=self._update)
         self.tuned: Tuned | None = None
+        self._saving: Tuned | None = None  # what the running save writes
         self._pending = False
         self._stop = None
-        self._scratch_dir: Path | None = None
-        self._runs = 0
+        # Removed with the widget (dock or viewer closed), after offering to save unsaved weights.
+        self.scratch = Scratch(ask_keep or ask_keep_weights, self.saver.ask_path)
+        self._close_watch = CloseWatch(self, self.scratch.close)
+        self.destroyed.connect(self.scratch.release)
         self._outcome = "error"
         self._running = ""
 
@@ -92,7 +99,9 @@ class FinetuneWidget(DockWidget):
                                     sessions=self.sessions)
         self.fallback.combo.label = "or model"
         defaults = FinetuneSettings()
-        self.steps = SpinBox(label="steps", min=1, max=100_000, value=defaults.steps)
+        self.budget = SpinBox(label="time budget (s)", min=0, max=86_400, value=60)
+        self.budget.tooltip = "Stop after this many seconds of training (0: run all the steps)"
+        self.steps = SpinBox(label="at most steps", min=1, max=100_000, value=1000)
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-5, value=defaults.lr)
         self.batch_size = SpinBox(label="batch size", min=1, max=64, value=defaults.batch_size)
         self.validate_every = SpinBox(label="validate every", min=1, max=100_000, value=defaults.validate_every)
@@ -102,9 +111,9 @@ class FinetuneWidget(DockWidget):
         self.augment = CheckBox(text="augmentation", value=defaults.augment)
         self.augment.tooltip = "Random flips, 90° rotations, rescaling, colour, blur and noise on the training crops"
         self.freeze_encoder = CheckBox(text="freeze the encoder", value=defaults.freeze_encoder)
-        self.amp = CheckBox(text="mixed precision (bfloat16)", value=defaults.amp)
+        self.amp = CheckBox(text="mixed precision (bfloat16) where the device has it", value=True)
         self.amp.tooltip = ("bfloat16 forward passes: 2-3x faster on CPUs with AVX512-BF16 or AMX and on recent GPUs; "
-                            "refused where the device lacks bfloat16")
+                            "float32 where the device lacks native bfloat16")
         self.resegment = CheckBox(text="re-segment the Segment widget's image when done", value=True)
         self.start_button = PushButton(text="Fine-tune")
         self.start_button.changed.connect(lambda *_: self.start())
@@ -121,7 +130,7 @@ class FinetuneWidget(DockWidget):
                                       "package (.zip), its test tensors cut from the Segment widget's image")
         self.export_button.changed.connect(lambda *_: self.export_package())
 
-        settings = Container(widgets=[self.steps, self.lr, self.batch_size, self.validate_every], labels=True)
+        settings = Container(widgets=[self.budget, self.steps, self.lr, self.batch_size, self.validate_every], labels=True)
         buttons = Container(widgets=[self.start_button, self.cancel_button], layout="horizontal", labels=False)
         self.stack(self.pairs.widget, self.model_info, self.fallback.widget, settings, self.augment,
                    self.freeze_encoder, self.amp, self.resegment, buttons, self.progress, self.plot, self.status,
@@ -147,7 +156,8 @@ class FinetuneWidget(DockWidget):
         return FinetuneSettings(steps=int(self.steps.value), lr=float(self.lr.value),
                                 batch_size=int(self.batch_size.value), augment=bool(self.augment.value),
                                 freeze_encoder=bool(self.freeze_encoder.value),
-                                validate_every=int(self.validate_every.value), amp=bool(self.amp.value))
+                                validate_every=int(self.validate_every.value), amp=bool(self.amp.value),
+                                seconds=float(self.budget.value) or None)
 
     def start(self) -> None:
         """Fine-tune on the listed pairs in a worker; problems become notifications."""
@@ -182,6 +192,7 @@ class FinetuneWidget(DockWidget):
         current = self.sessions.model
         loaded = (self.tuned.parent.path, None if current is None else current.path, self.tuned.scratch)
         if self.saver.save(self.tuned, loaded):
+            self._saving = self.tuned
             self._update()
 
     def export_package(self) -> None:
@@ -204,25 +215,30 @@ class FinetuneWidget(DockWidget):
         loaded, settings = self.model(), self.settings()
         data = [pair.capture() for pair in self.pairs.pairs]
         device = self.sessions.device
-        scratch = self._scratch_path(loaded) if self.resegment.value else None
+        scratch = self.scratch.file(f"{loaded.name}-finetuned") if self.resegment.value else None
         params = self._segment_params(loaded)
         stop = self._stop = CancelToken()
 
         def work(_token):
             pairs = [d.corrected() for d in data]
-            model, result = yield from finetune(loaded, pairs, settings, device=choose_device(device), cancel=stop,
+            chosen = choose_device(device)
+            run_settings = with_amp_where_native(loaded.family, settings, chosen)
+            model, result = yield from finetune(loaded, pairs, run_settings, device=chosen, cancel=stop,
                                                 params=params)
             path = None
             if scratch is not None and result.history and result.stopped != "cancelled":
-                path = save_finetuned(scratch, loaded, model, result, pairs, settings)
-            return Tuned(loaded, model, result, pairs, settings, path)
+                path = save_finetuned(scratch, loaded, model, result, pairs, run_settings)
+            return Tuned(loaded, model, result, pairs, run_settings, path)
 
         self.plot.clear()
-        self.progress.max, self.progress.value = settings.steps, 0
+        self.progress.max, self.progress.value = 1000, 0
         self._running = self.status.value = f"fine-tuning {loaded.name}…"
         self._outcome = "error"
+        # No napari activity bar: its animated indicator repaints the window for as long as the job runs,
+        # which on a software-OpenGL canvas took about half the CPU from training (docs/benchmarks.md,
+        # session 12). The widget's own bar, status line and loss plot show the progress.
         self.start_job(work, on_result=self._trained, on_error=self._failed, on_finished=self._training_done,
-                       on_yielded=self._show_step, progress=f"Fine-tuning {loaded.name}")
+                       on_yielded=self._show_step)
         self._update()
 
     def _segment_params(self, loaded: Any) -> Any:
@@ -238,11 +254,20 @@ class FinetuneWidget(DockWidget):
         if "epoch" in info:  # one record per finished step (steps_per_epoch = 1); step 0: the start
             if "loss" in info:
                 self.plot.add(info["loss"])
+                self._show_time(info)
             if "val_score" in info:
                 self.plot.add_score(info["epoch"], info["val_score"])
                 self.status.value = f"{self._running}; {self._validation_text()}"
-        if getattr(item, "total", 0):
-            self.progress.max, self.progress.value = item.total, min(item.done, item.total)
+
+    def _show_time(self, record: dict) -> None:
+        """Bar and status by whichever ends sooner, the time budget or the steps: "step N, about T s left"."""
+        steps, elapsed = int(record["epoch"]), float(record.get("time", 0.0))
+        done = steps / int(self.steps.value)
+        if self.budget.value:
+            done = max(done, elapsed / float(self.budget.value))
+        self.progress.max, self.progress.value = 1000, min(round(1000 * done), 1000)
+        left = elapsed * (1 - min(done, 1.0)) / max(done, 1e-9)
+        self.status.value = f"{self._running} step {steps}, about {left:.0f} s left"
 
     def _validation_text(self) -> str:
         """"held-out score: start S, best B at step N" from the plotted scores."""
@@ -267,7 +292,7 @@ class FinetuneWidget(DockWidget):
             self.status.value = (f"stopped after {len(history)} steps ({losses}) before a validation finished: "
                                  "the starting weights are kept, nothing to save")
             return
-        self.tuned = tuned
+        self.tuned = self.scratch.unsaved = tuned
         held = "" if validation is None else (
             f"; held-out score {validation['start_score']:.3f} → best {validation['best_score']:.3f} at step "
             f"{validation['best_step']}, whose weights are kept"
@@ -278,7 +303,9 @@ class FinetuneWidget(DockWidget):
                                  "“Save fine-tuned weights…” writes them")
             return
         stopped = " (early stopping)" if tuned.result.stopped == "early stopping" else ""
-        self.status.value = f"fine-tuned {tuned.parent.name} for {len(history)} steps{stopped} ({losses}{held})"
+        precision = "bfloat16" if tuned.settings.amp else "float32"
+        self.status.value = (f"fine-tuned {tuned.parent.name} for {len(history)} steps{stopped} in {precision} "
+                             f"({losses}{held})")
         if tuned.scratch is not None:
             self._resegment(tuned.scratch)
 
@@ -302,16 +329,11 @@ class FinetuneWidget(DockWidget):
         self._update()
         self.finetune_finished.emit(self._outcome)
 
-    def _scratch_path(self, loaded: Any) -> Path:
-        if self._scratch_dir is None:
-            self._scratch_dir = Path(tempfile.mkdtemp(prefix="napari-instance-tuner-"))
-        self._runs += 1
-        suffix = "" if self._runs == 1 else f"-{self._runs}"
-        return self._scratch_dir / f"{loaded.name}-finetuned{suffix}.safetensors"
-
     # -- saving, models and layers ----------------------------------------------------------------
 
     def _saved(self, path: Path) -> None:
+        if self.scratch.unsaved is self._saving:
+            self.scratch.unsaved = None  # saved: nothing to ask about when the widget closes
         self.status.value = f"saved {Path(path).name} (parent {self.tuned.parent.name}, sha256 recorded)"
         self.saved.emit(str(path))
         self.sessions.weights_saved.emit(str(path))  # the model pickers list it at once

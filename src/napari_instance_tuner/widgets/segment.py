@@ -30,6 +30,7 @@ from ..core.inference.stack import slice_count
 from ..core.inference.streaming import StreamSettings
 from ..core.registry import get_family
 from ._base import DockWidget, error_message, notify_error
+from ._corrections import CorrectionsGuard, ask_keep_corrections
 from ._layers import keep_labels, set_maps_visible, source_images, write_labels
 from ._models import ModelPicker
 from ._params import ParamsPanel
@@ -81,6 +82,7 @@ class SegmentWidget(SegmentRuns, SegmentFollow, DockWidget):
         self._status = "ok"
         self._params_family: str | None = None
         self._touched = False
+        self.corrections = CorrectionsGuard(ask_keep_corrections)  # slider moves never fork edits silently
 
         self.models = ModelPicker(on_loaded=self._model_loaded, on_busy=self._model_busy, sessions=self.sessions)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
@@ -245,6 +247,12 @@ class SegmentWidget(SegmentRuns, SegmentFollow, DockWidget):
             params = self.params.params()
         except InstanceTunerError as exc:
             notify_error(error_message(exc))
+            return
+        track = self.sessions.shown(image).labels
+        if params == session.params and track is not None and track.layer in self.viewer.layers:
+            return  # these values made the labels shown (e.g. a slider dragged back): nothing to redo
+        if not self.corrections.settle(self.viewer, session, track):
+            self._pp_again = True  # asked about corrected labels: the latest values run after the answer
             return
         maps = session.maps
         self._pp_job = Job(as_work(lambda: session.postprocess(params)), on_result=lambda _: self._show_labels(image, session, maps),

@@ -1,8 +1,11 @@
 """Search post-processing parameters on cached maps to maximise a metric against reference labels.
 
 As the three-branch paper tuned its hyperparameters: a coarse pass over each parameter's range, then
-coordinate line searches refining one parameter at a time around the best value. Only
-``family.postprocess`` runs; the network is never called.
+coordinate line searches refining one parameter at a time around the best value. A refining window whose
+edge wins is moved there and searched again (up to ``coarse`` times), so the search goes on past it,
+within the parameter's range. Only ``family.postprocess`` runs; the network is never called. :func:`range_edges` names the
+parameters that ended on an end of their allowed range, where the optimum may lie beyond what the
+parameter allows (a front end says so).
 """
 
 from __future__ import annotations
@@ -30,6 +33,35 @@ def _candidates(spec, current, rounds_left: int, coarse: int) -> list:
         values = np.unique(np.round(values).astype(int))
         return sorted({int(v) for v in values} | {int(current)})
     return sorted({round(float(v), 4) for v in values} | {float(current)})
+
+
+def range_edges(params, names: list[str] | None = None) -> list[tuple[str, float, str]]:
+    """The numeric parameters of ``params`` that sit on an end of their allowed range.
+
+    Returns
+    -------
+    list of (name, value, "lowest" or "highest")
+
+    Examples
+    --------
+    >>> from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams
+    >>> range_edges(ThreeBranchParams(fg_threshold=0.0))
+    [('fg_threshold', 0.0, 'lowest')]
+    """
+    edges = []
+    for spec in param_specs(params):
+        if spec.kind is bool or (names is not None and spec.name not in names) or spec.low == spec.high:
+            continue
+        value = getattr(params, spec.name)
+        if value <= spec.low or value >= spec.high:
+            edges.append((spec.name, value, "lowest" if value <= spec.low else "highest"))
+    return edges
+
+
+def _on_window_edge(spec, values: list, value) -> bool:
+    """True if ``value`` is the first or last of a refining window and not an end of the parameter's range."""
+    return (spec.kind is not bool and len(values) > 1 and value in (values[0], values[-1])
+            and spec.low < value < spec.high)
 
 
 def autotune(
@@ -78,16 +110,31 @@ def autotune(
     best = params
     before = best_score = evaluate(best)
     plan = [(r, s) for r in range(rounds) for s in specs]
+    def try_value(name: str, value) -> bool:
+        """Score ``best`` with ``name = value``; keep it if better. True if kept."""
+        nonlocal best, best_score
+        if cancel is not None:
+            cancel.check()
+        trial = replace(best, **{name: value})
+        s = evaluate(trial)
+        if s > best_score + 1e-9:
+            best, best_score = trial, s
+            return True
+        return False
+
     for i, (r, spec) in enumerate(plan):
         current = getattr(best, spec.name)
-        for value in _candidates(spec, current, rounds - 1 - r, coarse):
-            if cancel is not None:
-                cancel.check()
-            if value == current:
-                continue
-            trial = replace(best, **{spec.name: value})
-            s = evaluate(trial)
-            if s > best_score + 1e-9:
-                best, best_score = trial, s
+        values = _candidates(spec, current, rounds - 1 - r, coarse)
+        for value in values:
+            if value != current:
+                try_value(spec.name, value)
+        for _ in range(coarse if rounds - 1 - r == 0 else 0):  # refining: widen while an edge of it wins
+            if not _on_window_edge(spec, values, getattr(best, spec.name)):
+                break
+            current = getattr(best, spec.name)
+            values = _candidates(spec, current, 0, coarse)  # the same window, centred on the edge that won
+            for value in values:
+                if value != current:
+                    try_value(spec.name, value)
         yield Progress(i + 1, len(plan), f"tuned {spec.name}", {"score": best_score, "param": spec.name})
     return best, before, best_score

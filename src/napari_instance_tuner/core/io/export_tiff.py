@@ -3,7 +3,8 @@
 Labels are uint16 when the largest label fits, else uint32 (:func:`label_dtype`). A lazy label array (zarr or
 dask, e.g. level 0 of a streamed segmentation) is read one block at a time and never whole. Every file is
 written to a temporary file beside its target and renamed into place (:func:`.safe_write.write_atomic`).
-Re-exported by :mod:`.export`.
+Re-exported by :mod:`.export`. Every label TIFF names its writer in the TIFF ``Software`` tag
+(:data:`LABELS_SOFTWARE`), which is how :mod:`.label_tiff` tells the plugin's label files from images.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import IO, Any
 import numpy as np
 
 from .safe_write import ExportError, check_target, write_atomic
+
+#: The TIFF ``Software`` tag of every label image written here (read back by :func:`.label_tiff.is_label_tiff`).
+LABELS_SOFTWARE = "napari-instance-tuner labels"
 
 # -- label images ----------------------------------------------------------------------------------------
 
@@ -57,7 +61,7 @@ def write_label_tiff(
         raise ExportError(f"labels of shape {data.shape} cannot be written; expected (H, W) or (Z, H, W)")
     if data.size == 0:
         raise ExportError(f"the labels are empty (shape {data.shape}); nothing to write")
-    kwargs: dict[str, Any] = {"compression": "zlib", "photometric": "minisblack"}
+    kwargs: dict[str, Any] = {"compression": "zlib", "photometric": "minisblack", "software": LABELS_SOFTWARE}
     if pixel_size is not None:
         sy, sx = (float(v) for v in pixel_size)
         kwargs["resolution"] = (1.0 / sx, 1.0 / sy)
@@ -183,7 +187,8 @@ def write_label_tiff_tiles(
     check_target(path, overwrite)
     tiles = _tile_shape(shape, tile)
     dtype = np.dtype(lazy_label_dtype(labels, max(tiles)))
-    kwargs: dict[str, Any] = {"compression": "zlib", "photometric": "minisblack", "tile": tiles, "shape": shape,
+    kwargs: dict[str, Any] = {"compression": "zlib", "photometric": "minisblack", "software": LABELS_SOFTWARE,
+                              "tile": tiles, "shape": shape,
                               "dtype": dtype, "bigtiff": shape[0] * shape[1] * dtype.itemsize > 2**32 - 2**25}
     if pixel_size is not None:
         sy, sx = (float(v) for v in pixel_size)

@@ -55,6 +55,8 @@ class FinetuneSettings:
         With a held-out region: stop after this many steps without a better held-out score (at least
         ``validate_every + 1`` are waited); None trains all ``steps``. The best-scoring weights are
         returned either way.
+    seconds : float or None
+        Time budget: stop after the step that passes it (None: all ``steps``; the widget's default: 60).
     """
 
     steps: int = 100
@@ -67,6 +69,7 @@ class FinetuneSettings:
     validate_every: int = 10
     patience: int | None = None
     amp: bool = False
+    seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -79,6 +82,9 @@ class FinetuneSettings:
             raise InstanceTunerError(f"validate_every must be at least 1, got {self.validate_every}")
         if self.patience is not None and self.patience < 1:
             raise InstanceTunerError(f"patience must be at least 1 step (or None), got {self.patience}")
+        if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise InstanceTunerError(f"the time budget must be a number of seconds > 0 (or None), got {self.seconds}")
+
 
 
 @dataclass
@@ -350,7 +356,8 @@ def finetune(
     patience = settings.steps + 1 if settings.patience is None else max(settings.patience, every + 1)
     config = TrainConfig(epochs=settings.steps, steps_per_epoch=1, lr=settings.lr, seed=settings.seed,
                          patience=patience, validate_every=every,
-                         checkpoint_every_s=float("inf"), freeze_batchnorm=True, amp=settings.amp)
+                         checkpoint_every_s=float("inf"), freeze_batchnorm=True, amp=settings.amp,
+                         max_minutes=None if settings.seconds is None else settings.seconds / 60)
     result = yield from fit(model, batches, training_step, validate, config, device=device, cancel=cancel, params=trainable)
     model.requires_grad_(True)
     if validation is not None:
