@@ -105,8 +105,10 @@ class DockWidget(QWidget):
         """Run ``work`` (a core progress generator) in a thread worker as the widget's job.
 
         ``on_finished`` is called after the job slot is cleared, whatever the outcome; ``on_yielded`` gets each
-        progress item on the GUI thread. ``progress`` titles the dock's progress line (and napari's activity
-        bar); ``cancellable`` offers Cancel there; closing the layer ``subject`` cancels the job.
+        progress item on the GUI thread. ``progress`` titles the dock's progress line; ``cancellable`` offers
+        Cancel there; closing the layer ``subject`` cancels the job. No napari activity bar is opened: the
+        dock's line shows the same, and the activity dock's animated indicator repaints the whole window for as
+        long as a bar is open (about half a CPU on a software-OpenGL canvas; docs/benchmarks.md, session 12).
         """
 
         def finished() -> None:
@@ -116,7 +118,7 @@ class DockWidget(QWidget):
                 on_finished()
 
         self._job = Job(work, on_result=on_result, on_error=on_error, on_cancelled=on_cancelled,
-                        on_finished=finished, progress=progress)
+                        on_finished=finished, progress=None)
         self._subject = None if subject is None else unwrap(subject)
         self._job_title = progress or "Working"
         self.progress_panel.start(self._job_title, cancellable=cancellable)

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from ..core.inference.image_kind import image_kind
+from ._layers import source_images
 from ._sessions import unwrap
 
 logger = logging.getLogger(__name__)
@@ -54,3 +55,23 @@ class SegmentFollow:
             return
         self.models.propose(kind, reason)
         self._build_params()  # the proposed model's controls (its family's), before it is loaded
+
+    # -- the layer list ---------------------------------------------------------------------------
+
+    def _image_choices(self, *_: Any) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in source_images(self.viewer)]
+
+    def _refresh_images(self, *_: Any) -> None:
+        self.image.reset_choices()
+        self.region.reset_choices()
+        self._update_controls()
+
+    def _layer_inserted(self, event: Any) -> None:
+        event.value.events.name.connect(self._refresh_images)
+        self._refresh_images()
+
+    def _layer_removed(self, event: Any) -> None:
+        event.value.events.name.disconnect(self._refresh_images)
+        self._refresh_images()  # the registry released a closed image's session
+        self._show_count()
+        self._show_note()

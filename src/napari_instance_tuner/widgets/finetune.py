@@ -234,11 +234,10 @@ class FinetuneWidget(DockWidget):
         self.progress.max, self.progress.value = 1000, 0
         self._running = self.status.value = f"fine-tuning {loaded.name}…"
         self._outcome = "error"
-        # No napari activity bar: its animated indicator repaints the window for as long as the job runs,
-        # which on a software-OpenGL canvas took about half the CPU from training (docs/benchmarks.md,
-        # session 12). The widget's own bar, status line and loss plot show the progress.
+        # No napari activity bar (DockWidget.start_job opens none): its animated indicator repaints the
+        # window for as long as the job runs, about half the CPU from training on a software-OpenGL canvas.
         self.start_job(work, on_result=self._trained, on_error=self._failed, on_finished=self._training_done,
-                       on_yielded=self._show_step)
+                       on_yielded=self._show_step, progress=f"Fine-tuning {loaded.name}")
         self._update()
 
     def _segment_params(self, loaded: Any) -> Any:

@@ -31,7 +31,7 @@ from ..core.inference.streaming import StreamSettings
 from ..core.registry import get_family
 from ._base import DockWidget, error_message, notify_error
 from ._corrections import CorrectionsGuard, ask_keep_corrections
-from ._layers import keep_labels, set_maps_visible, source_images, write_labels
+from ._layers import keep_labels, set_maps_visible, write_labels
 from ._models import ModelPicker
 from ._params import ParamsPanel
 from ._pixel_size import describe
@@ -349,24 +349,6 @@ class SegmentWidget(SegmentRuns, SegmentFollow, DockWidget):
         self._update_controls()
 
     # -- layers ---------------------------------------------------------------------------------
-
-    def _image_choices(self, *_: Any) -> list[tuple[str, Any]]:
-        return [(layer.name, layer) for layer in source_images(self.viewer)]
-
-    def _refresh_images(self, *_: Any) -> None:
-        self.image.reset_choices()
-        self.region.reset_choices()
-        self._update_controls()
-
-    def _layer_inserted(self, event: Any) -> None:
-        event.value.events.name.connect(self._refresh_images)
-        self._refresh_images()
-
-    def _layer_removed(self, event: Any) -> None:
-        event.value.events.name.disconnect(self._refresh_images)
-        self._refresh_images()  # the registry released a closed image's session
-        self._show_count()
-        self._show_note()
 
     def _image_selected(self, *_: Any) -> None:
         image = self.image.value
