@@ -36,8 +36,8 @@ from napari_instance_tuner.core.progress import run
 #: name -> (float32 or bfloat16, network tile size or None for the model's, limits scaled with the tile's area)
 SETTINGS = {
     "before (fp32, tile 512, fixed limits)": ("fp32", 512, False),
-    "bf16 convolutions, tile 512": ("bf16", 512, True),
-    "model default (its meta)": ("auto", None, True),
+    "fp32, tile 1024, scaled limits": ("fp32", 1024, True),
+    "now: bf16 convolutions, tile 512": ("auto", None, True),
 }
 
 
