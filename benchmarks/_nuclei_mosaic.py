@@ -67,6 +67,6 @@ def nuclei_mosaic(data_dir: str | Path, size: int = 1024, seed: int = 0, crop: i
             out[cell] = image[y : y + crop, x : x + crop]
             if with_labels:
                 lab = tifffile.imread(path.parent.parent / "labels" / f"{path.stem}.tif")[y : y + crop, x : x + crop]
-                ids, inverse = np.unique(lab, return_inverse=True)
+                _, inverse = np.unique(lab, return_inverse=True)
                 labels[cell] = np.where(lab > 0, inverse.reshape(lab.shape) + labels.max(), 0)
     return (out, labels) if with_labels else out

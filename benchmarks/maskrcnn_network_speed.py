@@ -3,7 +3,8 @@
 Mosaics of 256 x 256 crops of the densest DSB2018 images (``_nuclei_mosaic.py``) run through
 ``maskrcnn-dsb2018`` (or ``--model``) under each setting, alternating settings within every round so that
 load from other processes falls on all of them alike. Each setting's labels (the model's shipped
-post-processing parameters) are compared with the first setting's ("before": float32, 512-pixel tiles,
+post-processing parameters) are compared with the mosaic's ground truth (mean object F1) and with the first
+setting's ("before": float32, 512-pixel tiles,
 the per-tile limits of the checkpoint, as before session 12) by GlaS object F1.
 
 ``--stages`` also times the parts of one 512 x 512 tile: backbone, RPN, box head, mask head (float32 and
@@ -110,27 +111,28 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
     params = params_from_dict(loaded.family.Params, loaded.meta["postprocess"])
-    mosaics = [nuclei_mosaic(args.data, args.size, args.seed + k) for k in range(args.mosaics)]
+    mosaics = [nuclei_mosaic(args.data, args.size, args.seed + k, with_labels=True) for k in range(args.mosaics)]
     print(f"{args.model} on {args.mosaics} dense nuclei mosaics of {args.size}x{args.size}, {args.threads} threads; "
           f"shipped parameters {params}")
     if args.stages:
         from napari_instance_tuner.core.families.maskrcnn.model import network_input
 
-        tile = network_input(mosaics[0], loaded.meta, loaded.model.config)[0][:512, :512]
+        tile = network_input(mosaics[0][0], loaded.meta, loaded.model.config)[0][:512, :512]
         for amp in (False, True, False, True):  # the first pair warms up
             stage = stage_times(loaded, tile, amp)
         for amp in (False, True):
             stage = stage_times(loaded, tile, amp)
             print(f"one 512x512 tile, {'bf16' if amp else 'fp32'}: "
                   + ", ".join(f"{k} {v:.3f}{'' if k == 'detections' else ' s'}" for k, v in stage.items()))
-    warm = mosaics[0][:512, :512]
+    warm = mosaics[0][0][:512, :512]
     for setting in SETTINGS.values():  # warm-up: oneDNN primitives, allocator
         run_setting(loaded, warm, setting)
     times = {name: [] for name in SETTINGS}
     f1s = {name: [] for name in SETTINGS}
     counts = {name: [] for name in SETTINGS}
+    truth = {name: [] for name in SETTINGS}
     for _ in range(args.rounds):
-        for image in mosaics:
+        for image, gt in mosaics:
             reference = None
             for name, setting in SETTINGS.items():
                 seconds, maps = run_setting(loaded, image, setting)
@@ -139,12 +141,13 @@ def main() -> None:
                 reference = labels if reference is None else reference
                 f1s[name].append(object_f1(labels, reference)["f1"])
                 counts[name].append(int(labels.max()))
+                truth[name].append(object_f1(labels, gt)["f1"])
     base = np.median(times[next(iter(SETTINGS))])
-    print(f"{'setting':<40}{'median s':>9}{'min s':>7}{'max s':>7}{'x before':>9}{'F1 min':>8}{'objects':>9}")
+    print(f"{'setting':<40}{'median s':>9}{'min s':>7}{'max s':>7}{'x before':>9}{'F1 min':>8}{'objects':>9}{'F1 vs GT':>9}")
     for name in SETTINGS:
         t = np.array(times[name])
         print(f"{name:<40}{np.median(t):>9.2f}{t.min():>7.2f}{t.max():>7.2f}{base / np.median(t):>9.2f}"
-              f"{min(f1s[name]):>8.3f}{int(np.median(counts[name])):>9}")
+              f"{min(f1s[name]):>8.3f}{int(np.median(counts[name])):>9}{np.mean(truth[name]):>9.3f}")
 
 
 if __name__ == "__main__":

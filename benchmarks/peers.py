@@ -116,14 +116,16 @@ def main() -> None:
         for seed in range(args.mosaics):
             image, gt = nuclei_mosaic(args.data, args.size, seed, with_labels=True)
             runs = ours(image, gt)
-            for name, make in (("Cellpose 3", lambda: cellpose(image, gt)), ("StarDist", lambda: stardist(image, gt, tmp))):
+            for name in ("Cellpose 3", "StarDist"):
                 try:
                     if name == "StarDist":
                         import tensorflow as tf
 
                         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
                         tf.config.threading.set_inter_op_parallelism_threads(1)
-                    runs.update(make())
+                        runs.update(stardist(image, gt, tmp))
+                    else:
+                        runs.update(cellpose(image, gt))
                 except Exception as exc:  # noqa: BLE001 - an optional peer that cannot run is reported
                     failed[name] = f"{type(exc).__name__}: {exc}"
             for name, fn in list(runs.items()):  # warm-up; a peer that fails is reported, not timed

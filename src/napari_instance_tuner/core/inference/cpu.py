@@ -6,12 +6,14 @@
   the cores that are not busy right now (runnable tasks of other processes, from ``/proc/loadavg``).
 - :func:`fold_batchnorm` / :func:`inference_copy`: an eval-mode copy of a network whose batch norms are
   folded into the preceding convolutions (exact to float32 rounding), cached on the network until its
-  weights change.
+  weights change;
+- :class:`AutocastFloat32`: one part of a network under mixed precision, its outputs back in float32.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 
 #: Attribute of a network under which :func:`inference_copy` caches its folded copy (not a submodule).
@@ -64,19 +66,18 @@ def inference_threads(most: int | None = None) -> int:
     return choose_threads(available_cores(), busy_cores(), most)
 
 
-class cpu_threads:  # noqa: N801 - used like a function: ``with cpu_threads(n):``
+class cpu_threads:  # used like a function: ``with cpu_threads(n):``
     """Context manager: torch runs with ``n`` intra-op threads inside, its former count is restored after."""
 
     def __init__(self, n: int) -> None:
         self.n = n
 
-    def __enter__(self) -> cpu_threads:
+    def __enter__(self) -> None:
         import torch  # deferred: torch
 
         self.saved = torch.get_num_threads()
         if self.n != self.saved:
             torch.set_num_threads(self.n)
-        return self
 
     def __exit__(self, *exc) -> None:
         import torch  # deferred: torch
@@ -115,7 +116,7 @@ def fold_batchnorm(model):
     with torch.no_grad():
         for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
             names = list(seq._modules)
-            for prev, name in zip(names, names[1:]):
+            for prev, name in itertools.pairwise(names):
                 bn, conv = seq._modules[name], _last_conv(seq._modules[prev])
                 if not isinstance(bn, nn.BatchNorm2d) or conv is None or not bn.track_running_stats:
                     continue
@@ -143,3 +144,35 @@ def inference_copy(model):
     folded = fold_batchnorm(copy.deepcopy(model).eval())
     model.__dict__[_CACHE] = (key, folded)
     return folded
+
+
+def _to_float(out):
+    """``out`` (a tensor, or a list, tuple or dict of them) with floating tensors as float32."""
+    import torch  # deferred: torch
+
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return type(out)((k, _to_float(v)) for k, v in out.items())
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float(v) for v in out)
+    return out
+
+
+def AutocastFloat32(inner, context):  # builds a module: named like one
+    """A module that runs ``inner`` inside ``context()`` (an autocast) and returns its outputs in float32.
+
+    What follows it (e.g. box decoding) then computes in float32 whatever precision ``inner`` used.
+    """
+    from torch import nn  # deferred: torch
+
+    class _Autocast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            with context():
+                return _to_float(self.inner(*args))
+
+    return _Autocast()

@@ -35,6 +35,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
+from ...inference.cpu import AutocastFloat32
+
 BACKBONES = ("tiny_fpn", "resnet18_fpn", "resnet50_fpn")
 
 #: Internal thresholds of :meth:`InstanceMaskRCNN.detect`: permissive, so that the live post-processing
@@ -242,29 +244,6 @@ def _backbone(cfg: MaskRCNNConfig) -> nn.Module:
     return _resnet_fpn_extractor(net, cfg.trainable_backbone_layers)
 
 
-def _to_float(out):
-    """``out`` (a tensor, or a list, tuple or dict of them) with floating tensors as float32."""
-    if isinstance(out, torch.Tensor):
-        return out.float() if out.is_floating_point() else out
-    if isinstance(out, dict):
-        return type(out)((k, _to_float(v)) for k, v in out.items())
-    if isinstance(out, (list, tuple)):
-        return type(out)(_to_float(v) for v in out)
-    return out
-
-
-class _Autocast(nn.Module):
-    """Runs ``inner`` inside ``context()`` (an autocast) and returns its outputs in float32."""
-
-    def __init__(self, inner: nn.Module, context) -> None:
-        super().__init__()
-        self.inner, self.context = inner, context
-
-    def forward(self, *args):
-        with self.context():
-            return _to_float(self.inner(*args))
-
-
 #: The parts of :class:`InstanceMaskRCNN` that :meth:`~InstanceMaskRCNN.detect` runs under mixed precision
 #: (owner attribute path, child name): the convolutions. Box regression, box decoding, scores and NMS stay in
 #: float32: a bfloat16 box coordinate near pixel 500 is off by up to 2 pixels.
@@ -361,7 +340,7 @@ class InstanceMaskRCNN(MaskRCNN):
             for owner_path, child in MIXED_PRECISION_PARTS:
                 owner = self.get_submodule(owner_path)
                 swapped.append((owner, child, getattr(owner, child)))
-                setattr(owner, child, _Autocast(getattr(owner, child), autocast))
+                setattr(owner, child, AutocastFloat32(getattr(owner, child), autocast))
         try:
             original_sizes = [tuple(img.shape[-2:]) for img in images]
             batch, _ = self.transform(list(images))
