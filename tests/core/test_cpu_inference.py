@@ -172,3 +172,17 @@ def test_bfloat16_convolutions_keep_float32_boxes_and_nearly_the_same_detections
     top = plain["boxes"][:10]
     dist = torch.cdist(top, bf16["boxes"]).min(dim=1).values
     assert float(dist.max()) < 1.0
+
+
+def test_an_outer_autocast_does_not_round_the_detector_boxes(dense_scene):
+    from napari_instance_tuner.core.registry import get_family
+
+    model, x = dense_scene
+    family = get_family("maskrcnn")
+    meta = {"family": "maskrcnn", "in_channels": 3, "pixel_scale": 1.0, "inference_amp": True,
+            "normalisation": {"kind": "percentile", "low": 1.0, "high": 99.8}}
+    image = (x[0].numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
+    plain = run(family.predict_maps(model, image, meta, device="cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as `predict --amp` wraps every window
+        wrapped = run(family.predict_maps(model, image, meta, device="cpu"))
+    np.testing.assert_array_equal(wrapped.extra["boxes"], plain.extra["boxes"])

@@ -74,7 +74,8 @@ class MaskRCNNFamily(Family):
         def detect(tile: np.ndarray) -> Detections:
             x = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))[None].to(device)
             x = x.contiguous(memory_format=layout)
-            with cpu_threads(threads):
+            # an outer autocast (``predict --amp``) would round box coordinates: only ``autocast`` parts use it
+            with cpu_threads(threads), torch.autocast("cuda" if device.startswith("cuda") else "cpu", enabled=False):
                 d = model.detect(x, autocast=autocast)[0]
             return Detections(d["boxes"].float().cpu().numpy(), d["scores"].float().cpu().numpy(),
                               d["labels"].cpu().numpy().astype(np.int32),
