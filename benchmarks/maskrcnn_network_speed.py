@@ -66,31 +66,45 @@ def run_setting(loaded, image, setting):
 
 
 def stage_times(loaded, tile: np.ndarray, amp: bool) -> dict[str, float]:
-    """Seconds per part of one detection pass over ``tile`` (float32 (h, w, 3) at network scale)."""
+    """Seconds per part of one detection pass over ``tile`` (float32 (h, w, 3) at network scale), float32 or
+    as the family runs it with ``inference_amp`` (bfloat16 parts of ``MIXED_PRECISION_PARTS``, channels_last)."""
     import torch
 
-    m = loaded.model.eval()
+    from napari_instance_tuner.core.inference.cpu import AutocastFloat32
+
+    layout = torch.channels_last if amp else torch.contiguous_format
+    m = loaded.model.eval().to(memory_format=layout)
     heads = m.roi_heads
-    x = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))[None]
+    x = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))[None].contiguous(memory_format=layout)
     times: dict[str, float] = {}
     heads.score_thresh, heads.nms_thresh = maskrcnn_model.PERMISSIVE_SCORE, maskrcnn_model.PERMISSIVE_NMS
+    swapped = []
+    if amp:
+        for owner_path, child in maskrcnn_model.MIXED_PRECISION_PARTS:
+            owner = m.get_submodule(owner_path)
+            swapped.append((owner, child, getattr(owner, child)))
+            setattr(owner, child, AutocastFloat32(getattr(owner, child), lambda: inference_autocast("cpu", True)))
 
     def lap(name, start):
         times[name] = times.get(name, 0.0) + time.perf_counter() - start
         return time.perf_counter()
 
-    with torch.no_grad(), inference_autocast("cpu", amp):
-        t = time.perf_counter()
-        batch, _ = m.transform(list(x))
-        features = m.backbone(batch.tensors)
-        t = lap("backbone", t)
-        proposals, _ = m.rpn(batch, features)
-        t = lap("rpn", t)
-        box = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, batch.image_sizes)))
-        boxes, _, _ = heads.postprocess_detections(*box, proposals, batch.image_sizes)
-        t = lap("box head", t)
-        heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, boxes, batch.image_sizes)))
-        lap("mask head", t)
+    try:
+        with torch.no_grad():
+            t = time.perf_counter()
+            batch, _ = m.transform(list(x))
+            features = m.backbone(batch.tensors)
+            t = lap("backbone", t)
+            proposals, _ = m.rpn(batch, features)
+            t = lap("rpn", t)
+            box = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, batch.image_sizes)))
+            boxes, _, _ = heads.postprocess_detections(*box, proposals, batch.image_sizes)
+            t = lap("box head", t)
+            heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, boxes, batch.image_sizes)))
+            lap("mask head", t)
+    finally:
+        for owner, child, module in swapped:
+            setattr(owner, child, module)
     times["detections"] = float(len(boxes[0]))
     return times
 
@@ -118,11 +132,14 @@ def main() -> None:
         from napari_instance_tuner.core.families.maskrcnn.model import network_input
 
         tile = network_input(mosaics[0][0], loaded.meta, loaded.model.config)[0][:512, :512]
-        for amp in (False, True, False, True):  # the first pair warms up
-            stage = stage_times(loaded, tile, amp)
-        for amp in (False, True):
-            stage = stage_times(loaded, tile, amp)
-            print(f"one 512x512 tile, {'bf16' if amp else 'fp32'}: "
+        stages = {False: [], True: []}
+        for k in range(6):  # alternating; the first pair warms up
+            stage = stage_times(loaded, tile, bool(k % 2))
+            if k >= 2:
+                stages[bool(k % 2)].append(stage)
+        for amp, runs in stages.items():
+            stage = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+            print(f"one 512x512 tile, {'now (bf16 parts, channels_last)' if amp else 'fp32'}, median of 2: "
                   + ", ".join(f"{k} {v:.3f}{'' if k == 'detections' else ' s'}" for k, v in stage.items()))
     warm = mosaics[0][0][:512, :512]
     for setting in SETTINGS.values():  # warm-up: oneDNN primitives, allocator

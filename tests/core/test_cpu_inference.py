@@ -61,6 +61,11 @@ def test_inference_copy_is_cached_until_the_weights_change():
         assert torch.allclose(again(x), net(x), atol=1e-4)
 
 
+def test_a_network_without_batch_norm_is_not_copied():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
+    assert cpu.inference_copy(net) is net
+
+
 def test_predict_tiled_runs_the_folded_copy_and_leaves_the_model_as_it_was():
     net = _trained_like()
     image = np.random.default_rng(0).random((40, 40, 3), dtype=np.float32)

@@ -134,7 +134,12 @@ def fold_batchnorm(model):
 
 def inference_copy(model):
     """An eval-mode copy of ``model`` with batch norm folded (:func:`fold_batchnorm`), cached until its
-    parameters, buffers or device change; ``model`` itself is untouched (it may go on training)."""
+    parameters, buffers or device change; ``model`` itself is untouched (it may go on training). A network
+    without batch norm (group norm, as layering and Mask R-CNN use) is returned as it is, not copied."""
+    from torch import nn  # deferred: torch
+
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return model
     state = model.state_dict()
     key = tuple((k, v._version, v.data_ptr()) for k, v in state.items())
     cached = model.__dict__.get(_CACHE)
