@@ -35,8 +35,6 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-from ...inference.cpu import AutocastFloat32
-
 BACKBONES = ("tiny_fpn", "resnet18_fpn", "resnet50_fpn")
 
 #: Internal thresholds of :meth:`InstanceMaskRCNN.detect`: permissive, so that the live post-processing
@@ -337,6 +335,8 @@ class InstanceMaskRCNN(MaskRCNN):
         heads.detections_per_img = round(cfg.box_detections_per_img * factor)
         swapped = []
         if autocast is not None:
+            from ...inference.cpu import AutocastFloat32  # deferred: bioimage.io packages hold this file alone
+
             for owner_path, child in MIXED_PRECISION_PARTS:
                 owner = self.get_submodule(owner_path)
                 swapped.append((owner, child, getattr(owner, child)))
