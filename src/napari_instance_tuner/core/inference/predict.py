@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import InstanceTunerError
 from ..progress import CancelToken, Progress, relay
+from .cpu import cpu_threads, inference_copy, inference_threads
 from .image import prepare_image, resize_to
 
 
@@ -86,7 +87,9 @@ def predict_tiled(
     Parameters
     ----------
     model : torch.nn.Module
-        Maps (1, C, h, w) float32 to (1, out_channels, h, w) logits; h, w multiples of ``multiple``.
+        Maps (1, C, h, w) float32 to (1, out_channels, h, w) logits; h, w multiples of ``multiple``. It is
+        set to eval mode; a copy with batch norm folded runs (:func:`.cpu.inference_copy`), on the CPU with
+        the threads of :func:`.cpu.inference_threads`.
     image : np.ndarray
         float32 (H, W, C) normalised image at network resolution.
     out_channels : int
@@ -121,16 +124,17 @@ def predict_tiled(
     corners = [(y, x) for y in ys for x in xs]
     acc = np.zeros((out_channels,) + padded.shape[:2], np.float32)
     weight = np.zeros(padded.shape[:2], np.float32)
-    model = model.to(device).eval()
+    model = inference_copy(model.to(device).eval())  # batch norm folded into the convolutions
     memory_format = torch.channels_last  # fast for separable convolutions on CPUs and for float16 on GPUs
     model = model.to(memory_format=memory_format)
+    threads = inference_threads(torch.get_num_threads()) if device == "cpu" else torch.get_num_threads()
     for i, (y, x) in enumerate(corners):
         if cancel is not None:
             cancel.check()
         crop = padded[y : y + th, x : x + tw]
         batch = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None].to(device)
         batch = batch.contiguous(memory_format=memory_format)
-        with torch.inference_mode():
+        with torch.inference_mode(), cpu_threads(threads):
             probs = torch.sigmoid(model(batch).float())[0].cpu().numpy()
         wy = _ramp(th, overlap, y != ys[0], y != ys[-1])
         wx = _ramp(tw, overlap, x != xs[0], x != xs[-1])
