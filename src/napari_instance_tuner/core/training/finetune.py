@@ -28,14 +28,12 @@ from ..inference.image import DEFAULT_NORMALISATION, normalise, to_channels_last
 from ..io.checkpoint import LoadedModel, save_checkpoint
 from ..params import params_to_dict
 from ..progress import CancelToken, Progress, run
-from ..sparse_masks import SparseMasks
+from .inside import mostly_inside
 from .loop import TrainConfig, TrainResult, fit, refuse_amp
 
 #: Context (network pixels) predicted around a held-out region's bounding box, so that its objects are
 #: not cut by the crop's edge and the network sees what it would see in the whole image.
 VALIDATION_MARGIN = 32
-#: An object (reference or predicted) is scored when at least this fraction of its pixels is held out.
-MOSTLY_INSIDE = 0.5
 
 
 @dataclass(frozen=True)
@@ -182,46 +180,6 @@ def split_holdout(pair: CorrectedImage) -> tuple[np.ndarray | None, np.ndarray |
     holdout = np.asarray(pair.holdout, bool)
     checked = np.ones(holdout.shape, bool) if pair.region is None else np.asarray(pair.region, bool)
     return checked & ~holdout, checked & holdout
-
-
-def mostly_inside(labels: np.ndarray, mask: np.ndarray, fraction: float = MOSTLY_INSIDE) -> np.ndarray:
-    """Keep the objects of a label image or mask stack with at least ``fraction`` of their pixels in ``mask``.
-
-    Parameters
-    ----------
-    labels : np.ndarray or SparseMasks
-        Integer (H, W) labels (0 = background), bool (N, H, W) per-object masks, or boxes and crops.
-    mask : np.ndarray
-        bool (H, W).
-    fraction : float
-
-    Returns
-    -------
-    np.ndarray or SparseMasks
-        The same kind: other objects set to 0, or their masks dropped. Kept objects stay whole
-        (also their pixels outside ``mask``), so their shapes are scored fairly.
-
-    Examples
-    --------
-    >>> labels = np.array([[1, 1, 2, 2]]); mask = np.array([[True, True, True, False]])
-    >>> mostly_inside(labels, mask).tolist()
-    [[1, 1, 2, 2]]
-    >>> mostly_inside(labels, mask, 0.6).tolist()
-    [[1, 1, 0, 0]]
-    """
-    mask = np.asarray(mask, bool)
-    if isinstance(labels, SparseMasks):
-        obj, pix = labels.coords()
-        inside = np.bincount(obj, weights=mask.ravel()[pix], minlength=len(labels))
-        return labels.select(inside >= fraction * np.maximum(labels.areas(), 1))
-    if labels.ndim == 3:
-        masks = np.asarray(labels, bool).reshape(len(labels), mask.size)
-        inside = (masks & mask.ravel()).sum(1)
-        return labels[inside >= fraction * np.maximum(masks.sum(1), 1)]
-    ids, inverse, area = np.unique(labels, return_inverse=True, return_counts=True)
-    inside = np.bincount(inverse.ravel(), weights=mask.ravel(), minlength=len(ids))
-    keep = (inside >= fraction * area) & (ids != 0)
-    return np.where(keep[inverse.reshape(labels.shape)], labels, 0)
 
 
 def _held_out(index: int, pair: CorrectedImage, val: np.ndarray, meta: dict) -> _HeldOut:

@@ -32,7 +32,7 @@ from ...inference.image import resize_to
 from ...progress import CancelToken, Progress
 from ...training.augment import AugmentConfig, photometric, random_scale, random_symmetry
 from ...training.data import Sample
-from ...training.finetune import mostly_inside
+from ...training.inside import mostly_inside
 from ...training.loop import TrainConfig, TrainResult, fit, read_resume, seed_everything
 from ...training.options import comma_ints, option, training_fields
 from .. import base_channels_option, init_weights_option
