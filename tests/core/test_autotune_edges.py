@@ -20,7 +20,7 @@ class Knobs:
 def search(peak_level: float, peak_size: int, start: Knobs, **kwargs):
     """Tune a score with one peak at (peak_level, peak_size); the 'labels' are the parameters themselves."""
     def postprocess(maps, p):
-        return SimpleNamespace(masks=None, labels=p)
+        return SimpleNamespace(objects=None, labels=p)
 
     def score(p, _ref):
         return -abs(p.level - peak_level) - abs(p.size - peak_size) / 1000
