@@ -21,6 +21,7 @@ from typing import Any
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QMessageBox, QWidget
 
+from ..core.io.user_weights import user_weights_dir
 from ..core.training.finetune import save_finetuned
 from ._worker import error_message, notify_error
 
@@ -126,7 +127,7 @@ class Scratch:
         """Offer to save unsaved weights, then remove the folder (kept if saving them failed)."""
         tuned = self.unsaved
         if tuned is not None and self.ask_keep(f"{tuned.parent.name}-finetuned"):
-            answer = self.ask_path(str(Path.home() / f"{tuned.parent.name}-finetuned.safetensors"))
+            answer = self.ask_path(str(user_weights_dir(create=True) / f"{tuned.parent.name}-finetuned.safetensors"))
             if answer:
                 try:
                     save_finetuned(Path(answer).with_suffix(".safetensors"), tuned.parent, tuned.model,
