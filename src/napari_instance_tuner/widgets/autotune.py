@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, Container, Label, PushButton
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
@@ -72,13 +72,12 @@ class AutotuneWidget(DockWidget):
         self.tune_button.changed.connect(lambda *_: self.tune())
         self.cancel_button = PushButton(text="Cancel")
         self.cancel_button.changed.connect(lambda *_: self.cancel())
-        self.progress = ProgressBar(min=0, max=1, value=0)
         self.result = Label(value="")
         self.result.native.setWordWrap(True)
 
         choose = Container(widgets=[self.reference, self.metric_choice], labels=True)
         buttons = Container(widgets=[self.tune_button, self.cancel_button], layout="horizontal", labels=False)
-        self.stack(choose, buttons, self.progress, self.result)
+        self.stack(choose, buttons, self.result)  # the dock's progress line shows the trials
         self.watch_layers(lambda *_: self.reference.reset_choices())
         self._update()
 
@@ -116,7 +115,6 @@ class AutotuneWidget(DockWidget):
             best, before, after = yield from search
             return best, before, after
 
-        self.progress.value = 0
         self.result.value = "searching…"
         self._outcome = "error"
         self.start_job(work, on_result=partial(self._tuned, image, session, maps, metric, params), on_error=self._failed,
@@ -131,8 +129,6 @@ class AutotuneWidget(DockWidget):
     # -- outcome ----------------------------------------------------------------------------------
 
     def _show_progress(self, item: Any) -> None:
-        if getattr(item, "total", 0):
-            self.progress.max, self.progress.value = item.total, item.done
         if "score" in getattr(item, "info", {}):
             self.result.value = f"searching… best so far {item.info['score']:.3f}"
 
