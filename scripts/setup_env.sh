@@ -8,6 +8,15 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
+# torch's CUDA build and its libraries take about 6.6 GB: say so before pip fails half-way with
+# "No space left on device" (it happened on a machine whose /tmp held old clones).
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  free_kb=$(df -Pk "$VENV" | awk 'NR==2 {print $4}')
+  if [ "${free_kb:-0}" -lt $((7 * 1024 * 1024)) ]; then
+    echo "error: $(df -Ph "$VENV" | awk 'NR==2 {print $4}') free where $VENV lives; installing torch needs about 7 GB." >&2
+    exit 1
+  fi
+fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch first, pinned: a build of torchvision that matches it (the CPU-only torch 2.13.0 wheel some
 # machines carry breaks torchvision's operators). On a GPU machine this is the CUDA build.
