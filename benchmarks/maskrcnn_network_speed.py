@@ -4,8 +4,9 @@ Mosaics of 256 x 256 crops of the densest DSB2018 images (``_nuclei_mosaic.py``)
 ``maskrcnn-dsb2018`` (or ``--model``) under each setting, alternating settings within every round so that
 load from other processes falls on all of them alike. Each setting's labels (the model's shipped
 post-processing parameters) are compared with the mosaic's ground truth (mean object F1) and with the first
-setting's ("before": float32, 512-pixel tiles,
-the per-tile limits of the checkpoint, as before session 12) by GlaS object F1.
+setting's ("before": float32, 512-pixel tiles, the per-tile limits the checkpoint was trained with, as before
+session 12) by GlaS object F1. "now" runs the model as loaded: with its card's test-time proposal limits
+(``test_time`` in the model card, see ``checkpoint.with_card_settings``).
 
 ``--stages`` also times the parts of one 512 x 512 tile: backbone, RPN, box head, mask head (float32 and
 bfloat16).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -34,12 +36,25 @@ from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.params import params_from_dict
 from napari_instance_tuner.core.progress import run
 
-#: name -> (float32 or bfloat16, network tile size or None for the model's, limits scaled with the tile's area)
+#: name -> (float32 or bfloat16, network tile size or None for the model's, limits scaled with the tile's area,
+#: the card's test-time limits (False: the trained ones))
 SETTINGS = {
-    "before (fp32, tile 512, fixed limits)": ("fp32", 512, False),
-    "fp32, tile 1024, scaled limits": ("fp32", 1024, True),
-    "now: bf16 convolutions, tile 512": ("auto", None, True),
+    "before (fp32, tile 512, fixed limits)": ("fp32", 512, False, False),
+    "bf16 convolutions, trained limits": ("auto", None, True, False),
+    "now: bf16 conv., card's limits": ("auto", None, True, True),
 }
+
+
+@contextlib.contextmanager
+def trained_limits(loaded, trained: bool):
+    """Run with the limits the checkpoint was trained with instead of its card's test-time ones."""
+    saved = loaded.model.config
+    if trained and loaded.meta.get("trained_test_time"):
+        loaded.model.config = dataclasses.replace(saved, **loaded.meta["trained_test_time"])
+    try:
+        yield
+    finally:
+        loaded.model.config = saved
 
 
 @contextlib.contextmanager
@@ -55,11 +70,11 @@ def fixed_limits(fixed: bool):
 
 def run_setting(loaded, image, setting):
     """(seconds, Maps) of one network pass over ``image`` with ``setting`` (see :data:`SETTINGS`)."""
-    precision, tile, scaled = setting
+    precision, tile, scaled, card = setting
     meta = dict(loaded.meta)
     if precision != "auto":
         meta["inference_amp"] = precision == "bf16"
-    with fixed_limits(not scaled):
+    with fixed_limits(not scaled), trained_limits(loaded, not card):
         start = time.perf_counter()
         maps = run(loaded.family.predict_maps(loaded.model, image, meta, device="cpu", tile_size=tile))
         return time.perf_counter() - start, maps

@@ -136,3 +136,35 @@ def test_header_lengths_that_look_like_pickle_or_zip_magic_still_load(tmp_path, 
         pytest.fail("no padding produced the wanted first byte")
     loaded = load_model(path)
     assert loaded.meta["note"] == "x" * pad
+
+
+def test_a_shipped_cards_test_time_limits_replace_the_trained_ones_and_reach_the_recipe(tmp_path):
+    import shutil
+
+    from napari_instance_tuner.core.io.checkpoint import WEIGHTS_DIR, model_card
+    from napari_instance_tuner.core.io.recipe import make_recipe
+    from napari_instance_tuner.core.params import params_from_dict
+
+    card = model_card("maskrcnn-dsb2018")["test_time"]
+    shipped = load_model("maskrcnn-dsb2018")
+    assert shipped.model.config.rpn_post_nms_top_n_test == card["rpn_post_nms_top_n_test"] != 2000
+    assert shipped.meta["trained_test_time"] == {"rpn_pre_nms_top_n_test": 2000, "rpn_post_nms_top_n_test": 2000}
+    assert make_recipe(shipped, params_from_dict(shipped.family.Params, shipped.meta["postprocess"]), "img", (64, 64))["test_time"] == card
+    # the same weights outside the package are a user's file: its own metadata rules
+    copy = shutil.copy(WEIGHTS_DIR / "maskrcnn-dsb2018.safetensors", tmp_path / "mine.safetensors")
+    mine = load_model(copy)
+    assert mine.model.config.rpn_post_nms_top_n_test == 2000 and "trained_test_time" not in mine.meta
+    assert "test_time" not in make_recipe(mine, params_from_dict(mine.family.Params, mine.meta["postprocess"]), "img",
+                                          (64, 64))
+
+
+def test_a_card_may_set_only_its_familys_test_time_keys(tmp_path, monkeypatch, tiny_checkpoint):
+    import shutil
+
+    from napari_instance_tuner.core.io import checkpoint
+
+    monkeypatch.setattr(checkpoint, "WEIGHTS_DIR", tmp_path)
+    shutil.copy(tiny_checkpoint, tmp_path / "t.safetensors")
+    (tmp_path / "t.json").write_text(json.dumps({"test_time": {"base_channels": 64}}))
+    with pytest.raises(WeightsError, match=r"'t' sets \['base_channels'\] at test time"):
+        load_model("t")

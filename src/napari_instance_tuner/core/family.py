@@ -116,6 +116,9 @@ class Family(ABC):
     package_callable: ClassVar[str | None] = None
     #: Papers that model packages of this family cite: dicts with ``"text"`` and ``"doi"`` or ``"url"``.
     citations: ClassVar[tuple[dict, ...]] = ()
+    #: Keys of the architecture config that act at inference only (limits, not weights): a shipped model's card
+    #: may set them (``"test_time"``, see :func:`~.io.checkpoint.with_card_settings`) without new weights.
+    test_time_keys: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def build_model(self, config: dict) -> Any:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.checkpoint import read_metadata, with_card_pixel_size
+from ..io.checkpoint import read_metadata, with_card_settings
 from ..io.export import write_label_tiff, write_mask_stack
 from ..io.inputs import channel_note, check_image_file, header_shape
 from ..io.recipe import recipe_text
@@ -58,6 +58,8 @@ def recipe_key(recipe: dict) -> str:
     core["weights"] = recipe["weights"]["sha256"]
     if recipe.get("output"):  # formats, region, pixel size (issue 21); absent from older recipes' keys
         core["output"] = recipe["output"]
+    if recipe.get("test_time"):  # a card's inference limits (issue 26); absent from older recipes' keys
+        core["test_time"] = recipe["test_time"]
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
@@ -223,7 +225,7 @@ def _stream_image(job: BatchJob, path: Path, executor) -> Generator[Progress, No
 def _at_model_scale(job: BatchJob, path: Path) -> bool:
     """Whether ``path`` goes through :mod:`.slide_segment`: formats, a region, a slide, or a pixel size to fix."""
     ref = job.model
-    meta = ref.loaded.meta if ref.loaded is not None else with_card_pixel_size(read_metadata(ref.path), ref.path)
+    meta = ref.loaded.meta if ref.loaded is not None else with_card_settings(read_metadata(ref.path), ref.path)
     return needs_model_scale(path, meta, job.formats, job.roi, job.pixel_size_um)
 
 

@@ -216,7 +216,7 @@ def load_model(name_or_path: str | os.PathLike) -> LoadedModel:
         state, meta, sha256 = read_package(path)
     else:
         (state, meta), sha256 = read_checkpoint(path), file_sha256(path)
-    meta = with_card_pixel_size(meta, path)
+    meta = with_card_settings(meta, path)
     family, model = build_with_weights(meta, state, path.name)
     return LoadedModel(family=family, model=model, meta=meta, path=path, sha256=sha256)
 
@@ -257,14 +257,37 @@ def build_with_weights(meta: dict, state: dict, source: str) -> tuple[Any, Any]:
     return family, model
 
 
-def with_card_pixel_size(meta: dict, path: str | os.PathLike) -> dict:
-    """``meta`` with ``pixel_size_um`` from the model card of shipped weights that do not record it.
+def with_card_settings(meta: dict, path: str | os.PathLike) -> dict:
+    """``meta`` completed and adjusted by the model card of shipped weights; other weights are left as they are.
 
-    The shipped weights predate recorded pixel sizes and keep their SHA-256: their cards say it.
+    The shipped weights keep their SHA-256, so what was decided after training lives in their cards:
+
+    - ``pixel_size_um``, for weights that predate recorded pixel sizes;
+    - ``test_time``: inference-only settings of the architecture (the family's ``test_time_keys``, e.g. Mask
+      R-CNN's proposal and detection limits) re-measured after training. They replace the metadata's values;
+      the trained values are kept under ``meta["trained_test_time"]``.
+
+    Raises
+    ------
+    WeightsError
+        If a card's ``test_time`` names a key its family does not allow (a card error, not the user's).
     """
     path = Path(path)
-    if meta.get("pixel_size_um") is None and path.resolve().parent == WEIGHTS_DIR:
-        return {**meta, "pixel_size_um": model_card(path.stem).get("pixel_size_um")}
+    if path.resolve().parent != WEIGHTS_DIR:
+        return meta
+    card = model_card(path.stem)
+    if meta.get("pixel_size_um") is None:
+        meta = {**meta, "pixel_size_um": card.get("pixel_size_um")}
+    settings = card.get("test_time") or {}
+    if settings:
+        allowed = get_family(meta["family"]).test_time_keys
+        foreign = sorted(set(settings) - set(allowed))
+        if foreign:
+            raise WeightsError(f"the model card of {path.stem!r} sets {foreign} at test time; its family allows "
+                               f"only {list(allowed)}")
+        arch = meta["architecture"]
+        meta = {**meta, "architecture": {**arch, **settings},
+                "trained_test_time": {key: arch.get(key) for key in settings}}
     return meta
 
 

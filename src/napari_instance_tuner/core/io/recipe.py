@@ -36,7 +36,15 @@ from ..inference.predict import choose_device
 from ..params import params_from_dict, params_to_dict
 from ..progress import run
 from ..registry import get_family
-from .checkpoint import LoadedModel, load_model, model_sha256, read_metadata, resolve_model_path, shipped_models
+from .checkpoint import (
+    LoadedModel,
+    load_model,
+    model_sha256,
+    read_metadata,
+    resolve_model_path,
+    shipped_models,
+    with_card_settings,
+)
 from .safe_write import write_text
 
 FORMAT = "napari-instance-tuner-recipe"
@@ -113,6 +121,8 @@ def build_recipe(
     }
     if streaming:
         recipe["streaming"] = dict(streaming)
+    if meta.get("trained_test_time"):  # a shipped card's inference limits (see checkpoint.with_card_settings)
+        recipe["test_time"] = {key: meta["architecture"][key] for key in meta["trained_test_time"]}
     return recipe
 
 
@@ -158,8 +168,9 @@ def make_recipe(
 
 
 def checkpoint_meta(path: str | os.PathLike) -> dict:
-    """The JSON metadata of a checkpoint, read from the safetensors header alone (no tensors, no torch)."""
-    return read_metadata(path)
+    """The JSON metadata of a checkpoint, read from the safetensors header alone (no tensors, no torch), with
+    what a shipped model's card adds (:func:`~.checkpoint.with_card_settings`)."""
+    return with_card_settings(read_metadata(path), path)
 
 
 def recipe_text(recipe: dict) -> str:

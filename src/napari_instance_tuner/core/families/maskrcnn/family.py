@@ -27,6 +27,7 @@ class MaskRCNNFamily(Family):
     TrainOptions = MaskRCNNTrainOptions
     keeps_overlaps = True
     package_callable = "MaskRCNNScoreMap"
+    test_time_keys = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_detections_per_img")
     citations = (
         {"text": "He K., Gkioxari G., Dollár P., Girshick R. Mask R-CNN. ICCV 2017.", "doi": "10.1109/ICCV.2017.322"},
     )
