@@ -19,7 +19,7 @@ safer than a sigmoid layer followed by BCE).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -56,6 +56,10 @@ class ThreeBranchConfig:
         ``"batch"`` (paper) or ``"group"`` (better for tiny fine-tuning batches).
     branches : tuple[str, ...]
         Which decoders exist; the ablation trains ``("foreground",)`` alone.
+    members : int
+        1: one network. N > 1: an ensemble of N such networks trained apart, whose sigmoid outputs are averaged
+        (see :class:`ThreeBranchUNet`); not in the paper, added for issue 20. Omitted from :meth:`to_dict` when 1,
+        so single networks' metadata stays as it was.
     """
 
     in_channels: int = 3
@@ -64,6 +68,7 @@ class ThreeBranchConfig:
     conv_type: str = "space_depth_separable"
     norm: str = "batch"
     branches: tuple[str, ...] = BRANCHES
+    members: int = 1
 
     @classmethod
     def from_dict(cls, values: dict) -> ThreeBranchConfig:
@@ -83,12 +88,16 @@ class ThreeBranchConfig:
             raise ValueError(f"branches {cfg.branches!r} must be a non-empty subset of {BRANCHES}")
         if not (1 <= cfg.depth <= 6 and 1 <= cfg.base_channels <= 256 and cfg.in_channels in (1, 3)):
             raise ValueError("depth must be 1..6, base_channels 1..256, in_channels 1 or 3")
+        if not 1 <= cfg.members <= 8:
+            raise ValueError(f"members must be 1..8, got {cfg.members!r}")
         return cfg
 
     def to_dict(self) -> dict:
         """JSON-able dict."""
         d = asdict(self)
         d["branches"] = list(self.branches)
+        if self.members == 1:
+            del d["members"]
         return d
 
 
@@ -105,15 +114,19 @@ class Decoder(nn.Module):
 
 
 class ThreeBranchUNet(nn.Module):
-    """Shared encoder, one decoder per branch.
+    """Shared encoder, one decoder per branch; with ``config.members`` N > 1, an ensemble of N such networks.
 
     Input: float32 (B, in_channels, H, W), H and W multiples of ``2 ** depth``.
-    Output: float32 logits (B, len(branches), H, W), channels in the order of ``config.branches``.
+    Output: float32 logits (B, len(branches), H, W), channels in the order of ``config.branches``. An ensemble
+    returns the logit of its members' mean sigmoid, so the maps inference shows are the mean probabilities.
     """
 
     def __init__(self, config: ThreeBranchConfig) -> None:
         super().__init__()
         self.config = config
+        if config.members > 1:  # an ensemble: N single networks under ``members.0.``, ``members.1.``, ...
+            self.members = nn.ModuleList(ThreeBranchUNet(replace(config, members=1)) for _ in range(config.members))
+            return
         widths = unet_widths(config.base_channels, config.depth)
         self.encoder = encoder_blocks(config.in_channels, widths, config.conv_type, config.norm)
         self.pool = nn.MaxPool2d(2)
@@ -125,5 +138,8 @@ class ThreeBranchUNet(nn.Module):
         return 2**self.config.depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.members > 1:  # the logit of the members' mean probability: inference sees the mean map
+            probs = torch.stack([member(x).float().sigmoid() for member in self.members]).mean(0)
+            return torch.logit(probs, eps=1e-6)
         features = encode(self.encoder, self.pool, x)
         return torch.cat([self.decoders[b](features) for b in self.config.branches], dim=1)

@@ -1,0 +1,58 @@
+"""Ensembles: three-branch networks trained apart, assembled into one checkpoint whose maps are their mean.
+
+An ensemble is a :class:`~..families.three_branch.model.ThreeBranchUNet` with ``members`` N > 1: N networks of
+one architecture under ``members.0.``, ``members.1.``, ... whose sigmoid outputs are averaged. Everything that
+takes a network (tiled inference, the GUI, fine-tuning, packages) takes an ensemble as it is; the cost is N
+network passes. Not in the three-branch paper (issue 20: averaging runs raised the malignant validation F1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ..errors import WeightsError
+from ..io.checkpoint import LoadedModel, build_with_weights
+
+__all__ = ["SHARED_META", "assemble"]
+
+#: Metadata the members must agree on, or their maps could not be averaged pixel for pixel.
+SHARED_META = ("family", "pixel_scale", "normalisation", "in_channels", "tile_size", "tile_overlap", "architecture")
+
+
+def _validation_images(loaded: LoadedModel) -> set[str]:
+    return set(loaded.meta.get("training", {}).get("val_images") or [])
+
+
+def assemble(members: list[LoadedModel], name: str) -> LoadedModel:
+    """One ensemble model of ``members`` (2 to 8 three-branch models), untuned: its metadata is the first
+    member's with ``architecture["members"]`` set and ``ensemble`` naming each member (name, SHA-256, training).
+
+    Raises
+    ------
+    WeightsError
+        If there are fewer than 2 or more than 8 members, a member is not a single three-branch network, or
+        the members differ in any of :data:`SHARED_META` or in their validation images.
+    """
+    if not 2 <= len(members) <= 8:
+        raise WeightsError(f"an ensemble needs 2 to 8 members, got {len(members)}")
+    first = members[0]
+    for member in members:
+        if member.meta["family"] != "three-branch" or member.meta["architecture"].get("members", 1) != 1:
+            raise WeightsError(f"{member.name} is not a single three-branch network; only those can be assembled")
+        for key in SHARED_META:
+            if member.meta.get(key) != first.meta.get(key):
+                raise WeightsError(f"{member.name} has {key} {member.meta.get(key)!r} where {first.name} has "
+                                   f"{first.meta.get(key)!r}: the members' maps could not be averaged")
+        if _validation_images(member) != _validation_images(first):
+            raise WeightsError(f"{member.name} was validated on other images than {first.name}")
+    meta = dict(first.meta)
+    meta["name"] = name
+    meta["architecture"] = {**first.meta["architecture"], "members": len(members)}
+    meta["training"] = dict(first.meta.get("training", {}))
+    meta["ensemble"] = [{"name": m.name, "sha256": m.sha256, "trained_on": m.meta.get("trained_on"),
+                         "training": {k: v for k, v in m.meta.get("training", {}).items() if k != "history"}}
+                        for m in members]
+    meta["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    state = {f"members.{i}.{key}": value for i, m in enumerate(members) for key, value in m.model.state_dict().items()}
+    family, model = build_with_weights(meta, state, name)
+    return LoadedModel(family=family, model=model, meta=meta, path=first.path, sha256="")

@@ -1,0 +1,65 @@
+"""Ensembles of three-branch networks (issue 20): the mean of the members' maps, saved and loaded as one model."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_instance_tuner.core.errors import WeightsError
+from napari_instance_tuner.core.families.three_branch.model import ThreeBranchConfig, ThreeBranchUNet
+from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
+from napari_instance_tuner.core.progress import run
+from napari_instance_tuner.core.registry import get_family
+from napari_instance_tuner.core.training.ensemble import assemble
+
+
+def _member(tmp_path, tiny_arch, tiny_meta, seed, **meta):
+    torch.manual_seed(seed)
+    model = get_family("three-branch").build_model(tiny_arch)
+    meta = tiny_meta(name=f"m{seed}", training={"val_images": ["a", "b"]}, **meta)
+    return load_model(save_checkpoint(tmp_path / f"m{seed}.safetensors", model.state_dict(), meta))
+
+
+def test_the_ensembles_maps_are_the_mean_of_its_members_maps(tmp_path, tiny_arch, tiny_meta):
+    members = [_member(tmp_path, tiny_arch, tiny_meta, seed) for seed in (1, 2, 3)]
+    ensemble = assemble(members, "ens")
+    assert ensemble.meta["architecture"]["members"] == 3 and [m["name"] for m in ensemble.meta["ensemble"]] == \
+        ["m1", "m2", "m3"]
+    saved = save_checkpoint(tmp_path / "ens.safetensors", ensemble.model.state_dict(), ensemble.meta)
+    loaded = load_model(saved)
+    image = np.random.default_rng(0).integers(0, 255, (80, 100, 3)).astype(np.uint8)
+    maps = lambda m: run(m.family.predict_maps(m.model, image, m.meta, device="cpu")).arrays  # noqa: E731
+    got, each = maps(loaded), [maps(m) for m in members]
+    for name in ("foreground", "boundary", "centroid"):
+        expected = np.mean([e[name] for e in each], axis=0)
+        assert np.abs(got[name] - expected).max() < 1e-4
+        assert np.abs(each[0][name] - expected).max() > 1e-3  # the members do differ
+
+
+def test_a_single_networks_metadata_does_not_change_and_members_round_trip():
+    single = ThreeBranchConfig(base_channels=4, depth=2)
+    assert "members" not in single.to_dict()
+    pair = ThreeBranchConfig.from_dict({**single.to_dict(), "members": 2})
+    assert pair.to_dict()["members"] == 2 and ThreeBranchConfig.from_dict(pair.to_dict()) == pair
+    keys = ThreeBranchUNet(pair).state_dict()
+    assert all(k.startswith(("members.0.", "members.1.")) for k in keys)
+    with pytest.raises(ValueError, match="members must be 1..8"):
+        ThreeBranchConfig.from_dict({**single.to_dict(), "members": 9})
+
+
+def test_members_that_cannot_be_averaged_are_refused(tmp_path, tiny_arch, tiny_meta):
+    a = _member(tmp_path, tiny_arch, tiny_meta, 1)
+    with pytest.raises(WeightsError, match="2 to 8 members"):
+        assemble([a], "x")
+    other_scale = _member(tmp_path, tiny_arch, tiny_meta, 2, pixel_scale=0.5)
+    with pytest.raises(WeightsError, match="pixel_scale 0.5 where m1 has 1.0"):
+        assemble([a, other_scale], "x")
+    torch.manual_seed(3)
+    model = get_family("three-branch").build_model(tiny_arch)
+    elsewhere = load_model(save_checkpoint(tmp_path / "m3.safetensors", model.state_dict(),
+                                           tiny_meta(name="m3", training={"val_images": ["c"]})))
+    with pytest.raises(WeightsError, match="validated on other images"):
+        assemble([a, elsewhere], "x")
+    pair = assemble([a, _member(tmp_path, tiny_arch, tiny_meta, 4)], "pair")
+    nested = load_model(save_checkpoint(tmp_path / "pair.safetensors", pair.model.state_dict(), pair.meta))
+    with pytest.raises(WeightsError, match="not a single three-branch network"):
+        assemble([a, nested], "x")
