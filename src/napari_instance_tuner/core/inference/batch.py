@@ -65,7 +65,7 @@ def recipe_key(recipe: dict) -> str:
         core["output"] = recipe["output"]
     if recipe.get("test_time"):  # a card's inference limits (issue 26); absent from older recipes' keys
         core["test_time"] = recipe["test_time"]
-    if recipe.get("runtime", "torch") != "torch":  # ONNX Runtime's maps differ by float32 rounding (issue 26)
+    if (recipe.get("runtime") or "torch") != "torch":  # ONNX Runtime's maps differ by float32 rounding (issue 26)
         core["runtime"] = recipe["runtime"]
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 

@@ -167,10 +167,11 @@ def load_onnx(sha256: str, export) -> OnnxNetwork:
     if path.is_file():
         try:
             network = OnnxNetwork(path)
-            if network.info.get("sha256") == sha256 and network.info.get("export_version") == EXPORT_VERSION:
-                return network
         except Exception:  # noqa: BLE001 - any unreadable cache file is replaced, whatever onnxruntime raises
-            pass
+            network = None
+        if network is not None and network.info.get("sha256") == sha256 \
+                and network.info.get("export_version") == EXPORT_VERSION:
+            return network
     cache_dir(create=True)
     export()
     return OnnxNetwork(path)

@@ -38,7 +38,6 @@ from ..progress import run
 from ..registry import get_family
 from .checkpoint import (
     LoadedModel,
-    load_model,
     model_sha256,
     read_metadata,
     resolve_model_path,
