@@ -32,6 +32,21 @@ def user_weights(tmp_path_factory, monkeypatch):
     return folder
 
 
+@pytest.fixture(scope="session")
+def _onnx_cache_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(autouse=True)
+def onnx_cache(_onnx_cache_folder, monkeypatch):
+    """The cache of exported ONNX networks (core/inference/onnx_runtime.py): one temporary folder for the session
+    (tiny models of the same seed share their exports), never the user's; tests that need a fresh one set it."""
+    from napari_instance_tuner.core.inference.onnx_runtime import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(_onnx_cache_folder))
+    return _onnx_cache_folder
+
+
 def _tiny_meta(**overrides) -> dict:
     """Metadata of a tiny three-branch checkpoint at native scale."""
     meta = {

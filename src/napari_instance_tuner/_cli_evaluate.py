@@ -32,12 +32,14 @@ def format_table(summary: dict[str, dict]) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from .core.io.checkpoint import load_model  # deferred: command stack
+    from .core.inference.runtime import choose_runtime, load_for_runtime, model_family  # deferred: command stack
     from .core.io.safe_write import write_text  # deferred: command stack
     from .core.training.data import load_split, read_groups  # deferred: command stack
     from .core.training.jobs import evaluate_samples, load_params, summarise  # deferred: command stack
 
-    loaded = load_model(args.model)
+    runtime = choose_runtime(args.runtime, model_family(args.model), args.device)
+    loaded = load_for_runtime(args.model, runtime)
+    device = "cpu" if runtime == "onnx" else args.device
     params = load_params(loaded, args.params)
     if args.json:
         check_out_file(args.json, args.overwrite, "--json", inputs=(args.params, loaded.path))
@@ -49,7 +51,7 @@ def cmd_evaluate(args) -> int:
         params = replace(params, subtract_boundaries=False, require_centroid=False, grow_back=0)
     samples = load_split(args.data)
     channel_notes(loaded, samples, args.quiet)
-    rows = run_with_bar(images_only(evaluate_samples(loaded, samples, params, device=args.device), "evaluated"),
+    rows = run_with_bar(images_only(evaluate_samples(loaded, samples, params, device=device), "evaluated"),
                         args.quiet, "image", "evaluate")
     summary = summarise(rows, read_groups(args.data))
     print(f"model {loaded.name} on {args.data} ({len(rows)} images)")
@@ -68,6 +70,8 @@ def add_evaluate(command, model_and_data) -> None:
                 "  napari-instance-tuner evaluate --model my.safetensors --data data/val --params best.json "
                 "--json metrics.json")
     model_and_data(e, "post-processing parameters (JSON or a recipe) instead of the model's")
+    e.add_argument("--runtime", choices=("auto", "torch", "onnx"), default=None,
+                   help="what runs the network (as for predict): onnx, torch, or auto (default)")
     e.add_argument("--foreground-only", action="store_true", help="ablation: use the foreground branch alone")
     e.add_argument("--json", help="also write the summary and per-image metrics here")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ._cli_support import float_range, int_range
 from .core.errors import InstanceTunerError
+from .core.inference.runtime import RUNTIMES, choose_runtime, model_family
 from .core.registry import example_model
 
 
@@ -21,9 +22,9 @@ def cmd_predict(args) -> int:
     )
     from .core.inference.distributed import ModelRef, executor  # deferred: command stack
     from .core.inference.predict import choose_device  # deferred: command stack
+    from .core.inference.runtime import load_for_runtime  # deferred: command stack
     from .core.inference.slide_segment import parse_roi  # deferred: command stack
     from .core.inference.streaming import StreamSettings  # deferred: command stack
-    from .core.io.checkpoint import load_model  # deferred: command stack
     from .core.io.recipe import make_recipe, recipe_model, recipe_params  # deferred: command stack
     from .core.training.jobs import load_params  # deferred: command stack
 
@@ -36,22 +37,32 @@ def cmd_predict(args) -> int:
         if args.params:
             raise InstanceTunerError("--params cannot be combined with --recipe (the recipe fixes the parameters)")
         recipe = load_recipe(args.recipe)
-        loaded = recipe_model(recipe, args.model)
-        params = recipe_params(recipe, loaded)
-        network_tile = network_tile or (recipe.get("tiling") or {}).get("tile_size")
         streamed = recipe.get("streaming")  # the tiles and halo the recipe's labels were streamed with
         streamed = streamed if isinstance(streamed, dict) else {}
-        if device is None:  # the recorded device where this machine has it
+        if device is None and recipe.get("runtime") == "onnx":  # ONNX Runtime ran on the CPU
+            device = "cpu"
+        elif device is None:  # the recorded device where this machine has it
             try:
                 device = choose_device(recipe.get("device") or "cpu")
             except InstanceTunerError:
                 device = "cpu"
+        runtime, note = recorded_runtime(args.runtime, recipe, device, args.amp or bool(streamed.get("amp", False)))
+        loaded = recipe_model(recipe, args.model, runtime)
+        params = recipe_params(recipe, loaded)
+        network_tile = network_tile or (recipe.get("tiling") or {}).get("tile_size")
+        if note and not args.quiet:
+            print(f"note: {note}", file=sys.stderr)
     elif args.model:
-        loaded = load_model(args.model)
+        runtime = choose_runtime(args.runtime, model_family(args.model), device, args.amp)
+        loaded = load_for_runtime(args.model, runtime)
         params = load_params(loaded, args.params)
         recipe = make_recipe(loaded, params, "<batch>", (), device=device or "auto", tile_size=network_tile)
     else:
         raise InstanceTunerError("predict needs --model or --recipe")
+    if runtime == "onnx":  # ONNX Runtime runs on the CPU: torch is never asked about a GPU
+        device = "cpu"
+        recipe["device"] = "cpu"
+    recipe["runtime"] = runtime
     inputs = expand_inputs(args.inputs)
     tile = args.tile if args.tile is not None else _recorded_int(streamed, "tile", 2048, 0, 1 << 20)
     halo = args.halo if args.halo is not None else _recorded_int(streamed, "halo", 256, 0, 4096)
@@ -79,7 +90,7 @@ def cmd_predict(args) -> int:
         serial = len(inputs) == 1 or on_gpu or "output" in recipe  # slides, regions, formats: streamed here
         workers = 0 if serial else min(len(inputs), _cores() // args.threads_per_worker) or 0
         workers = 0 if workers == 1 else workers
-    job = BatchJob(ModelRef(str(loaded.path), loaded.sha256, loaded), params, recipe, inputs, Path(args.out),
+    job = BatchJob(ModelRef(str(loaded.path), loaded.sha256, loaded, runtime), params, recipe, inputs, Path(args.out),
                    settings, device, resume=not args.overwrite,
                     threads=args.threads_per_worker if (workers or args.scheduler) else None,
                     formats=tuple(formats) if formats else None, roi=roi, pixel_size_um=args.pixel_size,
@@ -106,6 +117,21 @@ def cmd_predict(args) -> int:
     for r in failed:
         print(f"error: {r.image}: {r.error}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def recorded_runtime(requested: str | None, recipe: dict, device: str | None, amp: bool) -> tuple[str, str | None]:
+    """The runtime of a replay: ``requested``, else the recipe's (torch for older recipes); a recorded ONNX
+    Runtime that cannot run here falls back to torch, with a note (maps then differ by float32 rounding)."""
+    from .core.inference.runtime import why_not_onnx  # deferred: command stack
+
+    if requested is not None:
+        return choose_runtime(requested, recipe["family"], device, amp), None
+    if recipe.get("runtime") != "onnx":
+        return "torch", None
+    reason = why_not_onnx(recipe["family"], device, amp, explicit=True)
+    if reason:
+        return "torch", f"the recipe ran ONNX Runtime, which cannot run here ({reason}); torch runs instead"
+    return "onnx", None
 
 
 def _formats(text: str | None) -> list[str] | None:
@@ -165,6 +191,10 @@ def add_predict(command) -> None:
     p.add_argument("--recipe", help="recipe JSON written by an export: reproduce its labels exactly")
     p.add_argument("--out", required=True, help="output folder (labels, sidecars and recipe.json)")
     p.add_argument("--device", default=None, help="torch device: cpu, cuda, mps or auto (default: the recipe's, else auto)")
+    p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="what runs the network: onnx (ONNX Runtime: no torch import, the network exported once into "
+                        "the user's cache folder), torch, or auto: onnx for three-branch and layering models on the "
+                        "CPU without --amp, else torch (default: the recipe's, else auto)")
     p.add_argument("--tile", type=int_range(0, 1 << 20),
                    help="images larger than this (px) are streamed tile by tile into <stem>.zarr; 0 = never, "
                    "for images up to 64 megapixels (default: the recipe's, else 2048)")

@@ -14,15 +14,22 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import InstanceTunerError
-from . import metrics
+
+
+def _metrics():
+    """:mod:`.metrics`, imported on first use: listing the metric names (the command line's help) needs none."""
+    from . import metrics  # deferred: scipy.spatial and scipy.optimize (0.14 s)
+
+    return metrics
+
 
 #: Metric key -> (display name, ``score(pred, ref) -> float``, higher is better).
 TUNABLE: dict[str, tuple[str, Callable[[Any, Any], float]]] = {
-    "object_f1": ("object F1", lambda p, r: metrics.object_f1(p, r)["f1"]),
-    "mean_ap": ("mean AP", lambda p, r: metrics.average_precision(p, r)["mean_ap"]),
-    "aji": ("AJI", metrics.aggregated_jaccard_index),
-    "object_dice": ("object Dice", metrics.object_dice),
-    "dsb_score": ("DSB score", metrics.dsb_score),
+    "object_f1": ("object F1", lambda p, r: _metrics().object_f1(p, r)["f1"]),
+    "mean_ap": ("mean AP", lambda p, r: _metrics().average_precision(p, r)["mean_ap"]),
+    "aji": ("AJI", lambda p, r: _metrics().aggregated_jaccard_index(p, r)),
+    "object_dice": ("object Dice", lambda p, r: _metrics().object_dice(p, r)),
+    "dsb_score": ("DSB score", lambda p, r: _metrics().dsb_score(p, r)),
 }
 
 #: (key of :func:`evaluate_labels`, display name) of the rows an evaluation table shows.
@@ -110,6 +117,7 @@ def evaluate_labels(pred: ArrayLike, ref: ArrayLike) -> dict[str, float]:
     pred, ref = np.asarray(pred), np.asarray(ref)
     if pred.shape != ref.shape:
         raise InstanceTunerError(f"prediction of shape {pred.shape} and reference of shape {ref.shape} differ")
+    metrics = _metrics()
     if pred.ndim == 2:
         return metrics.evaluate(pred, ref)
     if pred.ndim == 3:

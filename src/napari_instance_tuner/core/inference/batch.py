@@ -52,7 +52,12 @@ _stem = output_stem
 
 
 def recipe_key(recipe: dict) -> str:
-    """SHA-256 of what in a recipe shapes the labels (weights, family, parameters, tiling, normalisation)."""
+    """SHA-256 of what in a recipe shapes the labels (weights, family, parameters, tiling, normalisation, runtime).
+
+    The runtime counts: ONNX Runtime's maps differ from torch's by float32 rounding, which may move a pixel
+    across a threshold, so an image done by the other runtime is redone (``auto`` picks the same runtime on
+    the same machine, so resuming is unaffected). Torch adds nothing: older recipes keep their keys.
+    """
     keys = ("family", "postprocess", "tiling", "normalisation", "pixel_scale", "in_channels", "streaming")
     core = {k: recipe.get(k) for k in keys}
     core["weights"] = recipe["weights"]["sha256"]
@@ -60,6 +65,8 @@ def recipe_key(recipe: dict) -> str:
         core["output"] = recipe["output"]
     if recipe.get("test_time"):  # a card's inference limits (issue 26); absent from older recipes' keys
         core["test_time"] = recipe["test_time"]
+    if (recipe.get("runtime") or "torch") != "torch":  # ONNX Runtime's maps differ by float32 rounding (issue 26)
+        core["runtime"] = recipe["runtime"]
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
@@ -158,8 +165,8 @@ def image_task(job: BatchJob, path: Path) -> ImageReport:
     written by :func:`run_batch`)."""
     start = time.perf_counter()
     try:
-        limit_threads(job.threads)
         loaded = job.model.get()
+        limit_threads(job.threads, loaded.model)
         image = read_image(path)
         session = SegmentSession(image, name=path.name)  # one 2D image, as the family takes it
         instances = run(session.run(loaded, job.params, device=job.device, tile_size=job.settings.network_tile))
@@ -187,8 +194,8 @@ def _unknown_size_note(meta: dict) -> list[str]:
 
 def tile_task(job: BatchJob, path: Path, grid, index: int, normaliser) -> Any:
     """Segment tile ``index`` of a large image (runs on a worker); returns its ``TileResult``."""
-    limit_threads(job.threads)
     loaded = job.model.get()
+    limit_threads(job.threads, loaded.model)
     source = open_image(path)
     try:
         return run(segment_tile(loaded.family, loaded.model, loaded.meta, job.params, source, grid, index,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InstanceTunerError, WeightsError
-from ..io.checkpoint import load_model
+from .runtime import load_for_runtime
 
 #: Models loaded by this process (a dask worker process, or the client running tasks serially): sha256 ->
 #: LoadedModel, plus ``"_loads"``: how many were loaded. Explicitly a per-process cache, read only here.
@@ -29,15 +29,17 @@ _PROCESS_MODELS: dict[str, Any] = {}
 class ModelRef:
     """Weights named by path and SHA-256; pickles without the loaded model, which workers load once.
 
-    ``loaded`` (optional) is the model already loaded in this process, used as is when the task runs here.
+    ``loaded`` (optional) is the model already loaded in this process, used as is when the task runs here;
+    ``runtime`` what runs its network (``"torch"`` or ``"onnx"``, see :mod:`.runtime`).
     """
 
     path: str
     sha256: str
     loaded: Any = field(default=None, repr=False, compare=False)
+    runtime: str = "torch"
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "sha256": self.sha256, "loaded": None}
+        return {"path": self.path, "sha256": self.sha256, "loaded": None, "runtime": self.runtime}
 
     def get(self) -> Any:
         """The :class:`~..io.checkpoint.LoadedModel` (see :func:`worker_model`)."""
@@ -58,14 +60,15 @@ def worker_model(ref: ModelRef) -> Any:
         If the file at ``ref.path`` has another SHA-256 than ``ref.sha256``.
     """
     cache = _model_cache()
-    if ref.sha256 not in cache:
-        loaded = load_model(ref.path)
+    key = ref.sha256 if ref.runtime == "torch" else f"{ref.sha256}:{ref.runtime}"
+    if key not in cache:
+        loaded = load_for_runtime(ref.path, ref.runtime)
         if loaded.sha256 != ref.sha256:
             raise WeightsError(f"{ref.path} changed on this worker (SHA-256 {loaded.sha256[:12]}…, "
                                f"expected {ref.sha256[:12]}…)")
-        cache[ref.sha256] = loaded
+        cache[key] = loaded
         cache["_loads"] = cache.get("_loads", 0) + 1
-    return cache[ref.sha256]
+    return cache[key]
 
 
 def model_loads() -> int:
@@ -73,9 +76,12 @@ def model_loads() -> int:
     return int(_model_cache().get("_loads", 0))
 
 
-def limit_threads(threads: int | None) -> None:
-    """Cap torch's intra-op threads in a worker (several workers share the machine's cores)."""
-    if threads:
+def limit_threads(threads: int | None, network: Any = None) -> None:
+    """Cap the intra-op threads of a worker (several workers share the machine's cores): torch's, or those of
+    ``network`` where it runs on ONNX Runtime (:class:`~.onnx_runtime.OnnxNetwork`, never importing torch)."""
+    if threads and hasattr(network, "tile_runner"):
+        network.threads = threads
+    elif threads:
         import torch
 
         if torch.get_num_threads() != threads:

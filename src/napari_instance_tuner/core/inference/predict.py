@@ -13,8 +13,8 @@ import numpy as np
 
 from ..errors import InstanceTunerError
 from ..progress import CancelToken, Progress, relay
-from .cpu import cpu_threads, inference_copy, inference_threads
 from .image import prepare_image, resize_to
+from .torch_runner import torch_tile_runner
 
 
 def choose_device(requested: str | None = None) -> str:
@@ -25,9 +25,11 @@ def choose_device(requested: str | None = None) -> str:
     InstanceTunerError
         If CUDA or MPS is requested but not available.
     """
-    import torch
-
     requested = (requested or "auto").lower()
+    if requested == "cpu":  # no torch needed to say so (ONNX Runtime never imports it)
+        return "cpu"
+    import torch  # deferred: torch
+
     if requested == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -86,10 +88,11 @@ def predict_tiled(
 
     Parameters
     ----------
-    model : torch.nn.Module
-        Maps (1, C, h, w) float32 to (1, out_channels, h, w) logits; h, w multiples of ``multiple``. It is
-        set to eval mode; a copy with batch norm folded runs (:func:`.cpu.inference_copy`), on the CPU with
-        the threads of :func:`.cpu.inference_threads`.
+    model : torch.nn.Module or OnnxNetwork
+        Maps (1, C, h, w) float32 to (1, out_channels, h, w) logits; h, w multiples of ``multiple``. A torch
+        network runs through :func:`.torch_runner.torch_tile_runner` (batch norm folded, the threads of
+        :func:`.cpu.inference_threads`); a network with a ``tile_runner(device)`` method
+        (:class:`~.onnx_runtime.OnnxNetwork`) through that.
     image : np.ndarray
         float32 (H, W, C) normalised image at network resolution.
     out_channels : int
@@ -109,8 +112,6 @@ def predict_tiled(
     np.ndarray
         float32 (out_channels, H, W) in [0, 1].
     """
-    import torch
-
     height, width = image.shape[:2]
     tile = -(-tile_size // multiple) * multiple
     overlap = min(overlap, tile // 2)
@@ -124,18 +125,11 @@ def predict_tiled(
     corners = [(y, x) for y in ys for x in xs]
     acc = np.zeros((out_channels,) + padded.shape[:2], np.float32)
     weight = np.zeros(padded.shape[:2], np.float32)
-    model = inference_copy(model.to(device).eval())  # batch norm folded into the convolutions
-    memory_format = torch.channels_last  # fast for separable convolutions on CPUs and for float16 on GPUs
-    model = model.to(memory_format=memory_format)
-    threads = inference_threads(torch.get_num_threads()) if device == "cpu" else torch.get_num_threads()
+    run = model.tile_runner(device) if hasattr(model, "tile_runner") else torch_tile_runner(model, device)
     for i, (y, x) in enumerate(corners):
         if cancel is not None:
             cancel.check()
-        crop = padded[y : y + th, x : x + tw]
-        batch = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None].to(device)
-        batch = batch.contiguous(memory_format=memory_format)
-        with torch.inference_mode(), cpu_threads(threads):
-            probs = torch.sigmoid(model(batch).float())[0].cpu().numpy()
+        probs = run(padded[y : y + th, x : x + tw])
         wy = _ramp(th, overlap, y != ys[0], y != ys[-1])
         wx = _ramp(tw, overlap, x != xs[0], x != xs[-1])
         win = wy[:, None] * wx[None, :]

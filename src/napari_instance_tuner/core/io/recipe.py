@@ -38,7 +38,6 @@ from ..progress import run
 from ..registry import get_family
 from .checkpoint import (
     LoadedModel,
-    load_model,
     model_sha256,
     read_metadata,
     resolve_model_path,
@@ -291,9 +290,12 @@ def _recorded_candidates(recipe: dict) -> list[Path]:
     return candidates
 
 
-def recipe_model(recipe: dict, weights: str | os.PathLike | None = None) -> LoadedModel:
-    """Load the recipe's weights (see :func:`resolve_weights`); checks the family matches."""
-    loaded = load_model(resolve_weights(recipe, weights))
+def recipe_model(recipe: dict, weights: str | os.PathLike | None = None, runtime: str = "torch") -> LoadedModel:
+    """Load the recipe's weights (see :func:`resolve_weights`) for ``runtime`` (``"torch"`` or ``"onnx"``, see
+    :func:`~..inference.runtime.load_for_runtime`); checks the family matches."""
+    from ..inference.runtime import load_for_runtime  # deferred: onnxruntime, only for that runtime
+
+    loaded = load_for_runtime(resolve_weights(recipe, weights), runtime)
     if loaded.family.name != recipe["family"]:
         raise WeightsError(f"the weights are a {loaded.family.name} model; the recipe says {recipe['family']}")
     return loaded
