@@ -63,3 +63,17 @@ def test_members_that_cannot_be_averaged_are_refused(tmp_path, tiny_arch, tiny_m
     nested = load_model(save_checkpoint(tmp_path / "pair.safetensors", pair.model.state_dict(), pair.meta))
     with pytest.raises(WeightsError, match="not a single three-branch network"):
         assemble([a, nested], "x")
+
+
+def test_an_ensemble_runs_on_onnx_runtime_with_the_same_maps(tmp_path, tiny_arch, tiny_meta, monkeypatch):
+    from napari_instance_tuner.core.inference import onnx_runtime
+    from napari_instance_tuner.core.inference.runtime import load_for_runtime
+
+    monkeypatch.setenv(onnx_runtime.CACHE_ENV, str(tmp_path / "cache"))
+    pair = assemble([_member(tmp_path, tiny_arch, tiny_meta, seed) for seed in (1, 2)], "pair")
+    saved = save_checkpoint(tmp_path / "pair.safetensors", pair.model.state_dict(), pair.meta)
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3)).astype(np.uint8)
+    maps = [run(m.family.predict_maps(m.model, image, m.meta, device="cpu")).arrays
+            for m in (load_model(saved), load_for_runtime(saved, "onnx"))]
+    for name in ("foreground", "boundary", "centroid"):
+        assert np.abs(maps[0][name] - maps[1][name]).max() < 1e-4
