@@ -77,3 +77,35 @@ def test_an_ensemble_runs_on_onnx_runtime_with_the_same_maps(tmp_path, tiny_arch
             for m in (load_model(saved), load_for_runtime(saved, "onnx"))]
     for name in ("foreground", "boundary", "centroid"):
         assert np.abs(maps[0][name] - maps[1][name]).max() < 1e-4
+
+
+def test_fine_tuning_an_ensemble_freezes_every_members_encoder(tmp_path, tiny_arch, tiny_meta, disks_labels):
+    from napari_instance_tuner.core.training.finetune import CorrectedImage, FinetuneSettings, finetune
+
+    pair = assemble([_member(tmp_path, tiny_arch, tiny_meta, seed) for seed in (1, 2)], "pair")
+    loaded = load_model(save_checkpoint(tmp_path / "pair.safetensors", pair.model.state_dict(), pair.meta))
+    labels = disks_labels((48, 48), ((14, 14), (14, 34), (34, 24)), 8)
+    image = np.stack([(labels > 0) * 200 + 20] * 3, -1).astype(np.uint8)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    settings = FinetuneSettings(steps=4, lr=3e-3, batch_size=2, crop=32, freeze_encoder=True)
+    model, _ = run(finetune(loaded, [CorrectedImage(image, labels, None)], settings))
+    after = model.state_dict()
+    weights = lambda part: [k for k in after if f".{part}." in k and after[k].is_floating_point()  # noqa: E731
+                            and "running" not in k]
+    assert weights("encoder") and all(torch.equal(after[k], before[k]) for k in weights("encoder"))
+    for member in ("members.0.", "members.1."):
+        assert any(not torch.equal(after[k], before[k]) for k in weights("decoders") if k.startswith(member))
+
+
+def test_an_ensemble_exports_to_bioimageio_and_loads_back_with_the_same_labels(tmp_path, tiny_arch, tiny_meta):
+    from napari_instance_tuner.core.io.bioimageio_export import PackageInfo, export_package
+    from napari_instance_tuner.core.synthetic import synthetic_glands
+
+    pair = assemble([_member(tmp_path, tiny_arch, tiny_meta, seed) for seed in (1, 2)], "pair")
+    loaded = load_model(save_checkpoint(tmp_path / "pair.safetensors", pair.model.state_dict(), pair.meta))
+    image = synthetic_glands((80, 112), seed=0)[0]
+    package = export_package(loaded, image, tmp_path / "pair.zip", PackageInfo(pixel_size=0.5, authors=["A. Tester"]))
+    again = load_model(package)
+    assert again.meta["architecture"]["members"] == 2
+    maps = [run(m.family.predict_maps(m.model, image, m.meta)).arrays["foreground"] for m in (loaded, again)]
+    assert np.abs(maps[0] - maps[1]).max() < 1e-5

@@ -75,6 +75,14 @@ class ThreeBranchFamily(UNetFamily):
         """Crops of the corrected images with their foreground/boundary/centroid targets."""
         return finetune_batches(model, meta, pairs, settings)
 
+    def frozen_part(self, model):
+        """The encoder fine-tuning keeps fixed; of an ensemble (``config.members`` > 1), every member's."""
+        if model.config.members == 1:
+            return model.encoder
+        from torch import nn  # deferred: torch
+
+        return nn.ModuleList(member.encoder for member in model.members)
+
     def postprocess(self, maps: Maps, params: ThreeBranchParams) -> Instances:
         """See :func:`.postprocess.postprocess`."""
         return postprocess(maps, params)
