@@ -27,7 +27,7 @@ def test_the_ensembles_maps_are_the_mean_of_its_members_maps(tmp_path, tiny_arch
     saved = save_checkpoint(tmp_path / "ens.safetensors", ensemble.model.state_dict(), ensemble.meta)
     loaded = load_model(saved)
     image = np.random.default_rng(0).integers(0, 255, (80, 100, 3)).astype(np.uint8)
-    maps = lambda m: run(m.family.predict_maps(m.model, image, m.meta, device="cpu")).arrays  # noqa: E731
+    maps = lambda m: run(m.family.predict_maps(m.model, image, m.meta, device="cpu")).arrays
     got, each = maps(loaded), [maps(m) for m in members]
     for name in ("foreground", "boundary", "centroid"):
         expected = np.mean([e[name] for e in each], axis=0)
@@ -90,7 +90,7 @@ def test_fine_tuning_an_ensemble_freezes_every_members_encoder(tmp_path, tiny_ar
     settings = FinetuneSettings(steps=4, lr=3e-3, batch_size=2, crop=32, freeze_encoder=True)
     model, _ = run(finetune(loaded, [CorrectedImage(image, labels, None)], settings))
     after = model.state_dict()
-    weights = lambda part: [k for k in after if f".{part}." in k and after[k].is_floating_point()  # noqa: E731
+    weights = lambda part: [k for k in after if f".{part}." in k and after[k].is_floating_point()
                             and "running" not in k]
     assert weights("encoder") and all(torch.equal(after[k], before[k]) for k in weights("encoder"))
     for member in ("members.0.", "members.1."):
