@@ -330,3 +330,22 @@ def test_export_model_then_predict_with_the_package(tiny_checkpoint, tmp_path, c
     assert main(args) == 0  # a zip is replaced; a non-empty folder is refused
     assert main(args[:4] + [str(tmp_path / "a")] + args[5:]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_split_seed_keeps_the_validation_images_of_another_training_seed(toy_split, tmp_path):
+    from napari_instance_tuner.core.io.checkpoint import read_metadata
+    from napari_instance_tuner.core.training.data import validation_split
+
+    names = [f"img{i}" for i in range(4)]
+    seed = next(s for s in range(1, 50) if validation_split(names, 0.25, s) != validation_split(names, 0.25, 0))
+    val = {}
+    for run_name, extra in (("kept", ["--split-seed", "0"]), ("own", [])):
+        ckpt = tmp_path / f"{run_name}.safetensors"
+        args = ["train", "--data", str(toy_split), "--out", str(ckpt), "--epochs", "1", "--steps-per-epoch", "1",
+                "--base-channels", "4", "--depth", "2", "--crop", "32", "--batch-size", "2", "--pixel-scale", "1",
+                "--val-fraction", "0.25", "--workdir", str(tmp_path / run_name), "--quiet", "--no-autotune",
+                "--seed", str(seed), *extra]
+        assert main(args) == 0
+        val[run_name] = read_metadata(ckpt)["training"]["val_images"]
+    assert val["kept"] == validation_split(names, 0.25, 0)[1]
+    assert val["own"] == validation_split(names, 0.25, seed)[1] != val["kept"]

@@ -84,7 +84,8 @@ def cmd_train(args) -> int:
     options = TrainOptions(
         data=args.data, out=args.out, family=args.family, architecture=arch, pixel_scale=args.pixel_scale,
         pixel_size_um=args.pixel_size_um,
-        crop=args.crop, batch_size=args.batch_size, val_fraction=args.val_fraction, train=train,
+        crop=args.crop, batch_size=args.batch_size, val_fraction=args.val_fraction, split_seed=args.split_seed,
+        train=train,
         family_options=family_options,
         augment=not args.no_augment, augment_extra=_augment_extra(args), extra_data=args.extra_data or [],
         autotune=not args.no_autotune, device=args.device, workdir=args.workdir,
@@ -180,6 +181,8 @@ def add_train(command) -> None:
     t.add_argument("--val-fraction", type=float_range(0.0, 0.9), default=0.18,
                    help="fraction of the images (whole patients where known) held out for validation")
     t.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="random seed")
+    t.add_argument("--split-seed", type=int_range(0, 2**32 - 1),
+                   help="seed that draws the validation images (default: --seed); keep it to compare seeds")
     t.add_argument("--max-minutes", type=float_range(0.0, 1e6, low_open=True), help="stop training after this time")
     t.add_argument("--threads", type=int_range(1, 1024), help="torch threads (default: all cores)")
     t.add_argument("--loader-workers", type=int_range(0, 64), default=0,

@@ -37,6 +37,8 @@ class TrainOptions:
     ``augment_extra`` sets further :class:`~.augment.AugmentConfig` fields (e.g. ``p_stain``,
     ``p_elastic``); ``extra_data`` lists split folders whose images are added to training only, except
     images of validation patients (GlaS ``Grade.csv``), which are left out so validation stays unseen.
+    ``split_seed`` draws the validation patients (None: ``train.seed``): runs with other training seeds but the
+    same split can be compared and assembled into an ensemble (:func:`.ensemble.assemble`).
     """
 
     def augment_config(self):
@@ -54,6 +56,7 @@ class TrainOptions:
     crop: int = 256
     batch_size: int = 8
     val_fraction: float = 0.18
+    split_seed: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     family_options: Any = None
     augment: bool = True
@@ -108,7 +111,8 @@ def train_job(options: TrainOptions, cancel: CancelToken | None = None) -> Gener
     samples = load_split(options.data)
     groups = read_groups(options.data)
     train_names, val_names = validation_split(
-        [s.name for s in samples], options.val_fraction, options.train.seed, groups
+        [s.name for s in samples], options.val_fraction,
+        options.train.seed if options.split_seed is None else options.split_seed, groups,
     )
     train_samples = [s for s in samples if s.name in set(train_names)]
     val_samples = [s for s in samples if s.name in set(val_names)]
