@@ -14,12 +14,14 @@ validation figures are recorded per grade:
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from retune_checkpoint import retune
 
 from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
-from napari_instance_tuner.core.progress import run
-from napari_instance_tuner.core.training.data import load_split, read_groups
 from napari_instance_tuner.core.training.ensemble import assemble
-from napari_instance_tuner.core.training.jobs import tune_and_evaluate
 
 
 def main() -> None:
@@ -30,15 +32,9 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     args = parser.parse_args()
     loaded = assemble([load_model(m) for m in args.members], args.name)
-    names = set(loaded.meta["training"]["val_images"])
-    samples = [s for s in load_split(args.data) if s.name in names]
-    if len(samples) != len(names):
-        raise SystemExit(f"found {len(samples)} of the {len(names)} validation images in {args.data}")
-    run(tune_and_evaluate(loaded, loaded.meta, samples, read_groups(args.data)))
-    tuned = loaded.meta["training"]["autotune"]
+    before, after = retune(loaded, args.data)
     save_checkpoint(args.out, loaded.model.state_dict(), loaded.meta, half=True)
-    print(f"{len(args.members)} members; tuned score {tuned['score_before']:.4f} -> {tuned['score_after']:.4f}; "
-          f"saved {args.out}")
+    print(f"{len(args.members)} members; tuned score {before:.4f} -> {after:.4f}; saved {args.out}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,18 @@ from napari_instance_tuner.core.training.data import load_split, read_groups
 from napari_instance_tuner.core.training.jobs import tune_and_evaluate
 
 
+def retune(loaded, data: str) -> tuple[float, float]:
+    """Auto-tune ``loaded``'s post-processing on its validation images found in ``data`` and record the
+    validation metrics, in ``loaded.meta``; returns the score before and after tuning."""
+    names = set(loaded.meta["training"]["val_images"])
+    samples = load_split(data, names=names)
+    if len(samples) != len(names):
+        raise SystemExit(f"found {len(samples)} of the {len(names)} validation images in {data}")
+    run(tune_and_evaluate(loaded, loaded.meta, samples, read_groups(data)))
+    tuned = loaded.meta["training"]["autotune"]
+    return tuned["score_before"], tuned["score_after"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -28,16 +40,10 @@ def main() -> None:
     parser.add_argument("--name", help="new model name (default: keep)")
     args = parser.parse_args()
     loaded = load_model(args.checkpoint)
-    meta = dict(loaded.meta)
-    names = set(meta["training"]["val_images"])
-    samples = [s for s in load_split(args.data) if s.name in names]
-    if len(samples) != len(names):
-        raise SystemExit(f"found {len(samples)} of the {len(names)} validation images in {args.data}")
-    run(tune_and_evaluate(loaded, meta, samples, read_groups(args.data)))
-    before, after = meta["training"]["autotune"]["score_before"], meta["training"]["autotune"]["score_after"]
+    before, after = retune(loaded, args.data)
     if args.name:
-        meta["name"] = args.name
-    save_checkpoint(args.out, loaded.model.state_dict(), meta, half=True)
+        loaded.meta["name"] = args.name
+    save_checkpoint(args.out, loaded.model.state_dict(), loaded.meta, half=True)
     print(f"score {before:.4f} -> {after:.4f}; saved {args.out}")
 
 

@@ -33,6 +33,7 @@ from ._models import ModelPicker
 from ._package_export import PackageExporter, ask_package_path
 from ._pairs import PairList
 from ._plot import LossPlot
+from ._progress import time_left
 from ._save_weights import Tuned, WeightsSaver, ask_save_path
 from ._scratch import CloseWatch, Scratch, ask_keep_weights
 from .export import ask_overwrite
@@ -265,8 +266,9 @@ class FinetuneWidget(DockWidget):
         if self.budget.value:
             done = max(done, elapsed / float(self.budget.value))
         self.progress.max, self.progress.value = 1000, min(round(1000 * done), 1000)
-        left = elapsed * (1 - min(done, 1.0)) / max(done, 1e-9)
-        self.status.value = f"{self._running} step {steps}, about {left:.0f} s left"
+        left = time_left(min(done, 1.0), 1.0, elapsed)
+        self.status.value = f"{self._running} step {steps}, " + (
+            "time left unknown" if left is None else f"about {left:.0f} s left")
 
     def _validation_text(self) -> str:
         """"held-out score: start S, best B at step N" from the plotted scores."""
