@@ -32,6 +32,16 @@ def user_weights(tmp_path_factory, monkeypatch):
     return folder
 
 
+@pytest.fixture(autouse=True)
+def fixed_inference_threads(monkeypatch):
+    """Inference runs with a fixed number of threads in every test (core/inference/cpu.py would choose it from
+    the machine's load): bfloat16 convolutions round differently with another thread count, so two runs of one
+    test under different load could otherwise disagree (it happened in CI). Tests of the choice unset it."""
+    from napari_instance_tuner.core.inference.cpu import THREADS_ENV
+
+    monkeypatch.setenv(THREADS_ENV, "2")
+
+
 @pytest.fixture(scope="session")
 def _onnx_cache_folder(tmp_path_factory):
     return tmp_path_factory.mktemp("onnx-cache")

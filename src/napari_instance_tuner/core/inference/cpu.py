@@ -58,9 +58,13 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: Environment variable that fixes the number of inference threads (else chosen from the machine's load).
+THREADS_ENV = "NAPARI_INSTANCE_TUNER_THREADS"
+
+
 def inference_threads(most: int | None = None) -> int:
     """:func:`choose_threads` for this machine now; ``NAPARI_INSTANCE_TUNER_THREADS`` fixes the count."""
-    fixed = os.environ.get("NAPARI_INSTANCE_TUNER_THREADS", "").strip()
+    fixed = os.environ.get(THREADS_ENV, "").strip()
     if fixed.isdigit() and int(fixed) > 0:
         return int(fixed)
     return choose_threads(available_cores(), busy_cores(), most)
