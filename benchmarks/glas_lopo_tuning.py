@@ -9,11 +9,19 @@ scored per grade (GlaS object F1 / object Dice / object Hausdorff). Rules compar
              ``train`` does after training);
   malignant  the same score averaged over the malignant tuning images only (the target is mostly malignant).
 
+``--extra-data SPLIT`` adds a second split's images (e.g. GlaS testA, for models that never trained on it) to
+both sides: each patient's images there are also segmented with parameters tuned on the other patients', and the
+tuning of every fold uses them, so a rule is validated with 38 malignant images instead of 11. ``--folds K``
+groups the patients into K folds (balanced by image count, deterministic) to bound the run time; without it each
+patient is a fold. Figures are reported pooled over all images and over each split alone.
+
 ``--average MODEL2 [...]`` averages the probability maps of several models (same family) before
 post-processing: a test-time ensemble. Maps come from ``glas_postprocess.cached_maps`` (same cache).
 
 Usage: python benchmarks/glas_lopo_tuning.py --model three-branch-glas-v3 --data ../shared/data/glas/train \
            [--average checkpoints/glas-full.safetensors] [--objectives all,malignant] [--json OUT]
+       python benchmarks/glas_lopo_tuning.py --model checkpoints/glas-levers.safetensors --average ... \
+           --data ../shared/data/glas/train --extra-data ../shared/data/glas/testA --folds 4 --objectives all
 """
 
 from __future__ import annotations
@@ -53,11 +61,27 @@ def tune(family, maps, samples, start, rule: str, groups: dict):
     return best
 
 
+def patient_folds(samples, groups: dict, folds: int | None) -> list[list[str]]:
+    """The patients of ``samples`` in folds: one per patient, or ``folds`` groups balanced by image count."""
+    count: dict[str, int] = {}
+    for s in samples:
+        count[groups[s.name][0]] = count.get(groups[s.name][0], 0) + 1
+    patients = sorted(count, key=int)
+    if not folds or folds >= len(patients):
+        return [[p] for p in patients]
+    out: list[list[str]] = [[] for _ in range(folds)]
+    for p in sorted(patients, key=lambda q: (-count[q], int(q))):  # largest first, to the lightest fold
+        min(out, key=lambda f: (sum(count[q] for q in f), len(f))).append(p)
+    return [sorted(f, key=int) for f in out]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="three-branch-glas-v3")
     parser.add_argument("--average", nargs="*", default=[], help="more models whose maps are averaged in")
     parser.add_argument("--data", required=True, help="split holding the model's validation images")
+    parser.add_argument("--extra-data", help="a split of images none of the models trained on, added to both sides")
+    parser.add_argument("--folds", type=int, help="group the patients into this many folds (default: one each)")
     parser.add_argument("--objectives", default="all,malignant")
     parser.add_argument("--cache", default="checkpoints/maps-cache")
     parser.add_argument("--json")
@@ -66,25 +90,39 @@ def main() -> None:
     names = loaded.meta.get("training", {}).get("val_images") or []
     samples = load_split(args.data, names=names)
     groups = read_groups(args.data)
+    extra: set[str] = set()
+    if args.extra_data:
+        more = load_split(args.extra_data)
+        samples += more
+        extra = {s.name for s in more}
+        groups = {**groups, **read_groups(args.extra_data)}
     maps = cached_maps(loaded, samples, Path(args.cache))
     if args.average:
         maps = averaged([maps] + [cached_maps(load_model(m), samples, Path(args.cache)) for m in args.average])
     # the family's defaults, not the model's tuned values (those were tuned on every validation patient)
     start = variant_params("paper", loaded.family.Params())
-    patients = sorted({groups[s.name][0] for s in samples}, key=int)
-    report = {"models": [args.model, *args.average], "patients": patients}
-    print(f"{' + '.join(report['models'])}: {len(samples)} validation images of patients {', '.join(patients)}")
+    folds = patient_folds(samples, groups, args.folds)
+    report = {"models": [args.model, *args.average], "patients": [p for f in folds for p in f],
+              "folds": folds, "images": [s.name for s in samples]}
+    print(f"{' + '.join(report['models'])}: {len(samples)} images of patients "
+          f"{' | '.join(', '.join(f) for f in folds)} (| between folds)")
     for rule in args.objectives.split(","):
         pooled: list[tuple] = []
         params = {}
-        for patient in patients:
-            inside = [i for i, s in enumerate(samples) if groups[s.name][0] != patient]
-            held = [i for i, s in enumerate(samples) if groups[s.name][0] == patient]
+        for fold in folds:
+            inside = [i for i, s in enumerate(samples) if groups[s.name][0] not in fold]
+            held = [i for i, s in enumerate(samples) if groups[s.name][0] in fold]
             best = tune(loaded.family, [maps[i] for i in inside], [samples[i] for i in inside], start, rule, groups)
-            params[patient] = {k: getattr(best, k) for k in TUNABLE["paper"]}
+            params[",".join(fold)] = {k: getattr(best, k) for k in TUNABLE["paper"]}
             pooled += [(samples[i], maps[i], best) for i in held]
         scored = [{"name": s.name, **evaluate(loaded.family.postprocess(m, p).labels, s.labels)} for s, m, p in pooled]
         summary = summarise(scored, groups)
+        if extra:
+            for label, in_extra in (("validation", False), ("extra", True)):
+                report.setdefault("by_split", {}).setdefault(rule, {})[label] = part = summarise(
+                    [r for r in scored if (r["name"] in extra) == in_extra], groups)
+                print(f"\n## rule {rule!r}, {label} images only")
+                print(format_table(part))
         whole = tune(loaded.family, maps, samples, start, rule, groups)
         report[rule] = {"leave_one_patient_out": summary, "fold_params": params,
                         "params_on_all_patients": {k: getattr(whole, k) for k in TUNABLE["paper"]},

@@ -30,9 +30,10 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="the split holding the members' validation images")
     parser.add_argument("--out", required=True)
     parser.add_argument("--name", required=True)
+    parser.add_argument("--extra-data", help="a split no member trained on, added to the tuning images")
     args = parser.parse_args()
     loaded = assemble([load_model(m) for m in args.members], args.name)
-    before, after = retune(loaded, args.data)
+    before, after = retune(loaded, args.data, args.extra_data)
     save_checkpoint(args.out, loaded.model.state_dict(), loaded.meta, half=True)
     print(f"{len(args.members)} members; tuned score {before:.4f} -> {after:.4f}; saved {args.out}")
 

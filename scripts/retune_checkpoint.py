@@ -13,22 +13,37 @@ family's selection score (:meth:`Family.score`).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
+from napari_instance_tuner.core.training.ensemble import trained_images
 from napari_instance_tuner.core.training.jobs import tune_and_evaluate
 
 
-def retune(loaded, data: str) -> tuple[float, float]:
-    """Auto-tune ``loaded``'s post-processing on its validation images found in ``data`` and record the
-    validation metrics, in ``loaded.meta``; returns the score before and after tuning."""
+def retune(loaded, data: str, extra: str | None = None) -> tuple[float, float]:
+    """Auto-tune ``loaded``'s post-processing on its validation images found in ``data`` (plus every image of the
+    split ``extra``, which the model must never have trained on) and record the metrics on those images, in
+    ``loaded.meta``; returns the score before and after tuning."""
     names = set(loaded.meta["training"]["val_images"])
     samples = load_split(data, names=names)
     if len(samples) != len(names):
         raise SystemExit(f"found {len(samples)} of the {len(names)} validation images in {data}")
-    run(tune_and_evaluate(loaded, loaded.meta, samples, read_groups(data)))
+    groups = read_groups(data)
+    if extra:
+        more = load_split(extra)
+        seen = sorted({s.name for s in more} & trained_images(loaded.meta))
+        if seen:
+            raise SystemExit(f"{len(seen)} images of {extra} ({', '.join(seen[:3])}, ...) trained this model: "
+                             "they cannot tune it")
+        samples += more
+        groups = {**groups, **read_groups(extra)}
+    run(tune_and_evaluate(loaded, loaded.meta, samples, groups))
     tuned = loaded.meta["training"]["autotune"]
+    if extra:
+        tuned["on"] = f"validation split + {len(more)} images of {Path(extra).name}"
+        loaded.meta["training"]["tuning_images"] = [s.name for s in samples]
     return tuned["score_before"], tuned["score_after"]
 
 
@@ -38,9 +53,10 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="the training data folder the checkpoint was trained on")
     parser.add_argument("--out", required=True)
     parser.add_argument("--name", help="new model name (default: keep)")
+    parser.add_argument("--extra-data", help="a split the model never trained on, added to the tuning images")
     args = parser.parse_args()
     loaded = load_model(args.checkpoint)
-    before, after = retune(loaded, args.data)
+    before, after = retune(loaded, args.data, args.extra_data)
     if args.name:
         loaded.meta["name"] = args.name
     save_checkpoint(args.out, loaded.model.state_dict(), loaded.meta, half=True)

@@ -109,3 +109,15 @@ def test_an_ensemble_exports_to_bioimageio_and_loads_back_with_the_same_labels(t
     assert again.meta["architecture"]["members"] == 2
     maps = [run(m.family.predict_maps(m.model, image, m.meta)).arrays["foreground"] for m in (loaded, again)]
     assert np.abs(maps[0] - maps[1]).max() < 1e-5
+
+
+def test_the_images_an_ensemble_trained_on_are_every_members(tmp_path, tiny_arch, tiny_meta):
+    from napari_instance_tuner.core.training.ensemble import trained_images
+
+    a = _member(tmp_path, tiny_arch, tiny_meta, 1)
+    b = _member(tmp_path, tiny_arch, tiny_meta, 2)
+    a.meta["training"]["train_images"] = ["train_1", "train_2"]
+    b.meta["training"]["train_images"] = ["train_1", "testA_5"]  # one member also trained on a testA image
+    assert trained_images(a.meta) == {"train_1", "train_2"}
+    assert trained_images(assemble([a, b], "ens").meta) == {"train_1", "train_2", "testA_5"}
+    assert trained_images({"training": {}}) == set()

@@ -13,10 +13,17 @@ import datetime as dt
 from ..errors import WeightsError
 from ..io.checkpoint import LoadedModel, build_with_weights
 
-__all__ = ["SHARED_META", "assemble"]
+__all__ = ["SHARED_META", "assemble", "trained_images"]
 
 #: Metadata the members must agree on, or their maps could not be averaged pixel for pixel.
 SHARED_META = ("family", "pixel_scale", "normalisation", "in_channels", "tile_size", "tile_overlap", "architecture")
+
+
+def trained_images(meta: dict) -> set[str]:
+    """The names of the images a model (every member of an ensemble) trained on, from its metadata; images
+    outside this set may tune or validate it."""
+    parts = [m.get("training", {}) for m in meta.get("ensemble", [])] or [meta.get("training", {})]
+    return {n for t in parts for n in t.get("train_images") or []}
 
 
 def _validation_images(loaded: LoadedModel) -> set[str]:
