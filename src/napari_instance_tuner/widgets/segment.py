@@ -78,7 +78,6 @@ class SegmentWidget(SegmentRuns, SegmentFollow, DockWidget):
         super().__init__(napari_viewer, parent)
         self._pp_job: Job | None = None
         self._pp_again = False
-        self._selected: int | None = None  # id() of the image whose values the controls show (no reference kept)
         self._pending_run = False
         self._status = "ok"
         self._params_family: str | None = None
@@ -353,12 +352,11 @@ class SegmentWidget(SegmentRuns, SegmentFollow, DockWidget):
 
     def _image_selected(self, *_: Any) -> None:
         image = self.image.value
+        other = image is None or self.sessions.current is not unwrap(image)
         self.sessions.current = image
         if image is not None:
             self._propose_model(image)
         session = self.sessions.get(image)
-        selected = None if image is None else id(unwrap(image))
-        other, self._selected = selected != self._selected, selected
         # only another image brings its own values: the same image re-announced (the layer list changed while a
         # post-processing job ran) must not put the job's values over the controls the user has just set
         if other and session is not None and session.model is not None and session.family.name == self._params_family:
