@@ -18,6 +18,11 @@ patient is a fold. Figures are reported pooled over all images and over each spl
 ``--average MODEL2 [...]`` averages the probability maps of several models (same family) before
 post-processing: a test-time ensemble. Maps come from ``glas_postprocess.cached_maps`` (same cache).
 
+``--cross-fit MODEL_A MODEL_B [...]`` takes each image's maps from the one of those models that never trained on
+it (``core.training.ensemble.cross_fit_assignment``) instead of from ``--model``, which then only names the
+images (its validation images, plus ``--extra-data``). This validates a recipe that trains on some of those
+images: the cross-fit halves of ``runs/glas-xfitA.sh`` and ``runs/glas-xfitB.sh`` each train on half of them.
+
 Usage: python benchmarks/glas_lopo_tuning.py --model three-branch-glas-v3 --data ../shared/data/glas/train \
            [--average checkpoints/glas-full.safetensors] [--objectives all,malignant] [--json OUT]
        python benchmarks/glas_lopo_tuning.py --model checkpoints/glas-levers.safetensors --average ... \
@@ -42,8 +47,10 @@ from napari_instance_tuner.core.evaluation.autotune import autotune
 from napari_instance_tuner.core.evaluation.metrics import evaluate
 from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.io.checkpoint import load_model
+from napari_instance_tuner.core.params import params_to_dict
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
+from napari_instance_tuner.core.training.ensemble import cross_fit_assignment
 from napari_instance_tuner.core.training.jobs import summarise
 
 
@@ -53,11 +60,23 @@ def averaged(maps_lists: list[list[Maps]]) -> list[Maps]:
             for per_model in zip(*maps_lists)]
 
 
-def tune(family, maps, samples, start, rule: str, groups: dict):
-    """Parameters auto-tuned on ``samples`` by ``rule`` (see the module docstring)."""
+def cross_fitted(models: list, samples, cache: Path) -> list[Maps]:
+    """Each sample's maps from the one of ``models`` that never trained on it."""
+    owner = cross_fit_assignment([m.meta for m in models], [s.name for s in samples])
+    maps: list[Maps | None] = [None] * len(samples)
+    for k, model in enumerate(models):
+        mine = [i for i, o in enumerate(owner) if o == k]
+        for i, m in zip(mine, cached_maps(model, [samples[i] for i in mine], cache)):
+            maps[i] = m
+    return maps
+
+
+def tune(family, maps, samples, start, rule: str, groups: dict, names: list[str] | None):
+    """Parameters auto-tuned on ``samples`` by ``rule`` (see the module docstring); ``names``: the parameters
+    searched (None: all, as ``train`` and ``scripts/retune_checkpoint.py`` do)."""
     keep = [i for i, s in enumerate(samples) if rule == "all" or groups.get(s.name, ("", ""))[1] == "malignant"]
     best, _, _ = run(autotune(family.postprocess, [maps[i] for i in keep], [samples[i].labels for i in keep],
-                              start, family.score, names=TUNABLE["paper"]))
+                              start, family.score, names=names))
     return best
 
 
@@ -79,10 +98,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="three-branch-glas-v3")
     parser.add_argument("--average", nargs="*", default=[], help="more models whose maps are averaged in")
+    parser.add_argument("--cross-fit", nargs="*", default=[],
+                        help="models of one recipe: each image's maps come from the one that never trained on it")
     parser.add_argument("--data", required=True, help="split holding the model's validation images")
     parser.add_argument("--extra-data", help="a split of images none of the models trained on, added to both sides")
     parser.add_argument("--folds", type=int, help="group the patients into this many folds (default: one each)")
     parser.add_argument("--objectives", default="all,malignant")
+    parser.add_argument("--search", choices=["shipped", "paper"], default="shipped",
+                        help="parameters tuned: shipped = all of them, as train and retune_checkpoint.py tune a "
+                             "shipped model (session 15 on); paper = glas_postprocess.TUNABLE['paper'] (sessions "
+                             "13-14: closing radius and the switches kept at the defaults)")
     parser.add_argument("--skip-whole", action="store_true", help="skip the (optimistic) tuning on all images")
     parser.add_argument("--cache", default="checkpoints/maps-cache")
     parser.add_argument("--json")
@@ -97,13 +122,21 @@ def main() -> None:
         samples += more
         extra = {s.name for s in more}
         groups = {**groups, **read_groups(args.extra_data)}
-    maps = cached_maps(loaded, samples, Path(args.cache))
+    if args.cross_fit and args.average:
+        parser.error("--cross-fit and --average do not combine")
+    if args.cross_fit:
+        maps = cross_fitted([load_model(m) for m in args.cross_fit], samples, Path(args.cache))
+    else:
+        maps = cached_maps(loaded, samples, Path(args.cache))
     if args.average:
         maps = averaged([maps] + [cached_maps(load_model(m), samples, Path(args.cache)) for m in args.average])
     # the family's defaults, not the model's tuned values (those were tuned on every validation patient)
     start = variant_params("paper", loaded.family.Params())
+    searched = TUNABLE["paper"] if args.search == "paper" else None
     folds = patient_folds(samples, groups, args.folds)
-    report = {"models": [args.model, *args.average], "patients": [p for f in folds for p in f],
+    report = {"models": args.cross_fit or [args.model, *args.average], "cross_fit": bool(args.cross_fit),
+              "search": args.search,
+              "patients": [p for f in folds for p in f],
               "folds": folds, "images": [s.name for s in samples]}
     print(f"{' + '.join(report['models'])}: {len(samples)} images of patients "
           f"{' | '.join(', '.join(f) for f in folds)} (| between folds)")
@@ -113,8 +146,9 @@ def main() -> None:
         for fold in folds:
             inside = [i for i, s in enumerate(samples) if groups[s.name][0] not in fold]
             held = [i for i, s in enumerate(samples) if groups[s.name][0] in fold]
-            best = tune(loaded.family, [maps[i] for i in inside], [samples[i] for i in inside], start, rule, groups)
-            params[",".join(fold)] = {k: getattr(best, k) for k in TUNABLE["paper"]}
+            best = tune(loaded.family, [maps[i] for i in inside], [samples[i] for i in inside], start, rule, groups,
+                        searched)
+            params[",".join(fold)] = params_to_dict(best)
             pooled += [(samples[i], maps[i], best) for i in held]
         scored = [{"name": s.name, **evaluate(loaded.family.postprocess(m, p).labels, s.labels)} for s, m, p in pooled]
         summary = summarise(scored, groups)
@@ -129,8 +163,8 @@ def main() -> None:
         print(format_table(summary))
         if args.skip_whole:
             continue
-        whole = tune(loaded.family, maps, samples, start, rule, groups)
-        report[rule].update(params_on_all_patients={k: getattr(whole, k) for k in TUNABLE["paper"]},
+        whole = tune(loaded.family, maps, samples, start, rule, groups, searched)
+        report[rule].update(params_on_all_patients=params_to_dict(whole),
                             tuned_on_all_patients=score_split(loaded.family, maps, samples, whole, groups))
         print(f"### rule {rule!r} tuned on all {len(samples)} images (optimistic): "
               f"{report[rule]['params_on_all_patients']}")

@@ -8,6 +8,15 @@ variants trained side by side on a GPU, compared with the default post-processin
 
 The validation images are those the checkpoint's metadata names (``training.val_images``); the metric is the
 family's selection score (:meth:`Family.score`).
+
+A checkpoint trained on every image (``train --val-fraction 0``) has no images left to tune on. ``--cross-fit A B``
+tunes it on the maps of models of its recipe trained on complementary parts of the data: each image of ``--data``
+(and ``--extra-data``) that not all of them trained on is segmented by the one that never saw it
+(``cross_fit_assignment``). The metrics recorded are those of the cross-fitted maps, as ``metrics.cross_fit``:
+
+    python scripts/retune_checkpoint.py checkpoints/glas-all.safetensors --data ../shared/data/glas/train \
+        --extra-data ../shared/data/glas/testA --cross-fit checkpoints/glas-xfitA.safetensors \
+        checkpoints/glas-xfitB.safetensors --out checkpoints/three-branch-glas-v6.safetensors --name three-branch-glas-v6
 """
 
 from __future__ import annotations
@@ -15,11 +24,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_instance_tuner.core.evaluation.autotune import autotune
+from napari_instance_tuner.core.evaluation.metrics import evaluate
+from napari_instance_tuner.core.family import scorable
 from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
+from napari_instance_tuner.core.params import params_to_dict
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
-from napari_instance_tuner.core.training.ensemble import trained_images
-from napari_instance_tuner.core.training.jobs import tune_and_evaluate
+from napari_instance_tuner.core.training.ensemble import cross_fit_assignment, trained_images
+from napari_instance_tuner.core.training.jobs import summarise, tune_and_evaluate
 
 
 def retune(loaded, data: str, extra: str | None = None) -> tuple[float, float]:
@@ -47,6 +60,32 @@ def retune(loaded, data: str, extra: str | None = None) -> tuple[float, float]:
     return tuned["score_before"], tuned["score_after"]
 
 
+def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None) -> tuple[float, float]:
+    """Auto-tune ``loaded``'s post-processing on the cross-fitted maps of ``models`` (see the module docstring)
+    and record their metrics in ``loaded.meta``; returns the score before and after tuning."""
+    samples = load_split(data) + (load_split(extra) if extra else [])
+    groups = {**read_groups(data), **(read_groups(extra) if extra else {})}
+    seen_by_all = set.intersection(*(trained_images(m.meta) for m in models))
+    samples = [s for s in samples if s.name not in seen_by_all]
+    owner = cross_fit_assignment([m.meta for m in models], [s.name for s in samples])
+    maps = [run(models[o].family.predict_maps(models[o].model, s.image, models[o].meta)) for s, o in zip(samples, owner)]
+    family = loaded.family
+    params, before, after = run(autotune(family.postprocess, maps, [s.reference for s in samples],
+                                         family.default_params(loaded.meta), family.score))
+    rows = [{"name": s.name, **evaluate(scorable(family.postprocess(m, params)), s.reference)}
+            for s, m in zip(samples, maps)]
+    loaded.meta["postprocess"] = params_to_dict(params)
+    loaded.meta["training"]["autotune"] = {
+        "score_before": before, "score_after": after,
+        "on": f"cross-fitted maps: {len(samples)} images, each segmented by the one of "
+              f"{', '.join(m.name for m in models)} that never trained on it"}
+    loaded.meta["training"]["tuning_images"] = [s.name for s in samples]
+    loaded.meta["training"]["cross_fit"] = [{"name": m.name, "sha256": m.sha256, "images": [
+        s.name for s, o in zip(samples, owner) if o == k]} for k, m in enumerate(models)]
+    loaded.meta["metrics"] = {"cross_fit": summarise(rows, groups)}
+    return before, after
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -54,9 +93,14 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--name", help="new model name (default: keep)")
     parser.add_argument("--extra-data", help="a split the model never trained on, added to the tuning images")
+    parser.add_argument("--cross-fit", nargs="+", metavar="MODEL",
+                        help="tune on these models' maps of the images each never trained on (module docstring)")
     args = parser.parse_args()
     loaded = load_model(args.checkpoint)
-    before, after = retune(loaded, args.data, args.extra_data)
+    if args.cross_fit:
+        before, after = retune_cross_fit(loaded, [load_model(m) for m in args.cross_fit], args.data, args.extra_data)
+    else:
+        before, after = retune(loaded, args.data, args.extra_data)
     if args.name:
         loaded.meta["name"] = args.name
     save_checkpoint(args.out, loaded.model.state_dict(), loaded.meta, half=True)

@@ -77,6 +77,24 @@ def test_train_records_stain_elastic_and_extra_data(toy_split, tmp_path):
     assert not set(trained) & set(meta["training"]["val_images"])
 
 
+def test_train_with_no_validation_uses_every_image_and_keeps_the_last_weights(toy_split, tmp_path):
+    from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams
+    from napari_instance_tuner.core.io.checkpoint import read_metadata
+    from napari_instance_tuner.core.params import params_to_dict
+
+    ckpt = tmp_path / "all.safetensors"
+    args = ["train", "--data", str(toy_split), "--out", str(ckpt), "--epochs", "3", "--steps-per-epoch", "1",
+            "--base-channels", "4", "--depth", "2", "--crop", "32", "--batch-size", "2", "--pixel-scale", "1",
+            "--val-fraction", "0", "--workdir", str(tmp_path / "work"), "--quiet"]
+    assert main(args) == 0
+    training = read_metadata(ckpt)["training"]
+    assert sorted(training["train_images"]) == [f"img{i}" for i in range(4)] and training["val_images"] == []
+    assert training["best_epoch"] == 3 and len(training["history"]) == 3  # the last weights, none selected
+    meta = read_metadata(ckpt)
+    assert "metrics" not in meta and "autotune" not in training
+    assert meta["postprocess"] == params_to_dict(ThreeBranchParams())  # nothing to tune on: the defaults
+
+
 def test_train_shows_a_step_bar_and_epoch_lines_unless_quiet(toy_split, tmp_path, capsys):
     args = ["train", "--data", str(toy_split), "--out", str(tmp_path / "bar.safetensors"), "--epochs", "2",
             "--steps-per-epoch", "2", "--base-channels", "4", "--depth", "2", "--crop", "32", "--batch-size", "2",

@@ -179,7 +179,8 @@ def add_train(command) -> None:
                    help="stop after this many validations without improvement")
     t.add_argument("--validate-every", type=int_range(1), default=2, help="epochs between validations")
     t.add_argument("--val-fraction", type=float_range(0.0, 0.9), default=0.18,
-                   help="fraction of the images (whole patients where known) held out for validation")
+                   help="fraction of the images (whole patients where known) held out for validation; 0: train on "
+                        "every image, keep the last weights and the default post-processing")
     t.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="random seed")
     t.add_argument("--split-seed", type=int_range(0, 2**32 - 1),
                    help="seed that draws the validation images (default: --seed); keep it to compare seeds")

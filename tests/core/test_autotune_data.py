@@ -50,6 +50,13 @@ def test_validation_split_keeps_patients_together_and_both_grades():
     assert validation_split(names, 0.2, 0, groups) == (train, val)  # deterministic
 
 
+def test_a_validation_fraction_of_zero_holds_nothing_out():
+    names = [f"img{i}" for i in range(6)]
+    groups = {n: (f"p{i // 2}", "benign" if i < 2 else "malignant") for i, n in enumerate(names)}
+    assert validation_split(names, 0.0, seed=3, groups=groups) == (names, [])
+    assert validation_split(names, 0.01, seed=3, groups=groups)[1]  # any positive fraction holds a patient out
+
+
 def test_load_split_reads_layout_and_reports_missing_labels(tmp_path):
     import imageio.v3 as iio
     import tifffile

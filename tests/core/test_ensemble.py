@@ -121,3 +121,16 @@ def test_the_images_an_ensemble_trained_on_are_every_members(tmp_path, tiny_arch
     assert trained_images(a.meta) == {"train_1", "train_2"}
     assert trained_images(assemble([a, b], "ens").meta) == {"train_1", "train_2", "testA_5"}
     assert trained_images({"training": {}}) == set()
+
+
+def test_cross_fitting_gives_each_image_to_the_one_model_that_never_trained_on_it():
+    from napari_instance_tuner.core.errors import InstanceTunerError
+    from napari_instance_tuner.core.training.ensemble import cross_fit_assignment
+
+    half_a = {"training": {"train_images": ["t1", "t2", "a1", "a2"]}}  # saw part a, not part b
+    half_b = {"training": {"train_images": ["t1", "t2", "b1"]}}
+    assert cross_fit_assignment([half_a, half_b], ["b1", "a1", "a2"]) == [0, 1, 1]
+    with pytest.raises(InstanceTunerError, match="t1 cannot be cross-fitted: every model trained on it"):
+        cross_fit_assignment([half_a, half_b], ["a1", "t1"])
+    with pytest.raises(InstanceTunerError, match="x9 cannot be cross-fitted: 2 models never trained on it"):
+        cross_fit_assignment([half_a, half_b], ["x9"])

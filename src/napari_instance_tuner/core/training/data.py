@@ -145,8 +145,11 @@ def validation_split(
     """Split image names into (train, validation), keeping each group (patient) on one side.
 
     With GlaS groups, whole patients go to validation until ``fraction`` of the images is reached and
-    both grades are represented, so validation measures generalisation to unseen patients.
+    both grades are represented, so validation measures generalisation to unseen patients. A ``fraction``
+    of 0 holds nothing out: every image trains, and training keeps its last weights without auto-tuning.
     """
+    if fraction <= 0:
+        return list(names), []
     rng = np.random.default_rng(seed)
     groups = groups or {}
     by_group: dict[str, list[str]] = {}

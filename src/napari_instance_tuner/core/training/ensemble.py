@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ..errors import WeightsError
+from ..errors import InstanceTunerError, WeightsError
 from ..io.checkpoint import LoadedModel, build_with_weights
 
-__all__ = ["SHARED_META", "assemble", "trained_images"]
+__all__ = ["SHARED_META", "assemble", "cross_fit_assignment", "trained_images"]
 
 #: Metadata the members must agree on, or their maps could not be averaged pixel for pixel.
 SHARED_META = ("family", "pixel_scale", "normalisation", "in_channels", "tile_size", "tile_overlap", "architecture")
@@ -24,6 +24,29 @@ def trained_images(meta: dict) -> set[str]:
     outside this set may tune or validate it."""
     parts = [m.get("training", {}) for m in meta.get("ensemble", [])] or [meta.get("training", {})]
     return {n for t in parts for n in t.get("train_images") or []}
+
+
+def cross_fit_assignment(metas: list[dict], names: list[str]) -> list[int]:
+    """For each image of ``names``, the index of the one model of ``metas`` that never trained on it.
+
+    Cross-fitting: models of one recipe trained on complementary parts of the data each segment the part they
+    never saw, so every image gets maps of an unseen-image network. Those maps can tune (or validate) the
+    post-processing of the same recipe trained on everything, which has no unseen images left.
+
+    Raises
+    ------
+    InstanceTunerError
+        If an image is unseen by no model (all trained on it) or by several (the assignment would be a choice).
+    """
+    trained = [trained_images(m) for m in metas]
+    out = []
+    for name in names:
+        unseen = [i for i, t in enumerate(trained) if name not in t]
+        if len(unseen) != 1:
+            who = "every model trained on it" if not unseen else f"{len(unseen)} models never trained on it"
+            raise InstanceTunerError(f"image {name} cannot be cross-fitted: {who} (exactly one must not have)")
+        out.append(unseen[0])
+    return out
 
 
 def _validation_images(loaded: LoadedModel) -> set[str]:
