@@ -5,7 +5,8 @@ Usage::
     python docs/make_screenshots.py /path/to/glas [--image train_24] [--out docs/images]
 
 ``/path/to/glas`` is a GlaS folder (``<split>/images/<id>.png`` and ``<split>/labels/<id>.tif``); the default
-image is the first validation image of the default model for RGB images (never trained on). Without a
+image is the first validation image of the default model for RGB images (never trained on); a default model
+trained on every image (``three-branch-glas-v6``) has none, so give ``--image`` (and say so in the caption). Without a
 display the script starts Xvfb with a 1920x1080 screen itself (or run it under
 ``xvfb-run -a -s "-screen 0 1920x1080x24"``). The window is shown (canvas shots of a hidden window are black)
 with every widget of the plugin docked, as a user would see it; it writes
@@ -53,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", help="image id (default: the default RGB model's first validation image)")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
-    name = args.image or model_card(default_model("rgb"))["validation_images"][0]
+    unseen = model_card(default_model("rgb")).get("validation_images") or []
+    if not (args.image or unseen):
+        parser.error(f"{default_model('rgb')} trained on every GlaS image it was given: name one with --image")
+    name = args.image or unseen[0]
     image_path, labels_path = find_image(args.data, name)
     if not has_display() and not start_virtual_display(size="x".join(map(str, SCREEN))):
         print("error: no display and Xvfb did not start", file=sys.stderr)
