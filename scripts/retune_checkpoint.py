@@ -31,7 +31,7 @@ from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
 from napari_instance_tuner.core.params import params_to_dict
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
-from napari_instance_tuner.core.training.ensemble import cross_fit_assignment, trained_images
+from napari_instance_tuner.core.training.ensemble import SHARED_META, cross_fit_assignment, trained_images
 from napari_instance_tuner.core.training.jobs import summarise, tune_and_evaluate
 
 
@@ -63,6 +63,10 @@ def retune(loaded, data: str, extra: str | None = None) -> tuple[float, float]:
 def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None) -> tuple[float, float]:
     """Auto-tune ``loaded``'s post-processing on the cross-fitted maps of ``models`` (see the module docstring)
     and record their metrics in ``loaded.meta``; returns the score before and after tuning."""
+    for m in models:  # their maps stand in for the checkpoint's: the same network, pixel scale and input
+        differ = [k for k in SHARED_META if m.meta.get(k) != loaded.meta.get(k)]
+        if differ:
+            raise SystemExit(f"{m.name} differs from {loaded.name} in {', '.join(differ)}: not the same recipe")
     samples = load_split(data) + (load_split(extra) if extra else [])
     groups = {**read_groups(data), **(read_groups(extra) if extra else {})}
     seen_by_all = set.intersection(*(trained_images(m.meta) for m in models))

@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from napari_instance_tuner.core.evaluation.metrics import evaluate
@@ -56,7 +57,7 @@ def _model(folder: Path, name: str, seed: int, trained: list[str], tiny_arch, ti
                 head = getattr(model.decoders, branch).head
                 head.weight.zero_()
                 head.bias.fill_(sign * sure)
-    meta = tiny_meta(name=name, training={"train_images": trained, "val_images": []})
+    meta = tiny_meta(name=name, architecture=dict(tiny_arch), training={"train_images": trained, "val_images": []})
     return load_model(save_checkpoint(folder / f"{name}.safetensors", model.state_dict(), meta))
 
 
@@ -91,3 +92,12 @@ def test_the_model_trained_on_everything_is_tuned_on_each_images_unseen_maps(tmp
     assert got["benign"]["n_images"] == 1 and got["malignant"]["n_images"] == 3
     key = lambda summary: [summary[g][m] for g in ("benign", "malignant") for m in ("object_f1", "object_dice")]
     assert key(got) == key(unseen) != key(seen)
+
+
+def test_cross_fit_models_of_another_recipe_are_refused(tmp_path, tiny_arch, tiny_meta):
+    split = _split(tmp_path / "data")
+    half_a = _model(tmp_path, "half_a", 1, ["img0", "img3", "img4"], tiny_arch, tiny_meta)
+    other = _model(tmp_path, "other", 2, ["img0", "img1", "img2"], {**tiny_arch, "base_channels": 8}, tiny_meta)
+    everything = _model(tmp_path, "all", 3, [f"img{i}" for i in range(5)], tiny_arch, tiny_meta)
+    with pytest.raises(SystemExit, match="other differs from all in architecture: not the same recipe"):
+        _script().retune_cross_fit(everything, [half_a, other], str(split))
