@@ -24,15 +24,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_instance_tuner.core.evaluation.autotune import autotune
-from napari_instance_tuner.core.evaluation.metrics import evaluate
-from napari_instance_tuner.core.family import scorable
 from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
-from napari_instance_tuner.core.params import params_to_dict
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
 from napari_instance_tuner.core.training.ensemble import SHARED_META, cross_fit_assignment, trained_images
-from napari_instance_tuner.core.training.jobs import summarise, tune_and_evaluate
+from napari_instance_tuner.core.training.jobs import tune_and_evaluate
 
 
 def retune(loaded, data: str, extra: str | None = None) -> tuple[float, float]:
@@ -73,21 +69,14 @@ def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None) 
     samples = [s for s in samples if s.name not in seen_by_all]
     owner = cross_fit_assignment([m.meta for m in models], [s.name for s in samples])
     maps = [run(models[o].family.predict_maps(models[o].model, s.image, models[o].meta)) for s, o in zip(samples, owner)]
-    family = loaded.family
-    params, before, after = run(autotune(family.postprocess, maps, [s.reference for s in samples],
-                                         family.default_params(loaded.meta), family.score))
-    rows = [{"name": s.name, **evaluate(scorable(family.postprocess(m, params)), s.reference)}
-            for s, m in zip(samples, maps)]
-    loaded.meta["postprocess"] = params_to_dict(params)
-    loaded.meta["training"]["autotune"] = {
-        "score_before": before, "score_after": after,
-        "on": f"cross-fitted maps: {len(samples)} images, each segmented by the one of "
-              f"{', '.join(m.name for m in models)} that never trained on it"}
+    run(tune_and_evaluate(loaded, loaded.meta, samples, groups, maps=maps, key="cross_fit"))
+    tuned = loaded.meta["training"]["autotune"]
+    tuned["on"] = (f"cross-fitted maps: {len(samples)} images, each segmented by the one of "
+                   f"{', '.join(m.name for m in models)} that never trained on it")
     loaded.meta["training"]["tuning_images"] = [s.name for s in samples]
     loaded.meta["training"]["cross_fit"] = [{"name": m.name, "sha256": m.sha256, "images": [
         s.name for s, o in zip(samples, owner) if o == k]} for k, m in enumerate(models)]
-    loaded.meta["metrics"] = {"cross_fit": summarise(rows, groups)}
-    return before, after
+    return tuned["score_before"], tuned["score_after"]
 
 
 def main() -> None:

@@ -186,27 +186,37 @@ def tune_and_evaluate(
     autotune: bool = True,
     device: str | None = None,
     cancel: CancelToken | None = None,
+    maps: list | None = None,
+    key: str = "validation",
 ) -> Generator[Progress, None, None]:
     """Auto-tune the post-processing on validation ``samples`` (the family's score), then record metrics.
 
+    The maps of each sample are predicted once and serve both. ``maps`` (one per sample) replaces them with
+    maps from elsewhere: cross-fitting (``scripts/retune_checkpoint.py --cross-fit``) tunes a model trained on
+    every image with the maps of networks of its recipe that never saw those images.
+
     Updates ``meta`` in place: ``postprocess`` and ``training.autotune`` (when ``autotune``) and
-    ``metrics.validation`` (:func:`summarise` of :func:`evaluate_samples`, per GlaS grade with ``groups``).
+    ``metrics[key]`` (:func:`summarise` of the per-image metrics, per GlaS grade with ``groups``).
     """
+    from ..evaluation.metrics import evaluate  # deferred: scipy/scikit-image
+
     family = loaded.family
     params = family.default_params(meta)
+    if maps is None:
+        maps = []
+        for s in samples:
+            maps.append((yield from family.predict_maps(loaded.model, s.image, meta, device=device, cancel=cancel)))
     if autotune:
         from ..evaluation.autotune import autotune as search  # deferred: scipy/scikit-image
 
-        maps = []
-        for s in samples:
-            maps.append((yield from family.predict_maps(loaded.model, s.image, meta, device=device)))
         params, before, after = yield from search(
             family.postprocess, maps, [s.reference for s in samples], params, family.score, cancel=cancel
         )
         meta["postprocess"] = params_to_dict(params)
         meta["training"]["autotune"] = {"score_before": before, "score_after": after, "on": "validation split"}
-    rows = yield from evaluate_samples(loaded, samples, params, device=device)
-    meta["metrics"] = {"validation": summarise(rows, groups)}
+    rows = [{"name": s.name, **evaluate(scorable(family.postprocess(m, params)), s.reference)}
+            for s, m in zip(samples, maps)]
+    meta["metrics"] = {key: summarise(rows, groups)}
 
 
 def _count_objects(sample: Sample) -> int:
