@@ -15,7 +15,7 @@ from ...training.data import Sample
 from ...training.loop import TrainConfig, TrainResult, fit, seed_everything
 from ...training.options import option
 from ..unet import UNetTrainOptions
-from .targets import TargetConfig, make_targets
+from .targets import TargetConfig, make_targets, separation_weights
 
 
 @dataclass
@@ -30,6 +30,11 @@ class ThreeBranchTrainOptions(UNetTrainOptions):
                                    type=float, range=(0.0, 1e3))
     centroid_mode: str = option("bbox", "--centroid-mode", "centroid target: the bounding-box centre, or a point "
                                 "inside the object", choices=("bbox", "inside"))
+    separation_weight: float = option(0.0, "--separation-weight", "U-Net's separation weight w0 on the background "
+                                      "between objects, foreground branch (0: off, the paper's loss)",
+                                      type=float, range=(0.0, 1e3))
+    separation_sigma: float = option(4.0, "--separation-sigma", "its width sigma, px at the paper's 256-px scale",
+                                     type=float, range=(0.1, 1e3))
 
     def architecture(self) -> dict:
         """The U-Net keys, plus ``branches`` when given."""
@@ -40,7 +45,8 @@ class ThreeBranchTrainOptions(UNetTrainOptions):
 
     def targets(self) -> TargetConfig:
         """The target widths and centroid mode (:class:`.targets.TargetConfig`)."""
-        return TargetConfig(self.boundary_width, self.centroid_width, self.centroid_mode)
+        return TargetConfig(self.boundary_width, self.centroid_width, self.centroid_mode, self.separation_weight,
+                            self.separation_sigma)
 
 
 @dataclass
@@ -79,7 +85,12 @@ class BatchMaker:
     regions: list[np.ndarray] | None = None  # optional bool (H, W) per sample: train only inside
 
     def one(self, rng: np.random.Generator, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One crop: image float32 (C, c, c), targets float32 (K, c, c), valid float32 (1, c, c)."""
+        """One crop: image float32 (C, c, c), targets float32 (K, c, c), valid float32 (V, c, c).
+
+        ``V`` is 1 (the pixels that count), or 2 when the targets ask for a separation weight and the model
+        has a foreground branch: channel 1 is then the foreground branch's extra loss weight
+        (:func:`.targets.separation_weights`, 0 outside the valid pixels).
+        """
         sample = self.samples[index]
         scale = random_scale(rng, self.augment)
         image = rescale(sample.image.transpose(1, 2, 0), scale).transpose(2, 0, 1)
@@ -94,20 +105,26 @@ class BatchMaker:
         order = {"foreground": 0, "boundary": 1, "centroid": 2}
         targets = targets[[order[b] for b in self.branches]]
         valid = np.ones(labels.shape, np.uint8) if region is None else region
+        extra = None  # float32 (H, W): the foreground branch's extra loss weight, when asked for
+        if self.targets.separation_weight > 0 and self.branches[0] == "foreground":
+            extra = separation_weights(labels, self.targets.separation_weight,
+                                       self.targets.separation_sigma_at(self.pixel_scale * scale))
         c = self.crop
         pad_h, pad_w = max(0, c - labels.shape[0]), max(0, c - labels.shape[1])
         if pad_h or pad_w:
             image = np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
             targets = np.pad(targets, ((0, 0), (0, pad_h), (0, pad_w)))
             valid = np.pad(valid, ((0, pad_h), (0, pad_w)))
+            extra = None if extra is None else np.pad(extra, ((0, pad_h), (0, pad_w)))
         y, x = random_corner(rng, image.shape[1:], self.crop, valid if region is not None else None)
         image, targets, valid = (a[..., y : y + c, x : x + c] for a in (image, targets, valid))
+        valid = valid[None] if extra is None else np.stack([valid, extra[y : y + c, x : x + c] * valid])
         image, targets, valid = random_symmetry(rng, image, targets, valid)
         image = photometric(rng, image, self.augment)
-        return image.astype(np.float32), targets.astype(np.float32), valid[None].astype(np.float32)
+        return image.astype(np.float32), targets.astype(np.float32), valid.astype(np.float32)
 
     def __call__(self, rng: np.random.Generator):
-        """A batch as torch tensors: x (B, C, c, c), y (B, K, c, c), valid (B, 1, c, c)."""
+        """A batch as torch tensors: x (B, C, c, c), y (B, K, c, c), valid (B, V, c, c) (see :meth:`one`)."""
         import torch  # deferred: torch
 
         indices = rng.integers(0, len(self.samples), self.batch_size)
