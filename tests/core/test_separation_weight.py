@@ -63,8 +63,8 @@ def _maker(weight, branches=("foreground", "boundary", "centroid")):
 
 
 def test_batches_carry_the_separation_weight_as_a_second_valid_channel():
-    maker, labels = _maker(10.0)
-    x, y, valid = maker(np.random.default_rng(0))
+    maker, _ = _maker(10.0)
+    _, y, valid = maker(np.random.default_rng(0))
     assert valid.shape == (3, 2, 32, 32)
     assert torch.all(valid[:, 0] == 1)
     extra, foreground = valid[:, 1], y[:, 0]
@@ -92,15 +92,15 @@ def test_weighted_bce_adds_the_extra_weight_to_the_foreground_branch_only():
     assert float(zero) == pytest.approx(float(base)) and zero_parts == pytest.approx(parts)
     extra = torch.zeros_like(valid)
     extra[..., 2, 3] = 5.0
-    more, more_parts = weighted_bce(logits, targets, torch.cat([valid, extra], 1))
+    _, more_parts = weighted_bce(logits, targets, torch.cat([valid, extra], 1))
     assert more_parts[1:] == pytest.approx(parts[1:])
     pixel = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0, 2, 3], targets[:, 0, 2, 3], reduction="sum")
     assert more_parts[0] - parts[0] == pytest.approx(float(5.0 * pixel / valid.sum()), rel=1e-4)
     # pixels outside the valid mask stay out, whatever their extra weight
     masked = valid.clone()
     masked[..., 2, 3] = 0
-    out, out_parts = weighted_bce(logits, targets, torch.cat([masked, extra], 1))
-    ref, ref_parts = weighted_bce(logits, targets, masked)
+    _, out_parts = weighted_bce(logits, targets, torch.cat([masked, extra], 1))
+    _, ref_parts = weighted_bce(logits, targets, masked)
     assert out_parts[0] == pytest.approx(ref_parts[0])
 
 
