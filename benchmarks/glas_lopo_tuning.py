@@ -23,6 +23,11 @@ it (``core.training.ensemble.cross_fit_assignment``) instead of from ``--model``
 images (its validation images, plus ``--extra-data``). This validates a recipe that trains on some of those
 images: the cross-fit halves of ``runs/glas-xfitA.sh`` and ``runs/glas-xfitB.sh`` each train on half of them.
 
+Per patient: the JSON also holds each image's metrics (``images``), the figures of every patient
+(``by_patient``) and of the patients that GlaS testB also holds (``testB_patients``, from ``Grade.csv``: testB
+is held back and never read, only its patient ids). Those patients' malignant images are the nearest stand-in
+for testB here; pooled figures over all malignant images mix in easier patients.
+
 Usage: python benchmarks/glas_lopo_tuning.py --model three-branch-glas-v3 --data ../shared/data/glas/train \
            [--average checkpoints/glas-full.safetensors] [--objectives all,malignant] [--json OUT]
        python benchmarks/glas_lopo_tuning.py --model checkpoints/glas-levers.safetensors --average ... \
@@ -78,6 +83,20 @@ def tune(family, maps, samples, start, rule: str, groups: dict, names: list[str]
     best, _, _ = run(autotune(family.postprocess, [maps[i] for i in keep], [samples[i].labels for i in keep],
                               start, family.score, names=names))
     return best
+
+
+def by_patient(scored: list[dict], groups: dict) -> dict:
+    """``images`` (per-image metric rows), ``by_patient`` and ``testB_patients`` (pooled over the scored
+    images of the patients that ``Grade.csv`` also lists under testB) figures, per grade."""
+    patients = sorted({groups[r["name"]][0] for r in scored}, key=lambda p: (len(p), p))
+    testb = {p for name, (p, _) in groups.items() if name.startswith("testB")}
+    mine = [r for r in scored if groups[r["name"]][0] in testb]
+    return {
+        "images": [{k: v for k, v in r.items() if np.isscalar(v)} for r in scored],
+        "by_patient": {p: summarise([r for r in scored if groups[r["name"]][0] == p], groups) for p in patients},
+        "testB_patients": {"patients": sorted({groups[r["name"]][0] for r in mine}, key=lambda p: (len(p), p)),
+                           "figures": summarise(mine, groups) if mine else {}},
+    }
 
 
 def patient_folds(samples, groups: dict, folds: int | None) -> list[list[str]]:
@@ -158,7 +177,11 @@ def main() -> None:
                     [r for r in scored if (r["name"] in extra) == in_extra], groups)
                 print(f"\n## rule {rule!r}, {label} images only")
                 print(format_table(part))
-        report[rule] = {"leave_one_patient_out": summary, "fold_params": params}
+        report[rule] = {"leave_one_patient_out": summary, "fold_params": params, **by_patient(scored, groups)}
+        if report[rule]["testB_patients"]["figures"]:
+            print(f"\n## rule {rule!r}: patients that testB also holds "
+                  f"({', '.join(report[rule]['testB_patients']['patients'])})")
+            print(format_table(report[rule]["testB_patients"]["figures"]))
         print(f"\n## rule {rule!r}: each patient with parameters tuned on the other patients")
         print(format_table(summary))
         if args.skip_whole:
