@@ -27,6 +27,8 @@ Per patient: the JSON also holds each image's metrics (``images``), the figures 
 (``by_patient``) and of the patients that GlaS testB also holds (``testB_patients``, from ``Grade.csv``: testB
 is held back and never read, only its patient ids). Those patients' malignant images are the nearest stand-in
 for testB here; pooled figures over all malignant images mix in easier patients.
+``--fold-params JSON`` skips the tuning and re-scores the folds of an earlier run with the parameters its
+JSON recorded (how session 16 added per-patient figures to session 15's runs).
 
 Usage: python benchmarks/glas_lopo_tuning.py --model three-branch-glas-v3 --data ../shared/data/glas/train \
            [--average checkpoints/glas-full.safetensors] [--objectives all,malignant] [--json OUT]
@@ -52,7 +54,7 @@ from napari_instance_tuner.core.evaluation.autotune import autotune
 from napari_instance_tuner.core.evaluation.metrics import evaluate
 from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.io.checkpoint import load_model
-from napari_instance_tuner.core.params import params_to_dict
+from napari_instance_tuner.core.params import params_from_dict, params_to_dict
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
 from napari_instance_tuner.core.training.ensemble import cross_fit_assignment
@@ -130,6 +132,9 @@ def main() -> None:
     parser.add_argument("--skip-whole", action="store_true", help="skip the (optimistic) tuning on all images")
     parser.add_argument("--cache", default="checkpoints/maps-cache")
     parser.add_argument("--json")
+    parser.add_argument("--fold-params", metavar="JSON",
+                        help="skip the tuning: segment each fold with the parameters an earlier run of this script "
+                             "recorded (its JSON), e.g. to add per-patient figures to an older run")
     args = parser.parse_args()
     loaded = load_model(args.model)
     names = loaded.meta.get("training", {}).get("val_images") or []
@@ -153,6 +158,9 @@ def main() -> None:
     start = variant_params("paper", loaded.family.Params())
     searched = TUNABLE["paper"] if args.search == "paper" else None
     folds = patient_folds(samples, groups, args.folds)
+    recorded = json.loads(Path(args.fold_params).read_text()) if args.fold_params else None
+    if recorded and recorded["folds"] != folds:
+        parser.error(f"--fold-params {args.fold_params} holds other folds: {recorded['folds']}")
     report = {"models": args.cross_fit or [args.model, *args.average], "cross_fit": bool(args.cross_fit),
               "search": args.search,
               "patients": [p for f in folds for p in f],
@@ -165,8 +173,11 @@ def main() -> None:
         for fold in folds:
             inside = [i for i, s in enumerate(samples) if groups[s.name][0] not in fold]
             held = [i for i, s in enumerate(samples) if groups[s.name][0] in fold]
-            best = tune(loaded.family, [maps[i] for i in inside], [samples[i] for i in inside], start, rule, groups,
-                        searched)
+            if recorded:
+                best = params_from_dict(loaded.family.Params, recorded[rule]["fold_params"][",".join(fold)])
+            else:
+                best = tune(loaded.family, [maps[i] for i in inside], [samples[i] for i in inside], start, rule,
+                            groups, searched)
             params[",".join(fold)] = params_to_dict(best)
             pooled += [(samples[i], maps[i], best) for i in held]
         scored = [{"name": s.name, **evaluate(loaded.family.postprocess(m, p).labels, s.labels)} for s, m, p in pooled]

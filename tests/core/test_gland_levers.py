@@ -135,6 +135,27 @@ def test_watershed_is_off_by_default_and_old_parameter_files_still_load():
     assert params_from_dict(ThreeBranchParams, old).watershed is False
 
 
+def test_large_objects_without_a_centroid_are_kept_only_when_asked():
+    labels = np.zeros((60, 90), np.int32)
+    labels[5:25, 5:25] = 1  # 400 px, with its centroid
+    labels[32:56, 5:85] = 2  # 1 920 px: a long gland without a centroid
+    labels[5:17, 40:52] = 3  # 144 px: a fragment without a centroid
+    maps = perfect_maps(labels)
+    maps.arrays["centroid"][:] = 0
+    maps.arrays["centroid"][12:18, 12:18] = 1.0
+    paper = postprocess(maps, ThreeBranchParams(**PLAIN)).labels
+    assert paper.max() == 1 and paper[10, 10] > 0  # the paper's filter drops both objects without a centroid
+    kept = postprocess(maps, ThreeBranchParams(keep_large_without_centroid=1000, **PLAIN)).labels
+    assert kept.max() == 2 and kept[10, 10] > 0 and kept[44, 45] > 0 and kept[10, 45] == 0
+    every = postprocess(maps, ThreeBranchParams(keep_large_without_centroid=50, **PLAIN)).labels
+    assert every.max() == 3
+    assert postprocess(maps, ThreeBranchParams(keep_large_without_centroid=50, require_centroid=False,
+                                               **PLAIN)).labels.max() == 3
+    old = params_to_dict(ThreeBranchParams())
+    del old["keep_large_without_centroid"]  # parameter files written before session 16
+    assert params_from_dict(ThreeBranchParams, old).keep_large_without_centroid == 0
+
+
 @pytest.fixture
 def write_split(disks_labels):
     """``write_split(folder, names)``: a split folder (images/, labels/) of one-disk 16 x 16 images."""

@@ -7,6 +7,10 @@
 5. drop components without a centroid pixel; drop components smaller than S_min.
 Extra (off with radius 0): grow the surviving objects back into the foreground mask, so that subtracting
 wide boundaries does not shrink every object (its effect on object Dice is in docs/benchmarks.md).
+Extra (off with 0): ``keep_large_without_centroid`` exempts components of at least that many pixels from the
+centroid filter of step 5. A long or border-cut malignant gland often gets no centroid blob and was dropped
+whole, costing a false negative and its whole area in object Dice (docs/benchmarks.md, issue 20, session 16);
+the filter's purpose, removing small fragments left by the boundary subtraction, is kept below that size.
 
 Optional, instead of steps 4-5 (``watershed``, off by default, a deliberate departure from the paper):
 label the centroid mask's components as markers and flood the foreground from them over the boundary
@@ -43,6 +47,8 @@ class ThreeBranchParams:
     subtract_boundaries: bool = param(True, description="cut the foreground along predicted boundaries")
     require_centroid: bool = param(True, description="drop objects that contain no predicted centroid")
     min_size: int = param(200, 0, 20000, "S_min: drop objects smaller than this many pixels", 10)
+    keep_large_without_centroid: int = param(0, 0, 100000, "keep objects without a centroid when at least this "
+                                             "many pixels (0: drop them all, as the paper)", 100)
     grow_back: int = param(16, 0, 60, "grow objects back into the foreground up to this distance (0 = off)")
     watershed: bool = param(False, description="split the foreground by a watershed on the boundary map from "
                                                "centroid markers instead of subtracting boundaries")
@@ -79,7 +85,10 @@ def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
     keep = np.ones(n, bool)
     if params.require_centroid and "centroid" in arrays:
         centroid = erode((arrays["centroid"] >= params.centroid_threshold).view(np.uint8), params.centroid_erosion)
-        keep &= np.bincount(labels[centroid.view(bool)], minlength=n) > 0
+        has_centroid = np.bincount(labels[centroid.view(bool)], minlength=n) > 0
+        if params.keep_large_without_centroid > 0:
+            has_centroid |= np.bincount(labels.ravel(), minlength=n) >= params.keep_large_without_centroid
+        keep &= has_centroid
     if params.grow_back > 0:
         labels = grow_labels(relabel(labels, keep), fg, params.grow_back)
         n = int(labels.max()) + 1
