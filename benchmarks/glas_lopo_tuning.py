@@ -164,7 +164,7 @@ def main() -> None:
     report = {"models": args.cross_fit or [args.model, *args.average], "cross_fit": bool(args.cross_fit),
               "search": args.search,
               "patients": [p for f in folds for p in f],
-              "folds": folds, "images": [s.name for s in samples]}
+              "folds": folds, "images": [s.name for s in samples], "fold_params_from": args.fold_params}
     print(f"{' + '.join(report['models'])}: {len(samples)} images of patients "
           f"{' | '.join(', '.join(f) for f in folds)} (| between folds)")
     for rule in args.objectives.split(","):
