@@ -7,7 +7,10 @@ scored per grade (GlaS object F1 / object Dice / object Hausdorff). Rules compar
 
   all        the family's score (mean of object F1 and Dice per image) averaged over all tuning images (what
              ``train`` does after training);
-  malignant  the same score averaged over the malignant tuning images only (the target is mostly malignant).
+  malignant  the same score averaged over the malignant tuning images only (the target is mostly malignant);
+  pooled     the mean of the object F1 and object Dice pooled over all tuning images as GlaS pools them (TP, FP,
+             FN summed; each object weighs the same), i.e. the figures judged (``retune_checkpoint.py
+             --objective pooled``; session 17).
 
 ``--extra-data SPLIT`` adds a second split's images (e.g. GlaS testA, for models that never trained on it) to
 both sides: each patient's images there are also segmented with parameters tuned on the other patients', and the
@@ -52,6 +55,7 @@ from glas_postprocess import TUNABLE, cached_maps, score_split, variant_params
 from napari_instance_tuner.cli import format_table
 from napari_instance_tuner.core.evaluation.autotune import autotune
 from napari_instance_tuner.core.evaluation.metrics import evaluate
+from napari_instance_tuner.core.evaluation.scoring import tuning_objective
 from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.params import params_from_dict, params_to_dict
@@ -81,9 +85,10 @@ def cross_fitted(models: list, samples, cache: Path) -> list[Maps]:
 def tune(family, maps, samples, start, rule: str, groups: dict, names: list[str] | None):
     """Parameters auto-tuned on ``samples`` by ``rule`` (see the module docstring); ``names``: the parameters
     searched (None: all, as ``train`` and ``scripts/retune_checkpoint.py`` do)."""
-    keep = [i for i, s in enumerate(samples) if rule == "all" or groups.get(s.name, ("", ""))[1] == "malignant"]
+    keep = [i for i, s in enumerate(samples) if rule != "malignant" or groups.get(s.name, ("", ""))[1] == "malignant"]
+    score, combine = tuning_objective(family, "pooled" if rule == "pooled" else "image-mean")
     best, _, _ = run(autotune(family.postprocess, [maps[i] for i in keep], [samples[i].labels for i in keep],
-                              start, family.score, names=names))
+                              start, score, names=names, combine=combine))
     return best
 
 

@@ -7,7 +7,8 @@ variants trained side by side on a GPU, compared with the default post-processin
         --out checkpoints/maskrcnn-dsb2018.safetensors --name maskrcnn-dsb2018
 
 The validation images are those the checkpoint's metadata names (``training.val_images``); the metric is the
-family's selection score (:meth:`Family.score`).
+family's selection score (:meth:`Family.score`) averaged over the images, or with ``--objective pooled`` the mean of
+the object F1 and object Dice pooled over them as GlaS pools them (each object weighs the same).
 
 A checkpoint trained on every image (``train --val-fraction 0``) has no images left to tune on. ``--cross-fit A B``
 tunes it on the maps of models of its recipe trained on complementary parts of the data: each image of ``--data``
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_instance_tuner.core.evaluation.scoring import OBJECTIVES
 from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
@@ -31,7 +33,7 @@ from napari_instance_tuner.core.training.ensemble import SHARED_META, cross_fit_
 from napari_instance_tuner.core.training.jobs import tune_and_evaluate
 
 
-def retune(loaded, data: str, extra: str | None = None) -> tuple[float, float]:
+def retune(loaded, data: str, extra: str | None = None, objective: str = "image-mean") -> tuple[float, float]:
     """Auto-tune ``loaded``'s post-processing on its validation images found in ``data`` (plus every image of the
     split ``extra``, which the model must never have trained on) and record the metrics on those images, in
     ``loaded.meta``; returns the score before and after tuning."""
@@ -48,7 +50,7 @@ def retune(loaded, data: str, extra: str | None = None) -> tuple[float, float]:
                              "they cannot tune it")
         samples += more
         groups = {**groups, **read_groups(extra)}
-    run(tune_and_evaluate(loaded, loaded.meta, samples, groups))
+    run(tune_and_evaluate(loaded, loaded.meta, samples, groups, objective=objective))
     tuned = loaded.meta["training"]["autotune"]
     if extra:
         tuned["on"] = f"validation split + {len(more)} images of {Path(extra).name}"
@@ -56,7 +58,8 @@ def retune(loaded, data: str, extra: str | None = None) -> tuple[float, float]:
     return tuned["score_before"], tuned["score_after"]
 
 
-def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None) -> tuple[float, float]:
+def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None,
+                     objective: str = "image-mean") -> tuple[float, float]:
     """Auto-tune ``loaded``'s post-processing on the cross-fitted maps of ``models`` (see the module docstring)
     and record their metrics in ``loaded.meta``; returns the score before and after tuning."""
     for m in models:  # their maps stand in for the checkpoint's: the same network, pixel scale and input
@@ -69,7 +72,7 @@ def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None) 
     samples = [s for s in samples if s.name not in seen_by_all]
     owner = cross_fit_assignment([m.meta for m in models], [s.name for s in samples])
     maps = [run(models[o].family.predict_maps(models[o].model, s.image, models[o].meta)) for s, o in zip(samples, owner)]
-    run(tune_and_evaluate(loaded, loaded.meta, samples, groups, maps=maps, key="cross_fit"))
+    run(tune_and_evaluate(loaded, loaded.meta, samples, groups, maps=maps, key="cross_fit", objective=objective))
     tuned = loaded.meta["training"]["autotune"]
     tuned["on"] = (f"cross-fitted maps: {len(samples)} images, each segmented by the one of "
                    f"{', '.join(m.name for m in models)} that never trained on it")
@@ -88,12 +91,16 @@ def main() -> None:
     parser.add_argument("--extra-data", help="a split the model never trained on, added to the tuning images")
     parser.add_argument("--cross-fit", nargs="+", metavar="MODEL",
                         help="tune on these models' maps of the images each never trained on (module docstring)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="image-mean",
+                        help="image-mean: the family's score averaged over the images; pooled: the mean of the "
+                             "pooled GlaS object F1 and object Dice (each object weighs the same)")
     args = parser.parse_args()
     loaded = load_model(args.checkpoint)
     if args.cross_fit:
-        before, after = retune_cross_fit(loaded, [load_model(m) for m in args.cross_fit], args.data, args.extra_data)
+        before, after = retune_cross_fit(loaded, [load_model(m) for m in args.cross_fit], args.data, args.extra_data,
+                                         args.objective)
     else:
-        before, after = retune(loaded, args.data, args.extra_data)
+        before, after = retune(loaded, args.data, args.extra_data, args.objective)
     if args.name:
         loaded.meta["name"] = args.name
     save_checkpoint(args.out, loaded.model.state_dict(), loaded.meta, half=True)

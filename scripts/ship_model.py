@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-json", help="output of benchmarks/glas_accuracy.py --json")
     parser.add_argument("--test-split", default="glas/testA")
     parser.add_argument("--kfold-json", help="output of benchmarks/glas_lopo_tuning.py --json")
+    parser.add_argument("--kfold-rule", default="all", help="its tuning rule whose figures the card gives")
     parser.add_argument("--trained-on", help="what it trained on (else from --card-json)")
     parser.add_argument("--summary", help="one line (else from --card-json)")
     parser.add_argument("--sample", help="synthetic sample this model suits (glands, nuclei, worms)")
@@ -143,12 +144,14 @@ def main(argv: list[str] | None = None) -> None:
         "best_epoch": training.get("best_epoch"),
         "stopped": training.get("stopped"),
         "postprocess": meta.get("postprocess"),
+        **({"autotune": training["autotune"]} if "autotune" in training else {}),
         "validation": metrics.get("validation") or metrics.get("cross_fit"),
         "test_time_flips": meta.get("test_time_flips", 1),
         **{key: training[key] for key in ("augment", "targets") if key in training},
     }
     if args.kfold_json:
-        card["validation_by_patient"] = figures_by_patient(json.loads(Path(args.kfold_json).read_text()))
+        card["validation_by_patient"] = figures_by_patient(json.loads(Path(args.kfold_json).read_text()),
+                                                           args.kfold_rule)
     if args.test_json:
         card["test"] = {"split": args.test_split, **json.loads(Path(args.test_json).read_text())}
     card.update(text)  # the text file has the last word (e.g. a hand-written command for a resumed run)

@@ -74,6 +74,7 @@ def test_the_model_trained_on_everything_is_tuned_on_each_images_unseen_maps(tmp
     assert [(c["name"], c["images"]) for c in meta["training"]["cross_fit"]] == \
         [("half_a", ["img1", "img2"]), ("half_b", ["img3", "img4"])]
     assert after >= before and "cross-fitted maps: 4 images" in meta["training"]["autotune"]["on"]
+    assert meta["training"]["autotune"]["objective"] == "image-mean"  # the default: the score's mean over images
     # the recorded metrics are those of the unseen model's maps with the tuned parameters, per grade
     params = params_from_dict(everything.family.Params, meta["postprocess"])
     samples = {s.name: s for s in load_split(split)}

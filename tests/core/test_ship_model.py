@@ -47,6 +47,8 @@ def test_figures_by_patient_reads_the_kfold_json():
                                                "object_hausdorff": 83}
     assert got["patient_1_malignant"]["object_f1"] == 0.702 and "patient_3_malignant" not in got
     assert got["testA_malignant"]["object_dice"] == 0.883 and got["validation_images_all"]["object_hausdorff"] == 90
+    other = {"pooled": KFOLD["all"], "by_split": {"pooled": KFOLD["by_split"]["all"]}}  # another rule's figures
+    assert _script().figures_by_patient(other, "pooled") == got
 
 
 @pytest.fixture
@@ -72,7 +74,7 @@ def shipped(tmp_path, tiny_arch, tiny_meta):
 
 
 def test_the_card_holds_the_checkpoint_the_text_and_the_kfold_figures(shipped):
-    checkpoint, weights, args = shipped
+    _, weights, args = shipped
     _script().main(args)
     card = json.loads((weights / "new.json").read_text())
     target = weights / "new.safetensors"
@@ -93,7 +95,7 @@ def test_the_card_holds_the_checkpoint_the_text_and_the_kfold_figures(shipped):
 
 
 def test_a_shipped_model_is_replaced_only_when_asked(shipped, capsys):
-    checkpoint, weights, args = shipped
+    _, weights, args = shipped
     _script().main(args)
     first = (weights / "new.safetensors").read_bytes()
     with pytest.raises(SystemExit):
@@ -105,7 +107,7 @@ def test_a_shipped_model_is_replaced_only_when_asked(shipped, capsys):
 
 
 def test_a_card_needs_a_summary(shipped, tmp_path, capsys):
-    checkpoint, weights, args = shipped
+    _, weights, args = shipped
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps({"trained_on": "GlaS"}))
     with pytest.raises(SystemExit):

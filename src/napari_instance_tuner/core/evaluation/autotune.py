@@ -75,6 +75,7 @@ def autotune(
     rounds: int = 2,
     coarse: int = 7,
     cancel: CancelToken | None = None,
+    combine: Callable[[list], float] | None = None,
 ) -> Generator[Progress, None, tuple[object, float, float]]:
     """Coordinate search over post-processing parameters.
 
@@ -90,13 +91,18 @@ def autotune(
         Starting parameters.
     score : callable
         ``score(pred, reference) -> float`` where ``pred`` is the label image, or the bool (N, H, W)
-        mask stack for families that keep overlaps; higher is better; averaged over images.
+        mask stack for families that keep overlaps; higher is better; averaged over images (or any per-image
+        result that ``combine`` takes).
     names : list of str, optional
         Parameters to tune (default: all).
     rounds : int
         Passes over all parameters; the first is coarse (whole range), later ones refine.
     coarse : int
         Values tried per parameter and pass.
+    combine : callable, optional
+        ``combine(per_image_results) -> float``: the trial's score from the images' ``score`` results (default:
+        their mean); e.g. :func:`~.scoring.pooled_selection_score` of :func:`~.metrics.glas_terms` results
+        (:func:`~.scoring.tuning_objective` gives both).
 
     Returns
     -------
@@ -104,7 +110,8 @@ def autotune(
     """
 
     def evaluate(p) -> float:
-        return float(np.mean([score(scorable(postprocess(m, p)), r) for m, r in zip(maps_list, references)]))
+        results = [score(scorable(postprocess(m, p)), r) for m, r in zip(maps_list, references)]
+        return float(np.mean(results) if combine is None else combine(results))
 
     specs = [s for s in param_specs(params) if names is None or s.name in names]
     best = params

@@ -20,6 +20,40 @@ def selection_score(f1: float, dice: float) -> float:
     return 0.5 * (f1 + dice)
 
 
+#: Auto-tuning objectives (:func:`tuning_objective`): how the images of a trial make its score.
+OBJECTIVES: tuple[str, ...] = ("image-mean", "pooled")
+
+
+def pooled_selection_score(per_image: list[dict]) -> float:
+    """:func:`selection_score` of the pooled (data-set) GlaS object F1 and object Dice of
+    :func:`~.metrics.glas_terms` results: the figures the GlaS challenge reports."""
+    from .metrics import pooled_f1_dice  # deferred: scipy/scikit-image
+
+    return selection_score(*pooled_f1_dice(per_image))
+
+
+def tuning_objective(family, objective: str = "image-mean") -> tuple[Callable, Callable | None]:
+    """``(score, combine)`` for :func:`~.autotune.autotune` by objective name.
+
+    ``"image-mean"``: the family's score of each image (:meth:`Family.score`), averaged over the images (the
+    default; every image weighs the same, a one-gland image as much as a crowded one). ``"pooled"``: the mean of
+    the object F1 and object Dice pooled over the images as GlaS pools them (TP, FP and FN summed; object Dice
+    weighted by object area over the data set), so each object weighs the same, as in the figures judged.
+
+    Raises
+    ------
+    ValueError
+        For another name.
+    """
+    if objective == "image-mean":
+        return family.score, None
+    if objective == "pooled":
+        from .metrics import glas_terms  # deferred: scipy/scikit-image
+
+        return glas_terms, pooled_selection_score
+    raise ValueError(f"unknown tuning objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
 def scorable(instances: Any) -> np.ndarray:
     """What metrics should see of :class:`~..family.Instances`: the per-object masks (a
     :class:`~..sparse_masks.SparseMasks`, boxes and crops) where the family keeps overlaps, else the uint32

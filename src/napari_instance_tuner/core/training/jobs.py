@@ -17,7 +17,7 @@ import numpy as np
 
 from ... import __version__
 from ..errors import InstanceTunerError
-from ..evaluation.scoring import scorable
+from ..evaluation.scoring import scorable, tuning_objective
 from ..inference.image import DEFAULT_NORMALISATION
 from ..io.checkpoint import LoadedModel, load_model, save_checkpoint
 from ..params import params_from_dict, params_to_dict, read_params_file
@@ -188,8 +188,12 @@ def tune_and_evaluate(
     cancel: CancelToken | None = None,
     maps: list | None = None,
     key: str = "validation",
+    objective: str = "image-mean",
 ) -> Generator[Progress, None, None]:
     """Auto-tune the post-processing on validation ``samples`` (the family's score), then record metrics.
+
+    ``objective`` (:func:`~..evaluation.scoring.tuning_objective`): ``"image-mean"`` averages the family's score
+    over the images; ``"pooled"`` maximises the mean of the pooled GlaS object F1 and object Dice.
 
     The maps of each sample are predicted once and serve both. ``maps`` (one per sample) replaces them with
     maps from elsewhere: cross-fitting (``scripts/retune_checkpoint.py --cross-fit``) tunes a model trained on
@@ -209,11 +213,13 @@ def tune_and_evaluate(
     if autotune:
         from ..evaluation.autotune import autotune as search  # deferred: scipy/scikit-image
 
+        score, combine = tuning_objective(family, objective)
         params, before, after = yield from search(
-            family.postprocess, maps, [s.reference for s in samples], params, family.score, cancel=cancel
+            family.postprocess, maps, [s.reference for s in samples], params, score, cancel=cancel, combine=combine
         )
         meta["postprocess"] = params_to_dict(params)
-        meta["training"]["autotune"] = {"score_before": before, "score_after": after, "on": "validation split"}
+        meta["training"]["autotune"] = {"score_before": before, "score_after": after, "on": "validation split",
+                                        "objective": objective}
     rows = [{"name": s.name, **evaluate(scorable(family.postprocess(m, params)), s.reference)}
             for s, m in zip(samples, maps)]
     meta["metrics"] = {key: summarise(rows, groups)}

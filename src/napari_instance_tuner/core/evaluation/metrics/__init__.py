@@ -70,7 +70,8 @@ The public names are re-exported from small modules, one topic each (``_``-prefi
 * :mod:`.detection`: :func:`average_precision` (:data:`DEFAULT_AP_THRESHOLDS`), :func:`dsb_score`
   (:data:`DSB_THRESHOLDS`) and
   :func:`aggregated_jaccard_index` (alias :func:`aji`);
-* :mod:`.summary`: :func:`evaluate`, :func:`aggregate`, :data:`EVALUATE_KEYS`, :data:`AGGREGATE_KEYS`.
+* :mod:`.summary`: :func:`evaluate`, :func:`aggregate`, :data:`EVALUATE_KEYS`, :data:`AGGREGATE_KEYS`;
+  :func:`glas_terms` and :func:`pooled_f1_dice` (the pooled GlaS F1 and Dice alone, for auto-tuning).
 """
 
 from __future__ import annotations
@@ -87,19 +88,21 @@ from .detection import (
 )
 from .glas import hausdorff_distance, object_dice, object_f1, object_hausdorff
 from .pixel import pixel_dice, pixel_iou
-from .summary import AGGREGATE_KEYS, EVALUATE_KEYS, aggregate, evaluate
+from .summary import AGGREGATE_KEYS, EVALUATE_KEYS, GLAS_TERM_KEYS, aggregate, evaluate, glas_terms, pooled_f1_dice
 
 __all__ = [
     "AGGREGATE_KEYS",
     "DEFAULT_AP_THRESHOLDS",
     "DSB_THRESHOLDS",
     "EVALUATE_KEYS",
+    "GLAS_TERM_KEYS",
     "aggregate",
     "aggregated_jaccard_index",
     "aji",
     "average_precision",
     "dsb_score",
     "evaluate",
+    "glas_terms",
     "hausdorff_distance",
     "intersection_matrix",
     "object_dice",
@@ -107,5 +110,6 @@ __all__ = [
     "object_hausdorff",
     "pixel_dice",
     "pixel_iou",
+    "pooled_f1_dice",
     "to_stack",
 ]

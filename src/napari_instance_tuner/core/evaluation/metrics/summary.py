@@ -1,5 +1,8 @@
 """All metrics of one image at once (:func:`evaluate`) and their data-set pooling (:func:`aggregate`).
 
+:func:`glas_terms` and :func:`pooled_f1_dice` are the cheap pair for auto-tuning on the pooled GlaS figures
+(object F1 and object Dice only: no Hausdorff, AP or AJI per trial).
+
 :data:`EVALUATE_KEYS` and :data:`AGGREGATE_KEYS` are the keys, in order, of the two results.
 :func:`aggregate` pools over a data set the official GlaS way [GlaS-GC] (sources in the package
 docstring, :mod:`napari_instance_tuner.core.evaluation.metrics`).
@@ -126,6 +129,69 @@ def evaluate(pred: ArrayLike, gt: ArrayLike) -> dict[str, float]:
     return out
 
 
+#: Keys of :func:`glas_terms`: what :func:`pooled_f1_dice` needs of each image.
+GLAS_TERM_KEYS: tuple[str, ...] = ("n_pred", "n_gt", "tp", "fp", "fn", "area_pred", "area_gt",
+                                   "object_dice_pred_term", "object_dice_gt_term")
+
+
+def glas_terms(pred: ArrayLike, gt: ArrayLike) -> dict[str, float]:
+    """The per-image counts and sums of the pooled GlaS object F1 and object Dice (see :func:`pooled_f1_dice`).
+
+    Parameters
+    ----------
+    pred, gt : array_like
+        Label image int (H, W) (0 = background) or instance stack bool (N, H, W), same (H, W).
+
+    Returns
+    -------
+    dict[str, float]
+        Keys :data:`GLAS_TERM_KEYS`, the same values as :func:`evaluate` gives them.
+    """
+    c = _Pair.build(pred, gt)
+    f1 = _f1_from_pair(c)
+    d_pred, d_gt = _dice_terms(c)
+    return {"n_pred": c.p.n, "n_gt": c.g.n, "tp": f1["tp"], "fp": f1["fp"], "fn": f1["fn"],
+            "area_pred": int(c.p.areas.sum()), "area_gt": int(c.g.areas.sum()),
+            "object_dice_pred_term": d_pred, "object_dice_gt_term": d_gt}
+
+
+def pooled_f1_dice(per_image: Sequence[Mapping[str, float]]) -> tuple[float, float]:
+    """The official GlaS (data-set) object F1 and object Dice of several images.
+
+    Parameters
+    ----------
+    per_image : sequence of dict
+        One :func:`glas_terms` (or :func:`evaluate`) result per image.
+
+    Returns
+    -------
+    (float, float)
+        Object F1 from the TP, FP and FN summed over the images; object Dice with each object weighted by its
+        area over all objects of the data set (conventions of :func:`aggregate`, which reports the same two).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gt = np.zeros((8, 8), int); gt[:4, :4] = 1; gt[5:, 5:] = 2
+    >>> pooled_f1_dice([glas_terms(gt, gt), glas_terms(np.zeros_like(gt), gt)])  # the 2nd image: all missed
+    (0.6666666666666666, 0.75)
+
+    (Dice: the predicted objects all match, 1.0; half the reference area is found, 0.5.)
+    """
+    def col(key: str) -> np.ndarray:
+        return np.array([float(r[key]) for r in per_image], dtype=np.float64)
+
+    tp, fp, fn = (int(col(k).sum()) for k in ("tp", "fp", "fn"))
+    if int(col("n_pred").sum()) == 0 and int(col("n_gt").sum()) == 0:
+        return 1.0, 1.0
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    dice = 0.5 * (_pooled_term(col("area_pred"), col("object_dice_pred_term"))
+                  + _pooled_term(col("area_gt"), col("object_dice_gt_term")))
+    return f1, dice
+
+
 def _pooled_term(areas: np.ndarray, terms: np.ndarray) -> float:
     total = areas.sum()
     if total == 0:
@@ -187,27 +253,20 @@ def aggregate(per_image: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
     tp, fp, fn = (int(col(k).sum()) for k in ("tp", "fp", "fn"))
     n_pred, n_gt = int(col("n_pred").sum()), int(col("n_gt").sum())
+    f1, dice = pooled_f1_dice(rows)
     if n_pred == 0 and n_gt == 0:
-        precision = recall = f1 = 1.0
+        precision = recall = 1.0
     else:
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
-    a_pred, a_gt = col("area_pred"), col("area_gt")
     if n_pred == 0 and n_gt == 0:
-        dice, hd = 1.0, 0.0
+        hd = 0.0
+    elif n_pred == 0 or n_gt == 0:
+        hd = math.inf
     else:
-        dice = 0.5 * (
-            _pooled_term(a_pred, col("object_dice_pred_term")) + _pooled_term(a_gt, col("object_dice_gt_term"))
-        )
-        if n_pred == 0 or n_gt == 0:
-            hd = math.inf
-        else:
-            hd = 0.5 * (
-                _pooled_term(a_pred, col("object_hausdorff_pred_term"))
-                + _pooled_term(a_gt, col("object_hausdorff_gt_term"))
-            )
+        hd = 0.5 * (_pooled_term(col("area_pred"), col("object_hausdorff_pred_term"))
+                    + _pooled_term(col("area_gt"), col("object_hausdorff_gt_term")))
 
     out: dict[str, float] = {
         "object_f1": f1,
