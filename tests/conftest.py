@@ -111,6 +111,24 @@ def _disks_labels(shape=(64, 64), centres=((20, 20), (20, 44), (46, 30)), radius
     return labels
 
 
+def _script(name: str):
+    """The module of ``scripts/<name>.py`` (scripts are not a package), loaded afresh."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def script():
+    """``script(name) -> module``: a script of ``scripts/`` (e.g. ``"ship_model"``) loaded as a module."""
+    return _script
+
+
 @pytest.fixture(scope="session")
 def tiny_arch() -> dict:
     """The architecture of the tiny three-branch network (do not modify; copy it with ``{**tiny_arch}``)."""

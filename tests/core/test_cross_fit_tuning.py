@@ -1,7 +1,6 @@
 """Cross-fitted tuning (issue 20): a model trained on every image is tuned on the maps of models of its recipe,
 each segmenting the images it never trained on (``scripts/retune_checkpoint.py --cross-fit``)."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,6 @@ from napari_instance_tuner.core.registry import get_family
 from napari_instance_tuner.core.synthetic import synthetic_glands
 from napari_instance_tuner.core.training.data import load_split, read_groups
 from napari_instance_tuner.core.training.jobs import summarise
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "retune_checkpoint.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("retune_checkpoint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _split(root: Path) -> Path:
@@ -61,14 +51,15 @@ def _model(folder: Path, name: str, seed: int, trained: list[str], tiny_arch, ti
     return load_model(save_checkpoint(folder / f"{name}.safetensors", model.state_dict(), meta))
 
 
-def test_the_model_trained_on_everything_is_tuned_on_each_images_unseen_maps(tmp_path, tiny_arch, tiny_meta):
+def test_the_model_trained_on_everything_is_tuned_on_each_images_unseen_maps(tmp_path, tiny_arch, tiny_meta,
+                                                                            script):
     split = _split(tmp_path / "data")
     # img0 trained every model; img1, img2 only half_b (half_a never saw them); img3, img4 only half_a
     # maps that tell the two apart: half_a finds one object over each image, half_b none
     half_a = _model(tmp_path, "half_a", 1, ["img0", "img3", "img4"], tiny_arch, tiny_meta, sure=20.0)
     half_b = _model(tmp_path, "half_b", 2, ["img0", "img1", "img2"], tiny_arch, tiny_meta, sure=-20.0)
     everything = _model(tmp_path, "all", 3, [f"img{i}" for i in range(5)], tiny_arch, tiny_meta)
-    before, after = _script().retune_cross_fit(everything, [half_a, half_b], str(split))
+    before, after = script("retune_checkpoint").retune_cross_fit(everything, [half_a, half_b], str(split))
     meta = everything.meta
     assert meta["training"]["tuning_images"] == ["img1", "img2", "img3", "img4"]  # img0: nobody's unseen image
     assert [(c["name"], c["images"]) for c in meta["training"]["cross_fit"]] == \
@@ -95,10 +86,10 @@ def test_the_model_trained_on_everything_is_tuned_on_each_images_unseen_maps(tmp
     assert key(got) == key(unseen) != key(seen)
 
 
-def test_cross_fit_models_of_another_recipe_are_refused(tmp_path, tiny_arch, tiny_meta):
+def test_cross_fit_models_of_another_recipe_are_refused(tmp_path, tiny_arch, tiny_meta, script):
     split = _split(tmp_path / "data")
     half_a = _model(tmp_path, "half_a", 1, ["img0", "img3", "img4"], tiny_arch, tiny_meta)
     other = _model(tmp_path, "other", 2, ["img0", "img1", "img2"], {**tiny_arch, "base_channels": 8}, tiny_meta)
     everything = _model(tmp_path, "all", 3, [f"img{i}" for i in range(5)], tiny_arch, tiny_meta)
     with pytest.raises(SystemExit, match="other differs from all in architecture: not the same recipe"):
-        _script().retune_cross_fit(everything, [half_a, other], str(split))
+        script("retune_checkpoint").retune_cross_fit(everything, [half_a, other], str(split))

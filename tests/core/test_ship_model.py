@@ -1,24 +1,13 @@
 """Shipping a model (``scripts/ship_model.py``): the card is made from the checkpoint, a text file and the k-fold
 benchmark's JSON, so that it can be made again; the default moves; a shipped model is not replaced silently."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from napari_instance_tuner.core.io.checkpoint import file_sha256, read_checkpoint, save_checkpoint
 from napari_instance_tuner.core.registry import get_family
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ship_model.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("ship_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _m(f1: float, dice: float, hd: float) -> dict:
@@ -39,8 +28,8 @@ KFOLD = {
 }
 
 
-def test_figures_by_patient_reads_the_kfold_json():
-    got = _script().figures_by_patient(KFOLD)
+def test_figures_by_patient_reads_the_kfold_json(ship):
+    got = ship.figures_by_patient(KFOLD)
     assert got["all"] == {"object_f1": 0.889, "object_dice": 0.884, "object_hausdorff": 58}
     # patient 3 has no malignant image: not among the testB patients' malignant figures
     assert got["testB_patients_malignant"] == {"patients": ["1", "7"], "object_f1": 0.751, "object_dice": 0.805,
@@ -48,7 +37,13 @@ def test_figures_by_patient_reads_the_kfold_json():
     assert got["patient_1_malignant"]["object_f1"] == 0.702 and "patient_3_malignant" not in got
     assert got["testA_malignant"]["object_dice"] == 0.883 and got["validation_images_all"]["object_hausdorff"] == 90
     other = {"pooled": KFOLD["all"], "by_split": {"pooled": KFOLD["by_split"]["all"]}}  # another rule's figures
-    assert _script().figures_by_patient(other, "pooled") == got
+    assert ship.figures_by_patient(other, "pooled") == got
+
+
+@pytest.fixture
+def ship(script):
+    """``scripts/ship_model.py`` as a module."""
+    return script("ship_model")
 
 
 @pytest.fixture
@@ -73,9 +68,9 @@ def shipped(tmp_path, tiny_arch, tiny_meta):
     return checkpoint, weights, args
 
 
-def test_the_card_holds_the_checkpoint_the_text_and_the_kfold_figures(shipped):
+def test_the_card_holds_the_checkpoint_the_text_and_the_kfold_figures(ship, shipped):
     _, weights, args = shipped
-    _script().main(args)
+    ship.main(args)
     card = json.loads((weights / "new.json").read_text())
     target = weights / "new.safetensors"
     _, meta = read_checkpoint(target)
@@ -94,23 +89,23 @@ def test_the_card_holds_the_checkpoint_the_text_and_the_kfold_figures(shipped):
     assert "default_for" not in json.loads((weights / "other.json").read_text())
 
 
-def test_a_shipped_model_is_replaced_only_when_asked(shipped, capsys):
+def test_a_shipped_model_is_replaced_only_when_asked(ship, shipped, capsys):
     _, weights, args = shipped
-    _script().main(args)
+    ship.main(args)
     first = (weights / "new.safetensors").read_bytes()
     with pytest.raises(SystemExit):
-        _script().main(args)
+        ship.main(args)
     assert "exists: pass --overwrite" in capsys.readouterr().err
     assert (weights / "new.safetensors").read_bytes() == first
-    _script().main([*args, "--overwrite", "--pixel-size-um", "0.5"])
+    ship.main([*args, "--overwrite", "--pixel-size-um", "0.5"])
     assert read_checkpoint(weights / "new.safetensors")[1]["pixel_size_um"] == 0.5
 
 
-def test_a_card_needs_a_summary(shipped, tmp_path, capsys):
+def test_a_card_needs_a_summary(ship, shipped, tmp_path, capsys):
     _, weights, args = shipped
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps({"trained_on": "GlaS"}))
     with pytest.raises(SystemExit):
-        _script().main([*args, "--card-json", str(bare)])
+        ship.main([*args, "--card-json", str(bare)])
     assert "--summary or a 'summary' field" in capsys.readouterr().err
     assert not (weights / "new.safetensors").exists()
