@@ -23,7 +23,13 @@ import json
 import shutil
 from pathlib import Path
 
-from napari_instance_tuner.core.io.checkpoint import WEIGHTS_DIR, file_sha256, read_checkpoint, save_checkpoint
+from napari_instance_tuner.core.io.checkpoint import (
+    WEIGHTS_DIR,
+    file_sha256,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 GRADES = ("all", "benign", "malignant")
 
@@ -155,8 +161,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.test_json:
         card["test"] = {"split": args.test_split, **json.loads(Path(args.test_json).read_text())}
     card.update(text)  # the text file has the last word (e.g. a hand-written command for a resumed run)
-    from napari_instance_tuner.core.io.checkpoint import load_model  # deferred: builds the network (imports torch)
-
     card["parameters"] = sum(p.numel() for p in load_model(target).model.parameters())
     (args.weights_dir / f"{args.name}.json").write_text(json.dumps(card, indent=1) + "\n")
     print(f"shipped {target} ({card['size_bytes'] / 1e6:.1f} MB) and its card")
