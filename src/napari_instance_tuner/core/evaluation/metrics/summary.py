@@ -99,7 +99,6 @@ def evaluate(pred: ArrayLike, gt: ArrayLike) -> dict[str, float]:
     c = _Pair.build(pred, gt)
     f1 = _f1_from_pair(c)
     dice = _object_dice_from_pair(c)
-    d_pred, d_gt = _dice_terms(c)
     hd, h_pred, h_gt = _object_hausdorff_from_pair(c)
     pdice, piou = _pixel_from_instances(c.p, c.g)
     ap = _ap_from_pair(c, DEFAULT_AP_THRESHOLDS)
@@ -114,15 +113,7 @@ def evaluate(pred: ArrayLike, gt: ArrayLike) -> dict[str, float]:
         **{k: ap[k] for k in ("ap50", "ap60", "ap70", "ap80", "ap90", "mean_ap")},
         "dsb_score": _ap_from_pair(c, DSB_THRESHOLDS)["mean_ap"],
         "aji": _aji_from_pair(c),
-        "n_pred": c.p.n,
-        "n_gt": c.g.n,
-        "tp": f1["tp"],
-        "fp": f1["fp"],
-        "fn": f1["fn"],
-        "area_pred": int(c.p.areas.sum()),
-        "area_gt": int(c.g.areas.sum()),
-        "object_dice_pred_term": d_pred,
-        "object_dice_gt_term": d_gt,
+        **_glas_terms_from_pair(c, f1),
         "object_hausdorff_pred_term": h_pred,
         "object_hausdorff_gt_term": h_gt,
     }
@@ -148,11 +139,15 @@ def glas_terms(pred: ArrayLike, gt: ArrayLike) -> dict[str, float]:
         Keys :data:`GLAS_TERM_KEYS`, the same values as :func:`evaluate` gives them.
     """
     c = _Pair.build(pred, gt)
-    f1 = _f1_from_pair(c)
+    return _glas_terms_from_pair(c, _f1_from_pair(c))
+
+
+def _glas_terms_from_pair(c: _Pair, f1: dict) -> dict[str, float]:
+    """:data:`GLAS_TERM_KEYS` of one parsed pair and its :func:`_f1_from_pair` result (shared by
+    :func:`evaluate` and :func:`glas_terms`)."""
     d_pred, d_gt = _dice_terms(c)
-    return {"n_pred": c.p.n, "n_gt": c.g.n, "tp": f1["tp"], "fp": f1["fp"], "fn": f1["fn"],
-            "area_pred": int(c.p.areas.sum()), "area_gt": int(c.g.areas.sum()),
-            "object_dice_pred_term": d_pred, "object_dice_gt_term": d_gt}
+    values = (c.p.n, c.g.n, f1["tp"], f1["fp"], f1["fn"], int(c.p.areas.sum()), int(c.g.areas.sum()), d_pred, d_gt)
+    return dict(zip(GLAS_TERM_KEYS, values, strict=True))
 
 
 def pooled_f1_dice(per_image: Sequence[Mapping[str, float]]) -> tuple[float, float]:
@@ -178,18 +173,34 @@ def pooled_f1_dice(per_image: Sequence[Mapping[str, float]]) -> tuple[float, flo
 
     (Dice: the predicted objects all match, 1.0; half the reference area is found, 0.5.)
     """
-    def col(key: str) -> np.ndarray:
-        return np.array([float(r[key]) for r in per_image], dtype=np.float64)
+    return _pooled_detection(per_image)[2], _pooled_dice(per_image)
 
-    tp, fp, fn = (int(col(k).sum()) for k in ("tp", "fp", "fn"))
-    if int(col("n_pred").sum()) == 0 and int(col("n_gt").sum()) == 0:
-        return 1.0, 1.0
+
+def _column(rows: Sequence[Mapping[str, float]], key: str) -> np.ndarray:
+    return np.array([float(r[key]) for r in rows], dtype=np.float64)
+
+
+def _no_objects(rows: Sequence[Mapping[str, float]]) -> bool:
+    return int(_column(rows, "n_pred").sum()) == 0 and int(_column(rows, "n_gt").sum()) == 0
+
+
+def _pooled_detection(rows: Sequence[Mapping[str, float]]) -> tuple[float, float, float]:
+    """Precision, recall and F1 of the TP, FP and FN summed over ``rows`` (1.0 each when no object anywhere)."""
+    if _no_objects(rows):
+        return 1.0, 1.0, 1.0
+    tp, fp, fn = (int(_column(rows, k).sum()) for k in ("tp", "fp", "fn"))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    dice = 0.5 * (_pooled_term(col("area_pred"), col("object_dice_pred_term"))
-                  + _pooled_term(col("area_gt"), col("object_dice_gt_term")))
-    return f1, dice
+    return precision, recall, f1
+
+
+def _pooled_dice(rows: Sequence[Mapping[str, float]]) -> float:
+    """Object Dice with object weights normalised over all objects of ``rows`` (1.0 when no object anywhere)."""
+    if _no_objects(rows):
+        return 1.0
+    return 0.5 * (_pooled_term(_column(rows, "area_pred"), _column(rows, "object_dice_pred_term"))
+                  + _pooled_term(_column(rows, "area_gt"), _column(rows, "object_dice_gt_term")))
 
 
 def _pooled_term(areas: np.ndarray, terms: np.ndarray) -> float:
@@ -249,17 +260,12 @@ def aggregate(per_image: Sequence[Mapping[str, float]]) -> dict[str, float]:
             )
 
     def col(key: str) -> np.ndarray:
-        return np.array([float(r[key]) for r in rows], dtype=np.float64)
+        return _column(rows, key)
 
     tp, fp, fn = (int(col(k).sum()) for k in ("tp", "fp", "fn"))
     n_pred, n_gt = int(col("n_pred").sum()), int(col("n_gt").sum())
-    f1, dice = pooled_f1_dice(rows)
-    if n_pred == 0 and n_gt == 0:
-        precision = recall = 1.0
-    else:
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-
+    precision, recall, f1 = _pooled_detection(rows)
+    dice = _pooled_dice(rows)
     if n_pred == 0 and n_gt == 0:
         hd = 0.0
     elif n_pred == 0 or n_gt == 0:
