@@ -13,7 +13,9 @@ otherwise *other* (S_min, or pieces cut off by the boundary subtraction).
 
 Maps come from ``glas_postprocess.cached_maps`` (same cache). ``--extra-data`` adds a split none of the models
 trained on; ``--cross-fit A B`` takes each image's maps from the one of A, B that never trained on it (as
-``glas_lopo_tuning.py``); ``--params MODEL`` segments with that model's parameters instead of ``--model``'s.
+``glas_lopo_tuning.py``); ``--params MODEL`` segments with that model's parameters instead of ``--model``'s;
+``--fold-params JSON`` with the parameters each image's fold was given in a ``glas_lopo_tuning.py --json`` run
+(tuned on the other patients: the failures behind that run's honest figures; session 18).
 
 Usage: python benchmarks/glas_failure_modes.py --model three-branch-glas-v3 --data ../shared/data/glas/train
        python benchmarks/glas_failure_modes.py --model checkpoints/glas-levers.safetensors \
@@ -25,6 +27,7 @@ Usage: python benchmarks/glas_failure_modes.py --model three-branch-glas-v3 --da
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -35,6 +38,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from glas_postprocess import cached_maps
 
 from napari_instance_tuner.core.io.checkpoint import load_model
+from napari_instance_tuner.core.params import params_from_dict
 from napari_instance_tuner.core.training.data import load_split, read_groups
 
 KINDS = ("matched", "merged", "split", "under", "missed")
@@ -99,6 +103,10 @@ def main() -> None:
     parser.add_argument("--cross-fit", nargs="*", default=[], help="each image's maps from the model that never "
                                                                   "trained on it")
     parser.add_argument("--params", help="model whose post-processing parameters segment (default: --model)")
+    parser.add_argument("--fold-params", metavar="JSON",
+                        help="segment each image with the parameters of its fold in a glas_lopo_tuning.py --json run "
+                             "(tuned on the other folds' patients): the failures behind that run's figures")
+    parser.add_argument("--rule", default="all", help="with --fold-params: the run's rule whose parameters segment")
     parser.add_argument("--why", action="store_true", help="tell the missed glands apart by the step that lost them")
     args = parser.parse_args()
     loaded = load_model(args.model)
@@ -115,9 +123,16 @@ def main() -> None:
         all_maps = cached_maps(loaded, samples, Path(args.cache))
     source = load_model(args.params) if args.params else loaded
     params = source.family.default_params(source.meta)
+    fold_params = {}
+    if args.fold_params:
+        recorded = json.loads(Path(args.fold_params).read_text())
+        fold_params = {patient: params_from_dict(loaded.family.Params, recorded[args.rule]["fold_params"][",".join(fold)])
+                       for fold in recorded["folds"] for patient in fold}
     totals: dict[str, dict[str, int]] = {}
     lost: dict[str, dict[str, int]] = {}
     for sample, maps in zip(samples, all_maps):
+        if fold_params:
+            params = fold_params[groups[sample.name][0]]
         labels = loaded.family.postprocess(maps, params).labels
         counts, false_positives = classify(labels, sample.labels)
         grade = groups.get(sample.name, ("", "?"))[1]

@@ -30,6 +30,8 @@ Per patient: the JSON also holds each image's metrics (``images``), the figures 
 (``by_patient``) and of the patients that GlaS testB also holds (``testB_patients``, from ``Grade.csv``: testB
 is held back and never read, only its patient ids). Those patients' malignant images are the nearest stand-in
 for testB here; pooled figures over all malignant images mix in easier patients.
+``--exclude NAME[,NAME]`` leaves parameters at their start value (the family's default) in every search: run
+once with a new lever excluded and once without, on the same maps, to measure the lever alone (session 18).
 ``--fold-params JSON`` skips the tuning and re-scores the folds of an earlier run with the parameters its
 JSON recorded (how session 16 added per-patient figures to session 15's runs).
 
@@ -58,7 +60,7 @@ from napari_instance_tuner.core.evaluation.metrics import evaluate
 from napari_instance_tuner.core.evaluation.scoring import tuning_objective
 from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.io.checkpoint import load_model
-from napari_instance_tuner.core.params import params_from_dict, params_to_dict
+from napari_instance_tuner.core.params import param_specs, params_from_dict, params_to_dict
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
 from napari_instance_tuner.core.training.ensemble import cross_fit_assignment
@@ -134,6 +136,9 @@ def main() -> None:
                         help="parameters tuned: shipped = all of them, as train and retune_checkpoint.py tune a "
                              "shipped model (session 15 on); paper = glas_postprocess.TUNABLE['paper'] (sessions "
                              "13-14: closing radius and the switches kept at the defaults)")
+    parser.add_argument("--exclude", default="",
+                        help="comma-separated parameters the search leaves at their start value (e.g. a new lever, "
+                             "to measure the search without it on the same maps)")
     parser.add_argument("--skip-whole", action="store_true", help="skip the (optimistic) tuning on all images")
     parser.add_argument("--cache", default="checkpoints/maps-cache")
     parser.add_argument("--json")
@@ -162,12 +167,18 @@ def main() -> None:
     # the family's defaults, not the model's tuned values (those were tuned on every validation patient)
     start = variant_params("paper", loaded.family.Params())
     searched = TUNABLE["paper"] if args.search == "paper" else None
+    excluded = [n for n in args.exclude.split(",") if n]
+    if excluded:
+        known = [spec.name for spec in param_specs(start)]
+        if unknown := sorted(set(excluded) - set(known)):
+            parser.error(f"--exclude: no parameter {', '.join(unknown)} in {', '.join(known)}")
+        searched = [n for n in (searched or known) if n not in excluded]
     folds = patient_folds(samples, groups, args.folds)
     recorded = json.loads(Path(args.fold_params).read_text()) if args.fold_params else None
     if recorded and recorded["folds"] != folds:
         parser.error(f"--fold-params {args.fold_params} holds other folds: {recorded['folds']}")
     report = {"models": args.cross_fit or [args.model, *args.average], "cross_fit": bool(args.cross_fit),
-              "search": args.search,
+              "search": args.search, "excluded": excluded,
               "patients": [p for f in folds for p in f],
               "folds": folds, "images": [s.name for s in samples], "fold_params_from": args.fold_params}
     print(f"{' + '.join(report['models'])}: {len(samples)} images of patients "

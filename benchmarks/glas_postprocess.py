@@ -72,9 +72,11 @@ def cached_maps(loaded, samples, cache: Path) -> list[Maps]:
                 out.append(Maps(arrays={k: f[k] for k in f.files}))
             continue
         maps = run(loaded.family.predict_maps(loaded.model, s.image, loaded.meta))
+        # stored as float16: hand on the stored values, so that a first run and a cached re-run see the same maps
+        stored = {k: v.astype(np.float16) for k, v in maps.arrays.items()}
         cache.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **{k: v.astype(np.float16) for k, v in maps.arrays.items()})
-        out.append(maps)
+        np.savez_compressed(path, **stored)
+        out.append(Maps(arrays=stored))
     return [Maps(arrays={k: v.astype(np.float32) for k, v in m.arrays.items()}) for m in out]
 
 

@@ -156,6 +156,32 @@ def test_large_objects_without_a_centroid_are_kept_only_when_asked():
     assert params_from_dict(ThreeBranchParams, old).keep_large_without_centroid == 0
 
 
+def test_split_radius_cuts_the_neck_a_gap_in_the_boundary_leaves():
+    labels = np.zeros((40, 60), np.int32)
+    labels[8:32, 6:30] = 1
+    labels[8:32, 30:54] = 2
+    maps = perfect_maps(labels)
+    maps.arrays["boundary"][18:22, 25:35] = 0  # a 4-pixel gap in the boundary between the two glands
+    joined = postprocess(maps, ThreeBranchParams(**PLAIN)).labels
+    assert joined.max() == 1  # the paper's steps count the pair as one object
+    plain_grown = {**PLAIN, "grow_back": 6}
+    split = postprocess(maps, ThreeBranchParams(split_radius=3, **plain_grown)).labels
+    assert split.max() == 2
+    for i in (1, 2):  # each object is one gland, back to (nearly) its whole extent
+        gland = labels == i
+        assert np.bincount(split[gland]).argmax() > 0
+        found = split == np.bincount(split[gland]).argmax()
+        assert (found & gland).sum() / (found | gland).sum() > 0.9
+    single = np.zeros((40, 60), np.int32)
+    single[8:32, 10:50] = 1  # no neck: the opening changes nothing that grow-back does not restore
+    alone = perfect_maps(single)
+    assert np.array_equal(postprocess(alone, ThreeBranchParams(split_radius=3, **plain_grown)).labels,
+                          postprocess(alone, ThreeBranchParams(**plain_grown)).labels)
+    old = params_to_dict(ThreeBranchParams())
+    del old["split_radius"]  # parameter files written before session 18
+    assert params_from_dict(ThreeBranchParams, old).split_radius == 0
+
+
 @pytest.fixture
 def write_split(disks_labels):
     """``write_split(folder, names)``: a split folder (images/, labels/) of one-disk 16 x 16 images."""

@@ -11,6 +11,10 @@ Extra (off with 0): ``keep_large_without_centroid`` exempts components of at lea
 centroid filter of step 5. A long or border-cut malignant gland often gets no centroid blob and was dropped
 whole, costing a false negative and its whole area in object Dice (docs/benchmarks.md, issue 20, session 16);
 the filter's purpose, removing small fragments left by the boundary subtraction, is kept below that size.
+Extra (off with 0): ``split_radius`` opens the separated mask of step 4 before labelling it. Where the predicted
+boundary between two touching glands has a gap, the two stay joined through it and are counted as one (the most
+frequent failure on malignant glands, docs/benchmarks.md, issue 20, session 18); an opening of radius r cuts
+every neck narrower than about 2r. What it trims elsewhere comes back with ``grow_back``.
 
 Optional, instead of steps 4-5 (``watershed``, off by default, a deliberate departure from the paper):
 label the centroid mask's components as markers and flood the foreground from them over the boundary
@@ -49,6 +53,8 @@ class ThreeBranchParams:
     min_size: int = param(200, 0, 20000, "S_min: drop objects smaller than this many pixels", 10)
     keep_large_without_centroid: int = param(0, 0, 100000, "keep objects without a centroid when at least this "
                                              "many pixels (0: drop them all, as the paper)", 100)
+    split_radius: int = param(0, 0, 20, "after subtracting boundaries, an opening of this radius cuts the necks "
+                              "a gap in a predicted boundary leaves between touching objects (0 = off)")
     grow_back: int = param(16, 0, 60, "grow objects back into the foreground up to this distance (0 = off)")
     watershed: bool = param(False, description="split the foreground by a watershed on the boundary map from "
                                                "centroid markers instead of subtracting boundaries")
@@ -81,6 +87,8 @@ def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
     if params.subtract_boundaries and "boundary" in arrays:
         boundary = erode((arrays["boundary"] >= params.boundary_threshold).view(np.uint8), params.boundary_erosion)
         separated = fg & (1 - boundary)
+    if params.split_radius > 0:
+        separated = close_open(separated, 0, params.split_radius)
     labels, n = connected_components(separated)
     keep = np.ones(n, bool)
     if params.require_centroid and "centroid" in arrays:
