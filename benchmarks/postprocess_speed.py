@@ -36,6 +36,8 @@ def main() -> None:
         ("no grow-back", replace(base, grow_back=0)),
         ("large radii (erosion 20, denoise 6)", replace(base, boundary_erosion=20, centroid_erosion=20,
                                                         close_radius=6, open_radius=6)),
+        ("split radius 6 (session 18)", replace(base, split_radius=6)),
+        ("v8 tuned + split radius 6", replace(dict(shipped).get("three-branch-glas-v8 tuned", base), split_radius=6)),
     ]:
         med, p90 = median_ms(lambda: postprocess(maps, params), args.repeats)
         print(f"{name:<36}{med:>10.1f}{p90:>10.1f}{postprocess(maps, params).count:>9d}")
