@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--params", help="model whose post-processing parameters segment (default: --model)")
     parser.add_argument("--fold-params", metavar="JSON",
                         help="segment each image with the parameters of its fold in a glas_lopo_tuning.py --json run "
-                             "(tuned on the other folds' patients): the failures behind that run's figures")
+                             "(tuned on the other folds' patients): the failures behind that run's figures; overrides --params")
     parser.add_argument("--rule", default="all", help="with --fold-params: the run's rule whose parameters segment")
     parser.add_argument("--why", action="store_true", help="tell the missed glands apart by the step that lost them")
     args = parser.parse_args()
