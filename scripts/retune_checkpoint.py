@@ -18,6 +18,10 @@ tunes it on the maps of models of its recipe trained on complementary parts of t
     python scripts/retune_checkpoint.py checkpoints/glas-all.safetensors --data ../shared/data/glas/train \
         --extra-data ../shared/data/glas/testA --cross-fit checkpoints/glas-xfitA.safetensors \
         checkpoints/glas-xfitB.safetensors --out checkpoints/three-branch-glas-v6.safetensors --name three-branch-glas-v6
+
+The search starts from the checkpoint's parameters, or with ``--from-defaults`` from the family's defaults, as
+``benchmarks/glas_lopo_tuning.py`` starts each fold (so the shipped tuning is the procedure the k-fold validated);
+``--exclude NAME[,NAME]`` leaves parameters at their start value, as that benchmark's option does.
 """
 
 from __future__ import annotations
@@ -27,16 +31,31 @@ from pathlib import Path
 
 from napari_instance_tuner.core.evaluation.scoring import OBJECTIVES
 from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
+from napari_instance_tuner.core.params import param_specs
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
 from napari_instance_tuner.core.training.ensemble import SHARED_META, cross_fit_assignment, trained_images
 from napari_instance_tuner.core.training.jobs import tune_and_evaluate
 
 
-def retune(loaded, data: str, extra: str | None = None, objective: str = "image-mean") -> tuple[float, float]:
+def search_setup(loaded, exclude: list[str] | None = None, from_defaults: bool = False) -> dict:
+    """``names`` and ``start`` for :func:`tune_and_evaluate`: every parameter but ``exclude`` is searched, from
+    the family's defaults (``from_defaults``) or from the checkpoint's parameters."""
+    exclude = exclude or []
+    start = loaded.family.Params() if from_defaults else loaded.family.default_params(loaded.meta)
+    known = [spec.name for spec in param_specs(start)]
+    if unknown := sorted(set(exclude) - set(known)):
+        raise SystemExit(f"--exclude: no parameter {', '.join(unknown)} in {', '.join(known)}")
+    names = [n for n in known if n not in exclude] if exclude else None
+    return {"names": names, "start": start}
+
+
+def retune(loaded, data: str, extra: str | None = None, objective: str = "image-mean",
+           exclude: list[str] | None = None, from_defaults: bool = False) -> tuple[float, float]:
     """Auto-tune ``loaded``'s post-processing on its validation images found in ``data`` (plus every image of the
     split ``extra``, which the model must never have trained on) and record the metrics on those images, in
-    ``loaded.meta``; returns the score before and after tuning."""
+    ``loaded.meta``; returns the score before and after tuning. ``exclude``, ``from_defaults``:
+    :func:`search_setup`."""
     names = set(loaded.meta["training"]["val_images"])
     samples = load_split(data, names=names)
     if len(samples) != len(names):
@@ -50,7 +69,8 @@ def retune(loaded, data: str, extra: str | None = None, objective: str = "image-
                              "they cannot tune it")
         samples += more
         groups = {**groups, **read_groups(extra)}
-    run(tune_and_evaluate(loaded, loaded.meta, samples, groups, objective=objective))
+    run(tune_and_evaluate(loaded, loaded.meta, samples, groups, objective=objective,
+                          **search_setup(loaded, exclude, from_defaults)))
     tuned = loaded.meta["training"]["autotune"]
     if extra:
         tuned["on"] = f"validation split + {len(more)} images of {Path(extra).name}"
@@ -58,10 +78,11 @@ def retune(loaded, data: str, extra: str | None = None, objective: str = "image-
     return tuned["score_before"], tuned["score_after"]
 
 
-def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None,
-                     objective: str = "image-mean") -> tuple[float, float]:
+def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None, objective: str = "image-mean",
+                     exclude: list[str] | None = None, from_defaults: bool = False) -> tuple[float, float]:
     """Auto-tune ``loaded``'s post-processing on the cross-fitted maps of ``models`` (see the module docstring)
-    and record their metrics in ``loaded.meta``; returns the score before and after tuning."""
+    and record their metrics in ``loaded.meta``; returns the score before and after tuning. ``exclude``,
+    ``from_defaults``: :func:`search_setup`."""
     for m in models:  # their maps stand in for the checkpoint's: the same network, pixel scale and input
         differ = [k for k in SHARED_META if m.meta.get(k) != loaded.meta.get(k)]
         if differ:
@@ -72,7 +93,8 @@ def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None,
     samples = [s for s in samples if s.name not in seen_by_all]
     owner = cross_fit_assignment([m.meta for m in models], [s.name for s in samples])
     maps = [run(models[o].family.predict_maps(models[o].model, s.image, models[o].meta)) for s, o in zip(samples, owner)]
-    run(tune_and_evaluate(loaded, loaded.meta, samples, groups, maps=maps, key="cross_fit", objective=objective))
+    run(tune_and_evaluate(loaded, loaded.meta, samples, groups, maps=maps, key="cross_fit", objective=objective,
+                          **search_setup(loaded, exclude, from_defaults)))
     tuned = loaded.meta["training"]["autotune"]
     tuned["on"] = (f"cross-fitted maps: {len(samples)} images, each segmented by the one of "
                    f"{', '.join(m.name for m in models)} that never trained on it")
@@ -94,13 +116,18 @@ def main() -> None:
     parser.add_argument("--objective", choices=OBJECTIVES, default="image-mean",
                         help="image-mean: the family's score averaged over the images; pooled: the mean of the "
                              "pooled GlaS object F1 and object Dice (each object weighs the same)")
+    parser.add_argument("--exclude", default="", metavar="NAME[,NAME]",
+                        help="parameters left at their start value (not searched)")
+    parser.add_argument("--from-defaults", action="store_true",
+                        help="start the search from the family's default parameters, not the checkpoint's")
     args = parser.parse_args()
     loaded = load_model(args.checkpoint)
+    how = {"exclude": [n for n in args.exclude.split(",") if n], "from_defaults": args.from_defaults}
     if args.cross_fit:
         before, after = retune_cross_fit(loaded, [load_model(m) for m in args.cross_fit], args.data, args.extra_data,
-                                         args.objective)
+                                         args.objective, **how)
     else:
-        before, after = retune(loaded, args.data, args.extra_data, args.objective)
+        before, after = retune(loaded, args.data, args.extra_data, args.objective, **how)
     if args.name:
         loaded.meta["name"] = args.name
     save_checkpoint(args.out, loaded.model.state_dict(), loaded.meta, half=True)

@@ -93,3 +93,33 @@ def test_cross_fit_models_of_another_recipe_are_refused(tmp_path, tiny_arch, tin
     everything = _model(tmp_path, "all", 3, [f"img{i}" for i in range(5)], tiny_arch, tiny_meta)
     with pytest.raises(SystemExit, match="other differs from all in architecture: not the same recipe"):
         script("retune_checkpoint").retune_cross_fit(everything, [half_a, other], str(split))
+
+
+def test_the_search_can_start_from_the_family_defaults_and_leave_parameters_out(tmp_path, tiny_arch, tiny_meta,
+                                                                                script):
+    # what the k-fold benchmark validates: each fold's search starts from the family's defaults with some
+    # parameters left out (--exclude); the shipped tuning must be able to repeat it on every image
+    split = _split(tmp_path / "data")
+    half_a = _model(tmp_path, "half_a", 1, ["img0", "img3", "img4"], tiny_arch, tiny_meta, sure=20.0)
+    half_b = _model(tmp_path, "half_b", 2, ["img0", "img1", "img2"], tiny_arch, tiny_meta, sure=-20.0)
+    retune = script("retune_checkpoint").retune_cross_fit
+    family = get_family("three-branch")
+    defaults = family.Params()
+    odd = {"split_radius": 7, "fg_threshold": 0.9}  # not the defaults: where a search from the checkpoint starts
+    assert all(getattr(defaults, k) != v for k, v in odd.items())
+
+    def tuned(**how) -> dict:
+        everything = _model(tmp_path, "all", 3, [f"img{i}" for i in range(5)], tiny_arch, tiny_meta)
+        everything.meta["postprocess"] = dict(odd)
+        retune(everything, [half_a, half_b], str(split), **how)
+        return everything.meta
+
+    from_checkpoint = tuned(exclude=["split_radius"])
+    assert from_checkpoint["postprocess"]["split_radius"] == 7  # left out: stays where the search started
+    assert "split_radius" not in from_checkpoint["training"]["autotune"]["searched"]
+    assert "fg_threshold" in from_checkpoint["training"]["autotune"]["searched"]
+    from_defaults = tuned(exclude=["split_radius"], from_defaults=True)
+    assert from_defaults["postprocess"]["split_radius"] == defaults.split_radius
+    assert "searched" not in tuned()["training"]["autotune"]  # no exclusion: every parameter, as before
+    with pytest.raises(SystemExit, match="--exclude: no parameter nonsense in"):
+        tuned(exclude=["nonsense"])

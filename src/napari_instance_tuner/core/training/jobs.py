@@ -189,6 +189,8 @@ def tune_and_evaluate(
     maps: list | None = None,
     key: str = "validation",
     objective: str = "image-mean",
+    names: list[str] | None = None,
+    start: Any = None,
 ) -> Generator[Progress, None, None]:
     """Auto-tune the post-processing on validation ``samples`` (the family's score), then record metrics.
 
@@ -199,13 +201,16 @@ def tune_and_evaluate(
     maps from elsewhere: cross-fitting (``scripts/retune_checkpoint.py --cross-fit``) tunes a model trained on
     every image with the maps of networks of its recipe that never saw those images.
 
+    ``names`` limits the search to those parameters (None: all); ``start`` (a ``family.Params``) is where the
+    search starts, default the parameters in ``meta`` (``family.default_params``).
+
     Updates ``meta`` in place: ``postprocess`` and ``training.autotune`` (when ``autotune``) and
     ``metrics[key]`` (:func:`summarise` of the per-image metrics, per GlaS grade with ``groups``).
     """
     from ..evaluation.metrics import evaluate  # deferred: scipy/scikit-image
 
     family = loaded.family
-    params = family.default_params(meta)
+    params = family.default_params(meta) if start is None else start
     if maps is None:
         maps = []
         for s in samples:
@@ -215,11 +220,14 @@ def tune_and_evaluate(
 
         score, combine = tuning_objective(family, objective)
         params, before, after = yield from search(
-            family.postprocess, maps, [s.reference for s in samples], params, score, cancel=cancel, combine=combine
+            family.postprocess, maps, [s.reference for s in samples], params, score, cancel=cancel, combine=combine,
+            names=names,
         )
         meta["postprocess"] = params_to_dict(params)
         meta["training"]["autotune"] = {"score_before": before, "score_after": after, "on": "validation split",
                                         "objective": objective}
+        if names is not None:
+            meta["training"]["autotune"]["searched"] = list(names)
     rows = [{"name": s.name, **evaluate(scorable(family.postprocess(m, params)), s.reference)}
             for s, m in zip(samples, maps)]
     meta["metrics"] = {key: summarise(rows, groups)}
