@@ -25,6 +25,8 @@ post-processing: a test-time ensemble. Maps come from ``glas_postprocess.cached_
 it (``core.training.ensemble.cross_fit_assignment``) instead of from ``--model``, which then only names the
 images (its validation images, plus ``--extra-data``). This validates a recipe that trains on some of those
 images: the cross-fit halves of ``runs/glas-xfitA.sh`` and ``runs/glas-xfitB.sh`` each train on half of them.
+With ``--average`` too, each image's cross-fitted maps are averaged with those models' maps: an ensemble of the
+recipe and models that trained on none of the images (refused if one did).
 
 Per patient: the JSON also holds each image's metrics (``images``), the figures of every patient
 (``by_patient``) and of the patients that GlaS testB also holds (``testB_patients``, from ``Grade.csv``: testB
@@ -63,7 +65,7 @@ from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.params import param_specs, params_from_dict, params_to_dict
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
-from napari_instance_tuner.core.training.ensemble import cross_fit_assignment
+from napari_instance_tuner.core.training.ensemble import cross_fit_assignment, trained_images
 from napari_instance_tuner.core.training.jobs import summarise
 
 
@@ -156,14 +158,16 @@ def main() -> None:
         samples += more
         extra = {s.name for s in more}
         groups = {**groups, **read_groups(args.extra_data)}
-    if args.cross_fit and args.average:
-        parser.error("--cross-fit and --average do not combine")
+    members = [load_model(m) for m in args.average]
+    for name, member in zip(args.average, members):
+        if seen := sorted(trained_images(member.meta) & {s.name for s in samples}):
+            parser.error(f"--average {name} trained on {len(seen)} of the images ({', '.join(seen[:3])}, ...)")
     if args.cross_fit:
         maps = cross_fitted([load_model(m) for m in args.cross_fit], samples, Path(args.cache))
     else:
         maps = cached_maps(loaded, samples, Path(args.cache))
-    if args.average:
-        maps = averaged([maps] + [cached_maps(load_model(m), samples, Path(args.cache)) for m in args.average])
+    if members:
+        maps = averaged([maps] + [cached_maps(m, samples, Path(args.cache)) for m in members])
     # the family's defaults, not the model's tuned values (those were tuned on every validation patient)
     start = variant_params("paper", loaded.family.Params())
     searched = TUNABLE["paper"] if args.search == "paper" else None
@@ -177,7 +181,7 @@ def main() -> None:
     recorded = json.loads(Path(args.fold_params).read_text()) if args.fold_params else None
     if recorded and recorded["folds"] != folds:
         parser.error(f"--fold-params {args.fold_params} holds other folds: {recorded['folds']}")
-    report = {"models": args.cross_fit or [args.model, *args.average], "cross_fit": bool(args.cross_fit),
+    report = {"models": [*(args.cross_fit or [args.model]), *args.average], "cross_fit": bool(args.cross_fit),
               "search": args.search, "excluded": excluded,
               "patients": [p for f in folds for p in f],
               "folds": folds, "images": [s.name for s in samples], "fold_params_from": args.fold_params}
