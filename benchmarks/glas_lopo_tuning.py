@@ -57,12 +57,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from glas_postprocess import TUNABLE, cached_maps, score_split, variant_params
 
 from napari_instance_tuner.cli import format_table
+from napari_instance_tuner.core.errors import ParamsError
 from napari_instance_tuner.core.evaluation.autotune import autotune
 from napari_instance_tuner.core.evaluation.metrics import evaluate
 from napari_instance_tuner.core.evaluation.scoring import tuning_objective
 from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.io.checkpoint import load_model
-from napari_instance_tuner.core.params import param_specs, params_from_dict, params_to_dict
+from napari_instance_tuner.core.params import params_from_dict, params_to_dict, searched_names
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
 from napari_instance_tuner.core.training.ensemble import cross_fit_assignment, trained_images
@@ -172,11 +173,10 @@ def main() -> None:
     start = variant_params("paper", loaded.family.Params())
     searched = TUNABLE["paper"] if args.search == "paper" else None
     excluded = [n for n in args.exclude.split(",") if n]
-    if excluded:
-        known = [spec.name for spec in param_specs(start)]
-        if unknown := sorted(set(excluded) - set(known)):
-            parser.error(f"--exclude: no parameter {', '.join(unknown)} in {', '.join(known)}")
-        searched = [n for n in (searched or known) if n not in excluded]
+    try:
+        searched = searched_names(start, excluded, searched)
+    except ParamsError as exc:
+        parser.error(f"--exclude: {exc}")
     folds = patient_folds(samples, groups, args.folds)
     recorded = json.loads(Path(args.fold_params).read_text()) if args.fold_params else None
     if recorded and recorded["folds"] != folds:

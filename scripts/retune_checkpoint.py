@@ -29,9 +29,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_instance_tuner.core.errors import ParamsError
 from napari_instance_tuner.core.evaluation.scoring import OBJECTIVES
 from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
-from napari_instance_tuner.core.params import param_specs
+from napari_instance_tuner.core.params import searched_names
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
 from napari_instance_tuner.core.training.ensemble import SHARED_META, cross_fit_assignment, trained_images
@@ -41,13 +42,11 @@ from napari_instance_tuner.core.training.jobs import tune_and_evaluate
 def search_setup(loaded, exclude: list[str] | None = None, from_defaults: bool = False) -> dict:
     """``names`` and ``start`` for :func:`tune_and_evaluate`: every parameter but ``exclude`` is searched, from
     the family's defaults (``from_defaults``) or from the checkpoint's parameters."""
-    exclude = exclude or []
     start = loaded.family.Params() if from_defaults else loaded.family.default_params(loaded.meta)
-    known = [spec.name for spec in param_specs(start)]
-    if unknown := sorted(set(exclude) - set(known)):
-        raise SystemExit(f"--exclude: no parameter {', '.join(unknown)} in {', '.join(known)}")
-    names = [n for n in known if n not in exclude] if exclude else None
-    return {"names": names, "start": start}
+    try:
+        return {"names": searched_names(start, exclude or []), "start": start}
+    except ParamsError as exc:
+        raise SystemExit(f"--exclude: {exc}") from None
 
 
 def retune(loaded, data: str, extra: str | None = None, objective: str = "image-mean",

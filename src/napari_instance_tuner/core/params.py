@@ -90,6 +90,30 @@ def param_specs(cls_or_obj: Any) -> list[ParamSpec]:
     return specs
 
 
+def searched_names(params: Any, exclude: list[str], among: list[str] | None = None) -> list[str] | None:
+    """The parameters an auto-tuning searches when ``exclude`` is left out: ``among`` (None: every parameter
+    of ``params``) less ``exclude``; ``among`` unchanged when nothing is excluded.
+
+    Raises
+    ------
+    ParamsError
+        If ``exclude`` names a parameter ``params`` does not have.
+
+    Examples
+    --------
+    >>> @dataclass(frozen=True)
+    ... class P:
+    ...     a: float = param(0.5, 0.0, 1.0)
+    ...     b: int = param(1, 0, 5)
+    >>> searched_names(P(), ["b"])
+    ['a']
+    """
+    known = [spec.name for spec in param_specs(params)]
+    if unknown := sorted(set(exclude) - set(known)):
+        raise ParamsError(f"no parameter {', '.join(unknown)} in {', '.join(known)}")
+    return [n for n in (among or known) if n not in exclude] if exclude else among
+
+
 def params_to_dict(params: Any) -> dict[str, Any]:
     """Parameters as a plain JSON-able dict."""
     return dataclasses.asdict(params)
