@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--extra-data", help="a split of images none of the models trained on")
     parser.add_argument("--cross-fit", nargs="*", default=[], help="each image's maps from the model that never "
                                                                   "trained on it")
+    parser.add_argument("--also-cross-fit", nargs="*", default=[],
+                        help="a second recipe's models: their cross-fitted maps are averaged in (as in glas_lopo_tuning.py)")
     parser.add_argument("--params", help="model whose post-processing parameters segment (default: --model)")
     parser.add_argument("--fold-params", metavar="JSON",
                         help="segment each image with the parameters of its fold in a glas_lopo_tuning.py --json run "
@@ -116,9 +118,12 @@ def main() -> None:
         samples += load_split(args.extra_data)
         groups = {**groups, **read_groups(args.extra_data)}
     if args.cross_fit:
-        from glas_lopo_tuning import cross_fitted  # deferred: only with --cross-fit
+        from glas_lopo_tuning import averaged, cross_fitted  # deferred: only with --cross-fit
 
         all_maps = cross_fitted([load_model(m) for m in args.cross_fit], samples, Path(args.cache))
+        if args.also_cross_fit:
+            all_maps = averaged([all_maps, cross_fitted([load_model(m) for m in args.also_cross_fit], samples,
+                                                        Path(args.cache))])
     else:
         all_maps = cached_maps(loaded, samples, Path(args.cache))
     source = load_model(args.params) if args.params else loaded

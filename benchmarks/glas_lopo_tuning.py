@@ -26,7 +26,9 @@ it (``core.training.ensemble.cross_fit_assignment``) instead of from ``--model``
 images (its validation images, plus ``--extra-data``). This validates a recipe that trains on some of those
 images: the cross-fit halves of ``runs/glas-xfitA.sh`` and ``runs/glas-xfitB.sh`` each train on half of them.
 With ``--average`` too, each image's cross-fitted maps are averaged with those models' maps: an ensemble of the
-recipe and models that trained on none of the images (refused if one did).
+recipe and models that trained on none of the images (refused if one did). ``--also-cross-fit MODEL_C MODEL_D``
+averages in a second recipe's cross-fitted maps (each image's from the one of those that never trained on it):
+an ensemble of two recipes, e.g. two architectures, each validated on the images its halves did not see.
 
 Per patient: the JSON also holds each image's metrics (``images``), the figures of every patient
 (``by_patient``) and of the patients that GlaS testB also holds (``testB_patients``, from ``Grade.csv``: testB
@@ -131,6 +133,9 @@ def main() -> None:
     parser.add_argument("--average", nargs="*", default=[], help="more models whose maps are averaged in")
     parser.add_argument("--cross-fit", nargs="*", default=[],
                         help="models of one recipe: each image's maps come from the one that never trained on it")
+    parser.add_argument("--also-cross-fit", nargs="*", default=[],
+                        help="models of a second recipe (another architecture, say): their cross-fitted maps are "
+                             "averaged with those of --cross-fit, an ensemble of the two recipes' halves")
     parser.add_argument("--data", required=True, help="split holding the model's validation images")
     parser.add_argument("--extra-data", help="a split of images none of the models trained on, added to both sides")
     parser.add_argument("--folds", type=int, help="group the patients into this many folds (default: one each)")
@@ -163,8 +168,12 @@ def main() -> None:
     for name, member in zip(args.average, members):
         if seen := sorted(trained_images(member.meta) & {s.name for s in samples}):
             parser.error(f"--average {name} trained on {len(seen)} of the images ({', '.join(seen[:3])}, ...)")
+    if args.also_cross_fit and not args.cross_fit:
+        parser.error("--also-cross-fit needs --cross-fit")
     if args.cross_fit:
         maps = cross_fitted([load_model(m) for m in args.cross_fit], samples, Path(args.cache))
+        if args.also_cross_fit:
+            maps = averaged([maps, cross_fitted([load_model(m) for m in args.also_cross_fit], samples, Path(args.cache))])
     else:
         maps = cached_maps(loaded, samples, Path(args.cache))
     if members:
@@ -181,7 +190,7 @@ def main() -> None:
     recorded = json.loads(Path(args.fold_params).read_text()) if args.fold_params else None
     if recorded and recorded["folds"] != folds:
         parser.error(f"--fold-params {args.fold_params} holds other folds: {recorded['folds']}")
-    report = {"models": [*(args.cross_fit or [args.model]), *args.average], "cross_fit": bool(args.cross_fit),
+    report = {"models": [*(args.cross_fit or [args.model]), *args.also_cross_fit, *args.average], "cross_fit": bool(args.cross_fit),
               "search": args.search, "excluded": excluded,
               "patients": [p for f in folds for p in f],
               "folds": folds, "images": [s.name for s in samples], "fold_params_from": args.fold_params}
