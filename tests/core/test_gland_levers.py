@@ -182,55 +182,6 @@ def test_split_radius_cuts_the_neck_a_gap_in_the_boundary_leaves():
     assert params_from_dict(ThreeBranchParams, old).split_radius == 0
 
 
-def test_keep_orphans_keeps_an_isolated_gland_without_centroid_and_drops_the_fragment():
-    fg = np.zeros((60, 100), np.float32)
-    fg[10:40, 5:45] = 1  # gland 1, cut by a boundary into a piece with the centroid and a fragment
-    fg[10:40, 60:95] = 1  # gland 2, alone, its centroid missed
-    boundary = np.zeros_like(fg)
-    boundary[5:45, 30:32] = 0.9
-    centroid = np.zeros_like(fg)
-    centroid[25, 15] = 1
-    maps = Maps({"foreground": fg, "boundary": boundary, "centroid": centroid})
-    grown = {**PLAIN, "min_size": 10, "grow_back": 4}
-    paper = postprocess(maps, ThreeBranchParams(**grown)).labels
-    assert paper.max() == 1 and paper[25, 15] > 0 and paper[25, 80] == 0  # the paper's filter drops gland 2
-    kept = postprocess(maps, ThreeBranchParams(keep_orphans=True, **grown)).labels
-    assert kept.max() == 2 and kept[25, 80] > 0 and kept[25, 15] != kept[25, 80]
-    gland2 = np.zeros(fg.shape, bool)
-    gland2[10:40, 60:95] = True
-    assert np.array_equal(kept == kept[25, 80], gland2)  # gland 2 whole
-    assert np.array_equal(kept[:, :50], paper[:, :50])  # the fragment of gland 1 is still dropped, as before
-    assert kept[25, 40] == 0
-    assert ThreeBranchParams().keep_orphans is False
-    old = params_to_dict(ThreeBranchParams())
-    del old["keep_orphans"]  # parameter files written before session 21
-    assert params_from_dict(ThreeBranchParams, old).keep_orphans is False
-
-
-def test_thin_boundaries_keep_a_thin_boundary_that_the_erosion_removes():
-    labels = np.zeros((40, 60), np.int32)
-    labels[8:32, 6:30] = 1
-    labels[8:32, 30:54] = 2
-    maps = perfect_maps(labels)
-    boundary = np.zeros((40, 60), np.float32)  # a weak, 2-pixel boundary between the glands, a ring around them
-    boundary[4:36, 29:31] = 0.6
-    boundary[4:6, 2:58] = boundary[34:36, 2:58] = boundary[4:36, 2:4] = boundary[4:36, 56:58] = 0.6
-    maps.arrays["boundary"] = boundary
-    grown = {**PLAIN, "boundary_erosion": 2, "grow_back": 4}
-    eroded = postprocess(maps, ThreeBranchParams(**grown)).labels
-    assert eroded.max() == 1  # eroding by 2 removes the 2-pixel boundary: the pair is one object
-    thin = postprocess(maps, ThreeBranchParams(thin_boundaries=True, **grown)).labels
-    assert thin.max() == 2
-    for i in (1, 2):
-        gland = labels == i
-        found = thin == np.bincount(thin[gland]).argmax()
-        assert (found & gland).sum() / (found | gland).sum() > 0.9
-    assert ThreeBranchParams().thin_boundaries is False  # the paper's erosion stays the default
-    old = params_to_dict(ThreeBranchParams())
-    del old["thin_boundaries"]  # parameter files written before session 21
-    assert params_from_dict(ThreeBranchParams, old).thin_boundaries is False
-
-
 @pytest.fixture
 def write_split(disks_labels):
     """``write_split(folder, names)``: a split folder (images/, labels/) of one-disk 16 x 16 images."""

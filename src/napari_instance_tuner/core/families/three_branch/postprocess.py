@@ -15,17 +15,6 @@ Extra (off with 0): ``split_radius`` opens the separated mask of step 4 before l
 boundary between two touching glands has a gap, the two stay joined through it and are counted as one (the most
 frequent failure on malignant glands, docs/benchmarks.md, issue 20, session 18); an opening of radius r cuts
 every neck narrower than about 2r. What it trims elsewhere comes back with ``grow_back``.
-Extra (off by default): ``keep_orphans`` keeps a component without a centroid when no object with a centroid
-reaches it by growing ``grow_back`` pixels (at least 1) into the foreground: an isolated gland whose centroid blob
-was missed, not a fragment that the boundary subtraction cut off a kept gland (grow-back joins those to it). The
-centroid filter's purpose, dropping fragments, is kept; size does not decide, as it does for
-``keep_large_without_centroid``. Malignant glands lost for lacking a centroid: docs/benchmarks.md, issue 20,
-session 21.
-Extra (off by default): ``thin_boundaries`` replaces step 2's erosion of the boundary mask by its skeleton
-(``skimage.morphology.skeletonize``, one pixel wide, which still separates 4-connected components). The erosion
-removes every boundary thinner than twice its radius, and with it the weak, thin boundaries between crowded
-malignant glands (docs/benchmarks.md, issue 20, session 21); the skeleton keeps each boundary that crosses the
-threshold anywhere along its width, however thin, and drops only its width.
 
 Optional, instead of steps 4-5 (``watershed``, off by default, a deliberate departure from the paper):
 label the centroid mask's components as markers and flood the foreground from them over the boundary
@@ -66,10 +55,6 @@ class ThreeBranchParams:
                                              "many pixels (0: drop them all, as the paper)", 100)
     split_radius: int = param(0, 0, 20, "after subtracting boundaries, an opening of this radius cuts the necks "
                               "a gap in a predicted boundary leaves between touching objects (0 = off)")
-    keep_orphans: bool = param(False, description="keep objects without a centroid that no object with one "
-                                                  "reaches by growing back (isolated glands, not fragments)")
-    thin_boundaries: bool = param(False, description="reduce the boundary mask to its one-pixel skeleton instead "
-                                                     "of eroding it (keeps thin boundaries; boundary_erosion unused)")
     grow_back: int = param(16, 0, 60, "grow objects back into the foreground up to this distance (0 = off)")
     watershed: bool = param(False, description="split the foreground by a watershed on the boundary map from "
                                                "centroid markers instead of subtracting boundaries")
@@ -100,8 +85,7 @@ def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
         return Instances(labels=relabel(labels, keep))
     separated = fg
     if params.subtract_boundaries and "boundary" in arrays:
-        boundary = (arrays["boundary"] >= params.boundary_threshold).view(np.uint8)
-        boundary = _skeleton(boundary) if params.thin_boundaries else erode(boundary, params.boundary_erosion)
+        boundary = erode((arrays["boundary"] >= params.boundary_threshold).view(np.uint8), params.boundary_erosion)
         separated = fg & (1 - boundary)
     if params.split_radius > 0:
         separated = close_open(separated, 0, params.split_radius)
@@ -113,25 +97,12 @@ def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
         if params.keep_large_without_centroid > 0:
             has_centroid |= np.bincount(labels.ravel(), minlength=n) >= params.keep_large_without_centroid
         keep &= has_centroid
-        if params.keep_orphans:
-            reach = grow_labels(relabel(labels, keep), fg, max(params.grow_back, 1))
-            orphan = ~keep & (np.bincount(labels[reach > 0], minlength=n) == 0)
-            orphan[0] = False
-            keep |= orphan
     if params.grow_back > 0:
         labels = grow_labels(relabel(labels, keep), fg, params.grow_back)
         n = int(labels.max()) + 1
         keep = np.ones(n, bool)
     keep &= np.bincount(labels.ravel(), minlength=n) >= params.min_size
     return Instances(labels=relabel(labels, keep))
-
-
-def _skeleton(mask: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) one-pixel-wide skeleton of uint8 (H, W) ``mask`` (8-connected lines, which no 4-connected
-    component crosses)."""
-    from skimage.morphology import skeletonize  # deferred: scikit-image
-
-    return skeletonize(mask.view(bool)).view(np.uint8)
 
 
 def _watershed_from_centroids(arrays: dict, fg: np.ndarray, params: ThreeBranchParams) -> np.ndarray:
