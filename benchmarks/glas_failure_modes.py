@@ -103,7 +103,8 @@ def main() -> None:
     parser.add_argument("--cross-fit", nargs="*", default=[], help="each image's maps from the model that never "
                                                                   "trained on it")
     parser.add_argument("--also-cross-fit", nargs="*", default=[],
-                        help="a second recipe's models: their cross-fitted maps are averaged in (as in glas_lopo_tuning.py)")
+                        help="a second recipe's models: their cross-fitted maps are averaged in "
+                             "(as in glas_lopo_tuning.py)")
     parser.add_argument("--params", help="model whose post-processing parameters segment (default: --model)")
     parser.add_argument("--fold-params", metavar="JSON",
                         help="segment each image with the parameters of its fold in a glas_lopo_tuning.py --json run "
@@ -111,6 +112,8 @@ def main() -> None:
     parser.add_argument("--rule", default="all", help="with --fold-params: the run's rule whose parameters segment")
     parser.add_argument("--why", action="store_true", help="tell the missed glands apart by the step that lost them")
     args = parser.parse_args()
+    if args.also_cross_fit and not args.cross_fit:
+        parser.error("--also-cross-fit needs --cross-fit")
     loaded = load_model(args.model)
     samples = load_split(args.data, names=loaded.meta["training"]["val_images"])
     groups = read_groups(args.data)

@@ -173,7 +173,8 @@ def main() -> None:
     if args.cross_fit:
         maps = cross_fitted([load_model(m) for m in args.cross_fit], samples, Path(args.cache))
         if args.also_cross_fit:
-            maps = averaged([maps, cross_fitted([load_model(m) for m in args.also_cross_fit], samples, Path(args.cache))])
+            second = cross_fitted([load_model(m) for m in args.also_cross_fit], samples, Path(args.cache))
+            maps = averaged([maps, second])
     else:
         maps = cached_maps(loaded, samples, Path(args.cache))
     if members:
@@ -190,8 +191,8 @@ def main() -> None:
     recorded = json.loads(Path(args.fold_params).read_text()) if args.fold_params else None
     if recorded and recorded["folds"] != folds:
         parser.error(f"--fold-params {args.fold_params} holds other folds: {recorded['folds']}")
-    report = {"models": [*(args.cross_fit or [args.model]), *args.also_cross_fit, *args.average], "cross_fit": bool(args.cross_fit),
-              "search": args.search, "excluded": excluded,
+    report = {"models": [*(args.cross_fit or [args.model]), *args.also_cross_fit, *args.average],
+              "cross_fit": bool(args.cross_fit), "search": args.search, "excluded": excluded,
               "patients": [p for f in folds for p in f],
               "folds": folds, "images": [s.name for s in samples], "fold_params_from": args.fold_params}
     print(f"{' + '.join(report['models'])}: {len(samples)} images of patients "
