@@ -11,6 +11,18 @@ whose 4-neighbourhood contains another label), which is what Canny finds on a pi
 map, without Canny's smoothing. A bounding-box centre can fall outside a non-convex gland, so
 ``centroid_mode="inside"`` uses the object's pixel of maximum distance to its border instead.
 
+Optional, not in the paper: ``centroid_mode="skeleton"`` replaces the centroid disk by the skeleton-aware
+distance transform (SDT) of Lin et al. 2023 (arXiv 2310.05262), a float map in [0, 1] per object:
+``(d_B / (d_B + d_S)) ** alpha`` with d_B the distance to the object's border and d_S the distance to its
+skeleton: 1 along the skeleton, falling to ~0 at the border. Thresholded, it gives every gland one core that
+follows its shape, however long or irregular, and touching glands cores that stay apart (the SDT paper's
+testB figures: F1 0.866, Dice 0.851). The skeleton is taken of the Gaussian-smoothed object mask, as the
+SDT paper does, so that small bumps of the outline do not grow branches. Deliberate differences from the SDT
+paper: its network regresses the SDT as its only output (quantised, with a cross-entropy loss); here it replaces
+the centroid branch's target and is learned with that branch's weighted binary cross-entropy on soft targets,
+so the architecture, the other two branches and the post-processing (the centroid filter, or the watershed from
+centroid markers) stay as they are.
+
 Optional, not in the paper (off by default): the *separation weight* of the U-Net paper (Ronneberger et al.
 2015, eq. 2), ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` with d1, d2 the distances to the nearest and
 second-nearest object, added to the foreground branch's loss weight on background pixels. It makes the thin
@@ -41,12 +53,15 @@ class TargetConfig:
     centroid_width : float
         Centroid disk diameter in pixels at :data:`PAPER_SCALE` (paper: ~14).
     centroid_mode : str
-        ``"bbox"`` (paper: centre of the tight bounding box) or ``"inside"`` (maximum of the distance
-        transform, always inside the object).
+        ``"bbox"`` (paper: centre of the tight bounding box), ``"inside"`` (maximum of the distance
+        transform, always inside the object) or ``"skeleton"`` (the skeleton-aware distance transform, a
+        float map; ``centroid_width`` is then unused).
     separation_weight : float
         U-Net's w0: peak extra foreground loss weight between two objects (0: off, the paper's loss).
     separation_sigma : float
         U-Net's sigma, in pixels at :data:`PAPER_SCALE`.
+    skeleton_alpha : float
+        The SDT's exponent alpha (``centroid_mode="skeleton"`` only; the SDT paper's 0.8).
     """
 
     boundary_width: float = 11.0
@@ -54,6 +69,7 @@ class TargetConfig:
     centroid_mode: str = "bbox"
     separation_weight: float = 0.0
     separation_sigma: float = 4.0
+    skeleton_alpha: float = 0.8
 
     def widths_at(self, pixel_scale: float) -> tuple[float, float]:
         """(boundary, centroid) widths in pixels at a training pixel scale (1.0 = native)."""
@@ -65,8 +81,11 @@ class TargetConfig:
         return self.separation_sigma * pixel_scale / PAPER_SCALE
 
     def to_dict(self) -> dict:
-        """JSON-able dict."""
-        return asdict(self)
+        """JSON-able dict (``skeleton_alpha`` only in skeleton mode, so older metadata stays as it was)."""
+        out = asdict(self)
+        if self.centroid_mode != "skeleton":
+            del out["skeleton_alpha"]
+        return out
 
 
 def boundary_pixels(labels: np.ndarray) -> np.ndarray:
@@ -97,7 +116,7 @@ def centre_points(labels: np.ndarray, mode: str = "bbox") -> np.ndarray:
             r, c = np.unravel_index(np.argmax(dist), dist.shape)
             points.append((sl[0].start + r - 1, sl[1].start + c - 1))
         else:
-            raise ValueError(f"centroid_mode {mode!r} is not 'bbox' or 'inside'")
+            raise ValueError(f"centroid_mode {mode!r} is not 'bbox', 'inside' or 'skeleton'")
     return np.asarray(points, int)
 
 
@@ -115,7 +134,8 @@ def make_targets(labels: np.ndarray, config: TargetConfig, pixel_scale: float) -
     Returns
     -------
     np.ndarray
-        uint8 (3, H, W): foreground, boundary, centroid (0 or 1).
+        uint8 (3, H, W): foreground, boundary, centroid (0 or 1); float32 in [0, 1] when
+        ``config.centroid_mode`` is ``"skeleton"`` (the centroid channel is then the SDT).
     """
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
@@ -126,6 +146,9 @@ def make_targets(labels: np.ndarray, config: TargetConfig, pixel_scale: float) -
     # A band of the requested total width centred on the boundary line: distance < width / 2.
     edge = boundary_pixels(labels)
     boundary = ndi.distance_transform_edt(~edge) < b_width / 2 if edge.any() else np.zeros_like(fg)
+    if config.centroid_mode == "skeleton":
+        centroid = skeleton_distance(labels, config.skeleton_alpha)
+        return np.stack([fg.astype(np.float32), boundary.astype(np.float32), centroid])
     centroid = np.zeros_like(fg)
     pts = centre_points(labels, config.centroid_mode)
     if len(pts):
@@ -133,6 +156,46 @@ def make_targets(labels: np.ndarray, config: TargetConfig, pixel_scale: float) -
         seeds[pts[:, 0], pts[:, 1]] = False
         centroid = ndi.distance_transform_edt(seeds) < c_width / 2
     return np.stack([fg, boundary, centroid]).astype(np.uint8)
+
+
+def skeleton_distance(labels: np.ndarray, alpha: float = 0.8) -> np.ndarray:
+    """The skeleton-aware distance transform of every object (Lin et al. 2023): float32 (H, W) in [0, 1].
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer (H, W) instance labels, 0 = background.
+    alpha : float
+        Exponent of ``d_B / (d_B + d_S)``; below 1 it widens the high plateau around the skeleton.
+
+    Returns
+    -------
+    np.ndarray
+        float32 (H, W): 1 on each object's skeleton, ``(d_B / (d_B + d_S)) ** alpha`` elsewhere inside it
+        (d_B: distance to the nearest pixel outside the object, so at least 1; d_S: distance to the skeleton),
+        0 on the background. An object too thin to keep a skeleton after smoothing gets its pixel of maximum
+        ``d_B`` as skeleton.
+    """
+    from skimage.morphology import skeletonize  # deferred: scikit-image
+
+    labels = np.asarray(labels)
+    out = np.zeros(labels.shape, np.float32)
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mask = np.pad(labels[box] == index, 1)
+        d_border = ndi.distance_transform_edt(mask)
+        # Smoothing with sigma ~ a tenth of the object's half-width prunes the outline's small bumps.
+        sigma = max(1.0, 0.1 * float(d_border.max()))
+        skeleton = skeletonize(ndi.gaussian_filter(mask.astype(np.float32), sigma) > 0.5) & mask
+        if not skeleton.any():
+            skeleton = np.zeros_like(mask)
+            skeleton[np.unravel_index(np.argmax(d_border), mask.shape)] = True
+        d_skeleton = ndi.distance_transform_edt(~skeleton)
+        energy = (d_border / (d_border + d_skeleton)) ** alpha
+        inner = mask[1:-1, 1:-1]
+        out[box][inner] = energy[1:-1, 1:-1][inner]
+    return out
 
 
 def separation_weights(labels: np.ndarray, weight: float, sigma: float) -> np.ndarray:

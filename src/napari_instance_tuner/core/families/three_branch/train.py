@@ -30,8 +30,11 @@ class ThreeBranchTrainOptions(UNetTrainOptions):
                                    type=float, range=(0.0, 1e3))
     centroid_width: float = option(14.0, "--centroid-width", "centroid target width, px at the paper's 256-px scale",
                                    type=float, range=(0.0, 1e3))
-    centroid_mode: str = option("bbox", "--centroid-mode", "centroid target: the bounding-box centre, or a point "
-                                "inside the object", choices=("bbox", "inside"))
+    centroid_mode: str = option("bbox", "--centroid-mode", "centroid target: the bounding-box centre, a point inside "
+                                "the object, or the skeleton-aware distance transform (SDT, a map along each "
+                                "object's skeleton)", choices=("bbox", "inside", "skeleton"))
+    skeleton_alpha: float = option(0.8, "--skeleton-alpha", "the SDT's exponent alpha (--centroid-mode skeleton)",
+                                   type=float, range=(0.05, 10.0))
     separation_weight: float = option(0.0, "--separation-weight", "U-Net's separation weight w0 on the background "
                                       "between objects, foreground branch (0: off, the paper's loss)",
                                       type=float, range=(0.0, 1e3))
@@ -56,7 +59,7 @@ class ThreeBranchTrainOptions(UNetTrainOptions):
     def targets(self) -> TargetConfig:
         """The target widths and centroid mode (:class:`.targets.TargetConfig`)."""
         return TargetConfig(self.boundary_width, self.centroid_width, self.centroid_mode, self.separation_weight,
-                            self.separation_sigma)
+                            self.separation_sigma, self.skeleton_alpha)
 
 
 @dataclass
