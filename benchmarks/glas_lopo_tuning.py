@@ -36,6 +36,10 @@ is held back and never read, only its patient ids). Those patients' malignant im
 for testB here; pooled figures over all malignant images mix in easier patients.
 ``--exclude NAME[,NAME]`` leaves parameters at their start value (the family's default) in every search: run
 once with a new lever excluded and once without, on the same maps, to measure the lever alone (session 18).
+``--fix NAME=VALUE[,NAME=VALUE]`` sets parameters' start values and leaves them out of the search: a
+coordinate search that starts with ``watershed`` off never tries a switch that only acts with it on (such as
+session 22's ``flood_over_centroid``, measured at commit 44f8f27 and removed), so such a path is measured by
+fixing it.
 ``--fold-params JSON`` skips the tuning and re-scores the folds of an earlier run with the parameters its
 JSON recorded (how session 16 added per-patient figures to session 15's runs).
 
@@ -147,6 +151,8 @@ def main() -> None:
     parser.add_argument("--exclude", default="",
                         help="comma-separated parameters the search leaves at their start value (e.g. a new lever, "
                              "to measure the search without it on the same maps)")
+    parser.add_argument("--fix", default="", metavar="NAME=VALUE[,...]",
+                        help="parameters set to these values and left out of the search (JSON values: true, 3, 0.5)")
     parser.add_argument("--skip-whole", action="store_true", help="skip the (optimistic) tuning on all images")
     parser.add_argument("--cache", default="checkpoints/maps-cache")
     parser.add_argument("--json")
@@ -182,7 +188,12 @@ def main() -> None:
     # the family's defaults, not the model's tuned values (those were tuned on every validation patient)
     start = variant_params("paper", loaded.family.Params())
     searched = TUNABLE["paper"] if args.search == "paper" else None
-    excluded = [n for n in args.exclude.split(",") if n]
+    try:
+        fixed = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.fix.split(",") if item)}
+        start = params_from_dict(loaded.family.Params, fixed, start)
+    except (ValueError, ParamsError) as exc:  # json.JSONDecodeError and a missing "=" included
+        parser.error(f"--fix {args.fix}: {exc}")
+    excluded = [n for n in args.exclude.split(",") if n] + list(fixed)
     try:
         searched = searched_names(start, excluded, searched)
     except ParamsError as exc:
@@ -192,7 +203,7 @@ def main() -> None:
     if recorded and recorded["folds"] != folds:
         parser.error(f"--fold-params {args.fold_params} holds other folds: {recorded['folds']}")
     report = {"models": [*(args.cross_fit or [args.model]), *args.also_cross_fit, *args.average],
-              "cross_fit": bool(args.cross_fit), "search": args.search, "excluded": excluded,
+              "cross_fit": bool(args.cross_fit), "search": args.search, "excluded": excluded, "fixed": fixed,
               "patients": [p for f in folds for p in f],
               "folds": folds, "images": [s.name for s in samples], "fold_params_from": args.fold_params}
     print(f"{' + '.join(report['models'])}: {len(samples)} images of patients "

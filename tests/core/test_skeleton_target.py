@@ -4,10 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess
 from napari_instance_tuner.core.families.three_branch.targets import TargetConfig, make_targets, skeleton_distance
 from napari_instance_tuner.core.families.three_branch.train import BatchMaker, ThreeBranchTrainOptions, prepare_samples
-from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.training.augment import AugmentConfig
 from napari_instance_tuner.core.training.data import Sample
 
@@ -93,24 +91,3 @@ def test_batches_carry_the_sdt_through_crops_and_flips():
     foreground = y[:, 0].numpy() > 0
     assert not centroid[~foreground].any() and centroid[foreground].min() > 0
 
-
-def test_flooding_over_the_sdt_cuts_touching_objects_at_their_contact():
-    """A boundary the network missed along a wide front (flat boundary map): flooding over the boundary map
-    splits the two objects where the floods from their cores meet, flooding over the SDT at the contact."""
-    labels = np.zeros((40, 70), np.int32)
-    labels[5:35, 3:45] = 1
-    labels[5:35, 45:62] = 2
-    maps = Maps({"foreground": (labels > 0).astype(np.float32), "boundary": np.zeros(labels.shape, np.float32),
-                 "centroid": skeleton_distance(labels)})
-    plain = {"close_radius": 0, "open_radius": 0, "boundary_erosion": 0, "centroid_erosion": 0, "min_size": 0,
-             "grow_back": 0, "centroid_threshold": 0.7, "watershed": True}
-
-    def purity(out, i):  # share of object i in its most frequent output label
-        return np.bincount(out[labels == i]).max() / (labels == i).sum()
-
-    over_boundary = postprocess(maps, ThreeBranchParams(**plain)).labels
-    over_sdt = postprocess(maps, ThreeBranchParams(flood_over_centroid=True, **plain)).labels
-    assert over_boundary.max() == over_sdt.max() == 2
-    assert purity(over_boundary, 1) < 0.95
-    assert purity(over_sdt, 1) > 0.99 and purity(over_sdt, 2) > 0.99
-    assert ThreeBranchParams().flood_over_centroid is False  # the boundary map, as before, by default

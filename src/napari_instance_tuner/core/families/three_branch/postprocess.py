@@ -23,10 +23,7 @@ rises between two markers, but a large irregular gland is no longer cut wherever
 crosses it, and its pieces are not dropped for lacking a centroid: every foreground pixel connected to a
 marker joins one. Foreground components without any marker are dropped when ``require_centroid`` is on,
 kept whole otherwise. Subtracting boundaries and the centroid filter cut malignant glands into pieces
-(docs/benchmarks.md, issue 20), which is why this exists. With ``flood_over_centroid`` (off by default) the
-relief is the inverted centroid map instead: for a model trained with the skeleton-aware distance transform as its
-centroid target (``train --centroid-mode skeleton``), that map falls to 0 at every object's border, and the SDT
-paper (Lin et al. 2023) floods over it.
+(docs/benchmarks.md, issue 20), which is why this exists.
 """
 
 from __future__ import annotations
@@ -61,8 +58,6 @@ class ThreeBranchParams:
     grow_back: int = param(16, 0, 60, "grow objects back into the foreground up to this distance (0 = off)")
     watershed: bool = param(False, description="split the foreground by a watershed on the boundary map from "
                                                "centroid markers instead of subtracting boundaries")
-    flood_over_centroid: bool = param(False, description="watershed: flood over the inverted centroid map (for "
-                                                         "skeleton-distance models) instead of the boundary map")
 
 
 def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
@@ -121,11 +116,8 @@ def _watershed_from_centroids(arrays: dict, fg: np.ndarray, params: ThreeBranchP
     markers, _ = connected_components(centroid & fg)
     boundary = arrays.get("boundary")
     # The boundary probability is the relief (touching objects meet on its ridges); without a boundary
-    # branch the inverted foreground probability plays that role; a skeleton-distance map's valleys on request.
-    if params.flood_over_centroid:
-        relief = 1.0 - arrays["centroid"]
-    else:
-        relief = boundary if boundary is not None else 1.0 - arrays["foreground"]
+    # branch the inverted foreground probability plays that role.
+    relief = boundary if boundary is not None else 1.0 - arrays["foreground"]
     relief = np.round(np.clip(relief, 0.0, 1.0) * 255).astype(np.uint8)  # integer relief: faster flooding
     labels = watershed(relief, markers.astype(np.int32), mask=fg.view(bool)).astype(np.uint32)
     if not params.require_centroid:

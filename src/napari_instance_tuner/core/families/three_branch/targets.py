@@ -21,7 +21,8 @@ SDT paper does, so that small bumps of the outline do not grow branches. Deliber
 paper: its network regresses the SDT as its only output (quantised, with a cross-entropy loss); here it replaces
 the centroid branch's target and is learned with that branch's weighted binary cross-entropy on soft targets,
 so the architecture, the other two branches and the post-processing (the centroid filter, or the watershed from
-centroid markers) stay as they are.
+centroid markers) stay as they are. Measured on GlaS in session 22 (docs/benchmarks.md, issue 20): fewer missed
+glands and false positives, more merged ones; not adopted for the shipped gland model.
 
 Optional, not in the paper (off by default): the *separation weight* of the U-Net paper (Ronneberger et al.
 2015, eq. 2), ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` with d1, d2 the distances to the nearest and
