@@ -17,11 +17,12 @@ distance transform (SDT) of Lin et al. 2023 (arXiv 2310.05262), a float map in [
 skeleton: 1 along the skeleton, falling to ~0 at the border. Thresholded, it gives every gland one core that
 follows its shape, however long or irregular, and touching glands cores that stay apart (the SDT paper's
 testB figures: F1 0.866, Dice 0.851). The skeleton is taken of the Gaussian-smoothed object mask, as the
-SDT paper does, so that small bumps of the outline do not grow branches. Deliberate differences from the SDT
-paper: its network regresses the SDT as its only output (quantised, with a cross-entropy loss); here it replaces
-the centroid branch's target and is learned with that branch's weighted binary cross-entropy on soft targets,
-so the architecture, the other two branches and the post-processing (the centroid filter, or the watershed from
-centroid markers) stay as they are. Measured on GlaS in session 22 (docs/benchmarks.md, issue 20): fewer missed
+authors' code does (pytorch_connectomics; there with a fixed width, here a tenth of the object's half-width, at
+least 1 px), so that small bumps of the outline do not grow branches. Deliberate differences from the SDT paper:
+its network predicts the SDT as its only output, with a loss of its own; here it replaces the centroid branch's
+target and is learned with that branch's weighted binary cross-entropy on soft targets, so the architecture,
+the other two branches and the post-processing (the centroid filter, or the watershed from centroid markers)
+stay as they are. Measured on GlaS in session 22 (docs/benchmarks.md, issue 20): fewer missed
 glands and false positives, more merged ones; not adopted for the shipped gland model.
 
 Optional, not in the paper (off by default): the *separation weight* of the U-Net paper (Ronneberger et al.
