@@ -80,7 +80,7 @@ def test_options_record_the_mode_and_alpha_and_older_metadata_keeps_its_keys():
         make_targets(l_shape(), TargetConfig(centroid_mode="spine"), 1.0)
 
 
-def test_batches_carry_the_sdt_through_crops_and_flips():
+def test_batches_carry_the_sdt_through_crops():
     labels = l_shape()
     image = np.stack([(labels > 0) * 200 + 20] * 3, -1).astype(np.uint8)
     maker = BatchMaker(prepare_samples([Sample("s", image, labels)], 3, 1.0), crop=64, batch_size=2, pixel_scale=1.0,

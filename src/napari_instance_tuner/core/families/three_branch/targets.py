@@ -174,7 +174,8 @@ def skeleton_distance(labels: np.ndarray, alpha: float = 0.8) -> np.ndarray:
     -------
     np.ndarray
         float32 (H, W): 1 on each object's skeleton, ``(d_B / (d_B + d_S)) ** alpha`` elsewhere inside it
-        (d_B: distance to the nearest pixel outside the object, so at least 1; d_S: distance to the skeleton),
+        (d_B: distance to the nearest pixel outside the object, so at least 1, the image's edge counting as
+        outside; d_S: distance to the skeleton),
         0 on the background. An object too thin to keep a skeleton after smoothing gets its pixel of maximum
         ``d_B`` as skeleton.
     """
