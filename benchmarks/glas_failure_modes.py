@@ -102,9 +102,9 @@ def main() -> None:
     parser.add_argument("--extra-data", help="a split of images none of the models trained on")
     parser.add_argument("--cross-fit", nargs="*", default=[], help="each image's maps from the model that never "
                                                                   "trained on it")
-    parser.add_argument("--also-cross-fit", nargs="*", default=[],
+    parser.add_argument("--also-cross-fit", nargs="+", action="append", default=[], metavar="MODEL",
                         help="a second recipe's models: their cross-fitted maps are averaged in "
-                             "(as in glas_lopo_tuning.py)")
+                             "(as in glas_lopo_tuning.py; given again, a third recipe's)")
     parser.add_argument("--params", help="model whose post-processing parameters segment (default: --model)")
     parser.add_argument("--fold-params", metavar="JSON",
                         help="segment each image with the parameters of its fold in a glas_lopo_tuning.py --json run "
@@ -125,8 +125,8 @@ def main() -> None:
 
         all_maps = cross_fitted([load_model(m) for m in args.cross_fit], samples, Path(args.cache))
         if args.also_cross_fit:
-            all_maps = averaged([all_maps, cross_fitted([load_model(m) for m in args.also_cross_fit], samples,
-                                                        Path(args.cache))])
+            all_maps = averaged([all_maps] + [cross_fitted([load_model(m) for m in recipe], samples, Path(args.cache))
+                                              for recipe in args.also_cross_fit])
     else:
         all_maps = cached_maps(loaded, samples, Path(args.cache))
     source = load_model(args.params) if args.params else loaded

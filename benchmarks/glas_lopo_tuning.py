@@ -28,7 +28,8 @@ images: the cross-fit halves of ``runs/glas-xfitA.sh`` and ``runs/glas-xfitB.sh`
 With ``--average`` too, each image's cross-fitted maps are averaged with those models' maps: an ensemble of the
 recipe and models that trained on none of the images (refused if one did). ``--also-cross-fit MODEL_C MODEL_D``
 averages in a second recipe's cross-fitted maps (each image's from the one of those that never trained on it):
-an ensemble of two recipes, e.g. two architectures, each validated on the images its halves did not see.
+an ensemble of two recipes, e.g. two architectures, each validated on the images its halves did not see; given
+again, it adds a third recipe (session 23), each recipe's maps weighing the same.
 
 Per patient: the JSON also holds each image's metrics (``images``), the figures of every patient
 (``by_patient``) and of the patients that GlaS testB also holds (``testB_patients``, from ``Grade.csv``: testB
@@ -137,9 +138,10 @@ def main() -> None:
     parser.add_argument("--average", nargs="*", default=[], help="more models whose maps are averaged in")
     parser.add_argument("--cross-fit", nargs="*", default=[],
                         help="models of one recipe: each image's maps come from the one that never trained on it")
-    parser.add_argument("--also-cross-fit", nargs="*", default=[],
+    parser.add_argument("--also-cross-fit", nargs="+", action="append", default=[], metavar="MODEL",
                         help="models of a second recipe (another architecture, say): their cross-fitted maps are "
-                             "averaged with those of --cross-fit, an ensemble of the two recipes' halves")
+                             "averaged with those of --cross-fit, an ensemble of the two recipes' halves; given "
+                             "again, a third recipe's, and so on (each recipe weighs the same)")
     parser.add_argument("--data", required=True, help="split holding the model's validation images")
     parser.add_argument("--extra-data", help="a split of images none of the models trained on, added to both sides")
     parser.add_argument("--folds", type=int, help="group the patients into this many folds (default: one each)")
@@ -179,8 +181,8 @@ def main() -> None:
     if args.cross_fit:
         maps = cross_fitted([load_model(m) for m in args.cross_fit], samples, Path(args.cache))
         if args.also_cross_fit:
-            second = cross_fitted([load_model(m) for m in args.also_cross_fit], samples, Path(args.cache))
-            maps = averaged([maps, second])
+            maps = averaged([maps] + [cross_fitted([load_model(m) for m in recipe], samples, Path(args.cache))
+                                      for recipe in args.also_cross_fit])
     else:
         maps = cached_maps(loaded, samples, Path(args.cache))
     if members:
@@ -202,7 +204,7 @@ def main() -> None:
     recorded = json.loads(Path(args.fold_params).read_text()) if args.fold_params else None
     if recorded and recorded["folds"] != folds:
         parser.error(f"--fold-params {args.fold_params} holds other folds: {recorded['folds']}")
-    report = {"models": [*(args.cross_fit or [args.model]), *args.also_cross_fit, *args.average],
+    report = {"models": [*(args.cross_fit or [args.model]), *(m for r in args.also_cross_fit for m in r), *args.average],
               "cross_fit": bool(args.cross_fit), "search": args.search, "excluded": excluded, "fixed": fixed,
               "patients": [p for f in folds for p in f],
               "folds": folds, "images": [s.name for s in samples], "fold_params_from": args.fold_params}

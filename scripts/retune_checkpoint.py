@@ -19,6 +19,11 @@ tunes it on the maps of models of its recipe trained on complementary parts of t
         --extra-data ../shared/data/glas/testA --cross-fit checkpoints/glas-xfitA.safetensors \
         checkpoints/glas-xfitB.safetensors --out checkpoints/three-branch-glas-v6.safetensors --name three-branch-glas-v6
 
+An ensemble of two recipes (``make_ensemble.py``, e.g. v9: a U-Net and an EfficientNet-Lite0 network, each trained on
+every image) is tuned as ``benchmarks/glas_lopo_tuning.py --also-cross-fit`` validated it: ``--also-cross-fit C D``
+names the second recipe's halves, and each image's maps are the mean of both recipes' cross-fitted maps. Every
+half must have the architecture of one of the ensemble's members.
+
 The search starts from the checkpoint's parameters, or with ``--from-defaults`` from the family's defaults, as
 ``benchmarks/glas_lopo_tuning.py`` starts each fold (so the shipped tuning is the procedure the k-fold validated);
 ``--exclude NAME[,NAME]`` leaves parameters at their start value, as that benchmark's option does.
@@ -29,13 +34,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from napari_instance_tuner.core.errors import ParamsError
 from napari_instance_tuner.core.evaluation.scoring import OBJECTIVES
+from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
 from napari_instance_tuner.core.params import searched_names
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.training.data import load_split, read_groups
-from napari_instance_tuner.core.training.ensemble import SHARED_META, cross_fit_assignment, trained_images
+from napari_instance_tuner.core.training.ensemble import (
+    cross_fit_assignment,
+    differences,
+    member_architectures,
+    trained_images,
+)
 from napari_instance_tuner.core.training.jobs import tune_and_evaluate
 
 
@@ -77,29 +90,46 @@ def retune(loaded, data: str, extra: str | None = None, objective: str = "image-
     return tuned["score_before"], tuned["score_after"]
 
 
-def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None, objective: str = "image-mean",
-                     exclude: list[str] | None = None, from_defaults: bool = False) -> tuple[float, float]:
-    """Auto-tune ``loaded``'s post-processing on the cross-fitted maps of ``models`` (see the module docstring)
-    and record their metrics in ``loaded.meta``; returns the score before and after tuning. ``exclude``,
-    ``from_defaults``: :func:`search_setup`."""
-    for m in models:  # their maps stand in for the checkpoint's: the same network, pixel scale and input
-        differ = [k for k in SHARED_META if m.meta.get(k) != loaded.meta.get(k)]
+def check_recipe(loaded, models: list) -> None:
+    """Exit unless each of ``models`` could stand in for a member of ``loaded``: the same pixel scale, input and
+    outputs (:func:`differences`), and the architecture of one of its members."""
+    archs = member_architectures(loaded.meta)
+    for m in models:
+        differ = differences(m.meta, loaded.meta)
         if differ:
             raise SystemExit(f"{m.name} differs from {loaded.name} in {', '.join(differ)}: not the same recipe")
+        if m.meta["architecture"] not in archs:
+            raise SystemExit(f"{m.name}'s architecture is that of no member of {loaded.name}")
+
+
+def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None, objective: str = "image-mean",
+                     exclude: list[str] | None = None, from_defaults: bool = False,
+                     also: list | None = None) -> tuple[float, float]:
+    """Auto-tune ``loaded``'s post-processing on the cross-fitted maps of ``models`` (averaged with those of a second
+    recipe's halves, ``also``; see the module docstring) and record their metrics in ``loaded.meta``; returns the
+    score before and after tuning. ``exclude``, ``from_defaults``: :func:`search_setup`."""
+    recipes = [models, *([also] if also else [])]
+    for recipe in recipes:  # their maps stand in for the checkpoint's: the same networks, pixel scale and input
+        check_recipe(loaded, recipe)
     samples = load_split(data) + (load_split(extra) if extra else [])
     groups = {**read_groups(data), **(read_groups(extra) if extra else {})}
-    seen_by_all = set.intersection(*(trained_images(m.meta) for m in models))
-    samples = [s for s in samples if s.name not in seen_by_all]
-    owner = cross_fit_assignment([m.meta for m in models], [s.name for s in samples])
-    maps = [run(models[o].family.predict_maps(models[o].model, s.image, models[o].meta)) for s, o in zip(samples, owner)]
+    seen = set().union(*(set.intersection(*(trained_images(m.meta) for m in r)) for r in recipes))
+    samples = [s for s in samples if s.name not in seen]
+    owners = [cross_fit_assignment([m.meta for m in r], [s.name for s in samples]) for r in recipes]
+    per_recipe = [[run(r[o].family.predict_maps(r[o].model, s.image, r[o].meta)) for s, o in zip(samples, owner)]
+                  for r, owner in zip(recipes, owners)]
+    maps = [Maps(arrays={k: np.mean([m.arrays[k] for m in each], axis=0) for k in each[0].arrays})
+            for each in zip(*per_recipe)]
     run(tune_and_evaluate(loaded, loaded.meta, samples, groups, maps=maps, key="cross_fit", objective=objective,
                           **search_setup(loaded, exclude, from_defaults)))
     tuned = loaded.meta["training"]["autotune"]
-    tuned["on"] = (f"cross-fitted maps: {len(samples)} images, each segmented by the one of "
-                   f"{', '.join(m.name for m in models)} that never trained on it")
+    halves = " and ".join(", ".join(m.name for m in r) for r in recipes)
+    tuned["on"] = (f"cross-fitted maps: {len(samples)} images, each segmented by the one of {halves} that never "
+                   "trained on it" + (" (the recipes' maps averaged)" if also else ""))
     loaded.meta["training"]["tuning_images"] = [s.name for s in samples]
-    loaded.meta["training"]["cross_fit"] = [{"name": m.name, "sha256": m.sha256, "images": [
-        s.name for s, o in zip(samples, owner) if o == k]} for k, m in enumerate(models)]
+    loaded.meta["training"]["cross_fit"] = [
+        {"name": m.name, "sha256": m.sha256, "images": [s.name for s, o in zip(samples, owner) if o == k]}
+        for r, owner in zip(recipes, owners) for k, m in enumerate(r)]
     return tuned["score_before"], tuned["score_after"]
 
 
@@ -112,6 +142,9 @@ def main() -> None:
     parser.add_argument("--extra-data", help="a split the model never trained on, added to the tuning images")
     parser.add_argument("--cross-fit", nargs="+", metavar="MODEL",
                         help="tune on these models' maps of the images each never trained on (module docstring)")
+    parser.add_argument("--also-cross-fit", nargs="+", metavar="MODEL",
+                        help="a second recipe's halves, whose cross-fitted maps are averaged in (an ensemble of two "
+                             "recipes; needs --cross-fit)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="image-mean",
                         help="image-mean: the family's score averaged over the images; pooled: the mean of the "
                              "pooled GlaS object F1 and object Dice (each object weighs the same)")
@@ -120,11 +153,14 @@ def main() -> None:
     parser.add_argument("--from-defaults", action="store_true",
                         help="start the search from the family's default parameters, not the checkpoint's")
     args = parser.parse_args()
+    if args.also_cross_fit and not args.cross_fit:
+        parser.error("--also-cross-fit needs --cross-fit")
     loaded = load_model(args.checkpoint)
     how = {"exclude": [n for n in args.exclude.split(",") if n], "from_defaults": args.from_defaults}
     if args.cross_fit:
+        also = [load_model(m) for m in args.also_cross_fit] if args.also_cross_fit else None
         before, after = retune_cross_fit(loaded, [load_model(m) for m in args.cross_fit], args.data, args.extra_data,
-                                         args.objective, **how)
+                                         args.objective, also=also, **how)
     else:
         before, after = retune(loaded, args.data, args.extra_data, args.objective, **how)
     if args.name:

@@ -91,8 +91,52 @@ def test_cross_fit_models_of_another_recipe_are_refused(tmp_path, tiny_arch, tin
     half_a = _model(tmp_path, "half_a", 1, ["img0", "img3", "img4"], tiny_arch, tiny_meta)
     other = _model(tmp_path, "other", 2, ["img0", "img1", "img2"], {**tiny_arch, "base_channels": 8}, tiny_meta)
     everything = _model(tmp_path, "all", 3, [f"img{i}" for i in range(5)], tiny_arch, tiny_meta)
-    with pytest.raises(SystemExit, match="other differs from all in architecture: not the same recipe"):
+    with pytest.raises(SystemExit, match="other's architecture is that of no member of all"):
         script("retune_checkpoint").retune_cross_fit(everything, [half_a, other], str(split))
+    grey = _model(tmp_path, "grey", 4, ["img0", "img1", "img2"], {**tiny_arch, "in_channels": 1}, tiny_meta)
+    with pytest.raises(SystemExit, match="grey differs from all in architecture.in_channels: not the same recipe"):
+        script("retune_checkpoint").retune_cross_fit(everything, [half_a, grey], str(split))
+
+
+def test_an_ensemble_of_two_recipes_is_tuned_on_both_recipes_cross_fitted_maps_averaged(tmp_path, tiny_arch,
+                                                                                       tiny_meta, script):
+    from napari_instance_tuner.core.family import Maps
+    from napari_instance_tuner.core.training.ensemble import assemble
+
+    split = _split(tmp_path / "data")
+    other_arch = {**tiny_arch, "base_channels": 6, "depth": 3}
+    halves = ([], [])
+    for k, (arch, signs) in enumerate(((tiny_arch, (20.0, -20.0)), (other_arch, (-20.0, 3.0)))):
+        for seed, trained, sure in ((1, ["img0", "img3", "img4"], signs[0]), (2, ["img0", "img1", "img2"], signs[1])):
+            halves[k].append(_model(tmp_path, f"r{k}{seed}", 10 * k + seed, trained, arch, tiny_meta, sure=sure))
+    everything = [_model(tmp_path, f"all{k}", 30 + k, [f"img{i}" for i in range(5)], arch, tiny_meta)
+                  for k, arch in enumerate((tiny_arch, other_arch))]
+    ensemble = assemble(everything, "ens")
+    retune = script("retune_checkpoint").retune_cross_fit
+    retune(ensemble, halves[0], str(split), also=halves[1])
+    meta = ensemble.meta
+    assert [(c["name"], c["images"]) for c in meta["training"]["cross_fit"]] == [
+        ("r01", ["img1", "img2"]), ("r02", ["img3", "img4"]), ("r11", ["img1", "img2"]), ("r12", ["img3", "img4"])]
+    assert "r01, r02 and r11, r12" in meta["training"]["autotune"]["on"] and "averaged" in meta["training"]["autotune"]["on"]
+    # the recorded metrics are those of the two unseen halves' maps averaged, with the tuned parameters
+    params = params_from_dict(ensemble.family.Params, meta["postprocess"])
+    samples = {s.name: s for s in load_split(split)}
+    owners = {"img1": 0, "img2": 0, "img3": 1, "img4": 1}
+
+    def scored(recipes) -> dict:
+        rows = []
+        for name, o in owners.items():
+            each = [run(r[o].family.predict_maps(r[o].model, samples[name].image, r[o].meta)).arrays for r in recipes]
+            maps = Maps(arrays={k: np.mean([e[k] for e in each], axis=0) for k in each[0]})
+            rows.append({"name": name, **evaluate(ensemble.family.postprocess(maps, params).labels,
+                                                  samples[name].labels)})
+        return summarise(rows, read_groups(split))
+
+    key = lambda summary: [summary[g][m] for g in ("benign", "malignant") for m in ("object_f1", "object_dice")]
+    assert key(meta["metrics"]["cross_fit"]) == key(scored(halves)) != key(scored(halves[:1]))
+    stranger = _model(tmp_path, "stranger", 9, ["img0", "img1", "img2"], {**tiny_arch, "base_channels": 8}, tiny_meta)
+    with pytest.raises(SystemExit, match="stranger's architecture is that of no member of ens"):
+        retune(ensemble, halves[0], str(split), also=[halves[1][0], stranger])
 
 
 def test_the_search_can_start_from_the_family_defaults_and_leave_parameters_out(tmp_path, tiny_arch, tiny_meta,

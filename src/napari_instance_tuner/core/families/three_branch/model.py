@@ -70,6 +70,11 @@ class ThreeBranchConfig:
         then ``depth`` is 5, ``in_channels`` 3, and ``base_channels`` the width of the full-resolution block; the
         other levels have the trunk's widths, :data:`..efficientnet_lite.LITE0_WIDTHS`). Omitted from
         :meth:`to_dict` when ``"unet"``.
+    member_architectures : tuple[ThreeBranchConfig, ...]
+        Empty: the members (if several) all have this architecture. Otherwise each member's own architecture, single
+        networks with this config's ``in_channels`` and ``branches``, one per member (``members`` is their number),
+        so that networks of different architectures, e.g. the U-Net encoder and EfficientNet-Lite0's, can be averaged;
+        the other top-level keys are the first member's. Omitted from :meth:`to_dict` when empty.
     """
 
     in_channels: int = 3
@@ -80,6 +85,7 @@ class ThreeBranchConfig:
     branches: tuple[str, ...] = BRANCHES
     members: int = 1
     encoder: str = "unet"
+    member_architectures: tuple[ThreeBranchConfig, ...] = ()
 
     @classmethod
     def from_dict(cls, values: dict) -> ThreeBranchConfig:
@@ -90,6 +96,8 @@ class ThreeBranchConfig:
         values = dict(values)
         if "branches" in values:
             values["branches"] = tuple(values["branches"])
+        if "member_architectures" in values:
+            values["member_architectures"] = tuple(_member_config(cls, m) for m in values["member_architectures"])
         cfg = cls(**values)
         if cfg.conv_type not in CONV_TYPES:
             raise ValueError(f"conv_type {cfg.conv_type!r} is not one of {CONV_TYPES}")
@@ -106,7 +114,25 @@ class ThreeBranchConfig:
         if cfg.encoder != "unet" and (cfg.depth != 5 or cfg.in_channels != 3):
             raise ValueError(f"the {cfg.encoder} encoder needs depth 5 and 3 input channels (RGB), "
                              f"got depth {cfg.depth} and {cfg.in_channels} channel(s)")
+        if cfg.member_architectures:
+            if len(cfg.member_architectures) != cfg.members:
+                raise ValueError(f"{len(cfg.member_architectures)} member architectures for {cfg.members} members")
+            for m in cfg.member_architectures:
+                if (m.in_channels, m.branches) != (cfg.in_channels, cfg.branches):
+                    raise ValueError("every member must have the ensemble's in_channels and branches, got "
+                                     f"{m.in_channels} and {list(m.branches)}")
         return cfg
+
+    @property
+    def size_step(self) -> int:
+        """Input sizes must be multiples of this: ``2 ** depth``, of the deepest member in an ensemble."""
+        return max(2**c.depth for c in self.member_architectures or (self,))
+
+    def member_configs(self) -> tuple[ThreeBranchConfig, ...]:
+        """The architecture of each member, single networks (``(self,)`` for a single network)."""
+        if self.member_architectures:
+            return self.member_architectures
+        return (replace(self, members=1),) * self.members
 
     def to_dict(self) -> dict:
         """JSON-able dict."""
@@ -116,7 +142,20 @@ class ThreeBranchConfig:
             del d["members"]
         if self.encoder == "unet":
             del d["encoder"]
+        if self.member_architectures:
+            d["member_architectures"] = [m.to_dict() for m in self.member_architectures]
+        else:
+            del d["member_architectures"]
         return d
+
+
+def _member_config(cls, values) -> ThreeBranchConfig:
+    """One entry of ``member_architectures``: a single network (no members of its own)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"a member architecture must be a dict, got {type(values).__name__}")  # noqa: TRY004 (from_dict raises ValueError for any bad metadata)
+    if values.get("members", 1) != 1 or "member_architectures" in values:
+        raise ValueError("a member architecture must be a single network (no members of its own)")
+    return cls.from_dict(values)
 
 
 class Decoder(nn.Module):
@@ -132,9 +171,10 @@ class Decoder(nn.Module):
 
 
 class ThreeBranchUNet(nn.Module):
-    """Shared encoder, one decoder per branch; with ``config.members`` N > 1, an ensemble of N such networks.
+    """Shared encoder, one decoder per branch; with ``config.members`` N > 1, an ensemble of N such networks
+    (of one architecture, or each of its own: ``config.member_architectures``).
 
-    Input: float32 (B, in_channels, H, W), H and W multiples of ``2 ** depth``.
+    Input: float32 (B, in_channels, H, W), H and W multiples of :attr:`size_divisor` (``2 ** depth``).
     Output: float32 logits (B, len(branches), H, W), channels in the order of ``config.branches``. An ensemble
     returns the logit of its members' mean sigmoid, so the maps inference shows are the mean probabilities.
     """
@@ -143,7 +183,7 @@ class ThreeBranchUNet(nn.Module):
         super().__init__()
         self.config = config
         if config.members > 1:  # an ensemble: N single networks under ``members.0.``, ``members.1.``, ...
-            self.members = nn.ModuleList(ThreeBranchUNet(replace(config, members=1)) for _ in range(config.members))
+            self.members = nn.ModuleList(ThreeBranchUNet(member) for member in config.member_configs())
             return
         if config.encoder == "efficientnet_lite0":
             widths = [config.base_channels, *LITE0_WIDTHS]
@@ -158,7 +198,7 @@ class ThreeBranchUNet(nn.Module):
     @property
     def size_divisor(self) -> int:
         """Input sizes must be multiples of this."""
-        return 2**self.config.depth
+        return self.config.size_step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.members > 1:  # the logit of the members' mean probability: inference sees the mean map
