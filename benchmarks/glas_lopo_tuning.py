@@ -204,7 +204,8 @@ def main() -> None:
     recorded = json.loads(Path(args.fold_params).read_text()) if args.fold_params else None
     if recorded and recorded["folds"] != folds:
         parser.error(f"--fold-params {args.fold_params} holds other folds: {recorded['folds']}")
-    report = {"models": [*(args.cross_fit or [args.model]), *(m for r in args.also_cross_fit for m in r), *args.average],
+    also = [m for recipe in args.also_cross_fit for m in recipe]
+    report = {"models": [*(args.cross_fit or [args.model]), *also, *args.average],
               "cross_fit": bool(args.cross_fit), "search": args.search, "excluded": excluded, "fixed": fixed,
               "patients": [p for f in folds for p in f],
               "folds": folds, "images": [s.name for s in samples], "fold_params_from": args.fold_params}

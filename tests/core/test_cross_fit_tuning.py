@@ -117,7 +117,8 @@ def test_an_ensemble_of_two_recipes_is_tuned_on_both_recipes_cross_fitted_maps_a
     meta = ensemble.meta
     assert [(c["name"], c["images"]) for c in meta["training"]["cross_fit"]] == [
         ("r01", ["img1", "img2"]), ("r02", ["img3", "img4"]), ("r11", ["img1", "img2"]), ("r12", ["img3", "img4"])]
-    assert "r01, r02 and r11, r12" in meta["training"]["autotune"]["on"] and "averaged" in meta["training"]["autotune"]["on"]
+    on = meta["training"]["autotune"]["on"]
+    assert "r01, r02 and r11, r12" in on and "averaged" in on
     # the recorded metrics are those of the two unseen halves' maps averaged, with the tuned parameters
     params = params_from_dict(ensemble.family.Params, meta["postprocess"])
     samples = {s.name: s for s in load_split(split)}

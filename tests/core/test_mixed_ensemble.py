@@ -89,7 +89,8 @@ def test_fine_tuning_a_mixed_ensemble_trains_both_members_decoders(tmp_path, tin
 
     mixed = assemble([_member(tmp_path, SHALLOW, tiny_meta, 1), _member(tmp_path, DEEP, tiny_meta, 2)], "mixed")
     loaded = load_model(save_checkpoint(tmp_path / "mixed.safetensors", mixed.model.state_dict(), mixed.meta))
-    labels = disks_labels((44, 44), ((13, 13), (13, 31), (31, 22)), 7)  # 44: a multiple of 4, not of 8: crops must follow the deeper member
+    # 44: a multiple of 4, not of 8: the crops must follow the deeper member's divisor, or its decoder fails
+    labels = disks_labels((44, 44), ((13, 13), (13, 31), (31, 22)), 7)
     image = np.stack([(labels > 0) * 200 + 20] * 3, -1).astype(np.uint8)
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     settings = FinetuneSettings(steps=3, lr=3e-3, batch_size=2, crop=44, freeze_encoder=True)

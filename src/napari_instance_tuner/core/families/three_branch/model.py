@@ -151,8 +151,8 @@ class ThreeBranchConfig:
 
 def _member_config(cls, values) -> ThreeBranchConfig:
     """One entry of ``member_architectures``: a single network (no members of its own)."""
-    if not isinstance(values, dict):
-        raise ValueError(f"a member architecture must be a dict, got {type(values).__name__}")  # noqa: TRY004 (from_dict raises ValueError for any bad metadata)
+    if not isinstance(values, dict):  # a ValueError, as for any bad metadata (the loader reports those)
+        raise ValueError(f"a member architecture must be a dict, got {type(values).__name__}")  # noqa: TRY004
     if values.get("members", 1) != 1 or "member_architectures" in values:
         raise ValueError("a member architecture must be a single network (no members of its own)")
     return cls.from_dict(values)
