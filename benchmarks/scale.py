@@ -53,16 +53,16 @@ def write_tiled_tiff(path: Path, size: int, tile: int = 512) -> None:
                      compression="zlib")
 
 
-def model_with_flips(folder: Path, flips: int) -> str:
-    """The shipped model, or a copy whose metadata asks for ``flips`` test-time flips."""
+def model_with_flips(folder: Path, flips: int, name: str = "three-branch-glas") -> str:
+    """The shipped model ``name``, or a copy whose metadata asks for ``flips`` test-time flips."""
     from napari_instance_tuner.core.io.checkpoint import read_checkpoint, resolve_model_path, save_checkpoint
 
-    path = resolve_model_path("three-branch-glas")
+    path = resolve_model_path(name)
     state, meta = read_checkpoint(path)
     if int(meta.get("test_time_flips", 1)) == flips:
         return str(path)
     meta["test_time_flips"] = flips
-    return str(save_checkpoint(folder / f"three-branch-glas-flips{flips}.safetensors", state, meta))
+    return str(save_checkpoint(folder / f"{name}-flips{flips}.safetensors", state, meta))
 
 
 def tree_rss(proc) -> int:
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="0 = serial")
     parser.add_argument("--flips", type=int, default=4, choices=[1, 2, 4], help="test-time flips (model: 4)")
+    parser.add_argument("--model", default="three-branch-glas", help="shipped three-branch model (session 23: v9)")
     parser.add_argument("--tile", type=int, default=2048)
     parser.add_argument("--halo", type=int, default=256)
     parser.add_argument("--threads", type=int, help="torch threads per process (default: cores / workers)")
@@ -120,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = Path(args.keep or tempfile.mkdtemp(prefix="scale-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
-    model = model_with_flips(folder, args.flips)
+    model = model_with_flips(folder, args.flips, args.model)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    print(f"three-branch-glas, {args.flips} flips, tile {args.tile} + halo {args.halo}, {cores} cores", flush=True)
+    print(f"{args.model}, {args.flips} flips, tile {args.tile} + halo {args.halo}, {cores} cores", flush=True)
     header = f"{'size':>6} {'workers':>7} {'seconds':>8} {'MP/s':>6} {'peak RSS GB':>11} {'objects':>8}"
     print(header, flush=True)
     rows = []
