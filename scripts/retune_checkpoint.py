@@ -22,7 +22,8 @@ tunes it on the maps of models of its recipe trained on complementary parts of t
 An ensemble of two recipes (``make_ensemble.py``, e.g. v9: a U-Net and an EfficientNet-Lite0 network, each trained on
 every image) is tuned as ``benchmarks/glas_lopo_tuning.py --also-cross-fit`` validated it: ``--also-cross-fit C D``
 names the second recipe's halves, and each image's maps are the mean of both recipes' cross-fitted maps. Every
-half must have the architecture of one of the ensemble's members.
+half must have the architecture of one of the ensemble's members; members of different architectures need one
+recipe each, in the members' order.
 
 The search starts from the checkpoint's parameters, or with ``--from-defaults`` from the family's defaults, as
 ``benchmarks/glas_lopo_tuning.py`` starts each fold (so the shipped tuning is the procedure the k-fold validated);
@@ -111,6 +112,10 @@ def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None, 
     recipes = [models, *([also] if also else [])]
     for recipe in recipes:  # their maps stand in for the checkpoint's: the same networks, pixel scale and input
         check_recipe(loaded, recipe)
+    mixed = loaded.meta["architecture"].get("member_architectures")
+    if mixed and [r[0].meta["architecture"] for r in recipes] != mixed:
+        raise SystemExit(f"{loaded.name}'s members have {len(mixed)} architectures: give one recipe's halves per "
+                         "member, in the members' order (--cross-fit for the first, --also-cross-fit for the second)")
     samples = load_split(data) + (load_split(extra) if extra else [])
     groups = {**read_groups(data), **(read_groups(extra) if extra else {})}
     seen = set().union(*(set.intersection(*(trained_images(m.meta) for m in r)) for r in recipes))

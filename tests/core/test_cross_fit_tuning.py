@@ -138,6 +138,9 @@ def test_an_ensemble_of_two_recipes_is_tuned_on_both_recipes_cross_fitted_maps_a
     stranger = _model(tmp_path, "stranger", 9, ["img0", "img1", "img2"], {**tiny_arch, "base_channels": 8}, tiny_meta)
     with pytest.raises(SystemExit, match="stranger's architecture is that of no member of ens"):
         retune(ensemble, halves[0], str(split), also=[halves[1][0], stranger])
+    for recipes in ((halves[0], None), (halves[1], halves[0])):  # one recipe for two members; the wrong order
+        with pytest.raises(SystemExit, match="give one recipe's halves per member, in the members' order"):
+            retune(ensemble, recipes[0], str(split), also=recipes[1])
 
 
 def test_the_search_can_start_from_the_family_defaults_and_leave_parameters_out(tmp_path, tiny_arch, tiny_meta,
