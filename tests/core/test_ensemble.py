@@ -79,15 +79,20 @@ def test_an_ensemble_runs_on_onnx_runtime_with_the_same_maps(tmp_path, tiny_arch
         assert np.abs(maps[0][name] - maps[1][name]).max() < 1e-4
 
 
-def test_fine_tuning_an_ensemble_freezes_every_members_encoder(tmp_path, tiny_arch, tiny_meta, disks_labels):
+@pytest.mark.parametrize("second", [None, {"base_channels": 6, "depth": 3, "conv_type": "standard"}],
+                         ids=["one architecture", "mixed architectures"])
+def test_fine_tuning_an_ensemble_freezes_every_members_encoder(tmp_path, tiny_arch, tiny_meta, disks_labels, second):
     from napari_instance_tuner.core.training.finetune import CorrectedImage, FinetuneSettings, finetune
 
-    pair = assemble([_member(tmp_path, tiny_arch, tiny_meta, seed) for seed in (1, 2)], "pair")
+    archs = [tiny_arch, {**tiny_arch, **(second or {})}]
+    members = [_member(tmp_path, arch, tiny_meta, seed, architecture=arch) for seed, arch in zip((1, 2), archs)]
+    pair = assemble(members, "pair")
     loaded = load_model(save_checkpoint(tmp_path / "pair.safetensors", pair.model.state_dict(), pair.meta))
-    labels = disks_labels((48, 48), ((14, 14), (14, 34), (34, 24)), 8)
+    # 44: a multiple of 4, not of 8: with a depth-3 member the crops must follow its divisor, or its decoder fails
+    labels = disks_labels((44, 44), ((13, 13), (13, 31), (31, 22)), 7)
     image = np.stack([(labels > 0) * 200 + 20] * 3, -1).astype(np.uint8)
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
-    settings = FinetuneSettings(steps=4, lr=3e-3, batch_size=2, crop=32, freeze_encoder=True)
+    settings = FinetuneSettings(steps=4, lr=3e-3, batch_size=2, crop=44, freeze_encoder=True)
     model, _ = run(finetune(loaded, [CorrectedImage(image, labels, None)], settings))
     after = model.state_dict()
     weights = lambda part: [k for k in after if f".{part}." in k and after[k].is_floating_point()

@@ -18,15 +18,15 @@ def unet_package(model_module: str, build: str, callable_name: str, config, chan
     """The bioimage.io packaging of a U-Net family: its model module bundled after :mod:`.blocks` and the
     modules it imports besides (``dependencies``, importable names), a sigmoid head.
 
-    ``config`` is the family's architecture dataclass (``in_channels``, ``depth``, or ``size_step`` where it has
-    one: the input size divisor of an ensemble of different depths); ``build`` the expression that
+    ``config`` is the family's architecture dataclass (``in_channels``, ``size_step``: the input size divisor,
+    that of the deepest member for an ensemble); ``build`` the expression that
     makes the bare network from ``architecture`` (see :class:`~..io.bioimageio_network.PackageNetwork`).
     """
     return PackageNetwork(
         modules=("napari_instance_tuner.core.families.blocks", *dependencies, model_module), build=build,
         callable=callable_name,
         head="sigmoid", output_id="maps", channels=channels, in_channels=config.in_channels,
-        size_step=getattr(config, "size_step", 2**config.depth), torchscript=True, notes=notes,
+        size_step=config.size_step, torchscript=True, notes=notes,
     )
 
 

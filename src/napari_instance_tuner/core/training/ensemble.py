@@ -98,10 +98,11 @@ def assemble(members: list[LoadedModel], name: str) -> LoadedModel:
     for member in members:
         if member.meta["family"] != "three-branch" or member.meta["architecture"].get("members", 1) != 1:
             raise WeightsError(f"{member.name} is not a single three-branch network; only those can be assembled")
-        for key in differences(member.meta, first.meta)[:1]:
-            ours, theirs = (_value(m.meta, key) for m in (member, first))
-            raise WeightsError(f"{member.name} has {key} {ours!r} where {first.name} has {theirs!r}: the members' "
-                               "maps could not be averaged")
+        differ = differences(member.meta, first.meta)
+        if differ:
+            ours, theirs = (_value(m.meta, differ[0]) for m in (member, first))
+            raise WeightsError(f"{member.name} has {differ[0]} {ours!r} where {first.name} has {theirs!r}: the "
+                               "members' maps could not be averaged")
         if _validation_images(member) != _validation_images(first):
             raise WeightsError(f"{member.name} was validated on other images than {first.name}")
     meta = dict(first.meta)

@@ -51,6 +51,11 @@ class LayeringConfig:
     head_channels: int = 64
     norm: str = "batch"
 
+    @property
+    def size_step(self) -> int:
+        """Input sizes must be multiples of this: ``2 ** depth``."""
+        return 2**self.depth
+
     @classmethod
     def from_dict(cls, values: dict) -> LayeringConfig:
         """Build from JSON metadata; raises ValueError on unknown keys or values."""
@@ -106,7 +111,7 @@ class LayeringUNet(nn.Module):
     @property
     def size_divisor(self) -> int:
         """Input sizes must be multiples of this."""
-        return 2**self.config.depth
+        return self.config.size_step
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's last feature map, float32 (B, base_channels, H, W)."""
