@@ -47,7 +47,6 @@ from napari_instance_tuner.core.training.data import load_split, read_groups
 from napari_instance_tuner.core.training.ensemble import (
     cross_fit_assignment,
     differences,
-    member_architectures,
     trained_images,
 )
 from napari_instance_tuner.core.training.jobs import tune_and_evaluate
@@ -94,12 +93,12 @@ def retune(loaded, data: str, extra: str | None = None, objective: str = "image-
 def check_recipe(loaded, models: list) -> None:
     """Exit unless each of ``models`` could stand in for a member of ``loaded``: the same pixel scale, input and
     outputs (:func:`differences`), and the architecture of one of its members."""
-    archs = member_architectures(loaded.meta)
+    archs = loaded.model.config.member_configs()
     for m in models:
         differ = differences(m.meta, loaded.meta)
         if differ:
             raise SystemExit(f"{m.name} differs from {loaded.name} in {', '.join(differ)}: not the same recipe")
-        if m.meta["architecture"] not in archs:
+        if m.model.config not in archs:
             raise SystemExit(f"{m.name}'s architecture is that of no member of {loaded.name}")
 
 
@@ -112,8 +111,8 @@ def retune_cross_fit(loaded, models: list, data: str, extra: str | None = None, 
     recipes = [models, *([also] if also else [])]
     for recipe in recipes:  # their maps stand in for the checkpoint's: the same networks, pixel scale and input
         check_recipe(loaded, recipe)
-    mixed = loaded.meta["architecture"].get("member_architectures")
-    if mixed and [r[0].meta["architecture"] for r in recipes] != mixed:
+    mixed = loaded.model.config.member_architectures
+    if mixed and tuple(r[0].model.config for r in recipes) != mixed:
         raise SystemExit(f"{loaded.name}'s members have {len(mixed)} architectures: give one recipe's halves per "
                          "member, in the members' order (--cross-fit for the first, --also-cross-fit for the second)")
     samples = load_split(data) + (load_split(extra) if extra else [])

@@ -8,7 +8,7 @@ from napari_instance_tuner.core.families.three_branch.model import ThreeBranchCo
 from napari_instance_tuner.core.io.checkpoint import load_model, save_checkpoint
 from napari_instance_tuner.core.progress import run
 from napari_instance_tuner.core.registry import get_family
-from napari_instance_tuner.core.training.ensemble import assemble, member_architectures
+from napari_instance_tuner.core.training.ensemble import assemble
 
 SHALLOW = {"in_channels": 3, "base_channels": 4, "depth": 2, "conv_type": "separable"}
 DEEP = {"in_channels": 3, "base_channels": 6, "depth": 3, "conv_type": "standard"}
@@ -26,7 +26,7 @@ def test_members_of_different_architectures_average_into_one_model(tmp_path, tin
     ensemble = assemble(members, "mixed")
     arch = ensemble.meta["architecture"]
     assert arch["members"] == 2 and [a["depth"] for a in arch["member_architectures"]] == [2, 3]
-    assert member_architectures(ensemble.meta) == [m.meta["architecture"] for m in members]
+    assert ensemble.model.config.member_configs() == tuple(m.model.config for m in members)
     loaded = load_model(save_checkpoint(tmp_path / "mixed.safetensors", ensemble.model.state_dict(), ensemble.meta))
     assert loaded.model.size_divisor == 8  # the deeper member's 2 ** 3, not the first member's 2 ** 2
     assert ThreeBranchConfig.from_dict(loaded.meta["architecture"]) == loaded.model.config
@@ -42,7 +42,7 @@ def test_members_of_different_architectures_average_into_one_model(tmp_path, tin
 def test_members_of_one_architecture_are_not_listed(tmp_path, tiny_meta):
     pair = assemble([_member(tmp_path, SHALLOW, tiny_meta, 1), _member(tmp_path, SHALLOW, tiny_meta, 2)], "pair")
     assert "member_architectures" not in pair.meta["architecture"]
-    assert member_architectures(pair.meta) == [ThreeBranchConfig.from_dict(SHALLOW).to_dict()] * 2
+    assert pair.model.config.member_configs() == (ThreeBranchConfig.from_dict(SHALLOW),) * 2
 
 
 def test_member_architectures_that_do_not_fit_are_refused():

@@ -15,22 +15,13 @@ from ..errors import InstanceTunerError, WeightsError
 from ..io.checkpoint import LoadedModel, build_with_weights
 
 __all__ = ["SHARED_ARCHITECTURE", "SHARED_META", "assemble", "cross_fit_assignment", "differences",
-           "member_architectures", "trained_images"]
+           "trained_images"]
 
 #: Metadata the members must agree on, or their maps could not be averaged pixel for pixel (of ``architecture``,
 #: only :data:`SHARED_ARCHITECTURE`).
 SHARED_META = ("family", "pixel_scale", "normalisation", "in_channels", "tile_size", "tile_overlap", "architecture")
 #: The architecture keys every member of an ensemble shares: its input and its output channels.
 SHARED_ARCHITECTURE = ("in_channels", "branches")
-
-
-def member_architectures(meta: dict) -> list[dict]:
-    """The architecture dict of each member of a model (one entry for a single network)."""
-    arch = meta["architecture"]
-    if arch.get("member_architectures"):
-        return list(arch["member_architectures"])
-    single = {k: v for k, v in arch.items() if k != "members"}
-    return [single] * arch.get("members", 1)
 
 
 def differences(meta: dict, other: dict) -> list[str]:
