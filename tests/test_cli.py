@@ -66,9 +66,11 @@ def test_train_records_stain_elastic_and_extra_data(toy_split, tmp_path):
     args = ["train", "--data", str(toy_split), "--out", str(ckpt), "--epochs", "1", "--steps-per-epoch", "1",
             "--base-channels", "4", "--depth", "2", "--crop", "32", "--batch-size", "2", "--pixel-scale", "1",
             "--val-fraction", "0.25", "--workdir", str(tmp_path / "work"), "--quiet", "--no-autotune",
-            "--stain-jitter", "0.5", "--stain-strength", "0.2", "--elastic", "0.3", "--extra-data", str(extra)]
+            "--stain-jitter", "0.5", "--stain-strength", "0.2", "--elastic", "0.3", "--extra-data", str(extra),
+            "--lr-decay-from", "0"]
     assert main(args) == 0
     meta = __import__("napari_instance_tuner.core.io.checkpoint", fromlist=["x"]).read_metadata(ckpt)
+    assert meta["training"]["optimiser"]["lr_decay_from"] == 0
     augment = meta["training"]["augment"]
     assert (augment["p_stain"], augment["stain_strength"], augment["p_elastic"]) == (0.5, 0.2, 0.3)
     trained = meta["training"]["train_images"]
@@ -205,7 +207,8 @@ def test_maskrcnn_train_with_amp_records_it(toy_split, tmp_path):
 
 @pytest.mark.parametrize("option, value, message", [("--layer-bce", "-1", "--layer-bce must be"),
                                                     ("--layer-bce", "nan", "--layer-bce must be"),
-                                                    ("--ema", "1.5", "ema_decay must be in [0, 1)")])
+                                                    ("--ema", "1.5", "ema_decay must be in [0, 1)"),
+                                                    ("--lr-decay-from", "100000", "decay must start at an epoch")])
 def test_train_rejects_bad_option_values_with_a_message(worm_split, tmp_path, capsys, option, value, message):
     out = tmp_path / "never.safetensors"
     args = ["train", "--family", "layering", "--data", str(worm_split), "--out", str(out), option, value]

@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
             epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr, patience=args.patience,
             validate_every=args.validate_every, seed=args.seed, max_minutes=args.max_minutes,
             loader_workers=args.loader_workers, optimizer=args.optimizer, weight_decay=args.weight_decay,
-            ema_decay=args.ema, amp=args.amp,
+            ema_decay=args.ema, amp=args.amp, lr_decay_from=args.lr_decay_from,
         )
     except ValueError as exc:
         raise InstanceTunerError(f"train: {exc}") from exc
@@ -168,6 +168,8 @@ def add_train(command) -> None:
     t.add_argument("--batch-size", type=int_range(1, 1024), default=8, help="crops per step")
     t.add_argument("--crop", type=int_range(16, 8192), default=256, help="training crop edge, network pixels")
     t.add_argument("--lr", type=positive, default=1e-3, help="learning rate")
+    t.add_argument("--lr-decay-from", type=int_range(0), metavar="EPOCH",
+                   help="keep --lr until this epoch, then decay it to 0 at --epochs along a cosine (default: constant)")
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam",
                    help="sgd: momentum 0.9 (torchvision's detection recipe; give it a larger --lr, e.g. 0.02)")
     t.add_argument("--weight-decay", type=float_range(0.0, 10.0), default=0.0,

@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import ParamsError
 from ..progress import CancelToken, Progress
 from .batches import batch_stream, to_device
+from .schedule import learning_rate
 from .weight_average import EMA_BN_BATCHES, make_ema, recalibrate_batchnorm
 
 #: Optimisers :func:`fit` can use.
@@ -50,6 +51,9 @@ class TrainConfig:
         Optimiser steps per epoch.
     lr : float
         Adam learning rate (paper: 1e-3).
+    lr_decay_from : int or None
+        None (default, the paper's): a constant ``lr``. E: constant until epoch E, then a cosine decay to zero
+        at ``epochs`` (:func:`.schedule.learning_rate`).
     patience : int
         Early stopping: epochs without validation improvement (paper: 20).
     validate_every : int
@@ -85,6 +89,7 @@ class TrainConfig:
     epochs: int = 150
     steps_per_epoch: int = 10
     lr: float = 1e-3
+    lr_decay_from: int | None = None
     patience: int = 20
     validate_every: int = 1
     seed: int = 0
@@ -104,6 +109,9 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lr_decay_from is not None and not 0 <= self.lr_decay_from < self.epochs:
+            raise ValueError(f"the learning-rate decay must start at an epoch in [0, {self.epochs}), "
+                             f"got {self.lr_decay_from}")
 
     def to_dict(self) -> dict:
         """JSON-able dict."""
@@ -299,6 +307,11 @@ def fit(
                 loss, parts = training_step(model, batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            if config.lr_decay_from is not None:
+                rate = learning_rate(config.lr, state["epoch"] * config.steps_per_epoch + step,
+                                     config.steps_per_epoch, config.epochs, config.lr_decay_from)
+                for group in optimiser.param_groups:
+                    group["lr"] = rate
             optimiser.step()
             if ema is not None:
                 ema.update_parameters(model)
