@@ -208,7 +208,8 @@ def test_maskrcnn_train_with_amp_records_it(toy_split, tmp_path):
 @pytest.mark.parametrize("option, value, message", [("--layer-bce", "-1", "--layer-bce must be"),
                                                     ("--layer-bce", "nan", "--layer-bce must be"),
                                                     ("--ema", "1.5", "ema_decay must be in [0, 1)"),
-                                                    ("--lr-decay-from", "100000", "decay must start at an epoch")])
+                                                    ("--lr-decay-from", "100000", "decay must start at an epoch"),
+                                                    ("--lr-decay-from", "0", "not available for the layering family")])
 def test_train_rejects_bad_option_values_with_a_message(worm_split, tmp_path, capsys, option, value, message):
     out = tmp_path / "never.safetensors"
     args = ["train", "--family", "layering", "--data", str(worm_split), "--out", str(out), option, value]

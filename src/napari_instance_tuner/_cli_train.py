@@ -169,7 +169,8 @@ def add_train(command) -> None:
     t.add_argument("--crop", type=int_range(16, 8192), default=256, help="training crop edge, network pixels")
     t.add_argument("--lr", type=positive, default=1e-3, help="learning rate")
     t.add_argument("--lr-decay-from", type=int_range(0), metavar="EPOCH",
-                   help="keep --lr until this epoch, then decay it to 0 at --epochs along a cosine (default: constant)")
+                   help="three-branch, Mask R-CNN: keep --lr until this epoch, then decay it to 0 at --epochs along a "
+                        "cosine (default: constant)")
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam",
                    help="sgd: momentum 0.9 (torchvision's detection recipe; give it a larger --lr, e.g. 0.02)")
     t.add_argument("--weight-decay", type=float_range(0.0, 10.0), default=0.0,

@@ -254,6 +254,9 @@ def train_layering(
     from .loss import LayeringLoss  # deferred: torch
 
     config: TrainConfig = options.train
+    if config.lr_decay_from is not None:  # which phase's epoch would it be? Refused rather than guessed
+        raise InstanceTunerError("--lr-decay-from is not available for the layering family: it trains in two "
+                                 "phases, each at a constant learning rate")
     extra: LayeringTrainOptions = options.family_options
     phase1 = extra.phase1_epochs if extra.phase1_epochs is not None else max(1, round(config.epochs * 2 / 3))
     phase2 = extra.phase2_epochs if extra.phase2_epochs is not None else max(0, config.epochs - phase1)
