@@ -58,4 +58,5 @@ def test_fit_steps_at_the_scheduled_rates_and_a_resumed_run_keeps_them(tmp_path)
     assert np.allclose(first[:8], expected[:8], rtol=1e-4)
     resumed = _steps(5, 2, resume)  # ... and a 5-epoch run resumed from it takes the 5-epoch rates from step 12
     assert np.allclose(resumed, expected[12:], rtol=1e-4)
+    assert np.allclose(_steps(6, None, resume), 0.01, rtol=1e-4)  # resumed without decay: the rate given now
     assert np.allclose(_steps(2, None), 0.01, rtol=1e-4)  # no decay: the constant rate

@@ -259,8 +259,6 @@ def fit(
             torch.set_rng_state(saved["torch_rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ParamsError(_resume_refusal(resume_path, exc)) from None
-        for group in optimiser.param_groups:  # a resumed run takes the learning rate it is given now
-            group["lr"] = config.lr
     # Made after a resume file is read: a run that did not average before starts its average there.
     ema = make_ema(model, config.ema_decay) if config.ema_decay > 0 else None
     if ema is not None and "ema" in saved:
@@ -307,11 +305,11 @@ def fit(
                 loss, parts = training_step(model, batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            if config.lr_decay_from is not None:
-                rate = learning_rate(config.lr, state["epoch"] * config.steps_per_epoch + step,
-                                     config.steps_per_epoch, config.epochs, config.lr_decay_from)
-                for group in optimiser.param_groups:
-                    group["lr"] = rate
+            # set on every step: the schedule's rate, and a resumed run takes the rate it is given now
+            rate = learning_rate(config.lr, state["epoch"] * config.steps_per_epoch + step,
+                                 config.steps_per_epoch, config.epochs, config.lr_decay_from)
+            for group in optimiser.param_groups:
+                group["lr"] = rate
             optimiser.step()
             if ema is not None:
                 ema.update_parameters(model)
