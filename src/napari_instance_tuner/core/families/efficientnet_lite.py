@@ -143,8 +143,9 @@ def load_imagenet_weights(encoder: EfficientNetLiteEncoder, path: str | Path | N
     """Copy ImageNet weights into ``encoder``; returns the number of tensors loaded.
 
     ``path``: a ``state_dict`` in the packaged layout (default: :func:`imagenet_weights_path` of the encoder's
-    variant). It is read with ``torch.load(weights_only=True)``, which refuses pickled code. The head and classifier (``_conv_head``,
-    ``_bn1``, ``_fc``) are dropped; any other missing or unexpected key raises ValueError.
+    variant). It is read with ``torch.load(weights_only=True)``, which refuses pickled code. The head and
+    classifier (``_conv_head``, ``_bn1``, ``_fc``) are dropped; any other missing or unexpected key raises
+    ValueError.
     """
     import pickle  # deferred: only to name its error
 
