@@ -60,3 +60,10 @@ def test_every_kind_has_a_shipped_default_model_of_the_right_family(kind, family
     name = default_model(kind)
     assert name in shipped_models()
     assert model_card(name)["family"] == family
+
+
+def test_shipped_models_are_listed_in_natural_order_of_their_names():
+    names = list(shipped_models())
+    assert names.index("three-branch-glas-v2") < names.index("three-branch-glas-v9") < names.index(
+        "three-branch-glas-v10")
+    assert names.index("layering-bbbc010") < names.index("maskrcnn-dsb2018") < names.index("three-branch-glas")

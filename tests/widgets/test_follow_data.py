@@ -56,7 +56,7 @@ def test_selecting_the_labels_of_a_run_selects_their_image(with_image, viewer, r
     assert with_image.image.value is img
 
 
-@pytest.mark.parametrize("sample, model, why", [("glands", "three-branch-glas-v9", "colour image"),
+@pytest.mark.parametrize("sample, model, why", [("glands", "three-branch-glas-v10", "colour image"),
                                                 ("nuclei", "maskrcnn-dsb2018", "fluorescence"),
                                                 ("worms", "layering-bbbc010", "brightfield")])
 def test_the_model_proposed_follows_the_kind_of_image(segment, viewer, sample, model, why):
@@ -79,7 +79,7 @@ def test_a_model_loaded_by_run_is_still_a_proposal_but_the_users_choice_is_kept(
     rgb, kwargs = _sample("glands")
     viewer.add_image(rgb, **kwargs)
     assert segment.models.selected == "layering-bbbc010"
-    assert "three-branch-glas-v9 suits it; kept your choice" in segment.models.reason.value
+    assert "three-branch-glas-v10 suits it; kept your choice" in segment.models.reason.value
 
 
 def test_a_model_load_shows_in_the_dock(segment, qtbot, tiny_checkpoint):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from importlib import resources
@@ -291,9 +292,14 @@ def with_card_settings(meta: dict, path: str | os.PathLike) -> dict:
     return meta
 
 
+def _natural_key(name: str) -> list:
+    """Sort key that orders numbers by value: ``three-branch-glas-v9`` before ``three-branch-glas-v10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
 def shipped_models() -> dict[str, Path]:
-    """Name -> path of the weights shipped inside the package."""
-    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
+    """Name -> path of the weights shipped inside the package, in natural order of their names."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"), key=lambda p: _natural_key(p.stem))}
 
 
 def model_card(name: str) -> dict:
