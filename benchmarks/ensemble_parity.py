@@ -3,8 +3,9 @@
 Usage: python benchmarks/ensemble_parity.py IMAGE ENSEMBLE MEMBER [MEMBER ...]
 
 e.g. ``python benchmarks/ensemble_parity.py ../shared/data/glas/train/images/train_1.png three-branch-glas-v10
-three-branch-glas-v8 checkpoints/glas-effl2-all.safetensors`` (the check made before v9 and v10 shipped). Prints the
-largest absolute difference of each map; both should be float rounding (about 1e-6).
+three-branch-glas-v8 checkpoints/glas-effl2-all.safetensors`` (the check made before v10 shipped; v9 was checked the
+same way by hand in session 23). Prints the largest absolute difference of each map; both should be float rounding
+(about 1e-6).
 """
 
 from __future__ import annotations
