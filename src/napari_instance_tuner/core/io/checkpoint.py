@@ -293,8 +293,11 @@ def with_card_settings(meta: dict, path: str | os.PathLike) -> dict:
 
 
 def _natural_key(name: str) -> list:
-    """Sort key that orders numbers by value: ``three-branch-glas-v9`` before ``three-branch-glas-v10``."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+    """Sort key that orders numbers by value: ``three-branch-glas-v9`` before ``three-branch-glas-v10``.
+
+    ``re.split`` with a group alternates text and digits, so two keys compare str with str and int with int.
+    """
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def shipped_models() -> dict[str, Path]:
