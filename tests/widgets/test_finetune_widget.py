@@ -236,14 +236,16 @@ def test_problems_become_notifications_and_the_widget_stays_usable(tuner, viewer
 
 
 def test_mixed_precision_is_used_where_the_device_has_bfloat16_else_float32(tuner, qtbot, monkeypatch, errors):
-    from napari_instance_tuner.core.training import precision
+    from napari_instance_tuner.core.training import loop, precision
 
     assert tuner.settings().amp is True  # asked for by default...
     tuner.resegment.value = False
     monkeypatch.setattr(precision, "bfloat16_supported", lambda device: False)  # a device without bfloat16
     assert train(qtbot, tuner) == "ok", errors
     assert tuner.tuned.settings.amp is False and "float32" in tuner.status.value  # ...and dropped, said so
+    # a device with it (the training loop checks again: on a CPU without it, torch emulates bfloat16 slowly)
     monkeypatch.setattr(precision, "bfloat16_supported", lambda device: True)
+    monkeypatch.setattr(loop, "bfloat16_supported", lambda device: True)
     assert train(qtbot, tuner) == "ok", errors
     assert tuner.tuned.settings.amp is True and "bfloat16" in tuner.status.value
     tuner.amp.value = False
