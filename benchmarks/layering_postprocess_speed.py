@@ -15,10 +15,10 @@ import time
 from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import median_ms, worm_like_layer_maps  # noqa: E402
+from _common import median_ms, worm_like_layer_maps
 
-from napari_instance_tuner.core.families.layering.postprocess import LayeringParams, postprocess  # noqa: E402
-from napari_instance_tuner.core.family import Maps  # noqa: E402
+from napari_instance_tuner.core.families.layering.postprocess import LayeringParams, postprocess
+from napari_instance_tuner.core.family import Maps
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
         ("tau 0.5, S_min 250, overlaps, fill gaps 20", replace(base, fill_gaps=20.0)),
         ("tau 0.3, S_min 800, overlaps, fill gaps 20", replace(base, threshold=0.3, min_size=800, fill_gaps=20.0)),
     ]:
-        med, p90 = median_ms(lambda: postprocess(maps, params), args.repeats)
+        med, p90 = median_ms(lambda params=params: postprocess(maps, params), args.repeats)
         print(f"{name:<46}{med:>10.1f}{p90:>10.1f}{postprocess(maps, params).count:>9d}")
 
 

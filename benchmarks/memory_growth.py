@@ -61,8 +61,9 @@ def main() -> None:
         status = _wait(widget.run_finished, widget.run)
         assert status == "ok", f"cycle {cycle}: run ended with {status!r}"
         slider = widget.params.controls[0]  # the first threshold: nudge it, post-processing only
-        _wait(widget.labels_updated, lambda: setattr(slider, "value",
-                                                     round(slider.value + (0.01 if cycle % 2 == 0 else -0.01), 2)))
+        step = 0.01 if cycle % 2 == 0 else -0.01
+        _wait(widget.labels_updated, lambda slider=slider, step=step: setattr(slider, "value",
+                                                                              round(slider.value + step, 2)))
         _settle(20)
         gc.collect()
         samples.append(rss_mib())

@@ -11,10 +11,10 @@ import sys
 from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import gland_like_maps, median_ms  # noqa: E402
+from _common import gland_like_maps, median_ms
 
-from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess  # noqa: E402
-from napari_instance_tuner.core.family import Maps  # noqa: E402
+from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess
+from napari_instance_tuner.core.family import Maps
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
         ("split radius 6 (session 18)", replace(base, split_radius=6)),
         ("v8 tuned + split radius 6", replace(dict(shipped).get("three-branch-glas-v8 tuned", base), split_radius=6)),
     ]:
-        med, p90 = median_ms(lambda: postprocess(maps, params), args.repeats)
+        med, p90 = median_ms(lambda params=params: postprocess(maps, params), args.repeats)
         print(f"{name:<36}{med:>10.1f}{p90:>10.1f}{postprocess(maps, params).count:>9d}")
 
 

@@ -149,7 +149,7 @@ def run_without_napari(args, model: str) -> int:
     screenshot, labels_path = _paths(args, args.sample)
     iio.imwrite(screenshot, render_overlay(image, labels))
     _write_labels(labels, labels_path)
-    print(f"{int(len(set(labels[labels > 0].tolist())))} instances (no display and no Xvfb: rendered without napari)")
+    print(f"{len(set(labels[labels > 0].tolist()))} instances (no display and no Xvfb: rendered without napari)")
     print(f"wrote {screenshot}")
     print(f"wrote {labels_path}")
     return 0

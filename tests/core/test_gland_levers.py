@@ -11,7 +11,7 @@ from napari_instance_tuner.core.params import params_from_dict, params_to_dict
 from napari_instance_tuner.core.training.augment import AugmentConfig, elastic, photometric, stain_jitter
 from napari_instance_tuner.core.training.data import Sample, extra_training_samples
 
-PLAIN = dict(close_radius=0, open_radius=0, boundary_erosion=0, centroid_erosion=0, min_size=0, grow_back=0)
+PLAIN = {"close_radius": 0, "open_radius": 0, "boundary_erosion": 0, "centroid_erosion": 0, "min_size": 0, "grow_back": 0}
 
 
 def he_like(shape=(32, 48), seed=0):

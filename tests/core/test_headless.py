@@ -4,7 +4,7 @@ import pkgutil
 import subprocess
 import sys
 
-import napari_instance_tuner.core as core
+from napari_instance_tuner import core
 
 
 def _modules_after_import(names: list[str]) -> set[str]:

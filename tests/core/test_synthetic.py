@@ -108,7 +108,7 @@ def test_shipped_glands_model_segments_the_glands_sample():
 def test_worms_count_and_bbbc_like_well():
     from napari_instance_tuner.core.synthetic import synthetic_worms
 
-    image, labels, masks = synthetic_worms((260, 348), seed=1, count=2, well=(0.4, 0.3), absorption=0.35)
+    image, _, masks = synthetic_worms((260, 348), seed=1, count=2, well=(0.4, 0.3), absorption=0.35)
     assert masks.shape == (2, 260, 348) and (masks[0] & masks[1]).any()  # the second worm crosses the first
     corner, centre = image[:20, :20].mean(), image[120:140, 164:184][~masks.any(0)[120:140, 164:184]].mean()
     assert corner < 0.2 * centre  # dark surround, bright well

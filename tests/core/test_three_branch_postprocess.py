@@ -5,7 +5,8 @@ from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBr
 from napari_instance_tuner.core.families.three_branch.targets import TargetConfig, make_targets
 from napari_instance_tuner.core.family import Maps
 
-NO_DENOISE = dict(close_radius=0, open_radius=0, boundary_erosion=0, centroid_erosion=0, min_size=0, grow_back=0)
+NO_DENOISE = {"close_radius": 0, "open_radius": 0, "boundary_erosion": 0, "centroid_erosion": 0, "min_size": 0,
+              "grow_back": 0}
 
 
 def perfect_maps(labels, boundary_width=3, centroid_width=5):
@@ -39,7 +40,7 @@ def test_grow_back_restores_object_extent():
     assert grown.max() == 2
     # Each grown object covers its own ground-truth object (objects stay separate).
     for i in (1, 2):
-        values, counts = np.unique(grown[labels == i], return_counts=True)
+        _, counts = np.unique(grown[labels == i], return_counts=True)
         assert counts.max() / counts.sum() > 0.95
 
 

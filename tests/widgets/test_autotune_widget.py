@@ -30,7 +30,7 @@ def network(monkeypatch, disks_labels) -> list:
         fg = np.where(truth > 0, 0.25, 0.02).astype(np.float32)
         maps = {"foreground": fg, "boundary": np.zeros_like(fg), "centroid": (truth > 0).astype(np.float32) * 0.9}
         return Maps(maps)
-        yield  # noqa: unreachable - a generator, as predict_maps is
+        yield  # unreachable: a generator, as predict_maps is
 
     monkeypatch.setattr(ThreeBranchFamily, "predict_maps", fixed)
     return calls
@@ -63,10 +63,10 @@ def test_autotune_improves_the_metric_and_moves_the_sliders_without_the_network(
 
     labels = viewer.layers["img instances"]
     assert not labels.data.any() and network == [(64, 64)]  # the defaults find nothing
-    with qtbot.waitSignal(segmented.labels_updated, timeout=TIMEOUT_MS):
-        with qtbot.waitSignal(tuner.tune_finished, timeout=TIMEOUT_MS) as done:
-            tuner.tune()
-            assert tuner.cancel_button.enabled and not tuner.tune_button.enabled
+    with (qtbot.waitSignal(segmented.labels_updated, timeout=TIMEOUT_MS),
+          qtbot.waitSignal(tuner.tune_finished, timeout=TIMEOUT_MS) as done):
+        tuner.tune()
+        assert tuner.cancel_button.enabled and not tuner.tune_button.enabled
     assert done.args == ["ok"], errors
     assert (tuner.before, tuner.after) == (0.0, 1.0)
     assert tuner.result.value == "object F1: 0.000 → 1.000"
@@ -184,9 +184,9 @@ def test_tool_widgets_find_the_segment_widget_through_naparis_plugin_proxies(
     assert tuner.sessions is segment.sessions and finetune.sessions is segment.sessions  # one registry per viewer
     assert finetune.model() is segment.current_model and finetune.model().name == "tiny"
     tuner.reference.value = tuner.viewer.layers["truth"]
-    with qtbot.waitSignal(segment.labels_updated, timeout=TIMEOUT_MS):
-        with qtbot.waitSignal(tuner.tune_finished, timeout=TIMEOUT_MS) as done:
-            tuner.tune()
+    with (qtbot.waitSignal(segment.labels_updated, timeout=TIMEOUT_MS),
+          qtbot.waitSignal(tuner.tune_finished, timeout=TIMEOUT_MS) as done):
+        tuner.tune()
     assert done.args == ["ok"] and tuner.after == 1.0 and "not applied" not in tuner.result.value, errors
     assert segment.params.controls["fg_threshold"].value < 0.25
     qtbot.waitUntil(lambda: not segment.busy, timeout=TIMEOUT_MS)

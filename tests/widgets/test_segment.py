@@ -336,7 +336,7 @@ def test_widget_opens_from_the_plugin_menu(make_napari_viewer, tiny_checkpoint, 
     if "napari-instance-tuner" not in npe2.PluginManager.instance()._manifests:
         pytest.skip("the package is not installed, so napari cannot discover its manifest")
     viewer = make_napari_viewer()
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-instance-tuner", "Segment")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-instance-tuner", "Segment")
     from napari_instance_tuner.widgets.segment import SegmentWidget
 
     assert isinstance(widget, SegmentWidget)

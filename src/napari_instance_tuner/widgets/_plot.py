@@ -97,7 +97,7 @@ class LossPlot(QWidget):
             text += f" (best {best[1]:.3f} at step {best[0]})"
         return text
 
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+    def paintEvent(self, event) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         text = self.palette().windowText().color()

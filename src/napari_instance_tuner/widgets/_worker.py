@@ -40,7 +40,7 @@ def as_work(function: Callable[[], Any]) -> Work:
     def work(cancel: CancelToken) -> Generator[Progress, None, Any]:
         result = function()
         return result
-        yield  # noqa: unreachable - makes this function a generator
+        yield  # unreachable: makes this function a generator
 
     return work
 

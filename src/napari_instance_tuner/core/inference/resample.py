@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["model_pixel_size", "scale_factor", "ResampledImage", "UpscaledLabels"]
+__all__ = ["ResampledImage", "UpscaledLabels", "model_pixel_size", "scale_factor"]
 
 #: Relative pixel-size difference below which an image is used as it is.
 TOLERANCE = 0.02

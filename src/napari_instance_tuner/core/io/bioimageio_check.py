@@ -44,7 +44,7 @@ def _patch_pydantic_wrap_handlers() -> None:
         fixed = stray.sub(r"handler(\1)", source)
         if fixed == source:
             continue
-        fixed = re.sub(r"^@.*\n", "", fixed, flags=re.M)  # the decorator is already applied to ``func``
+        fixed = re.sub(r"^@.*\n", "", fixed, flags=re.MULTILINE)  # the decorator is already applied to ``func``
         namespace: dict = {}
         exec(compile(fixed, inspect.getsourcefile(func), "exec"), func.__globals__, namespace)  # noqa: S102
         func.__code__ = namespace[func.__name__].__code__

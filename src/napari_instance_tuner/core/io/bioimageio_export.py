@@ -339,16 +339,16 @@ def _documentation(loaded, network: PackageNetwork, info: PackageInfo) -> str:
         "",
         (info.description or (meta.get("card") or {}).get("summary") or f"A {loaded.family.name} model."),
         "",
-        "Exported by napari-instance-tuner from its checkpoint "
-        f"(SHA-256 `{loaded.sha256}`); family **{loaded.family.name}**.",
+        ("Exported by napari-instance-tuner from its checkpoint "
+         f"(SHA-256 `{loaded.sha256}`); family **{loaded.family.name}**."),
         "",
         "## Input and preprocessing",
         "",
-        f"- Channels: {network.in_channels} ({'grey' if network.in_channels == 1 else 'RGB'}); grey images are "
-        "repeated to RGB and RGB averaged to grey by the plugin.",
-        f"- Normalisation: per channel, the {norm.get('low', 1.0)} and {norm.get('high', 99.8)} percentiles "
-        "mapped to 0 and 1 (`scale_range`). The plugin normalises the whole image before resizing; the package "
-        "normalises the tensor it is given.",
+        (f"- Channels: {network.in_channels} ({'grey' if network.in_channels == 1 else 'RGB'}); grey images are "
+         "repeated to RGB and RGB averaged to grey by the plugin."),
+        (f"- Normalisation: per channel, the {norm.get('low', 1.0)} and {norm.get('high', 99.8)} percentiles "
+         "mapped to 0 and 1 (`scale_range`). The plugin normalises the whole image before resizing; the package "
+         "normalises the tensor it is given."),
         f"- Pixel scale: the plugin resizes images by **{pixel_scale:g}** before the network. bioimage.io has no "
         "resizing step: give the package images already resized by this factor (the test tensors are at network "
         "scale). Pixel size: " + size + ".",
@@ -369,14 +369,14 @@ def _documentation(loaded, network: PackageNetwork, info: PackageInfo) -> str:
         json.dumps(meta.get("postprocess", {}), indent=1),
         "```",
         "",
-        "Load the package in napari-instance-tuner (`--model PACKAGE.zip` or the model picker) to get the same "
-        "labels as the original weights: the metadata above, the tiling and the exact weights are restored from "
-        "`config.napari_instance_tuner`.",
+        ("Load the package in napari-instance-tuner (`--model PACKAGE.zip` or the model picker) to get the same "
+         "labels as the original weights: the metadata above, the tiling and the exact weights are restored from "
+         "`config.napari_instance_tuner`."),
         "",
         "## Validation",
         "",
-        f"The test tensors are a central crop of {info.sample_name} at network scale. Validation figures of the "
-        "original model (from its metadata):",
+        (f"The test tensors are a central crop of {info.sample_name} at network scale. Validation figures of the "
+         "original model (from its metadata):"),
         "",
         "```json",
         json.dumps({k: meta.get(k) for k in ("metrics",) if k in meta} or {"metrics": "not recorded"}, indent=1)[:4000],

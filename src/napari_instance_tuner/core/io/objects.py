@@ -19,7 +19,7 @@ from ..evaluation.measure import measure_labels
 from .geojson import feature, scale_polygons
 from .polygons import mask_polygons
 
-__all__ = ["LabelFrame", "object_boxes", "iter_objects", "object_table", "object_features"]
+__all__ = ["LabelFrame", "iter_objects", "object_boxes", "object_features", "object_table"]
 
 _LENGTHS = ("perimeter", "major_axis_length", "minor_axis_length")
 

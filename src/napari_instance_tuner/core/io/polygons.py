@@ -137,7 +137,7 @@ def mask_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[Po
     """
     from scipy import ndimage
 
-    pieces, count = ndimage.label(np.asarray(mask, bool))
+    pieces, _ = ndimage.label(np.asarray(mask, bool))
     polygons = []
     for index, box in enumerate(ndimage.find_objects(pieces), start=1):
         if box is None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 from ..errors import InputImageError
 
-__all__ = ["SlideError", "SLIDE_SUFFIXES", "Slide", "open_slide", "is_slide"]
+__all__ = ["SLIDE_SUFFIXES", "Slide", "SlideError", "is_slide", "open_slide"]
 
 #: File names the slide reader claims outright; ``.tif``/``.tiff`` only when the file is a tiled pyramid.
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".scn", ".mrxs", ".bif", ".btf")
@@ -70,7 +70,7 @@ class Slide:
             self.closer()
             self.closer = None
 
-    def __enter__(self) -> Slide:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
