@@ -4,7 +4,8 @@ For each shipped U-Net model (three-branch, layering) the architecture, batch si
 training (its metadata) are built with fresh weights. One training step is the forward pass, a stand-in loss
 (mean square of the logits, float32: the families' losses cost 0.1-0.2 s more per step and do not change with
 ``--amp``), the backward pass and an Adam step, channels_last as :func:`~napari_instance_tuner.core.training.loop.fit`
-runs it. Median of ``--steps`` steps after two warm-up steps, for each precision.
+runs it. Median of ``--steps`` steps after two warm-up steps, for each precision (``--amp`` only where the device
+computes in bfloat16 natively, as ``train`` refuses it elsewhere: on such a CPU the amp columns show "-").
 
 "gradient cosine" compares the two precisions' gradients of the same batch at the same weights (1 = the same
 direction): how closely a bfloat16 step follows the float32 one.
@@ -76,24 +77,27 @@ def main() -> None:
     from napari_instance_tuner.core.training.loop import bfloat16_supported, training_autocast
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, native bfloat16: "
-          f"{bfloat16_supported(args.device)}")
+    native = bfloat16_supported(args.device)  # amp is refused without it (training_autocast): float32 only
+    print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, native bfloat16: {native}")
     print(f"{'model':<22}{'setting':<34}{'float32 s/step':>15}{'amp s/step':>12}{'speed-up':>10}{'gradient cosine':>17}")
     for name in args.models.split(","):
         model, x, setting = _model_and_batch(name, args.device)
         memory = torch.channels_last if args.device == "cpu" else torch.contiguous_format
         model = model.to(memory_format=memory).train()
         x = x.contiguous(memory_format=memory)
-        amp = training_autocast(args.device, True)
-        grads = [_gradient(model, x, context) for context in (contextlib.nullcontext(), amp)]
-        cosine = float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0))
+        contexts = {"float32": contextlib.nullcontext()}
+        if native:
+            contexts["amp"] = training_autocast(args.device, True)
+            grads = [_gradient(model, x, context) for context in contexts.values()]
+            cosine = f"{float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)):>17.4f}"
         times = {}
-        for label, context in (("float32", contextlib.nullcontext()), ("amp", amp)):
+        for label, context in contexts.items():
             optimiser = torch.optim.Adam(model.parameters(), lr=1e-6)
             runs = [_step(model, x, optimiser, context) for _ in range(args.steps + 2)][2:]
             times[label] = float(np.median(runs))
-        print(f"{name:<22}{setting:<34}{times['float32']:>15.2f}{times['amp']:>12.2f}"
-              f"{times['float32'] / times['amp']:>9.1f}x{cosine:>17.4f}")
+        amp = (f"{times['amp']:>12.2f}{times['float32'] / times['amp']:>9.1f}x{cosine}" if native
+               else f"{'-':>12}{'-':>10}{'-':>17}")
+        print(f"{name:<22}{setting:<34}{times['float32']:>15.2f}{amp}")
 
 
 if __name__ == "__main__":
