@@ -1,7 +1,15 @@
+import cv2
 import numpy as np
 import pytest
 
-from napari_instance_tuner.core.inference.morphology import close_open, dilate, erode, grow_labels, relabel
+from napari_instance_tuner.core.inference.morphology import (
+    close_open,
+    connected_components,
+    dilate,
+    erode,
+    grow_labels,
+    relabel,
+)
 
 
 @pytest.mark.parametrize("radius", [1, 3, 5, 12, 25])
@@ -47,3 +55,27 @@ def test_relabel_and_grow_labels():
     grown = grow_labels(objects, mask, 2)
     assert grown.tolist() == [[1, 1, 1, 1, 0, 2, 2, 2, 2]]
     assert grow_labels(objects, mask, 0) is objects
+
+
+def test_growing_only_the_kept_objects_equals_dropping_the_others_first():
+    """``grow_labels(..., keep=)``: the objects not kept are background to the growth (kept ones grow over
+    them); their unreached pixels keep their id until the relabel, and the result is the same as relabelling
+    first (what the live post-processing did before, one full-image pass more)."""
+    labels = np.zeros((1, 14), np.int32)
+    labels[0, 1:3] = 1  # kept
+    labels[0, 4:6] = 2  # dropped, next to 1: grown over
+    labels[0, 11:13] = 3  # dropped, out of reach: keeps its id, then relabel drops it
+    keep = np.array([True, True, False, False])  # keep[0] (background) is ignored
+    mask = np.ones((1, 14), np.uint8)
+    grown = grow_labels(labels, mask, 4, keep=keep)
+    assert grown.tolist() == [[1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 3, 3, 0]]
+    assert relabel(grown, keep).tolist() == grow_labels(relabel(labels, keep), mask, 4).tolist()
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # random scenes: the same labels either way
+        scene = (rng.random((40, 50)) < 0.02).astype(np.uint8)
+        scene = cv2.dilate(scene, np.ones((5, 5), np.uint8))
+        scene, n = connected_components(scene)
+        keep = rng.random(n) < 0.6
+        mask = (rng.random((40, 50)) < 0.8).astype(np.uint8)
+        assert np.array_equal(relabel(grow_labels(scene, mask, 3, keep=keep), keep),
+                              grow_labels(relabel(scene, keep), mask, 3))

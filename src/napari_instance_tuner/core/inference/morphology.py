@@ -73,33 +73,45 @@ def relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def grow_labels(labels: np.ndarray, mask: np.ndarray, max_distance: float) -> np.ndarray:
+def grow_labels(labels: np.ndarray, mask: np.ndarray, max_distance: float, keep: np.ndarray | None = None
+                ) -> np.ndarray:
     """Grow labelled objects into ``mask`` pixels within ``max_distance`` (nearest object wins).
 
     Parameters
     ----------
     labels : np.ndarray
-        uint32 (H, W) labels.
+        Integer (H, W) labels, 0 = background.
     mask : np.ndarray
-        uint8 (H, W) 0/1: where objects may grow.
+        uint8 or bool (H, W): where objects may grow.
     max_distance : float
-        Pixels farther than this from every object stay background.
+        Pixels farther than this from every object stay as they are.
+    keep : np.ndarray, optional
+        bool (N,), one per label id: only these objects grow, and the pixels of the others count as
+        background, so kept objects grow over them. Pixels of objects not kept that no kept object reaches
+        keep their id: follow with :func:`relabel` with ``keep`` (or a subset) to drop them. This spares the
+        caller a relabelling pass before growing (the live post-processing does it once, at the end).
 
     Returns
     -------
     np.ndarray
-        uint32 (H, W).
+        (H, W), the dtype of ``labels``; ``labels`` itself when nothing can grow.
     """
-    objects = labels > 0
+    if keep is None:
+        objects = labels > 0
+    else:
+        sources = keep.copy()
+        sources[0] = False
+        objects = sources[labels]
     if max_distance <= 0 or not objects.any() or objects.all():
         return labels
     # distanceTransformWithLabels: for each non-zero pixel, the distance to and the index of the nearest
-    # zero pixel; with DIST_LABEL_PIXEL zero pixels are indexed 1..K in raster order.
+    # zero pixel (here: object pixel); with DIST_LABEL_PIXEL zero pixels are indexed 1..K in raster order.
     dist, nearest = cv2.distanceTransformWithLabels(
         (~objects).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL
     )
-    lut = np.concatenate([[0], labels[objects]]).astype(np.uint32)
-    grown = lut[nearest]
-    grown[(mask == 0) | (dist > max_distance)] = 0
-    grown[objects] = labels[objects]
+    # Only the few pixels that change are gathered (a full-image lookup cost more than the transform).
+    fill = (dist <= max_distance) & ~objects
+    fill &= mask.astype(bool, copy=False)
+    grown = labels.copy()
+    grown[fill] = labels[objects][nearest[fill] - 1]
     return grown

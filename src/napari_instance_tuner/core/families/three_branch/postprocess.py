@@ -97,10 +97,8 @@ def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
         if params.keep_large_without_centroid > 0:
             has_centroid |= np.bincount(labels.ravel(), minlength=n) >= params.keep_large_without_centroid
         keep &= has_centroid
-    if params.grow_back > 0:
-        labels = grow_labels(relabel(labels, keep), fg, params.grow_back)
-        n = int(labels.max()) + 1
-        keep = np.ones(n, bool)
+    if params.grow_back > 0:  # the dropped objects' pixels are grown over or dropped by the relabel below
+        labels = grow_labels(labels, fg, params.grow_back, keep=keep)
     keep &= np.bincount(labels.ravel(), minlength=n) >= params.min_size
     return Instances(labels=relabel(labels, keep))
 
