@@ -72,7 +72,7 @@ from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.params import params_from_dict, params_to_dict, searched_names
 from napari_instance_tuner.core.progress import run
-from napari_instance_tuner.core.training.data import load_split, read_groups
+from napari_instance_tuner.core.training.data import load_split, patient_folds, read_groups
 from napari_instance_tuner.core.training.ensemble import cross_fit_assignment, trained_images
 from napari_instance_tuner.core.training.jobs import summarise
 
@@ -116,20 +116,6 @@ def by_patient(scored: list[dict], groups: dict) -> dict:
         "testB_patients": {"patients": sorted({groups[r["name"]][0] for r in mine}, key=lambda p: (len(p), p)),
                            "figures": summarise(mine, groups) if mine else {}},
     }
-
-
-def patient_folds(samples, groups: dict, folds: int | None) -> list[list[str]]:
-    """The patients of ``samples`` in folds: one per patient, or ``folds`` groups balanced by image count."""
-    count: dict[str, int] = {}
-    for s in samples:
-        count[groups[s.name][0]] = count.get(groups[s.name][0], 0) + 1
-    patients = sorted(count, key=int)
-    if not folds or folds >= len(patients):
-        return [[p] for p in patients]
-    out: list[list[str]] = [[] for _ in range(folds)]
-    for p in sorted(patients, key=lambda q: (-count[q], int(q))):  # largest first, to the lightest fold
-        min(out, key=lambda f: (sum(count[q] for q in f), len(f))).append(p)
-    return [sorted(f, key=int) for f in out]
 
 
 def main() -> None:
@@ -200,7 +186,7 @@ def main() -> None:
         searched = searched_names(start, excluded, searched)
     except ParamsError as exc:
         parser.error(f"--exclude: {exc}")
-    folds = patient_folds(samples, groups, args.folds)
+    folds = patient_folds([s.name for s in samples], groups, args.folds)
     recorded = json.loads(Path(args.fold_params).read_text()) if args.fold_params else None
     if recorded and recorded["folds"] != folds:
         parser.error(f"--fold-params {args.fold_params} holds other folds: {recorded['folds']}")

@@ -176,6 +176,37 @@ def validation_split(
     return [n for n in names if n not in val_set], sorted(val)
 
 
+def patient_folds(names: list[str], groups: dict[str, tuple[str, str]], folds: int | None) -> list[list[str]]:
+    """The patients of the images ``names`` in folds, for a k-fold validation by patient.
+
+    Parameters
+    ----------
+    names : list of str
+        Image ids, each in ``groups`` (GlaS ``Grade.csv``: id -> (patient id, grade); patient ids are integers).
+    groups : dict
+        As :func:`read_groups` returns it.
+    folds : int or None
+        None (or at least the number of patients): one fold per patient. Otherwise that many folds, balanced by
+        image count: patients taken largest first, each into the fold with the fewest images (then patients).
+        Deterministic.
+
+    Returns
+    -------
+    list of list of str
+        The patient ids of each fold, sorted numerically within a fold.
+    """
+    count: dict[str, int] = {}
+    for n in names:
+        count[groups[n][0]] = count.get(groups[n][0], 0) + 1
+    patients = sorted(count, key=int)
+    if not folds or folds >= len(patients):
+        return [[p] for p in patients]
+    out: list[list[str]] = [[] for _ in range(folds)]
+    for p in sorted(patients, key=lambda q: (-count[q], int(q))):  # largest first, to the lightest fold
+        min(out, key=lambda f: (sum(count[q] for q in f), len(f))).append(p)
+    return [sorted(f, key=int) for f in out]
+
+
 def extra_training_samples(folders: list[str | Path], held_patients: set[str]) -> list[Sample]:
     """Every annotated image of ``folders`` except those of ``held_patients`` (GlaS ``Grade.csv`` ids).
 
