@@ -1,7 +1,12 @@
-"""The cross-fit training sets of the gland recipes (``scripts/glas_cross_fit_sets.py``) and the patient folds of
-the k-fold validation (``core.training.data.patient_folds``), on a small GlaS-like folder of empty files."""
+"""The cross-fit training sets of the gland recipes (``scripts/glas_cross_fit_sets.py``), the patient folds of the
+k-fold validation (``core.training.data.patient_folds``) and the recipe script's first step
+(``scripts/glas_recipe_v10.sh``), on a small GlaS-like folder of empty files."""
 
 import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +115,22 @@ def test_the_k_fold_images_of_patients_the_networks_saw_are_counted(tmp_path, sc
     line = module.seen_patients(glas, sets, unseen)
     assert line.startswith(f"k-fold images of patients run A also holds: {len(seen)} of {len(TEST_A) + 4}")
     assert f"patient {patient[seen[0]]} " in line
+
+
+def _recipe(tmp_path, *args) -> subprocess.CompletedProcess:
+    """``bash scripts/glas_recipe_v10.sh ARGS`` with its outputs under ``tmp_path``."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "glas_recipe_v10.sh"
+    env = {**os.environ, "PY": sys.executable, "OUT": str(tmp_path / "ck"), "RUNS": str(tmp_path / "runs")}
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
+
+
+def test_the_recipe_script_refuses_an_unknown_step_and_stops_when_the_sets_differ_from_v10s(tmp_path):
+    glas = _glas(tmp_path / "glas")
+    out = _recipe(tmp_path, str(glas), "sets", "nonsense")
+    assert out.returncode == 1, out.stderr  # the sets step ran first and stopped the script
+    assert "images differ" in out.stdout and "nonsense" not in out.stderr
+    assert (tmp_path / "runs" / "data" / "glas-xfitA" / "train" / "images").is_dir()
+    out = _recipe(tmp_path, str(glas), "nonsense")
+    assert out.returncode == 2 and "unknown step: nonsense" in out.stderr
+    assert not (tmp_path / "ck" / "glas-depth5.safetensors").exists()
