@@ -21,8 +21,15 @@
 #
 # Environment: THREADS (base runs, default 2); AMP (default --amp, the recipe's bfloat16 forward passes: train
 # refuses it on a CPU without AVX512-BF16 or AMX; AMP= trains in float32, which is not the recipe and is 2-3x
-# slower); BASE_EPOCHS_D5, BASE_EPOCHS_EFFL2, MORE_EPOCHS (239, 240, 70: change them only for a dry run of the
-# plumbing); OUT (default checkpoints), RUNS (default runs).
+# slower); DEVICE (default cpu; cuda on a GPU, whose bfloat16 serves --amp) and LOADER_WORKERS (default 0; on a GPU,
+# processes that make the batches, e.g. 4). BASE_EPOCHS_D5, BASE_EPOCHS_EFFL2, MORE_EPOCHS (239, 240, 70: change
+# them only for a dry run of the plumbing); OUT (default checkpoints), RUNS (default runs).
+#
+# What it makes is a new draw of the recipe (its data, sets, epochs, learning rates and seeds), not the shipped
+# networks bit for bit: those came from runs with other thread counts and histories (v8's network from session
+# 13's 1-thread base, stopped by its time limit at epoch 239; v10's Lite2 network continued at 2 threads), and the
+# thread count and device change the numerics. Sessions 19-26 measured how far a draw moves the k-fold (about 0.03
+# on testB's patients' malignant mean).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GLAS=${1:?usage: bash scripts/glas_recipe_v10.sh GLAS_DIR [STEP ...]}
@@ -39,7 +46,8 @@ OUT=${OUT:-checkpoints}
 RUNS=${RUNS:-runs}
 mkdir -p "$OUT" "$RUNS/logs"
 COMMON=(--depth 5 --centroid-mode inside --stain-jitter 0.5 --stain-strength 0.1 --elastic 0.3 --ema 0.99
-        --max-minutes 400 --seed 0 --quiet --workdir "$OUT")
+        --max-minutes 400 --seed 0 --quiet --workdir "$OUT" --device "${DEVICE:-cpu}"
+        --loader-workers "${LOADER_WORKERS:-0}")
 [ -n "$AMP" ] && COMMON+=("$AMP")
 EFFL2=(--encoder efficientnet_lite2 --lr 3e-4)
 
