@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +70,7 @@ class Slide:
             self.closer()
             self.closer = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Slide:  # noqa: PYI034 - typing.Self is Python 3.11+, and 3.10 is supported
         return self
 
     def __exit__(self, *exc) -> None:
