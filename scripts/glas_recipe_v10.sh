@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# three-branch-glas-v10's recipe from a fresh clone: its four networks, their cross-fit halves, the k-fold that
-# validates the recipe by patient, and the shipped ensemble. Sessions 13-26 ran these steps from git-ignored
-# scratch scripts (runs/), which a new machine loses; this is the same sequence in one place.
+# three-branch-glas-v10's recipe from a fresh clone: its two base networks, their continuations on the two cross-fit
+# halves and on every image, the k-fold that validates the recipe by patient, and the ensemble. Sessions 13-26 ran
+# these steps from git-ignored scratch scripts (runs/), which a new machine loses; this is the same sequence in one
+# place. Shipping stays a separate, deliberate step: python scripts/ship_model.py OUT/three-branch-glas-v10.safetensors
+# --name NAME --sample glands --card-json scripts/cards/three-branch-glas-v10.json --kfold-json
+# RUNS/kfold-v10-recipe.json (it refuses to replace a shipped model).
 #
 #   bash scripts/glas_recipe_v10.sh ../shared/data/glas [STEP ...]
 #
@@ -15,7 +18,7 @@
 #   ensemble      checkpoints/three-branch-glas-v10.safetensors: the two "all" networks, tuned on cross-fitted maps
 #
 # Every training step resumes where it stopped (train's resume files in checkpoints/, written every 3 minutes)
-# and a step whose output exists is skipped, so the script can be run again after a session ends. The halves and
+# and every step but sets skips itself once its output exists, so the script can be run again after a session ends. The halves and
 # "all" runs of one recipe run side by side, 1 thread each. Times on a 2-core CPU with bfloat16 (sessions 19-26):
 # d5 48 min, effl2 70 min, each set of continuations 20-40 min, kfold 8 min.
 #
@@ -91,12 +94,14 @@ for step in $STEPS; do
     d5-halves) continued glas-depth5 glas-d5 $((BASE_EPOCHS_D5 + MORE_EPOCHS)) ;;
     effl2-halves) continued glas-effl2 glas-effl2 $((BASE_EPOCHS_EFFL2 + MORE_EPOCHS)) --encoder efficientnet_lite2 ;;
     kfold)
+      if [ -f "$RUNS/kfold-v10-recipe.json" ]; then say "$RUNS/kfold-v10-recipe.json: exists, skipped"; continue; fi
       say "k-fold by patient of the cross-fitted recipe -> $RUNS/kfold-v10-recipe.json"
       # shellcheck disable=SC2046
       "$PY" benchmarks/glas_lopo_tuning.py --model "$OUT/glas-depth5.safetensors" --data "$GLAS/train" \
         --extra-data "$GLAS/testA" --folds 4 --objectives all --skip-whole --exclude split_radius \
         --cache "$OUT/maps-cache" $(halves) --json "$RUNS/kfold-v10-recipe.json" ;;
     ensemble)
+      if [ -f "$OUT/three-branch-glas-v10.safetensors" ]; then say "the ensemble exists, skipped"; continue; fi
       say "the ensemble of the two networks trained on every image -> $OUT/three-branch-glas-v10.safetensors"
       # shellcheck disable=SC2046
       "$PY" scripts/make_ensemble.py "$OUT/glas-d5-all.safetensors" "$OUT/glas-effl2-all.safetensors" \
