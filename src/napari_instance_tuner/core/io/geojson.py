@@ -34,21 +34,8 @@ from ..sparse_masks import SparseMasks
 from .polygons import Polygon, mask_polygons, rasterise
 from .safe_write import ExportError, write_text
 
-__all__ = [
-    "OBJECT_TYPES",
-    "QUPATH_COLORS",
-    "GeoObject",
-    "class_color",
-    "feature",
-    "geojson_features",
-    "labels_extent",
-    "objects_to_labels",
-    "objects_to_shapes",
-    "read_geojson",
-    "scale_polygons",
-    "valid_geometry",
-    "write_geojson",
-]
+__all__ = ["OBJECT_TYPES", "QUPATH_COLORS", "GeoObject", "class_color", "feature", "geojson_features", "labels_extent",
+           "objects_to_labels", "objects_to_shapes", "read_geojson", "scale_polygons", "valid_geometry", "write_geojson"]
 
 #: Colours of QuPath's built-in classes ([r, g, b]); other class names get a colour from their name.
 QUPATH_COLORS = {"Tumor": [200, 0, 0], "Stroma": [150, 200, 150], "Immune cells": [160, 90, 160],
