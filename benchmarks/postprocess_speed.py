@@ -10,11 +10,13 @@ import os
 import sys
 from dataclasses import replace
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import gland_like_maps, median_ms
 
 from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess
-from napari_instance_tuner.core.family import Maps
+from napari_instance_tuner.core.family import Instances, Maps
 
 
 def main() -> None:
@@ -41,6 +43,12 @@ def main() -> None:
     ]:
         med, p90 = median_ms(lambda params=params: postprocess(maps, params), args.repeats)
         print(f"{name:<36}{med:>10.1f}{p90:>10.1f}{postprocess(maps, params).count:>9d}")
+    # the widget counts the objects after each post-processing (core.inference.stack.postprocess_stack)
+    labels = postprocess(maps, base).labels
+    count, p90 = median_ms(lambda: Instances(labels=labels).count, args.repeats)
+    unique, unique_p90 = median_ms(lambda: np.unique(labels[labels > 0]).size, args.repeats)
+    print(f"{'object count (Instances.count)':<36}{count:>10.1f}{p90:>10.1f}")
+    print(f"{'object count by np.unique (before 27)':<36}{unique:>10.1f}{unique_p90:>10.1f}")
 
 
 if __name__ == "__main__":

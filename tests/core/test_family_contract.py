@@ -124,3 +124,19 @@ class TestMaskRCNN(FamilyContract):
 def test_every_registered_family_has_a_contract_test():
     tested = {cls.family_name for cls in FamilyContract.__subclasses__()}
     assert tested == set(family_names())
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (np.array([[0, 1, 1], [2, 0, 3]], np.uint32), 3),  # consecutive ids
+        (np.array([[0, 7, 7], [0, 0, 200]], np.int32), 2),  # gaps
+        (np.zeros((4, 5), np.uint32), 0),  # nothing
+        (np.zeros((0, 5), np.uint32), 0),  # an empty image
+        (np.array([[-3, 5, 5], [0, 9, 0]], np.int32), 2),  # a negative value: not an object, np.unique counts
+        (np.array([[0, 2**40, 3]], np.uint64), 2),  # ids a histogram cannot hold: np.unique counts
+        (np.array([[0, 2**24 + 5, 1]], np.uint32), 2),  # a large id: np.unique counts
+    ],
+)
+def test_instances_count_is_the_number_of_distinct_positive_ids(labels, expected):
+    assert Instances(labels=labels).count == expected == len(set(labels[labels > 0].tolist()))
