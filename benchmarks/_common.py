@@ -58,3 +58,26 @@ def worm_like_layer_maps(size: int = 1024, n_layers: int = 8, seed: int = 0) -> 
     maps = {"foreground": soft(masks.any(0).astype(np.float32))}
     maps.update({f"layer_{k + 1}": soft(layers[k]) for k in range(n_layers)})
     return maps, len(masks)
+
+
+def tiled(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` mirror-tiled (or cropped) to ``size`` x ``size`` pixels, channels kept."""
+    reps = [int(np.ceil(size / n)) for n in image.shape[:2]]
+    rows = [image if r % 2 == 0 else image[::-1] for r in range(reps[0])]
+    column = np.concatenate(rows, 0)
+    cols = [column if c % 2 == 0 else column[:, ::-1] for c in range(reps[1])]
+    return np.ascontiguousarray(np.concatenate(cols, 1)[:size, :size])
+
+
+def model_maps(image_path: str, model: str, size: int) -> dict[str, np.ndarray]:
+    """The maps (float32 (size, size) each) of ``model`` on the image at ``image_path`` mirror-tiled to ``size``
+    squared, as ``benchmarks/slider_latency.py`` shows it in the widget."""
+    import imageio.v3 as iio  # deferred: only for real maps
+
+    from napari_instance_tuner.core.io.checkpoint import load_model
+    from napari_instance_tuner.core.progress import run
+
+    loaded = load_model(model)
+    image = np.asarray(iio.imread(image_path))
+    image = tiled(image[..., :3] if image.ndim == 3 else image, size)
+    return dict(run(loaded.family.predict_maps(loaded.model, image, loaded.meta)).arrays)

@@ -8,9 +8,10 @@ that change; one relabel at the end drops what is left. The labels must be the s
 the benchmark maps for every shipped three-branch model's parameters, then times both versions alternately in one
 process (``--repeats`` pairs; this machine's timings drift, so pairs are compared, not two separate runs).
 
-    python benchmarks/grow_back_speed.py [--size 1024] [--repeats 150] [--maps MAPS.npz]
+    python benchmarks/grow_back_speed.py [--size 1024] [--repeats 150] [--image PATH --model NAME]
 
-``--maps`` takes real maps instead (an ``.npz`` with ``foreground``, ``boundary``, ``centroid`` float32 arrays).
+``--image`` and ``--model``: the model's maps of that image mirror-tiled to ``--size`` squared (as
+``slider_latency.py`` shows it) instead of the synthetic gland maps.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import gland_like_maps
+from _common import gland_like_maps, model_maps
 
 from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess
 from napari_instance_tuner.core.family import Instances, Maps
@@ -77,13 +78,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=150)
-    parser.add_argument("--maps", help="an .npz of real maps instead of the synthetic benchmark maps")
+    parser.add_argument("--image", help="a real image (with --model) instead of the synthetic maps")
+    parser.add_argument("--model", default="three-branch-glas-v10")
     args = parser.parse_args()
-    if args.maps:
-        with np.load(args.maps) as f:
-            maps = Maps({k: f[k].astype(np.float32) for k in ("foreground", "boundary", "centroid")})
-    else:
-        maps = Maps(gland_like_maps(args.size))
+    maps = Maps(model_maps(args.image, args.model, args.size) if args.image else gland_like_maps(args.size))
     shape = maps.arrays["foreground"].shape
     print(f"three-branch post-processing on {shape[0]}x{shape[1]} maps, {os.cpu_count()} CPUs, {args.repeats} "
           "interleaved pairs")

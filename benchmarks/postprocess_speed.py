@@ -1,6 +1,9 @@
 """Post-processing latency on 1024x1024 maps (the live-tuning budget: median <= 30 ms on 2 cores).
 
-Usage: python benchmarks/postprocess_speed.py [--size 1024] [--repeats 50]
+Usage: python benchmarks/postprocess_speed.py [--size 1024] [--repeats 50] [--image PATH --model NAME]
+
+``--image`` and ``--model``: the model's maps of that image mirror-tiled to ``--size`` squared (as
+``slider_latency.py`` shows it) instead of the synthetic gland maps.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import gland_like_maps, median_ms
+from _common import gland_like_maps, median_ms, model_maps
 
 from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess
 from napari_instance_tuner.core.family import Instances, Maps
@@ -23,8 +26,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--image", help="a real image (with --model) instead of the synthetic maps")
+    parser.add_argument("--model", default="three-branch-glas-v10")
     args = parser.parse_args()
-    maps = Maps(gland_like_maps(args.size))
+    maps = Maps(model_maps(args.image, args.model, args.size) if args.image else gland_like_maps(args.size))
     base = ThreeBranchParams()
     print(f"three-branch post-processing on {args.size}x{args.size} maps, {os.cpu_count()} CPUs")
     print(f"{'setting':<36}{'median ms':>10}{'p90 ms':>10}{'objects':>9}")

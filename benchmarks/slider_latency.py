@@ -38,17 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import tiled
+
 FAMILIES = ("three-branch-glas-v3", "layering-bbbc010", "maskrcnn-dsb2018")
 PARTS = ("coalescing", "to worker", "postprocess", "to GUI", "layer write", "written -> drawn")
-
-
-def tiled(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` mirror-tiled (or cropped) to ``size`` x ``size`` pixels, channels kept."""
-    reps = [int(np.ceil(size / n)) for n in image.shape[:2]]
-    rows = [image if r % 2 == 0 else image[::-1] for r in range(reps[0])]
-    column = np.concatenate(rows, 0)
-    cols = [column if c % 2 == 0 else column[:, ::-1] for c in range(reps[1])]
-    return np.ascontiguousarray(np.concatenate(cols, 1)[:size, :size])
 
 
 def family_image(family: str, data: Path, size: int) -> tuple[np.ndarray, bool, str]:
