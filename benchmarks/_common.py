@@ -81,3 +81,15 @@ def model_maps(image_path: str, model: str, size: int) -> dict[str, np.ndarray]:
     image = np.asarray(iio.imread(image_path))
     image = tiled(image[..., :3] if image.ndim == 3 else image, size)
     return dict(run(loaded.family.predict_maps(loaded.model, image, loaded.meta)).arrays)
+
+
+def add_maps_arguments(parser) -> None:
+    """``--size``, ``--image`` and ``--model``: the maps a post-processing benchmark times (see :func:`maps_from_args`)."""
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--image", help="a real image (with --model) instead of the synthetic maps")
+    parser.add_argument("--model", default="three-branch-glas-v10")
+
+
+def maps_from_args(args) -> dict[str, np.ndarray]:
+    """The model's maps of ``--image`` mirror-tiled to ``--size`` squared, or the synthetic gland maps."""
+    return model_maps(args.image, args.model, args.size) if args.image else gland_like_maps(args.size)

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import gland_like_maps, model_maps
+from _common import add_maps_arguments, maps_from_args
 
 from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess
 from napari_instance_tuner.core.family import Instances, Maps
@@ -76,12 +76,10 @@ def postprocess_before(maps: Maps, params: ThreeBranchParams) -> Instances:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=1024)
+    add_maps_arguments(parser)
     parser.add_argument("--repeats", type=int, default=150)
-    parser.add_argument("--image", help="a real image (with --model) instead of the synthetic maps")
-    parser.add_argument("--model", default="three-branch-glas-v10")
     args = parser.parse_args()
-    maps = Maps(model_maps(args.image, args.model, args.size) if args.image else gland_like_maps(args.size))
+    maps = Maps(maps_from_args(args))
     shape = maps.arrays["foreground"].shape
     print(f"three-branch post-processing on {shape[0]}x{shape[1]} maps, {os.cpu_count()} CPUs, {args.repeats} "
           "interleaved pairs")

@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import gland_like_maps, median_ms, model_maps
+from _common import add_maps_arguments, maps_from_args, median_ms
 
 from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams, postprocess
 from napari_instance_tuner.core.family import Instances, Maps
@@ -24,12 +24,10 @@ from napari_instance_tuner.core.family import Instances, Maps
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", type=int, default=1024)
+    add_maps_arguments(parser)
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--image", help="a real image (with --model) instead of the synthetic maps")
-    parser.add_argument("--model", default="three-branch-glas-v10")
     args = parser.parse_args()
-    maps = Maps(model_maps(args.image, args.model, args.size) if args.image else gland_like_maps(args.size))
+    maps = Maps(maps_from_args(args))
     base = ThreeBranchParams()
     print(f"three-branch post-processing on {args.size}x{args.size} maps, {os.cpu_count()} CPUs")
     print(f"{'setting':<36}{'median ms':>10}{'p90 ms':>10}{'objects':>9}")
