@@ -18,6 +18,10 @@ tuning of every fold uses them, so a rule is validated with 38 malignant images 
 groups the patients into K folds (balanced by image count, deterministic) to bound the run time; without it each
 patient is a fold. Figures are reported pooled over all images and over each split alone.
 
+Mask R-CNN models (session 28) are tuned and scored as the others (rules ``all`` and ``malignant`` by the mean of
+object F1 and Dice, not by the family's DSB score); their detections are cached with the maps, and cannot be
+averaged (``--average``, ``--cross-fit``).
+
 ``--average MODEL2 [...]`` averages the probability maps of several models (same family) before
 post-processing: a test-time ensemble. Maps come from ``glas_postprocess.cached_maps`` (same cache).
 
@@ -66,8 +70,8 @@ from glas_postprocess import TUNABLE, cached_maps, score_split, variant_params
 from napari_instance_tuner.cli import format_table
 from napari_instance_tuner.core.errors import ParamsError
 from napari_instance_tuner.core.evaluation.autotune import autotune
-from napari_instance_tuner.core.evaluation.metrics import evaluate
-from napari_instance_tuner.core.evaluation.scoring import tuning_objective
+from napari_instance_tuner.core.evaluation.metrics import evaluate, object_dice, object_f1
+from napari_instance_tuner.core.evaluation.scoring import selection_score, tuning_objective
 from napari_instance_tuner.core.family import Maps
 from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.params import params_from_dict, params_to_dict, searched_names
@@ -78,7 +82,9 @@ from napari_instance_tuner.core.training.jobs import summarise
 
 
 def averaged(maps_lists: list[list[Maps]]) -> list[Maps]:
-    """Per image, the mean of each map over models (all at the image's own size)."""
+    """Per image, the mean of each map over models (all at the image's own size); refused for detections."""
+    if any(m.extra for maps in maps_lists for m in maps):
+        raise SystemExit("--average and --also-cross-fit average maps; a Mask R-CNN's detections cannot be averaged")
     return [Maps(arrays={k: np.mean([m.arrays[k] for m in per_model], axis=0) for k in per_model[0].arrays})
             for per_model in zip(*maps_lists)]
 
@@ -94,11 +100,18 @@ def cross_fitted(models: list, samples, cache: Path) -> list[Maps]:
     return maps
 
 
+def glas_score(pred, reference) -> float:
+    """The mean of one image's object F1 and object Dice: the three-branch family's score, which rules ``all`` and
+    ``malignant`` tune by for every family (Mask R-CNN's own is the DSB score of nuclei)."""
+    return selection_score(object_f1(pred, reference)["f1"], object_dice(pred, reference))
+
+
 def tune(family, maps, samples, start, rule: str, groups: dict, names: list[str] | None):
     """Parameters auto-tuned on ``samples`` by ``rule`` (see the module docstring); ``names``: the parameters
     searched (None: all, as ``train`` and ``scripts/retune_checkpoint.py`` do)."""
     keep = [i for i, s in enumerate(samples) if rule != "malignant" or groups.get(s.name, ("", ""))[1] == "malignant"]
     score, combine = tuning_objective(family, "pooled" if rule == "pooled" else "image-mean")
+    score = score if rule == "pooled" else glas_score
     best, _, _ = run(autotune(family.postprocess, [maps[i] for i in keep], [samples[i].labels for i in keep],
                               start, score, names=names, combine=combine))
     return best
@@ -174,7 +187,8 @@ def main() -> None:
     if members:
         maps = averaged([maps] + [cached_maps(m, samples, Path(args.cache)) for m in members])
     # the family's defaults, not the model's tuned values (those were tuned on every validation patient)
-    start = variant_params("paper", loaded.family.Params())
+    start = variant_params("paper", loaded.family.Params()) if loaded.family.name == "three-branch" \
+        else loaded.family.Params()
     searched = TUNABLE["paper"] if args.search == "paper" else None
     try:
         fixed = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.fix.split(",") if item)}

@@ -48,6 +48,10 @@ TUNABLE = {
 }
 
 
+#: Prefix of the cached ``Maps.extra`` entries (see :func:`cached_maps`).
+EXTRA = "extra__"
+
+
 def variant_params(name: str, base):
     """The starting parameters of a variant (its switches set, the model's tuned values otherwise)."""
     if name == "paper":
@@ -62,22 +66,27 @@ def variant_params(name: str, base):
 
 
 def cached_maps(loaded, samples, cache: Path) -> list[Maps]:
-    """Predict (or reload) the maps of each sample; the cache key is the weights' hash and the image name."""
+    """Predict (or reload) the maps of each sample; the cache key is the weights' hash and the image name.
+
+    The maps are stored as float16, and a family's ``extra`` (Mask R-CNN's detections) as it is, under keys
+    prefixed ``EXTRA``; a family without extra stores what it stored before."""
     key = hashlib.sha256(Path(loaded.path).read_bytes()).hexdigest()[:12] if loaded.path else loaded.name
     out = []
     for s in samples:
         path = cache / f"{key}-{s.name}.npz"
         if path.exists():
             with np.load(path) as f:
-                out.append(Maps(arrays={k: f[k] for k in f.files}))
+                out.append(Maps(arrays={k: f[k] for k in f.files if not k.startswith(EXTRA)},
+                                extra={k[len(EXTRA):]: f[k] for k in f.files if k.startswith(EXTRA)}))
             continue
         maps = run(loaded.family.predict_maps(loaded.model, s.image, loaded.meta))
         # stored as float16: hand on the stored values, so that a first run and a cached re-run see the same maps
         stored = {k: v.astype(np.float16) for k, v in maps.arrays.items()}
+        extra = {k: np.asarray(v) for k, v in maps.extra.items()}
         cache.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **stored)
-        out.append(Maps(arrays=stored))
-    return [Maps(arrays={k: v.astype(np.float32) for k, v in m.arrays.items()}) for m in out]
+        np.savez_compressed(path, **stored, **{EXTRA + k: v for k, v in extra.items()})
+        out.append(Maps(arrays=stored, extra=extra))
+    return [Maps(arrays={k: v.astype(np.float32) for k, v in m.arrays.items()}, extra=m.extra) for m in out]
 
 
 def score_split(family, maps, samples, params, groups) -> dict:

@@ -144,7 +144,7 @@ def main() -> None:
     print(f"{args.model} on {args.mosaics} dense nuclei mosaics of {args.size}x{args.size}, {args.threads} threads; "
           f"shipped parameters {params}")
     if args.stages:
-        from napari_instance_tuner.core.families.maskrcnn.model import network_input
+        from napari_instance_tuner.core.families.maskrcnn.network_input import network_input
 
         tile = network_input(mosaics[0][0], loaded.meta, loaded.model.config)[0][:512, :512]
         stages = {False: [], True: []}

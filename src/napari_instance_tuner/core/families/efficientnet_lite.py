@@ -163,3 +163,25 @@ def load_imagenet_weights(encoder: EfficientNetLiteEncoder, path: str | Path | N
         raise ValueError(f"{path}: not EfficientNet-{encoder.variant.capitalize()} weights: "
                          f"{str(error)[:300]}") from None
     return len(state)
+
+
+def start_from(encoders: list[EfficientNetLiteEncoder], weights: str) -> str:
+    """Load ``weights`` into each of ``encoders``: ``"imagenet"`` (:func:`imagenet_weights_path` of each one's
+    variant), ``"none"`` (they keep their random weights) or a ``state_dict`` path (:func:`load_imagenet_weights`).
+
+    Returns
+    -------
+    str
+        What was loaded, for a checkpoint's metadata.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        The ImageNet weights' package is not installed, or the file is missing or holds other weights.
+    """
+    if weights == "none":
+        return "none (random)"
+    for encoder in encoders:
+        path = imagenet_weights_path(encoder.variant) if weights == "imagenet" else Path(weights)
+        load_imagenet_weights(encoder, path)
+    return f"{weights}: {path.name}" if weights == "imagenet" else str(path)

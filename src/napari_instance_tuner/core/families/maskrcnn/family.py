@@ -62,7 +62,7 @@ class MaskRCNNFamily(Family):
 
         from ...inference.cpu import cpu_threads, inference_threads  # deferred: only at inference
         from ...inference.stream_tile import inference_autocast  # deferred: torch, only at inference
-        from .model import network_input  # deferred: torch(vision)
+        from .network_input import network_input  # deferred: image handling
 
         prepared, shape = network_input(image, meta, model.config)
         device = choose_device(device)
@@ -93,8 +93,11 @@ class MaskRCNNFamily(Family):
 
     def package_network(self, meta: dict) -> PackageNetwork:
         """Detections rendered as one score map: bioimage.io tensors cannot describe lists of boxes and masks."""
+        lite = str(meta.get("architecture", {}).get("backbone", "")).startswith("efficientnet")
+        trunk = ("napari_instance_tuner.core.families.efficientnet_lite",
+                 "napari_instance_tuner.core.families.maskrcnn.lite_backbone") if lite else ()
         return PackageNetwork(
-            modules=("napari_instance_tuner.core.families.maskrcnn.maskplus",
+            modules=(*trunk, "napari_instance_tuner.core.families.maskrcnn.maskplus",
                      "napari_instance_tuner.core.families.maskrcnn.model"),
             build="build_maskrcnn(architecture)", callable=self.package_callable, head="score_map",
             output_id="score_map", channels=("score_map",), in_channels=3, size_step=32, torchscript=False,

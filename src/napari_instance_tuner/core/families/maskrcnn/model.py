@@ -8,7 +8,9 @@ RPN, RoI heads and transform). Backbones:
   for pretrained backbones;
 - ``"resnet18_fpn"``: torchvision's ResNet-18 + FPN (256 channels), no pretrained weights;
 - ``"tiny_fpn"``: a four-stage ResNet of torchvision ``BasicBlock``s (widths c, 2c, 4c, 8c at strides
-  4..32) with group norm and a narrow FPN, small enough to train from scratch on a laptop CPU.
+  4..32) with group norm and a narrow FPN, small enough to train from scratch on a laptop CPU;
+- ``"efficientnet_lite0_fpn"``, ``"efficientnet_lite2_fpn"``: EfficientNet-Lite's trunk, which starts from
+  ImageNet weights, under an FPN of ``fpn_channels`` (:mod:`.lite_backbone`).
 
 Deliberate differences from the papers (DSB2018 Mask R-CNN report; MaskPlus):
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
@@ -35,7 +36,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
-BACKBONES = ("tiny_fpn", "resnet18_fpn", "resnet50_fpn")
+BACKBONES = ("tiny_fpn", "resnet18_fpn", "resnet50_fpn", "efficientnet_lite0_fpn", "efficientnet_lite2_fpn")
 
 #: Internal thresholds of :meth:`InstanceMaskRCNN.detect`: permissive, so that the live post-processing
 #: (score threshold, NMS IoU) can only remove detections, never need the network again.
@@ -61,7 +62,7 @@ class MaskRCNNConfig:
     base_channels : int
         ``tiny_fpn`` only: width of the first stage (doubled per stage).
     fpn_channels : int
-        ``tiny_fpn`` only: FPN width (the ResNet backbones use torchvision's 256).
+        FPN width of ``tiny_fpn`` and the EfficientNet-Lite backbones (the ResNet backbones use torchvision's 256).
     trainable_backbone_layers : int
         ResNet backbones: how many stages (from the last) train, 0..5.
     frozen_bn : bool
@@ -143,7 +144,7 @@ class MaskRCNNConfig:
         cfg = cls(**values)
         if cfg.backbone not in BACKBONES:
             raise ValueError(f"backbone {cfg.backbone!r} is not one of {BACKBONES}")
-        resnet = cfg.backbone != "tiny_fpn"
+        resnet = cfg.backbone.startswith("resnet")
         cfg = replace(
             cfg,
             representation_size=cfg.representation_size or (1024 if resnet else 256),
@@ -234,12 +235,26 @@ def _backbone(cfg: MaskRCNNConfig) -> nn.Module:
             TinyResNet(c), {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
             [c, 2 * c, 4 * c, 8 * c], cfg.fpn_channels,
         )
+    if cfg.backbone.startswith("efficientnet"):
+        from .lite_backbone import LITE_BACKBONES, LiteFPN  # deferred: only for those backbones
+
+        return LiteFPN(LITE_BACKBONES[cfg.backbone], cfg.fpn_channels)
     from torchvision.models import resnet18, resnet50  # deferred: torchvision's ResNets, only for those backbones
     from torchvision.ops.misc import FrozenBatchNorm2d  # deferred: torchvision
 
     norm = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
     net = (resnet50 if cfg.backbone == "resnet50_fpn" else resnet18)(weights=None, norm_layer=norm)
     return _resnet_fpn_extractor(net, cfg.trainable_backbone_layers)
+
+
+def _normalisation(cfg: MaskRCNNConfig) -> dict:
+    """The detector transform's ``image_mean`` / ``image_std``: torchvision's (ImageNet), or none for a trunk that
+    normalises its input itself."""
+    if not cfg.backbone.startswith("efficientnet"):
+        return {}
+    from .lite_backbone import IMAGE_MEAN, IMAGE_STD  # deferred: only for those backbones
+
+    return {"image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD)}
 
 
 #: The parts of :class:`InstanceMaskRCNN` that :meth:`~InstanceMaskRCNN.detect` runs under mixed precision
@@ -286,6 +301,7 @@ class InstanceMaskRCNN(MaskRCNN):
             box_batch_size_per_image=config.box_batch_size_per_image,
             mask_head=MaskRCNNHeads(ch, (mask_ch,) * config.mask_head_layers, 1),
             mask_predictor=MaskRCNNPredictor(mask_ch, mask_ch, config.num_classes),
+            **_normalisation(config),
         )
         if config.boundary_refinement:  # the predictor's last child: torchvision's keys stay as they are
             from .maskplus import DenseBoundaryRefinement  # deferred: only for MaskPlus models
@@ -365,33 +381,3 @@ def build_maskrcnn(config: MaskRCNNConfig | dict) -> InstanceMaskRCNN:
     if isinstance(config, dict):
         config = MaskRCNNConfig.from_dict(config)
     return InstanceMaskRCNN(config)
-
-
-# --------------------------------------------------------------------------------------------
-# What the network sees
-# --------------------------------------------------------------------------------------------
-
-
-def network_input(image: np.ndarray, meta: dict, config: MaskRCNNConfig) -> tuple[np.ndarray, tuple[int, int]]:
-    """Validate, normalise and rescale ``image`` as ``meta`` says, as 3 channels, with optional CLAHE.
-
-    Returns
-    -------
-    prepared : np.ndarray
-        float32 (h, w, 3) at network scale (``meta["pixel_scale"]``).
-    shape : tuple of int
-        (H, W) of the input image.
-    """
-    from ...inference.image import prepare_image  # deferred: image handling, only at inference
-
-    prepared, shape = prepare_image(image, {**meta, "in_channels": 3})
-    if config.clahe:
-        prepared = clahe(prepared)
-    return prepared, shape
-
-
-def clahe(image: np.ndarray) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation of a float (h, w, 3) image, clipped to [0, 1] first."""
-    from skimage.exposure import equalize_adapthist  # deferred: scikit-image
-
-    return equalize_adapthist(np.clip(image, 0.0, 1.0)).astype(np.float32)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import InstanceTunerError
 from ...evaluation.scoring import make_validator
 from ...inference.image import resize_to
 from ...progress import CancelToken, Progress
@@ -35,9 +36,13 @@ from ...training.data import Sample
 from ...training.inside import mostly_inside
 from ...training.loop import TrainConfig, TrainResult, fit, read_resume, seed_everything
 from ...training.options import comma_ints, option, training_fields
-from .. import base_channels_option, init_weights_option
+from .. import base_channels_option, encoder_weights_option, init_weights_option
 from .loss import DetectionLoss
 from .targets import TargetBatch, targets_from_instances
+
+#: ``--backbone``'s choices (:data:`.model.BACKBONES`, which needs torch to import).
+LITE_BACKBONES = ("efficientnet_lite0_fpn", "efficientnet_lite2_fpn")
+BACKBONE_CHOICES = ("tiny_fpn", "resnet18_fpn", "resnet50_fpn", *LITE_BACKBONES)
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,19 @@ class MaskRCNNTrainOptions:
         :func:`.weights.load_torchvision_state_dict`).
     coco_pretrained : bool
         Download torchvision's COCO weights (``resnet50_fpn``; needs the internet).
+    fpn_channels : int
+        FPN width of ``tiny_fpn`` and the EfficientNet-Lite backbones (architecture).
+    encoder_weights : str
+        The EfficientNet-Lite backbones' trunk starts from these, when ``init_weights`` is not given:
+        ``"imagenet"``, ``"none"`` or a ``state_dict`` file (see :func:`..efficientnet_lite.start_from`).
     """
 
     base_channels: int = base_channels_option()
-    backbone: str = option("tiny_fpn", "--backbone", "maskrcnn: backbone (tiny_fpn trains from scratch on a CPU)",
-                           choices=("tiny_fpn", "resnet18_fpn", "resnet50_fpn"), architecture=True)
+    backbone: str = option("tiny_fpn", "--backbone", "maskrcnn: backbone (tiny_fpn trains from scratch on a CPU; the "
+                           "EfficientNet-Lite ones start from ImageNet weights, see --encoder-weights)",
+                           choices=BACKBONE_CHOICES, architecture=True)
+    fpn_channels: int = option(64, "--fpn-channels", "maskrcnn: FPN width of tiny_fpn and the EfficientNet-Lite "
+                               "backbones", type=int, range=(8, 512), architecture=True)
     anchor_sizes: str | None = option(None, "--anchor-sizes", "maskrcnn: 5 comma-separated anchor sizes in network "
                                       "pixels", architecture=True)
     clahe: bool = option(False, "--clahe", "maskrcnn: CLAHE pre-processing (the nuclei paper)", type=bool,
@@ -83,6 +96,7 @@ class MaskRCNNTrainOptions:
     init_weights: str | None = init_weights_option()
     coco_pretrained: bool = option(False, "--coco-pretrained", "maskrcnn (resnet50_fpn): start from torchvision's "
                                    "COCO weights (downloads; needs internet)", type=bool)
+    encoder_weights: str = encoder_weights_option()
 
     @classmethod
     def from_dict(cls, values: dict | None) -> MaskRCNNTrainOptions:
@@ -100,11 +114,14 @@ class MaskRCNNTrainOptions:
             raise ValueError("need mask_loss_alpha > 0, 0 <= biased_fraction <= 1, min_object_pixels >= 1")
         if self.init_weights and self.coco_pretrained:
             raise ValueError("give init_weights or coco_pretrained, not both")
+        if self.coco_pretrained and self.backbone != "resnet50_fpn":
+            raise ValueError(f"coco_pretrained needs the resnet50_fpn backbone, not {self.backbone!r}")
         return self
 
     def architecture(self) -> dict:
         """The architecture keys these options set (:class:`~.model.MaskRCNNConfig` completes them)."""
-        arch = {"backbone": self.backbone, "base_channels": self.base_channels, "clahe": self.clahe}
+        arch = {"backbone": self.backbone, "base_channels": self.base_channels, "fpn_channels": self.fpn_channels,
+                "clahe": self.clahe}
         if self.anchor_sizes:
             arch["anchor_sizes"] = comma_ints(self.anchor_sizes)
         if self.aux_masks:
@@ -180,7 +197,7 @@ class DetectionBatches:
 
 def prepare_samples(samples: list[Sample], meta: dict, config) -> list[PreparedSample]:
     """Normalise (and CLAHE) the images and rescale images and instances to network scale."""
-    from .model import network_input  # deferred: torch(vision)
+    from .network_input import network_input  # deferred: image handling
 
     prepared = []
     for s in samples:
@@ -202,13 +219,27 @@ def _resumed_steps(resume_path, steps_per_epoch: int) -> int:
 
 
 def initialise(model, options: MaskRCNNTrainOptions) -> dict | None:
-    """Load ``init_weights`` or the COCO weights into a new model; a summary for the metadata, or None."""
+    """Load ``init_weights``, the COCO weights or (EfficientNet-Lite backbones) the trunk's ``encoder_weights`` into
+    a new model; a summary for the metadata, or None when every weight stays random.
+
+    Raises
+    ------
+    InstanceTunerError
+        The trunk's weights are missing (package not installed) or are not that trunk's.
+    """
     from .weights import load_coco_weights, load_torchvision_state_dict  # deferred: torch
 
     if options.init_weights:
         report = load_torchvision_state_dict(model, options.init_weights)
     elif options.coco_pretrained:
         report = load_coco_weights(model)
+    elif model.config.backbone in LITE_BACKBONES:
+        from ..efficientnet_lite import start_from  # deferred: torch
+
+        try:
+            return {"source": f"backbone trunk: {start_from([model.backbone.body], options.encoder_weights)}"}
+        except (OSError, ValueError) as exc:  # FileNotFoundError included
+            raise InstanceTunerError(f"train --encoder-weights {options.encoder_weights}: {exc}") from None
     else:
         return None
     return {"source": report.source, "file_classes": report.file_classes, "replaced": report.replaced}

