@@ -60,6 +60,7 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +71,9 @@ from glas_postprocess import TUNABLE, cached_maps, score_split, variant_params
 from napari_instance_tuner.cli import format_table
 from napari_instance_tuner.core.errors import ParamsError
 from napari_instance_tuner.core.evaluation.autotune import autotune
-from napari_instance_tuner.core.evaluation.metrics import evaluate, object_dice, object_f1
-from napari_instance_tuner.core.evaluation.scoring import selection_score, tuning_objective
-from napari_instance_tuner.core.family import Maps
+from napari_instance_tuner.core.evaluation.metrics import evaluate
+from napari_instance_tuner.core.evaluation.scoring import tuning_objective
+from napari_instance_tuner.core.family import Family, Maps
 from napari_instance_tuner.core.io.checkpoint import load_model
 from napari_instance_tuner.core.params import params_from_dict, params_to_dict, searched_names
 from napari_instance_tuner.core.progress import run
@@ -100,18 +101,13 @@ def cross_fitted(models: list, samples, cache: Path) -> list[Maps]:
     return maps
 
 
-def glas_score(pred, reference) -> float:
-    """The mean of one image's object F1 and object Dice: the three-branch family's score, which rules ``all`` and
-    ``malignant`` tune by for every family (Mask R-CNN's own is the DSB score of nuclei)."""
-    return selection_score(object_f1(pred, reference)["f1"], object_dice(pred, reference))
-
-
 def tune(family, maps, samples, start, rule: str, groups: dict, names: list[str] | None):
     """Parameters auto-tuned on ``samples`` by ``rule`` (see the module docstring); ``names``: the parameters
     searched (None: all, as ``train`` and ``scripts/retune_checkpoint.py`` do)."""
     keep = [i for i, s in enumerate(samples) if rule != "malignant" or groups.get(s.name, ("", ""))[1] == "malignant"]
-    score, combine = tuning_objective(family, "pooled" if rule == "pooled" else "image-mean")
-    score = score if rule == "pooled" else glas_score
+    # rules all / malignant tune every family by the base Family.score (mean of object F1 and Dice per image), not
+    # by a family's own (Mask R-CNN's is the DSB score of nuclei)
+    score, combine = tuning_objective(family, "pooled") if rule == "pooled" else (partial(Family.score, family), None)
     best, _, _ = run(autotune(family.postprocess, [maps[i] for i in keep], [samples[i].labels for i in keep],
                               start, score, names=names, combine=combine))
     return best
