@@ -98,6 +98,7 @@ class MaskRCNNFamily(Family):
                  "napari_instance_tuner.core.families.maskrcnn.lite_backbone") if lite else ()
         return PackageNetwork(
             modules=(*trunk, "napari_instance_tuner.core.families.maskrcnn.maskplus",
+                     "napari_instance_tuner.core.families.maskrcnn.sparse_roi_align",
                      "napari_instance_tuner.core.families.maskrcnn.model"),
             build="build_maskrcnn(architecture)", callable=self.package_callable, head="score_map",
             output_id="score_map", channels=("score_map",), in_channels=3, size_step=32, torchscript=False,

@@ -20,7 +20,9 @@ Deliberate differences from the papers (DSB2018 Mask R-CNN report; MaskPlus):
 - grey images are repeated to three channels, so every backbone (and COCO weights) sees RGB;
 - the anchor sizes default to the report's best, (8, 16, 32, 64, 128), and more RoIs are kept than in
   torchvision (2000 proposals at test time, 500 detections), as the report recommends for images with
-  hundreds of nuclei.
+  hundreds of nuclei;
+- RoIAlign is torchvision's, computed on the CPU as one sparse matrix product (:mod:`.sparse_roi_align`):
+  the same values, 3-7x faster than torchvision's CPU kernel, whose serial backward pass dominated training.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+from .sparse_roi_align import SparseMultiScaleRoIAlign
 
 BACKBONES = ("tiny_fpn", "resnet18_fpn", "resnet50_fpn", "efficientnet_lite0_fpn", "efficientnet_lite2_fpn")
 
@@ -293,12 +297,15 @@ class InstanceMaskRCNN(MaskRCNN):
             rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
             rpn_nms_thresh=config.rpn_nms_thresh,
             rpn_batch_size_per_image=config.rpn_batch_size_per_image,
+            # torchvision's default poolers, computed as a sparse product on the CPU (same values, 3-7x faster)
+            box_roi_pool=SparseMultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2),
             box_head=TwoMLPHead(ch * 7 * 7, config.representation_size),
             box_predictor=FastRCNNPredictor(config.representation_size, config.num_classes),
             box_score_thresh=config.box_score_thresh,
             box_nms_thresh=config.box_nms_thresh,
             box_detections_per_img=config.box_detections_per_img,
             box_batch_size_per_image=config.box_batch_size_per_image,
+            mask_roi_pool=SparseMultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2),
             mask_head=MaskRCNNHeads(ch, (mask_ch,) * config.mask_head_layers, 1),
             mask_predictor=MaskRCNNPredictor(mask_ch, mask_ch, config.num_classes),
             **_normalisation(config),
