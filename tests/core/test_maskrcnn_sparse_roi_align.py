@@ -75,6 +75,17 @@ def test_no_boxes_give_an_empty_result_of_the_right_shape():
     assert out.shape == (0, 8, 14, 14)
 
 
+def test_a_nan_box_pools_zeros_and_leaves_the_other_boxes_alone():
+    feats, boxes = pyramid(1), boxes_for([6])
+    broken = boxes[0].clone()
+    broken[2] = float("nan")
+    ours = SparseMultiScaleRoIAlign(NAMES, 7, 2)(feats, [broken], [(128, 160)])
+    theirs = MultiScaleRoIAlign(NAMES, 7, 2)(feats, boxes, [(128, 160)])
+    assert torch.equal(ours[2], torch.zeros_like(ours[2]))
+    keep = [0, 1, 3, 4, 5]
+    torch.testing.assert_close(ours[keep], theirs[keep], atol=1e-4, rtol=1e-4)
+
+
 def test_adaptive_sampling_takes_torchvisions_path_exactly():
     feats, boxes = pyramid(1), boxes_for([15])
     ours = SparseMultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [(128, 160)])

@@ -32,8 +32,10 @@ def _axis(v: Tensor, size: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Low and high pixel, their weights ``(1 - frac, frac)`` zeroed where ``v`` is off the map, along one axis.
 
     ``v`` (R, S) float sample coordinates; ``size`` (R, 1) float map length. torchvision's rule: a sample
-    outside ``[-1, size]`` is 0; otherwise it is clamped into ``[0, size - 1]``.
+    outside ``[-1, size]`` is 0; otherwise it is clamped into ``[0, size - 1]``. A NaN sample (a NaN box) is 0 too,
+    and its pixel indices stay in range, as the sparse matrix's are not checked.
     """
+    v = torch.nan_to_num(v, nan=-2.0)
     inside = ((v >= -1) & (v <= size)).to(v.dtype)
     v = v.clamp(min=0)
     lo = torch.minimum(v.floor(), size - 1)
@@ -159,6 +161,7 @@ class SparseMultiScaleRoIAlign(MultiScaleRoIAlign):
         all_boxes = torch.cat(boxes).float()
         image = torch.cat([torch.full((len(b),), i, dtype=torch.int64) for i, b in enumerate(boxes)])
         level = self.map_levels(boxes).long() if len(features) > 1 else torch.zeros_like(image)
+        level = level.clamp(0, len(features) - 1)  # a NaN box's level is garbage (torchvision pools it as zeros)
         sizes = torch.tensor([[f.shape[2], f.shape[3]] for f in features], dtype=torch.float32)
         counts = torch.tensor([f.shape[0] * f.shape[2] * f.shape[3] for f in features], dtype=torch.int64)
         starts = torch.cumsum(counts, 0) - counts
