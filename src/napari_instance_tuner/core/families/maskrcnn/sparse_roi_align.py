@@ -1,4 +1,4 @@
-"""torchvision's ``MultiScaleRoIAlign`` as one sparse matrix product on the CPU (3-7x faster there).
+"""torchvision's ``MultiScaleRoIAlign`` as one sparse matrix product on the CPU, where it is much faster.
 
 torchvision's CPU kernel for ``roi_align`` runs its backward pass as one serial loop of scattered adds: 38 % of
 a training step of an ``efficientnet_lite2_fpn`` Mask R-CNN on glands (256-px crops, batch 4; py-spy, session 29),
@@ -6,11 +6,13 @@ and RoIAlign's forward pass was a third of a whole-image detection. RoIAlign is 
 output bin is the mean of ``sampling_ratio ** 2`` bilinear samples, each a weighted sum of 4 feature pixels. So
 the pooling of every box from every FPN level is one product ``Y = A @ X``, with ``X`` the features of all levels,
 one pixel a row (channels last), and ``A`` a sparse matrix with ``4 * sampling_ratio ** 2`` weights a row; the
-backward pass is ``A.T @ dY``. Both are multithreaded sparse-dense products in torch.
+backward pass is ``A.T @ dY``. Both are multithreaded sparse-dense products in torch: with them a training step
+is 2x faster on GlaS crops (Lite2 trunk) and 1.45x on DSB2018 crops (``maskrcnn-dsb2018``), a whole-image detection
+slightly faster (``benchmarks/roi_align_speed.py``, docs/benchmarks.md "Session 29").
 
 What is computed is torchvision's (same level per box, sample points, clamping, and zero outside the feature
 map, as in its ``bilinear_interpolate``); only the order of the float32 sums differs, so results agree to about
-1e-6 relative (``tests/core/test_maskrcnn_sparse_roi_align.py`` compares values and gradients). CUDA tensors, an
+1e-5 relative (``tests/core/test_maskrcnn_sparse_roi_align.py`` compares values and gradients). CUDA tensors, an
 adaptive ``sampling_ratio`` (<= 0) and tracing take torchvision's own path.
 """
 
