@@ -95,10 +95,9 @@ def pooling_matrix(
     along_x = (along_x // s) + ((along_x % s) + 0.5) / s
     y_lo, y_hi, wy_lo, wy_hi = _axis(y1[:, None] + along_y[None] * (box_h / ph)[:, None], height[:, None])
     x_lo, x_hi, wx_lo, wx_hi = _axis(x1[:, None] + along_x[None] * (box_w / pw)[:, None], width[:, None])
-    w_long = width.long()[:, None, None, None]
-    rows_y = (first_row[:, None, None, None] + (image[:, None] * height.long()[:, None])[:, :, None, None] * w_long
-              + torch.stack([y_lo, y_lo, y_hi, y_hi], -1)[:, :, None, :] * w_long)  # (R, ph*s, 1, 4)
-    cols = rows_y + torch.stack([x_lo, x_hi, x_lo, x_hi], -1)[:, None, :, :]  # (R, ph*s, pw*s, 4)
+    first = (first_row + image * height.long() * width.long())[:, None, None, None]  # the box's image's pixel (0, 0)
+    cols = (first + torch.stack([y_lo, y_lo, y_hi, y_hi], -1)[:, :, None, :] * width.long()[:, None, None, None]
+            + torch.stack([x_lo, x_hi, x_lo, x_hi], -1)[:, None, :, :])  # (R, ph*s, pw*s, 4)
     weights = (torch.stack([wy_lo, wy_lo, wy_hi, wy_hi], -1)[:, :, None, :]
                * torch.stack([wx_lo, wx_hi, wx_lo, wx_hi], -1)[:, None, :, :]) / (s * s)
 
