@@ -211,6 +211,33 @@ def prepare_samples(samples: list[Sample], meta: dict, config) -> list[PreparedS
     return prepared
 
 
+def objects_wider_than(samples: list[PreparedSample], crop: int) -> tuple[int, int, int]:
+    """How many objects' bounding boxes are longer than ``crop`` on a side, at network scale.
+
+    A training crop cuts such an object, so the detector never sees it whole, yet it is asked to find it
+    whole at inference (the whole image, or a tile larger than the crop). Issue 20, session 30: 34 of
+    GlaS train's 769 glands are longer than 256 px at pixel scale 0.5, and the model trained on 256-px
+    crops detected neither gland of train_26.
+
+    Returns
+    -------
+    wider, total, longest : int
+        Objects longer than ``crop``, all objects, and the longest side of any object (pixels).
+    """
+    from scipy import ndimage  # deferred: scipy
+
+    sides = []
+    for s in samples:
+        inst = s.instances
+        if inst.ndim == 2:
+            boxes = [b for b in ndimage.find_objects(inst) if b is not None]
+        else:  # one mask per object (overlaps)
+            boxes = [b[0] for k in range(inst.shape[-1]) if (b := ndimage.find_objects(inst[..., k].view(np.uint8)))]
+        sides += [max(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
+    sides = np.asarray(sides, int)
+    return int((sides > crop).sum()), int(sides.size), int(sides.max(initial=0))
+
+
 def _resumed_steps(resume_path, steps_per_epoch: int) -> int:
     """Optimiser steps already done according to a resume file of ``fit`` (0 without one)."""
     if not resume_path or not Path(resume_path).is_file():
@@ -275,10 +302,14 @@ def train_maskrcnn(
     model = family.build_model(meta["architecture"])
     init = initialise(model, options)
     meta.setdefault("training", {})["init"] = init
-    batches = DetectionBatches(
-        prepare_samples(train_samples, meta, model.config), crop=crop, batch_size=batch_size,
-        augment=augment or AugmentConfig(), min_object_pixels=options.min_object_pixels,
-    )
+    prepared = prepare_samples(train_samples, meta, model.config)
+    wider, objects, longest = objects_wider_than(prepared, crop)
+    if wider:
+        yield Progress(0, 0, f"note: {wider} of {objects} training objects are longer than the {crop}-px crop at "
+                             f"network scale (the longest: {longest} px); the detector never sees them whole in "
+                             f"training, but must find them whole in an image. A --crop of {longest} holds them (before scale augmentation).")
+    batches = DetectionBatches(prepared, crop=crop, batch_size=batch_size, augment=augment or AugmentConfig(),
+                               min_object_pixels=options.min_object_pixels)
     total = train_config.epochs * train_config.steps_per_epoch
     biased = round(options.biased_fraction * total) if options.biased_training else 0
     done = _resumed_steps(resume_path, train_config.steps_per_epoch)
