@@ -16,7 +16,7 @@ from napari_instance_tuner.core.families.maskrcnn.train import (
     DetectionBatches,
     MaskRCNNTrainOptions,
     PreparedSample,
-    objects_wider_than,
+    objects_longer_than,
     train_maskrcnn,
 )
 from napari_instance_tuner.core.families.maskrcnn.weights import load_coco_weights, load_torchvision_state_dict
@@ -282,13 +282,13 @@ def test_objects_longer_than_the_crop_are_counted_and_reported_before_training()
     labels[20:30, 10:110] = 2  # 100 px wide
     labels[35:75, 50:60] = 3  # 40 px tall
     sample = PreparedSample(np.zeros((80, 120, 1), np.float32), labels)
-    assert objects_wider_than([sample], 64) == (1, 3, 100)
-    assert objects_wider_than([sample], 39) == (2, 3, 100)
-    assert objects_wider_than([sample], 100) == (0, 3, 100)  # a side equal to the crop fits
+    assert objects_longer_than([sample], 64) == (1, 3, 100)
+    assert objects_longer_than([sample], 39) == (2, 3, 100)
+    assert objects_longer_than([sample], 100) == (0, 3, 100)  # a side equal to the crop fits
     masks = np.stack([labels == k for k in (1, 2, 3)] + [np.zeros_like(labels, bool)], -1)  # one empty mask
     masks[20:60, 50:60, 0] = True  # object 1 now overlaps the others and is 55 px tall
-    assert objects_wider_than([PreparedSample(sample.image, masks)], 50) == (2, 3, 100)
-    assert objects_wider_than([], 64) == (0, 0, 0)
+    assert objects_longer_than([PreparedSample(sample.image, masks)], 50) == (2, 3, 100)
+    assert objects_longer_than([], 64) == (0, 0, 0)
     # the training generator says so before its first step, naming the numbers; nothing when all fit
     image = np.random.default_rng(0).random((80, 120)).astype(np.float32)
     config = TrainConfig(epochs=1, steps_per_epoch=1, checkpoint_every_s=float("inf"))

@@ -211,7 +211,7 @@ def prepare_samples(samples: list[Sample], meta: dict, config) -> list[PreparedS
     return prepared
 
 
-def objects_wider_than(samples: list[PreparedSample], crop: int) -> tuple[int, int, int]:
+def objects_longer_than(samples: list[PreparedSample], crop: int) -> tuple[int, int, int]:
     """How many objects' bounding boxes are longer than ``crop`` on a side, at network scale.
 
     A training crop cuts such an object, so the detector never sees it whole, yet it is asked to find it
@@ -221,7 +221,7 @@ def objects_wider_than(samples: list[PreparedSample], crop: int) -> tuple[int, i
 
     Returns
     -------
-    wider, total, longest : int
+    longer, total, longest : int
         Objects longer than ``crop``, all objects, and the longest side of any object (pixels).
     """
     from scipy import ndimage  # deferred: scipy
@@ -303,11 +303,12 @@ def train_maskrcnn(
     init = initialise(model, options)
     meta.setdefault("training", {})["init"] = init
     prepared = prepare_samples(train_samples, meta, model.config)
-    wider, objects, longest = objects_wider_than(prepared, crop)
-    if wider:
-        yield Progress(0, 0, f"note: {wider} of {objects} training objects are longer than the {crop}-px crop at "
+    longer, objects, longest = objects_longer_than(prepared, crop)
+    if longer:
+        yield Progress(0, 0, f"note: {longer} of {objects} training objects are longer than the {crop}-px crop at "
                              f"network scale (the longest: {longest} px); the detector never sees them whole in "
-                             f"training, but must find them whole in an image. A --crop of {longest} holds them (before scale augmentation).")
+                             f"training, but must find them whole in an image. A --crop of {longest} holds them "
+                             "(before scale augmentation).")
     batches = DetectionBatches(prepared, crop=crop, batch_size=batch_size, augment=augment or AugmentConfig(),
                                min_object_pixels=options.min_object_pixels)
     total = train_config.epochs * train_config.steps_per_epoch
