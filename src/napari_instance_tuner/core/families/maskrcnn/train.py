@@ -224,17 +224,12 @@ def objects_longer_than(samples: list[PreparedSample], crop: int) -> tuple[int, 
     longer, total, longest : int
         Objects longer than ``crop``, all objects, and the longest side of any object (pixels).
     """
-    from scipy import ndimage  # deferred: scipy
+    from ...io.objects import object_boxes  # deferred: scipy
 
-    sides = []
-    for s in samples:
-        inst = s.instances
-        if inst.ndim == 2:
-            boxes = [b for b in ndimage.find_objects(inst) if b is not None]
-        else:  # one mask per object (overlaps)
-            boxes = [b[0] for k in range(inst.shape[-1]) if (b := ndimage.find_objects(inst[..., k].view(np.uint8)))]
-        sides += [max(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
-    sides = np.asarray(sides, int)
+    planes = [p for s in samples for p in ([s.instances] if s.instances.ndim == 2  # a mask per object where they overlap
+                                           else np.moveaxis(s.instances, -1, 0).view(np.uint8))]
+    boxes = [box for plane in planes for box in object_boxes(plane).values()]
+    sides = np.asarray([max(y1 - y0, x1 - x0) for y0, x0, y1, x1 in boxes], int)
     return int((sides > crop).sum()), int(sides.size), int(sides.max(initial=0))
 
 
