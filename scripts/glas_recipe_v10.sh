@@ -26,7 +26,10 @@
 # refuses it on a CPU without AVX512-BF16 or AMX; AMP= trains in float32, which is not the recipe and is 2-3x
 # slower); DEVICE (default cpu; cuda on a GPU, whose bfloat16 serves --amp) and LOADER_WORKERS (default 0; on a GPU,
 # processes that make the batches, e.g. 4). BASE_EPOCHS_D5, BASE_EPOCHS_EFFL2, MORE_EPOCHS (239, 240, 70: change
-# them only for a dry run of the plumbing); OUT (default checkpoints), RUNS (default runs).
+# them only for a dry run of the plumbing); MAX_MINUTES (default 400: each run's cap on its training time, summed over
+# resumes; raise it for float32 or a busy CPU, or a run stops short of its epochs and counts as done); HALF_SETS
+# (default "xfitA xfitB all": the sets the continuations train on; the two halves alone give the k-fold, "all" only
+# the ensemble); OUT (default checkpoints), RUNS (default runs).
 #
 # What it makes is a new draw of the recipe (its data, sets, epochs, learning rates and seeds), not the shipped
 # networks bit for bit: those came from runs with other thread counts and histories (v8's network from session
@@ -45,11 +48,13 @@ AMP=${AMP---amp}
 BASE_EPOCHS_D5=${BASE_EPOCHS_D5:-239}
 BASE_EPOCHS_EFFL2=${BASE_EPOCHS_EFFL2:-240}
 MORE_EPOCHS=${MORE_EPOCHS:-70}
+MAX_MINUTES=${MAX_MINUTES:-400}
+HALF_SETS=${HALF_SETS:-xfitA xfitB all}
 OUT=${OUT:-checkpoints}
 RUNS=${RUNS:-runs}
 mkdir -p "$OUT" "$RUNS/logs"
 COMMON=(--depth 5 --centroid-mode inside --stain-jitter 0.5 --stain-strength 0.1 --elastic 0.3 --ema 0.99
-        --max-minutes 400 --seed 0 --quiet --workdir "$OUT" --device "${DEVICE:-cpu}"
+        --max-minutes "$MAX_MINUTES" --seed 0 --quiet --workdir "$OUT" --device "${DEVICE:-cpu}"
         --loader-workers "${LOADER_WORKERS:-0}")
 [ -n "$AMP" ] && COMMON+=("$AMP")
 EFFL2=(--encoder efficientnet_lite2 --lr 3e-4)
@@ -69,7 +74,7 @@ base() {  # base NAME EPOCHS [ARGS...]: a network on glas/train less its 16 vali
 continued() {  # continued BASE PREFIX EPOCHS [ARGS...]: BASE's resume file continued on each cross-fit set
   local from=$1 prefix=$2 epochs=$3; shift 3
   local pids=() names=() set name i
-  for set in xfitA xfitB all; do
+  for set in $HALF_SETS; do
     name=$prefix-$set
     if [ -f "$OUT/$name.safetensors" ]; then say "$name: exists, skipped"; continue; fi
     [ -f "$OUT/$name.resume.pt" ] || cp "$OUT/$from.resume.pt" "$OUT/$name.resume.pt"
