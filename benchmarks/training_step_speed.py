@@ -10,7 +10,14 @@ computes in bfloat16 natively, as ``train`` refuses it elsewhere: on such a CPU 
 "gradient cosine" compares the two precisions' gradients of the same batch at the same weights (1 = the same
 direction): how closely a bfloat16 step follows the float32 one.
 
-    python benchmarks/training_step_speed.py [--steps 8] [--threads 2] [--device cpu]
+``--compile`` also times the float32 step of the model run through ``torch.compile`` (inductor; on a CPU it
+needs a C++ compiler): "compiling s" is its first step (the compilation), then the median of ``--steps`` steps.
+Measured on a 2-core AMD EPYC without bfloat16 (docs/benchmarks.md, session 31) it gained nothing that the
+machine's noise did not hide, so ``train`` has no such option. ``NAME:K`` times member K of an ensemble (e.g.
+``three-branch-glas-v10:1``, v10's EfficientNet-Lite2 network) with the batch of the ensemble's training.
+
+    python benchmarks/training_step_speed.py [--steps 8] [--threads 2] [--device cpu] [--compile]
+        [--models three-branch-glas-v8,three-branch-glas-v10:1]
 """
 
 from __future__ import annotations
@@ -27,9 +34,13 @@ def _model_and_batch(name: str, device: str):
     from napari_instance_tuner.core.io.checkpoint import read_metadata, shipped_models
     from napari_instance_tuner.core.registry import get_family
 
+    name, _, member = name.partition(":")
     meta = read_metadata(shipped_models()[name])
     family = get_family(meta["family"])
-    model = family.build_model(meta["architecture"])
+    architecture = meta["architecture"]
+    if member:  # one network of an ensemble
+        architecture = architecture["member_architectures"][int(member)]
+    model = family.build_model(architecture)
     training = meta.get("training", {})
     batch, crop = int(training.get("batch_size", 8)), int(training.get("crop", 256))
     generator = torch.Generator().manual_seed(0)
@@ -68,6 +79,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default="three-branch-glas,layering-bbbc010")
+    parser.add_argument("--compile", action="store_true", help="also time the float32 step through torch.compile")
     args = parser.parse_args()
 
     import contextlib
@@ -98,6 +110,22 @@ def main() -> None:
         amp = (f"{times['amp']:>12.2f}{times['float32'] / times['amp']:>9.1f}x{cosine}" if native
                else f"{'-':>12}{'-':>10}{'-':>17}")
         print(f"{name:<22}{setting:<34}{times['float32']:>15.2f}{amp}")
+        if args.compile:
+            _time_compiled(model, x, args, times["float32"])
+
+
+def _time_compiled(model, x, args, eager: float) -> None:
+    import contextlib
+
+    import torch
+
+    stepped = torch.compile(model)  # shares model's weights
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-6)
+    first = _step(stepped, x, optimiser, contextlib.nullcontext())
+    runs = [_step(stepped, x, optimiser, contextlib.nullcontext()) for _ in range(args.steps + 1)][1:]
+    compiled = float(np.median(runs))
+    print(f"{'':<22}{'compiled, float32':<34}{compiled:>15.2f}  compiling {first:.0f} s, "
+          f"speed-up {eager / compiled:.2f}x over eager float32")
 
 
 if __name__ == "__main__":
