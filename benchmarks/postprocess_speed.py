@@ -43,6 +43,8 @@ def main() -> None:
                                                         close_radius=6, open_radius=6)),
         ("split radius 6 (session 18)", replace(base, split_radius=6)),
         ("v8 tuned + split radius 6", replace(dict(shipped).get("three-branch-glas-v8 tuned", base), split_radius=6)),
+        ("v10 tuned + min mean foreground 0.5", replace(dict(shipped).get("three-branch-glas-v10 tuned", base),
+                                                        min_mean_foreground=0.5)),
     ]:
         med, p90 = median_ms(lambda params=params: postprocess(maps, params), args.repeats)
         print(f"{name:<36}{med:>10.1f}{p90:>10.1f}{postprocess(maps, params).count:>9d}")

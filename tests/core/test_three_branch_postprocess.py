@@ -98,3 +98,20 @@ def test_defaults_run_on_random_maps(grow):
     maps = Maps({k: rng.random((50, 70), dtype=np.float32) for k in ("foreground", "boundary", "centroid")})
     out = postprocess(maps, ThreeBranchParams(grow_back=grow))
     assert out.labels.shape == (50, 70) and out.labels.dtype == np.uint32
+
+
+@pytest.mark.parametrize("watershed", [False, True])
+def test_min_mean_foreground_drops_weak_objects_and_keeps_the_others_whole(watershed):
+    labels = touching_pair()
+    maps = perfect_maps(labels)
+    fg = maps.arrays["foreground"]
+    fg[labels == 1] *= 0.6  # object 1: every pixel 0.6, above the pixel threshold; object 2: 1.0
+    fg[18:22, 40:44] = 0.2  # a dimmer patch inside object 2 (above the pixel threshold, 0.1): mean 0.98
+    plain = {**NO_DENOISE, "fg_threshold": 0.1, "watershed": watershed}
+    both = postprocess(maps, ThreeBranchParams(**plain)).labels
+    assert both.max() == 2 and np.array_equal(postprocess(maps, ThreeBranchParams(**plain, min_mean_foreground=0.0)).labels, both)
+    strong = postprocess(maps, ThreeBranchParams(**plain, min_mean_foreground=0.7)).labels
+    assert strong.max() == 1 and strong[20, 15] == 0  # object 1 (mean 0.6) is gone
+    assert np.array_equal(strong > 0, both == both[20, 45])  # object 2 kept with every pixel it had
+    assert postprocess(maps, ThreeBranchParams(**plain, min_mean_foreground=0.59)).labels.max() == 2
+    assert postprocess(maps, ThreeBranchParams(**plain, min_mean_foreground=0.99)).labels.max() == 0

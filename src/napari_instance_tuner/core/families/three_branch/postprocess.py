@@ -16,6 +16,12 @@ boundary between two touching glands has a gap, the two stay joined through it a
 frequent failure on malignant glands, docs/benchmarks.md, issue 20, session 18); an opening of radius r cuts
 every neck narrower than about 2r. What it trims elsewhere comes back with ``grow_back``.
 
+Extra (off with 0): ``min_mean_foreground`` drops the objects whose mean foreground probability is below it, an
+object-level confidence as a detector's score threshold. The pixel threshold of step 1 is tuned low so that
+true glands keep their whole area (object Dice), which also lets weak blobs of stroma or debris through as
+objects (false positives were the most frequent malignant failure of v10's recipe, docs/benchmarks.md, issue 20,
+session 25); the mean over an object tells a confident gland from such a blob without shrinking either.
+
 Optional, instead of steps 4-5 (``watershed``, off by default, a deliberate departure from the paper):
 label the centroid mask's components as markers and flood the foreground from them over the boundary
 probability (``skimage.segmentation.watershed``). Touching objects are still split where the boundary map
@@ -56,6 +62,8 @@ class ThreeBranchParams:
     split_radius: int = param(0, 0, 20, "after subtracting boundaries, an opening of this radius cuts the necks "
                               "a gap in a predicted boundary leaves between touching objects (0 = off)")
     grow_back: int = param(16, 0, 60, "grow objects back into the foreground up to this distance (0 = off)")
+    min_mean_foreground: float = param(0.0, 0.0, 1.0, "drop objects whose mean foreground probability is below "
+                                       "this (0 = off)", 0.01)
     watershed: bool = param(False, description="split the foreground by a watershed on the boundary map from "
                                                "centroid markers instead of subtracting boundaries")
 
@@ -81,7 +89,8 @@ def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
     if params.watershed and "centroid" in arrays:
         labels = _watershed_from_centroids(arrays, fg, params)
         n = int(labels.max()) + 1
-        keep = np.bincount(labels.ravel(), minlength=n) >= params.min_size
+        sizes = np.bincount(labels.ravel(), minlength=n)
+        keep = (sizes >= params.min_size) & _confident(labels, sizes, arrays["foreground"], params)
         return Instances(labels=relabel(labels, keep))
     separated = fg
     if params.subtract_boundaries and "boundary" in arrays:
@@ -99,8 +108,21 @@ def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
         keep &= has_centroid
     if params.grow_back > 0:  # the dropped objects' pixels are grown over or dropped by the relabel below
         labels = grow_labels(labels, fg, params.grow_back, keep=keep)
-    keep &= np.bincount(labels.ravel(), minlength=n) >= params.min_size
+    sizes = np.bincount(labels.ravel(), minlength=n)
+    keep &= (sizes >= params.min_size) & _confident(labels, sizes, arrays["foreground"], params)
     return Instances(labels=relabel(labels, keep))
+
+
+def _confident(labels: np.ndarray, sizes: np.ndarray, foreground: np.ndarray, params: ThreeBranchParams):
+    """bool (N,) per label of uint32 (H, W) ``labels``: its mean ``foreground`` probability (float (H, W)) is at
+    least ``params.min_mean_foreground``; True (every label) when that is 0, without any work. ``sizes``: (N,)
+    pixel counts of the labels. Label 0 (background) is never kept by :func:`relabel` whatever this says."""
+    if params.min_mean_foreground <= 0:
+        return True
+    flat = labels.ravel()
+    inside = flat > 0  # object pixels only: half the work of weighting every pixel where objects cover half the image
+    sums = np.bincount(flat[inside], weights=foreground.ravel()[inside], minlength=len(sizes))
+    return sums >= params.min_mean_foreground * sizes  # a label without pixels (0 >= 0) is dropped by min_size
 
 
 def _watershed_from_centroids(arrays: dict, fg: np.ndarray, params: ThreeBranchParams) -> np.ndarray:
