@@ -45,6 +45,10 @@ once with a new lever excluded and once without, on the same maps, to measure th
 coordinate search that starts with ``watershed`` off never tries a switch that only acts with it on (such as
 session 22's ``flood_over_centroid``, measured at commit 44f8f27 and removed), so such a path is measured by
 fixing it.
+``--fix-from MODEL [--free NAME[,NAME]]`` fixes every parameter at MODEL's shipped values (a parameter its
+metadata lacks, newer than it, at the family's default) except those named by ``--free``, which alone are
+searched: what adding a lever to a shipped model's parameters would do, the rest of them unchanged (session 31;
+``--fix`` given too overrides single values).
 ``--fold-params JSON`` skips the tuning and re-scores the folds of an earlier run with the parameters its
 JSON recorded (how session 16 added per-patient figures to session 15's runs).
 
@@ -150,6 +154,10 @@ def main() -> None:
                              "to measure the search without it on the same maps)")
     parser.add_argument("--fix", default="", metavar="NAME=VALUE[,...]",
                         help="parameters set to these values and left out of the search (JSON values: true, 3, 0.5)")
+    parser.add_argument("--fix-from", metavar="MODEL",
+                        help="fix every parameter at this model's shipped post-processing values but those of --free")
+    parser.add_argument("--free", default="", metavar="NAME[,...]",
+                        help="with --fix-from: the parameters left free, the only ones searched")
     parser.add_argument("--skip-whole", action="store_true", help="skip the (optimistic) tuning on all images")
     parser.add_argument("--cache", default="checkpoints/maps-cache")
     parser.add_argument("--json")
@@ -188,9 +196,16 @@ def main() -> None:
     searched = TUNABLE["paper"] if args.search == "paper" else None
     try:
         fixed = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.fix.split(",") if item)}
+        if args.fix_from:
+            shipped = params_to_dict(params_from_dict(loaded.family.Params,
+                                                      load_model(args.fix_from).meta.get("postprocess", {})))
+            free = [n for n in args.free.split(",") if n]
+            if unknown := sorted(set(free) - set(shipped)):
+                raise ParamsError(f"--free names no parameter of the family: {', '.join(unknown)}")
+            fixed = {**{k: v for k, v in shipped.items() if k not in free}, **fixed}
         start = params_from_dict(loaded.family.Params, fixed, start)
     except (ValueError, ParamsError) as exc:  # json.JSONDecodeError and a missing "=" included
-        parser.error(f"--fix {args.fix}: {exc}")
+        parser.error(f"--fix {args.fix} / --fix-from {args.fix_from}: {exc}")
     excluded = [n for n in args.exclude.split(",") if n] + list(fixed)
     try:
         searched = searched_names(start, excluded, searched)
@@ -203,6 +218,7 @@ def main() -> None:
     also = [m for recipe in args.also_cross_fit for m in recipe]
     report = {"models": [*(args.cross_fit or [args.model]), *also, *args.average],
               "cross_fit": bool(args.cross_fit), "search": args.search, "excluded": excluded, "fixed": fixed,
+              "fixed_from": args.fix_from,
               "patients": [p for f in folds for p in f],
               "folds": folds, "images": [s.name for s in samples], "fold_params_from": args.fold_params}
     print(f"{' + '.join(report['models'])}: {len(samples)} images of patients "
