@@ -31,6 +31,9 @@
 # (default "xfitA xfitB all": the sets the continuations train on; the two halves alone give the k-fold, "all" only
 # the ensemble); OUT (default checkpoints), RUNS (default runs).
 #
+# The k-fold and the ensemble leave split_radius and min_mean_foreground (session 31, newer than v10) at their
+# defaults, off, as v10's recipe did.
+#
 # What it makes is a new draw of the recipe (its data, sets, epochs, learning rates and seeds), not the shipped
 # networks bit for bit: those came from runs with other thread counts and histories (v8's network from session
 # 13's 1-thread base, stopped by its time limit at epoch 239; v10's Lite2 network continued at 2 threads), and the
@@ -103,14 +106,14 @@ for step in $STEPS; do
       say "k-fold by patient of the cross-fitted recipe -> $RUNS/kfold-v10-recipe.json"
       # shellcheck disable=SC2046
       "$PY" benchmarks/glas_lopo_tuning.py --model "$OUT/glas-depth5.safetensors" --data "$GLAS/train" \
-        --extra-data "$GLAS/testA" --folds 4 --objectives all --skip-whole --exclude split_radius \
+        --extra-data "$GLAS/testA" --folds 4 --objectives all --skip-whole --exclude split_radius,min_mean_foreground \
         --cache "$OUT/maps-cache" $(halves) --json "$RUNS/kfold-v10-recipe.json" ;;
     ensemble)
       if [ -f "$OUT/three-branch-glas-v10.safetensors" ]; then say "the ensemble exists, skipped"; continue; fi
       say "the ensemble of the two networks trained on every image -> $OUT/three-branch-glas-v10.safetensors"
       # shellcheck disable=SC2046
       "$PY" scripts/make_ensemble.py "$OUT/glas-d5-all.safetensors" "$OUT/glas-effl2-all.safetensors" \
-        --data "$GLAS/train" --extra-data "$GLAS/testA" $(halves) --from-defaults --exclude split_radius \
+        --data "$GLAS/train" --extra-data "$GLAS/testA" $(halves) --from-defaults --exclude split_radius,min_mean_foreground \
         --out "$OUT/three-branch-glas-v10.safetensors" --name three-branch-glas-v10 ;;
     *) echo "unknown step: $step (sets d5 effl2 d5-halves effl2-halves kfold ensemble)" >&2; exit 2 ;;
   esac

@@ -45,7 +45,7 @@ def range_edges(params, names: list[str] | None = None) -> list[tuple[str, float
     Examples
     --------
     >>> from napari_instance_tuner.core.families.three_branch.postprocess import ThreeBranchParams
-    >>> range_edges(ThreeBranchParams(fg_threshold=0.0))
+    >>> range_edges(ThreeBranchParams(fg_threshold=0.0), ["fg_threshold", "boundary_threshold"])
     [('fg_threshold', 0.0, 'lowest')]
     """
     edges = []

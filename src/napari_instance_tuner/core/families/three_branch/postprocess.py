@@ -113,7 +113,8 @@ def postprocess(maps: Maps, params: ThreeBranchParams) -> Instances:
     return Instances(labels=relabel(labels, keep))
 
 
-def _confident(labels: np.ndarray, sizes: np.ndarray, foreground: np.ndarray, params: ThreeBranchParams):
+def _confident(labels: np.ndarray, sizes: np.ndarray, foreground: np.ndarray, params: ThreeBranchParams
+               ) -> np.ndarray | bool:
     """bool (N,) per label of uint32 (H, W) ``labels``: its mean ``foreground`` probability (float (H, W)) is at
     least ``params.min_mean_foreground``; True (every label) when that is 0, without any work. ``sizes``: (N,)
     pixel counts of the labels. Label 0 (background) is never kept by :func:`relabel` whatever this says."""
